@@ -41,6 +41,8 @@ def parse_completion(
     Example: parse_completion(" Add 2 and 3.\\n4. Input:\\n<noinput>\\n4. Output:\\n5", "stop", 3)
     -> ([Example("Add 2 and 3.", "", "5")], [])
     """
+    if not text.strip():
+        return [], []
     first = f"{num_prompt_tasks + 1}. Instruction:"
     body = text.lstrip()
     # Completion models continue after the open "4. Instruction:"; chat models usually repeat it.

@@ -1,0 +1,159 @@
+"""The whole loop against the fake OpenAI server on loopback (completions and chat)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from fake_openai import FakeOpenAI
+from self_instruct.filters import first_rejection
+from self_instruct.generate import GenerateConfig, dry_run, generate
+from self_instruct.seeds import load_seed_tasks
+from self_instruct.types import Example
+
+REPO = Path(__file__).resolve().parent.parent
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_valid_pool(out: Path, target: int, seeds_path=None):
+    records = read_jsonl(out / "generated.jsonl")
+    assert len(records) == target
+    instructions = [r["instruction"] for r in records]
+    assert len(set(instructions)) == target
+    for r in records:
+        assert first_rejection(Example(r["instruction"], r["input"], r["output"])) is None
+    # The reference decision: no kept instruction above 0.7 against a seed or an earlier kept one.
+    seeds = [t.instruction for t in load_seed_tasks(seeds_path)]
+    for i, inst in enumerate(instructions):
+        for other in seeds + instructions[:i]:
+            assert SCORER.score(other, inst)["rougeL"].fmeasure <= 0.7, (inst, other)
+    regen = json.loads((out / "regen.json").read_text())
+    assert [r["instruction"] for r in regen] == instructions
+    assert set(regen[0]) == {"instruction", "input", "output", "most_similar_instructions", "avg_similarity_score"}
+    return records
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_loop_reaches_exact_target(fake_server, tmp_path, api):
+    out = tmp_path / "out"
+    result = generate(str(out), base_url=fake_server.base_url, model_name="fake-model", api=api,
+                      num_instructions_to_generate=60, request_batch_size=4, progress=False)
+    assert result.kept == 60 and result.stopped_by == "target"
+    records = assert_valid_pool(out, 60)
+    assert all(r["metadata"]["model"] == "fake-model" for r in records)
+    # Requests carry Alpaca's decoding and our stop sequence.
+    body = fake_server.requests[0]
+    assert body["temperature"] == 1.0 and body["top_p"] == 1.0 and body["stop"] == ["21. Instruction:"]
+    assert ("messages" in body) == (api == "chat")
+    run = json.loads((out / "run.json").read_text())
+    assert run["api"] == api and run["num_instructions_to_generate"] == 60
+
+
+def test_similarity_fields_match_rouge_score(fake_server, tmp_path):
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, progress=False)
+    records = read_jsonl(out / "generated.jsonl")
+    seeds = [t.instruction for t in load_seed_tasks()]
+    for i, r in enumerate(records):
+        pool = seeds + [x["instruction"] for x in records[:i]]
+        scores = [SCORER.score(r["instruction"], p)["rougeL"].fmeasure for p in pool]
+        assert r["avg_similarity_score"] == sum(scores) / len(scores) or abs(r["avg_similarity_score"] - sum(scores) / len(scores)) < 1e-12
+        best = sorted(scores, reverse=True)[:10]
+        assert sorted(r["most_similar_instructions"].values(), reverse=True) == best[: len(r["most_similar_instructions"])]
+        for text, score in r["most_similar_instructions"].items():
+            assert SCORER.score(r["instruction"], text)["rougeL"].fmeasure == score
+
+
+def test_resume_grows_to_new_target_without_duplicates(fake_server, tmp_path):
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, progress=False)
+    first = read_jsonl(out / "generated.jsonl")
+    result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=70, progress=False)
+    assert result.kept == 70
+    records = assert_valid_pool(out, 70)
+    assert records[:30] == first  # append-only: earlier records untouched
+    # Rounds continue from where the first run stopped rather than replaying prompt samples.
+    rounds = [r["metadata"]["round"] for r in records]
+    assert rounds == sorted(rounds) and rounds[30] > rounds[29] - 1
+
+
+def test_resume_at_target_makes_no_request(fake_server, tmp_path):
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    sent = len(fake_server.requests)
+    (out / "regen.json").unlink()
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    assert len(fake_server.requests) == sent
+    assert len(json.loads((out / "regen.json").read_text())) == 10
+
+
+def test_same_seed_same_prompts(tmp_path):
+    prompts = []
+    for run in range(2):
+        server = FakeOpenAI(seed=7).start()
+        try:
+            generate(str(tmp_path / f"o{run}"), base_url=server.base_url, model_name="m", num_instructions_to_generate=20,
+                     request_batch_size=3, max_concurrency=1, seed=5, progress=False)
+            prompts.append([b["prompt"] for b in server.requests])
+        finally:
+            server.stop()
+    assert prompts[0] == prompts[1]
+
+
+def test_machine_instructions_mixed_into_prompts(fake_server, tmp_path):
+    fake_server.tasks_per_reply = 2  # many rounds, so late prompts see a grown pool
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=40,
+             num_machine_instructions=2, num_prompt_instructions=4, request_batch_size=2, progress=False)
+    kept = {r["instruction"] for r in read_jsonl(out / "generated.jsonl")}
+    late_prompt = fake_server.requests[-1]["prompt"]
+    shown = [line.split("Instruction: ", 1)[1] for line in late_prompt.splitlines() if ". Instruction: " in line]
+    assert len(shown) == 4 and sum(s in kept for s in shown) == 2
+    assert "###\n5. Instruction:" in late_prompt
+
+
+def test_concurrency_is_bounded(tmp_path):
+    server = FakeOpenAI(latency=0.05).start()
+    try:
+        generate(str(tmp_path / "o"), base_url=server.base_url, model_name="m", num_instructions_to_generate=80,
+                 request_batch_size=6, max_concurrency=3, progress=False)
+        assert server.max_in_flight == 3
+    finally:
+        server.stop()
+
+
+def test_rejected_file_explains_every_drop(fake_server, tmp_path):
+    fake_server.script(["zero_tasks", "wrong_numbering", "length"])
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, progress=False)
+    reasons = {r["reason"] for r in read_jsonl(out / "rejected.jsonl")}
+    assert {"missing_field", "wrong_number", "truncated"} <= reasons
+    state = json.loads((out / "state.json").read_text())
+    assert state["kept"] == 30 and sum(state["rejects"].values()) == len(read_jsonl(out / "rejected.jsonl"))
+
+
+def test_dry_run_prints_one_prompt_and_calls_nothing(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "self_instruct.generate", "--dry_run", "--output_dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("###\n4. Instruction:")
+    assert proc.stdout.count("###\n") == 4
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_200_against_loopback_server(fake_server, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "200", "--output_dir", "out",
+           "--base_url", fake_server.base_url, "--model_name", "fake-model"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "200 instructions in out" in proc.stderr
+    assert_valid_pool(tmp_path / "out", 200)
