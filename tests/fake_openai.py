@@ -29,21 +29,25 @@ FAULTS = ("429", "429-retry-after", "500", "502", "503", "reset", "timeout", "ma
           "length", "zero_tasks", "wrong_numbering")
 
 
-def make_task(rng: random.Random) -> tuple[str, str, str]:
+def make_task(rng: random.Random, synthetic: bool = False) -> tuple[str, str, str]:
+    if synthetic:
+        # Made-up words: every task is new to the pool, so none is lost to the similarity filter.
+        words = ["".join(rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(6)]
+        return f"{rng.choice(VERBS)} {' '.join(words[:4])} briefly.", f"{words[4]} {words[5]}", f"{words[0]} {words[2]}."
     words = rng.sample(WORDS, 6)
     instruction = f"{rng.choice(VERBS)} how the {words[0]} and the {words[1]} shape a {words[2]} near the {words[3]}."
     inp = "" if rng.random() < 0.4 else f"The {words[4]} meets the {words[5]}."
     return instruction, inp, f"The {words[0]} supports the {words[2]} while the {words[1]} guides the {words[3]}."
 
 
-def self_instruct_reply(prompt: str, num_tasks: int, rng: random.Random, count: int | None = None, start_open: bool = True) -> str:
+def self_instruct_reply(prompt: str, num_tasks: int, rng: random.Random, count: int | None = None, start_open: bool = True, synthetic: bool = False) -> str:
     """Continue an Alpaca-format prompt that ends with `###\\n{k}. Instruction:`."""
     m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
     k = int(m.group(1)) if m else 4
     last = num_tasks if count is None else min(num_tasks, k + count - 1)
     blocks = []
     for i in range(k, last + 1):
-        instruction, inp, out = make_task(rng)
+        instruction, inp, out = make_task(rng, synthetic)
         head = f" {instruction}" if (i == k and start_open) else f"{i}. Instruction: {instruction}"
         blocks.append(f"{head}\n{i}. Input:\n{inp or '<noinput>'}\n{i}. Output:\n{out}\n")
     return "###\n".join(blocks)
@@ -52,8 +56,10 @@ def self_instruct_reply(prompt: str, num_tasks: int, rng: random.Random, count: 
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, latency: float = 0.0, tasks_per_reply: int | None = None, seed: int = 0, api_key: str | None = None):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, latency: float = 0.0, tasks_per_reply: int | None = None, seed: int = 0, api_key: str | None = None,
+                 synthetic: bool = False, port: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.synthetic = synthetic
         self.latency = latency
         self.tasks_per_reply = tasks_per_reply
         self.rng = random.Random(seed)
@@ -103,7 +109,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         num_tasks = int(re.match(r"(\d+)", stop).group(1)) - 1
         with self.lock:
             seed = self.rng.random()
-        return self_instruct_reply(prompt, num_tasks, random.Random(seed), self.tasks_per_reply)
+        return self_instruct_reply(prompt, num_tasks, random.Random(seed), self.tasks_per_reply, synthetic=self.synthetic)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -204,3 +210,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         self.connection.shutdown(2)
+
+
+if __name__ == "__main__":
+    # Run as its own process (benchmarks): prints the base URL, serves until killed.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--tasks_per_reply", type=int, default=None)
+    parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--fault_rate", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeOpenAI(latency=args.latency, tasks_per_reply=args.tasks_per_reply, synthetic=args.synthetic)
+    server.fault_rate = args.fault_rate
+    print(server.base_url, flush=True)
+    server.serve_forever()
