@@ -1,0 +1,146 @@
+"""The dedup tool: greedy decisions equal to rouge-score's, round trips for JSON and JSONL, one-line errors."""
+import doctest
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import fire
+import pytest
+from rouge_score import rouge_scorer
+
+from self_instruct import dedup
+from self_instruct.dedup import greedy_keep, main, read_dataset
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+RECORDS = [
+    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well."},
+    {"instruction": "Give three tips for staying healthy!", "input": "", "output": "Sleep."},
+    {"instruction": "Translate the sentence into French.", "input": "I like tea.", "output": "J'aime le thé."},
+    {"instruction": "Name a colour.", "input": "", "output": "Blue"},
+    {"instruction": "Translate the following sentence into French.", "input": "Hi", "output": "Salut"},
+]
+KEPT = [RECORDS[0], RECORDS[2], RECORDS[3]]
+
+
+def reference_keep(instructions, threshold=0.7, against=()):
+    pool = [SCORER._tokenizer.tokenize(t) for t in against]
+    flags = []
+    for text in instructions:
+        tokens = SCORER._tokenizer.tokenize(text)
+        keep = not any(rouge_scorer._score_lcs(tokens, t).fmeasure > threshold for t in pool)
+        if keep:
+            pool.append(tokens)
+        flags.append(keep)
+    return flags
+
+
+def run(capsys, *args):
+    """The command line parsed by fire as the console script does, in this process; returns (exit status, stderr)."""
+    try:
+        fire.Fire(main, command=[str(arg) for arg in args])
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    return status, capsys.readouterr().err
+
+
+def test_docstring_examples():
+    assert doctest.testmod(dedup).failed == 0
+
+
+def test_greedy_keep_equals_rouge_score_reference():
+    rng = random.Random(13)
+    words = ["name", "a", "fruit", "colour", "the", "red", "give", "three", "tips", "Über", "x1"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    against = texts[:10]
+    for threshold in (0.7, 0.4):
+        assert list(greedy_keep(texts, threshold, against)) == reference_keep(texts, threshold, against)
+
+
+def test_json_list_round_trip_keeps_records_and_layout(tmp_path, capsys):
+    source = tmp_path / "data.json"
+    source.write_text(json.dumps(RECORDS, indent=4, ensure_ascii=False), encoding="utf-8")
+    main(str(source))
+    out = tmp_path / "data.dedup.json"
+    assert out.read_text(encoding="utf-8") == json.dumps(KEPT, indent=4, ensure_ascii=False)
+    assert capsys.readouterr().err.splitlines()[-1] == f"read 5, kept 3, dropped 2 -> {out}"
+
+
+def test_one_line_json_list_is_copied_unchanged_when_nothing_is_dropped(tmp_path):
+    source = tmp_path / "data.json"
+    source.write_text(json.dumps(KEPT) + "\n")
+    main(str(source), output=str(tmp_path / "out.json"))
+    assert (tmp_path / "out.json").read_text() == source.read_text()
+
+
+def test_jsonl_round_trip_copies_kept_lines_byte_for_byte(tmp_path, capsys):
+    lines = [json.dumps(r, ensure_ascii=False) for r in RECORDS]
+    lines[3] = '{ "output": "Blue",  "instruction": "Name a colour.", "extra": [1, 2] }'
+    source = tmp_path / "gen.jsonl"
+    source.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    assert run(capsys, source, "--output", tmp_path / "kept.jsonl")[0] == 0
+    assert (tmp_path / "kept.jsonl").read_text(encoding="utf-8") == "\n".join([lines[0], lines[2], lines[3]]) + "\n"
+
+
+def test_against_files_of_any_supported_kind(tmp_path, capsys):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "seed_task_0", "name": "colour", "instruction": "name a COLOUR",
+                                 "instances": [{"input": "", "output": "Red"}], "is_classification": False}) + "\n")
+    test_set = tmp_path / "test.json"
+    test_set.write_text(json.dumps([{"instruction": "Give three tips for staying healthy."}]))
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    status, err = run(capsys, source, "--against", f"{seeds},{test_set}")
+    assert status == 0 and err.splitlines()[-1].startswith("read 5, kept 1, dropped 4")
+    assert (tmp_path / "data.dedup.jsonl").read_text() == json.dumps(RECORDS[2]) + "\n"
+
+
+def test_threshold_flag(tmp_path):
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    main(str(source), threshold=1)
+    assert len((tmp_path / "data.dedup.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.jsonl", '{"instruction": "ok"}\n{"input": "no instruction"}\n', 'bad.jsonl:2: field "instruction" is missing'),
+    ("bad.jsonl", '{"instruction": "ok"}\n{"instruction": \n', "bad.jsonl:2: not valid JSON"),
+    ("bad.json", '[\n  {"instruction": "ok"},\n  {"instruction": 7}\n]', 'bad.json:3: field "instruction" must be a string (got int)'),
+    ("bad.json", '[\n  {"instruction": "ok"}\n  {"instruction": "b"}\n]', "bad.json:3: not valid JSON"),
+    ("bad.json", '[{"instruction": "ok"}, "text"]', 'bad.json:1: expected a JSON object with an "instruction" field (got str)'),
+])
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, name, text, message):
+    source = tmp_path / name
+    source.write_text(text)
+    status, err = run(capsys, source)
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith(f"{source.parent}/{message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+    source = tmp_path / "data.jsonl"
+    source.write_text(json.dumps(RECORDS[0]) + "\n")
+    for kwargs, message in [({"threshold": 2}, "threshold must be between 0 and 1"),
+                            ({"against": str(tmp_path / "missing.jsonl")}, "missing.jsonl: no such file"),
+                            ({"output": str(source)}, "would overwrite an input file")]:
+        with pytest.raises(SystemExit) as exit:
+            main(str(source), **kwargs)
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_read_dataset_reads_alpaca_data(anchors):
+    dataset = read_dataset(anchors / "alpaca_data_5000_sample.json")
+    assert dataset.is_json_list and len(dataset.records) == 5000
+    assert dataset.render(dataset.records) == (anchors / "alpaca_data_5000_sample.json").read_text(encoding="utf-8")
+
+
+def test_module_entry_point_runs(tmp_path):
+    source = tmp_path / "data.json"
+    source.write_text(json.dumps(RECORDS))
+    result = subprocess.run([sys.executable, "-m", "self_instruct.dedup", str(source), "--threshold", "0.7"],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "data.dedup.json").read_text()) == KEPT
