@@ -2,13 +2,16 @@
 writes plausible self-instruct replies, and injects the faults real endpoints throw.
 
 Faults are scripted per request: `server.script(["429", "ok", "reset"])` answers the next three
-requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script.
+requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script. Besides
+FAULTS, scripts may use "echo_key" (a 500 whose message repeats the Authorization header, as
+careless servers do) and "html" (HTTP 200 with an HTML page).
 """
 from __future__ import annotations
 
 import json
 import random
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +29,7 @@ WORDS = (
 ).split()
 VERBS = ("Explain", "Describe", "Compare", "Summarize", "List", "Suggest", "Classify", "Rewrite", "Evaluate", "Outline")
 FAULTS = ("429", "429-retry-after", "500", "502", "503", "reset", "timeout", "malformed", "empty_choices",
-          "length", "zero_tasks", "wrong_numbering")
+          "length", "zero_tasks", "wrong_numbering", "context_length")
 
 
 def make_task(rng: random.Random, synthetic: bool = False) -> tuple[str, str, str]:
@@ -55,6 +58,15 @@ def self_instruct_reply(prompt: str, num_tasks: int, rng: random.Random, count: 
 
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when 64 clients open at once.
+    request_queue_size = 256
+    request_queue_size = 256  # socketserver's default backlog of 5 drops bursts of connections
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients hang up on purpose (cancelled rounds, timeouts); that is not a server failure.
+        import sys
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def __init__(self, latency: float = 0.0, tasks_per_reply: int | None = None, seed: int = 0, api_key: str | None = None,
                  synthetic: bool = False, port: int = 0):
@@ -116,6 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: FakeOpenAI
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the client's
+        # delayed ACK add 40 ms to every reply.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, *args) -> None:
         pass
 
@@ -128,7 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        length = int(self.headers.get("Content-Length", 0))
+        data = self.rfile.read(length)
+        if len(data) < length:  # the client gave up (a cancelled request): nothing to answer
+            self.close_connection = True
+            return
+        body = json.loads(data or b"{}")
         if not self._authorized():
             return
         server = self.server
@@ -161,6 +184,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(int(fault), {"error": {"message": f"server error {fault}"}})
         if fault == "reset":
             return self._reset()
+        if fault == "context_length":
+            # OpenAI's wording, numbers consistent with what was asked.
+            asked = body.get("max_tokens", 16)
+            return self._json(400, {"error": {"message": (
+                f"This model's maximum context length is {asked + 99} tokens. However, you requested {asked + 100} tokens "
+                f"(100 in your prompt; {asked} for the completion). Please reduce your prompt; or completion length."),
+                "type": "invalid_request_error", "code": "context_length_exceeded"}})
+        if fault == "echo_key":
+            return self._json(500, {"error": {"message": f"upstream failed for credentials {self.headers.get('Authorization')}"}})
+        if fault == "html":
+            page = b"<html><body>Bad gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            return self.wfile.write(page)
         if fault == "timeout":
             time.sleep(self.server.timeout_sleep)
         if fault == "malformed":
