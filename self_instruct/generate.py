@@ -21,7 +21,7 @@ import shutil
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +47,10 @@ SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
 )
+
+
+# Rounds outstanding at once: one being filtered here while the next is at the teacher.
+PIPELINE_DEPTH = 2
 
 
 class StallError(SelfInstructError):
@@ -299,29 +303,53 @@ class Generator:
 
     async def run(self) -> str:
         stalled = 0
-        round_idx = self.pool.next_round
-        pending = self.launch(round_idx) if len(self.pool) < self.target else None
+        pending: deque[asyncio.Task] = deque()
+        next_round = self.pool.next_round
         try:
             while len(self.pool) < self.target:
-                if pending is None:
+                next_round = self.fill(pending, next_round)
+                if not pending:
                     return self.budget_left() or "max_requests"
-                completions, sizes, done_round = await pending
+                completions, sizes, done_round = await pending.popleft()
                 self.in_flight -= len(completions)
-                round_idx = done_round + 1
-                pending = self.launch(round_idx)
-                kept = self.process(completions, sizes, done_round)
+                next_round = self.fill(pending, next_round)
+                await asyncio.sleep(0)  # let the new round's requests go out before the CPU work below
+                kept, rejected = self.judge_round(completions, sizes, done_round)
+                # fsyncs take milliseconds each; in a thread they no longer hold up the replies
+                await asyncio.to_thread(self.persist, kept, rejected, done_round)
                 stalled = 0 if kept else stalled + 1
                 if stalled >= self.cfg.max_stall_rounds:
                     raise StallError(self.stall_message())
             return "target"
         finally:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             self.bar.close()
+
+    def fill(self, pending: deque, next_round: int) -> int:
+        """Keep up to PIPELINE_DEPTH rounds outstanding, so the teacher never waits on our
+        filtering, but stop asking once the requests in flight should already reach the target
+        at the keep rate seen so far (tokens past the target are money thrown away)."""
+        remaining = self.target - len(self.pool)
+        rate = self.stats.kept / self.stats.requests if self.stats.requests else None
+        while len(pending) < PIPELINE_DEPTH and remaining > 0:
+            if pending and (rate is None or self.in_flight * rate >= remaining):
+                break
+            task = self.launch(next_round)
+            if task is None:
+                break
+            pending.append(task)
+            next_round += 1
+        return next_round
 
     def process(self, completions: Sequence[Completion], sizes: Sequence[int], round_idx: int) -> int:
         """Turn one round's replies into kept and rejected records and make them durable."""
+        kept, rejected = self.judge_round(completions, sizes, round_idx)
+        self.persist(kept, rejected, round_idx)
+        return len(kept)
+
+    def judge_round(self, completions: Sequence[Completion], sizes: Sequence[int], round_idx: int) -> tuple[list[dict], list[dict]]:
         kept, rejected = [], []
         meta = {"round": round_idx, "model": self.teacher.model_id}
         for completion, size in zip(completions, sizes):
@@ -343,6 +371,9 @@ class Generator:
                 else:
                     verdict["metadata"] = dict(meta)
                     kept.append(verdict)
+        return kept, rejected
+
+    def persist(self, kept: list[dict], rejected: list[dict], round_idx: int) -> None:
         self.pool.append(kept, rejected)
         self.stats.rounds = max(self.stats.rounds, round_idx + 1)
         self.stats.kept = len(self.pool)
@@ -351,7 +382,6 @@ class Generator:
         self.pool.save_state(self.stats.to_state())
         self.bar.update(len(kept))
         self.bar.set_postfix_str(self.postfix(), refresh=True)
-        return len(kept)
 
     def count_request(self, completion: Completion) -> None:
         self.stats.requests += 1

@@ -1,0 +1,140 @@
+"""How fast the generation loop runs, against the bound the teacher sets.
+
+1. Throughput: the fake OpenAI server runs in its own process with a fixed latency per request
+   and a fixed number of new tasks per reply (made-up words, so none is lost to similarity).
+   No loop can keep more than  concurrency / latency * tasks_per_reply  instructions a second;
+   we print kept/s as a fraction of that bound.
+2. The loop's own CPU per candidate (parse, filters, exact duplicates, ROUGE-L top-10 and mean,
+   pool append) as the pool grows to 20K instructions, with Alpaca's real instructions when
+   ../shared/anchors is present.
+
+    python benchmarks/loop.py [--latency 0.25] [--concurrency 16] [--tasks 8] [--rounds 12]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from fake_openai import make_task  # noqa: E402
+from self_instruct.generate import GenerateConfig, Generator, generate  # noqa: E402
+from self_instruct.pool import InstructionPool  # noqa: E402
+from self_instruct.seeds import load_seed_tasks  # noqa: E402
+from self_instruct.teachers import openai_compat  # noqa: E402,F401  (import the SDK before the clock starts)
+from self_instruct.types import Completion  # noqa: E402
+
+ANCHOR = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
+
+
+def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> None:
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--tasks_per_reply", str(tasks), "--synthetic"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        base_url = server.stdout.readline().strip()
+        target = concurrency * tasks * rounds
+        raw_wall = asyncio.run(raw_client(base_url, concurrency, concurrency * rounds))
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
+                              request_batch_size=concurrency, max_concurrency=concurrency, progress=False)
+            wall = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait()
+    bound = concurrency / latency * tasks
+    rate = result.kept / wall
+    print(f"throughput: latency {latency}s, concurrency {concurrency}, {tasks} tasks/reply -> bound {bound:.0f} kept/s")
+    print(f"  kept {result.kept} in {wall:.2f}s = {rate:.0f} kept/s = {rate / bound:.1%} of the bound "
+          f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected)")
+    raw_rate = concurrency * rounds * tasks / raw_wall
+    print(f"  reference: the bare client, {concurrency * rounds} requests always {concurrency} in flight, no loop: "
+          f"{raw_rate:.0f} tasks/s = {raw_rate / bound:.1%} of the bound; the loop reaches {rate / raw_rate:.1%} of it")
+
+
+async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
+    """What the server and the HTTP client allow with no loop at all: every request queued at once."""
+    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency)
+    prompt = "###\n4. Instruction:"
+    started = time.perf_counter()
+    await teacher.complete([prompt] * requests, GenerateConfig().decoding())
+    wall = time.perf_counter() - started
+    await teacher.aclose()
+    return wall
+
+
+def candidate_texts(n: int, rng: random.Random) -> list[str]:
+    """Realistic instructions: Alpaca's own when the anchor is present, else made-up ones."""
+    if ANCHOR.exists():
+        real = [r["instruction"] for r in json.loads(ANCHOR.read_text())]
+        words = [w for text in real for w in text.split()]
+        out = list(real)
+        while len(out) < n:  # splice real words into new sentences of real lengths
+            out.append(" ".join(rng.choice(words) for _ in range(len(rng.choice(real).split()))))
+        rng.shuffle(out)
+        return out[:n]
+    return [make_task(rng, synthetic=True)[0] for _ in range(n)]
+
+
+def reply_for(instructions: list[str], first: int) -> str:
+    blocks = []
+    for i, text in enumerate(instructions, first):
+        head = f" {text}" if i == first else f"{i}. Instruction: {text}"
+        blocks.append(f"{head}\n{i}. Input:\n<noinput>\n{i}. Output:\nAn answer of a few words.\n")
+    return "###\n".join(blocks)
+
+
+def cpu_per_candidate(sizes: list[int], per_point: int = 400, per_reply: int = 10) -> None:
+    rng = random.Random(0)
+    texts = candidate_texts(max(sizes) + per_point * len(sizes), rng)
+    probes = texts[max(sizes):]
+    print(f"loop CPU per candidate ({'Alpaca instructions' if ANCHOR.exists() else 'made-up instructions'}; "
+          f"parse + filters + duplicates + ROUGE-L top-10/mean + append):")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GenerateConfig(output_dir=out, num_instructions_to_generate=10**9)
+        generator = Generator(cfg, _Teacher(), InstructionPool.open(out), load_seed_tasks(), "{tasks}", progress=False)
+        filled = 0
+        for point, size in enumerate(sizes):
+            for text in texts[filled:size]:  # grow the pool directly to the measured size
+                generator.index.add(text)
+                generator.pool.records.append({"instruction": text})
+            filled = size
+            batch = probes[point * per_point:(point + 1) * per_point]
+            replies = [Completion(reply_for(batch[i:i + per_reply], 4)) for i in range(0, len(batch), per_reply)]
+            kept_before = len(generator.pool)
+            started = time.process_time()
+            generator.process(replies, [3] * len(replies), point)
+            cpu = time.process_time() - started
+            kept = len(generator.pool) - kept_before
+            print(f"  pool {size:>6,}: {cpu / len(batch) * 1000:6.2f} ms CPU per candidate ({kept}/{len(batch)} kept)")
+
+
+class _Teacher:
+    model_id = "bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--sizes", default="1000,5000,10000,20000")
+    args = parser.parse_args()
+    throughput(args.latency, args.concurrency, args.tasks, args.rounds)
+    cpu_per_candidate([int(s) for s in args.sizes.split(",")])
+
+
+if __name__ == "__main__":
+    main()
