@@ -1,5 +1,31 @@
-"""self_instruct: grow instruction-tuning data from seed tasks with a teacher LLM."""
+"""self_instruct: grow instruction-tuning data from seed tasks with a teacher LLM.
+
+The stages, left to right: load_seed_tasks -> encode_prompt -> Teacher.complete ->
+parse_completion -> filters -> RougeIndex -> InstructionPool; `generate` wires them together.
+Importing this module is light: the teacher SDK loads only when a teacher is made.
+"""
 from .errors import ConfigError, SeedFormatError, SelfInstructError, TeacherError
+from .filters import DEFAULT_FILTERS, first_rejection
+from .parse import Rejection, parse_completion
+from .pool import InstructionPool
+from .prompts import encode_prompt, load_template
+from .seeds import load_seed_tasks, seed_examples
+from .similarity import Match, RougeIndex
+from .teachers.base import Teacher
 from .types import Completion, Decoding, Example, Instance, SeedTask
 
 __version__ = "0.1.0"
+
+
+def generate(output_dir: str = "out", **options):
+    """Run or resume generation; see self_instruct.generate.generate for the options."""
+    from .generate import generate as _generate
+    return _generate(output_dir, **options)
+
+
+__all__ = [
+    "ConfigError", "SeedFormatError", "SelfInstructError", "TeacherError", "DEFAULT_FILTERS", "first_rejection",
+    "Rejection", "parse_completion", "InstructionPool", "encode_prompt", "load_template", "load_seed_tasks",
+    "seed_examples", "Match", "RougeIndex", "Teacher", "Completion", "Decoding", "Example", "Instance", "SeedTask",
+    "generate",
+]

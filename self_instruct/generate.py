@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,7 @@ class GenerateConfig:
     max_stall_rounds: int = 10
     request_timeout: float = 120.0
     max_attempts: int = 6
+    retry_backoff: float = 1.0
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -110,6 +112,8 @@ class GenerateConfig:
             raise ConfigError(f"--teacher must be 'openai' or 'local' (got {self.teacher!r})")
         if not isinstance(self.request_timeout, (int, float)) or self.request_timeout <= 0:
             raise ConfigError(f"--request_timeout must be a positive number of seconds (got {self.request_timeout!r})")
+        if not isinstance(self.retry_backoff, (int, float)) or isinstance(self.retry_backoff, bool) or self.retry_backoff <= 0:
+            raise ConfigError(f"--retry_backoff must be a positive number of seconds (got {self.retry_backoff!r})")
         self.decoding()  # temperature, top_p
 
     def decoding(self) -> Decoding:
@@ -178,9 +182,12 @@ def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
         from .teachers.local import LocalTeacher
         return LocalTeacher(model_path=cfg.local_model_path)
     from .teachers.openai_compat import OpenAITeacher
+    if cfg.base_url and not re.match(r"https?://[^/\s]", cfg.base_url):
+        raise ConfigError(f"--base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {cfg.base_url!r})")
     return OpenAITeacher(
         cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
         max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
+        backoff_initial=cfg.retry_backoff,
     )
 
 
@@ -258,6 +265,12 @@ class Generator:
         self.bar = tqdm(total=cfg.num_instructions_to_generate, initial=min(len(pool), cfg.num_instructions_to_generate),
                         desc="kept", unit="inst", file=sys.stderr, disable=not progress, dynamic_ncols=True)
         self.in_flight = 0
+        # Requests sent, counted at launch: a round that came back but is not yet counted in
+        # stats (the pipeline launches before it judges) must still count against --max_requests.
+        self.sent = self.stats.requests
+        # Rejection reasons since the last round that kept something, for the stall message.
+        self.stall_reasons: Counter = Counter()
+        self.last_error = ""
 
     @property
     def target(self) -> int:
@@ -280,12 +293,12 @@ class Generator:
     def round_size(self) -> int:
         size = self.cfg.request_batch_size
         if self.cfg.max_requests is not None:
-            size = min(size, self.cfg.max_requests - self.stats.requests - self.in_flight)
+            size = min(size, self.cfg.max_requests - self.sent)
         return max(size, 0)
 
     def budget_left(self) -> str | None:
         """Why no further round may start, or None."""
-        if self.cfg.max_requests is not None and self.stats.requests + self.in_flight >= self.cfg.max_requests:
+        if self.cfg.max_requests is not None and self.sent >= self.cfg.max_requests:
             return "max_requests"
         if self.cfg.max_total_tokens is not None and self.stats.tokens >= self.cfg.max_total_tokens:
             return "max_total_tokens"
@@ -296,6 +309,7 @@ class Generator:
             return None
         prompts, sizes = self.prompts_for(round_idx)
         self.in_flight += len(prompts)
+        self.sent += len(prompts)
 
         async def ask() -> tuple[list[Completion], list[int], int]:
             return await self.teacher.complete(prompts, self.decoding), sizes, round_idx
@@ -316,7 +330,7 @@ class Generator:
                 await asyncio.sleep(0)  # let the new round's requests go out before the CPU work below
                 kept, rejected = self.judge_round(completions, sizes, done_round)
                 # fsyncs take milliseconds each; in a thread they no longer hold up the replies
-                await asyncio.to_thread(self.persist, kept, rejected, done_round)
+                await finish_despite_cancel(asyncio.to_thread(self.persist, kept, rejected, done_round))
                 stalled = 0 if kept else stalled + 1
                 if stalled >= self.cfg.max_stall_rounds:
                     raise StallError(self.stall_message())
@@ -379,6 +393,11 @@ class Generator:
         self.stats.kept = len(self.pool)
         for r in rejected:
             self.stats.rejects[r["reason"]] += 1
+        if kept:
+            self.stall_reasons.clear()
+        else:
+            self.stall_reasons.update(r["reason"] for r in rejected)
+        self.last_error = next((r["detail"] for r in rejected if r["reason"] == "request_failed"), self.last_error)
         self.pool.save_state(self.stats.to_state())
         self.bar.update(len(kept))
         self.bar.set_postfix_str(self.postfix(), refresh=True)
@@ -414,10 +433,17 @@ class Generator:
         return f"rej {rejects or 0} | tok {self.stats.tokens / 1000:.1f}k"
 
     def stall_message(self) -> str:
-        top = self.stats.rejects.most_common(1)
-        why = f"the most common rejection is {top[0][0]!r} ({top[0][1]} so far)" if top else "the teacher returned nothing usable"
-        return (f"stopped: {self.cfg.max_stall_rounds} rounds in a row kept no instruction; {why}. "
-                f"Check the template (--prompt_path) and the model (--model_name) with --dry_run, then rerun to resume")
+        rounds = f"stopped: {self.cfg.max_stall_rounds} rounds in a row kept no instruction"
+        if set(self.stall_reasons) == {"request_failed"}:
+            return (f"{rounds}: every request failed (last: {self.last_error}); the teacher is down, overloaded or "
+                    f"refusing these requests: check it, then rerun the same command to resume")
+        seen = ", ".join(f"{k} {v}" for k, v in self.stall_reasons.most_common(3)) or "no tasks in the replies"
+        if self.stall_reasons and self.stall_reasons.most_common(1)[0][0] in ("similar", "duplicate"):
+            fix = "the teacher keeps repeating known tasks: raise --temperature, add seed tasks or use another --model_name"
+        else:
+            fix = ("the replies do not follow the numbered format: check the template (--prompt_path, see one prompt "
+                   "with --dry_run) and the model (--model_name)")
+        return f"{rounds} (rejected: {seen}); {fix}, then rerun the same command to resume"
 
 
 def normalize(instruction: str) -> str:
@@ -426,6 +452,25 @@ def normalize(instruction: str) -> str:
     Example: normalize("  Name THREE  colors. ") -> "name three colors."
     """
     return re.sub(r"\s+", " ", instruction).strip().casefold()
+
+
+async def finish_despite_cancel(work):
+    """Await work to its end even when the task is cancelled meanwhile (Ctrl-C, SIGTERM), then
+    pass the cancellation on: a round being written in a thread must be on disk, and counted,
+    before the run's last regen.json and state.json are written from memory."""
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+            break
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def reject_record(rejection: Rejection, meta: dict) -> dict:
@@ -450,7 +495,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     seeds_path = Path(cfg.seed_tasks_path) if cfg.seed_tasks_path else default_seed_tasks_path()
     seeds = load_seed_tasks(seeds_path)
     if cfg.num_prompt_instructions > len(seeds):
-        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {seeds_path}")
+        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {seeds_path}; lower it or add seed tasks")
     own_teacher = teacher is None
     teacher = teacher or make_teacher(cfg, api_key)
     try:
@@ -527,6 +572,7 @@ def main(
     max_stall_rounds: int = 10,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
+    retry_backoff: float = 1.0,
     overwrite: bool = False,
     quiet: bool = False,
 ):
@@ -538,6 +584,9 @@ def main(
     api completions|chat, teacher openai|local, num_machine_instructions (grown tasks mixed into
     each prompt), num_tasks (length of the list the teacher completes), budgets max_requests and
     max_total_tokens, dry_run (print one prompt, call nothing), overwrite (start output_dir afresh).
+    A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
+    doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
+    that keep nothing stop the run with the likely cause.
     """
     options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet")}
     # fire turns "--model_name 7" into an int; names, paths and URLs are text whatever they look like.
@@ -589,6 +638,16 @@ def cli(argv: Sequence[str] | None = None) -> None:
               f"rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
 
+
+class _CallableModule(types.ModuleType):
+    """`self_instruct.generate(...)` stays the function even after this submodule, which shares
+    its name, has been imported (importing it rebinds the package attribute to the module)."""
+
+    def __call__(self, *args, **kwargs) -> GenerateResult:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     cli()

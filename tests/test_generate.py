@@ -157,3 +157,18 @@ def test_cli_200_against_loopback_server(fake_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "200 instructions in out" in proc.stderr
     assert_valid_pool(tmp_path / "out", 200)
+
+
+def test_library_api(fake_server, tmp_path):
+    import self_instruct
+    import self_instruct.generate as module  # importing the submodule must not hide the function
+
+    assert callable(self_instruct.generate) and module.GenerateConfig
+    result = self_instruct.generate(str(tmp_path / "o"), base_url=fake_server.base_url, model_name="m",
+                                    num_instructions_to_generate=5, progress=False)
+    assert result.kept == 5
+    tasks = self_instruct.load_seed_tasks()
+    prompt = self_instruct.encode_prompt(self_instruct.seed_examples(tasks[:3]), self_instruct.load_template())
+    assert prompt.endswith("###\n4. Instruction:")
+    index = self_instruct.RougeIndex(t.instruction for t in tasks)
+    assert index.check(tasks[0].instruction).similar
