@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -501,6 +503,8 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     try:
         template = load_template(cfg.prompt_path, teacher.default_template)
         output_dir = Path(cfg.output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ConfigError(f"--output_dir {output_dir} is a file, not a directory; pass another --output_dir")
         config = run_config(cfg, teacher, seeds_path, template)
         check_resume(output_dir, config, cfg.overwrite)
         if hasattr(teacher, "check"):
@@ -620,12 +624,39 @@ async def _run_cancellable(cfg: GenerateConfig, api_key: str | None, progress: b
     return await agenerate(cfg, api_key=api_key, progress=progress)
 
 
+def check_flags(argv: Sequence[str]) -> None:
+    """Refuse unknown flags and stray words before fire sees them: fire calls main with the
+    flags it knows and complains about the rest only afterwards, so a typo such as
+    --num_instruction 500 would first run a whole generation with the default count."""
+    params = inspect.signature(main).parameters
+    switches = {name for name, p in params.items() if isinstance(p.default, bool)}
+    args, i = list(argv), 0
+    while i < len(args):
+        arg, i = args[i], i + 1
+        if arg in ("--", "-h", "--help"):  # fire's own flags follow "--"
+            return
+        if not arg.startswith("-"):
+            raise ConfigError(f"unexpected argument in position {i}: every option is a flag, --name value (see --help)")
+        name, has_value, _ = arg.lstrip("-").partition("=")
+        name = name.replace("-", "_")
+        if name in switches or (name.startswith("no") and name[2:] in switches):
+            # fire takes a following word as a switch's value (--overwrite True)
+            i += 1 if not has_value and i < len(args) and not args[i].startswith("-") else 0
+            continue
+        if name not in params:
+            close = [p for p in params if p.startswith(name)] or difflib.get_close_matches(name, list(params), n=1)
+            raise ConfigError(f"unknown flag --{name}; " + (f"did you mean --{close[0]}?" if close else "see --help for the flags"))
+        if not has_value:
+            i += 1  # its value, whatever it looks like (-5 included)
+
+
 def cli(argv: Sequence[str] | None = None) -> None:
     """Console entry point: library errors become one line on stderr and exit status 2."""
     import fire
 
     started = time.monotonic()
     try:
+        check_flags(sys.argv[1:] if argv is None else argv)
         fire.Fire(main, command=argv, name="self_instruct.generate")
     except StallError as exc:
         print(f"self_instruct: {exc}", file=sys.stderr)
