@@ -27,8 +27,13 @@ _NUMBERS = re.compile(r"\d+")
 MAX_RETRY_AFTER = 120.0
 
 
-class EmptyReply(Exception):
-    """HTTP 200 whose body holds no usable choice."""
+class BadReply(Exception):
+    """HTTP 200 whose body is JSON but not a usable completion. `fault` names it for the summary:
+    "empty_choices" (no choice, or a choice without text) or "malformed" (not the expected shape)."""
+
+    def __init__(self, fault: str, message: str):
+        super().__init__(message)
+        self.fault = fault
 
 
 def is_context_error(exc: BaseException) -> bool:
@@ -43,16 +48,22 @@ def fault_name(exc: BaseException) -> str:
         return "connection"
     if isinstance(exc, openai.APIStatusError):
         return str(exc.status_code)
-    if isinstance(exc, EmptyReply):
-        return "empty_choices"
-    return "malformed"
+    if isinstance(exc, BadReply):
+        return exc.fault
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return "malformed"
+    return type(exc).__name__
 
 
 def _retryable(exc: BaseException) -> bool:
+    """Faults worth another attempt. What the SDK (openai 1.x to 3.x) raises for each:
+    429/5xx/408/409 -> APIStatusError subclasses; a reset or a cut body -> APIConnectionError;
+    no answer in time -> APITimeoutError (an APIConnectionError); HTTP 200 with a body that is
+    not JSON -> json.JSONDecodeError straight from the SDK; JSON of the wrong shape -> BadReply
+    (ours: the SDK builds such responses without complaint). Anything else is a bug, not a fault."""
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    # Connection resets, timeouts, bodies that are not the JSON the SDK expects, empty choices.
-    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, EmptyReply, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError))
+    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError, BadReply))
 
 
 def retry_after(exc: BaseException | None) -> float | None:
@@ -63,9 +74,9 @@ def retry_after(exc: BaseException | None) -> float | None:
         return None
     try:
         if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
         if "retry-after" in headers:
-            return float(headers["retry-after"])
+            return max(0.0, float(headers["retry-after"]))
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
     return None
@@ -91,7 +102,11 @@ class OpenAITeacher(Teacher):
         self.api = api
         self.base_url = base_url
         self.max_attempts = max_attempts
-        self._wait_backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        # Jitter in proportion to the first wait (tenacity's default is a flat second), so that a
+        # short backoff for a local server stays short and clients still spread out.
+        self._wait_backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        # Kept only to scrub it from error texts: some servers echo the key they refused.
+        self._api_key = api_key
         self._semaphore = asyncio.Semaphore(max_concurrency)
         # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one.
         self._client = openai.AsyncOpenAI(
@@ -146,10 +161,13 @@ class OpenAITeacher(Teacher):
                         if is_context_error(exc):
                             max_tokens = shrink_max_tokens(str(exc), max_tokens)
                         raise
-        except TeacherError:
-            raise
-        except Exception as exc:
-            return Completion("", finish_reason="error", error=f"{fault_name(exc)}: {_short(exc)}", faults=tuple(faults))
+        except (openai.OpenAIError, json.JSONDecodeError, BadReply) as exc:
+            # Retries spent, or a refusal no retry can fix (400, 422): this prompt is dropped
+            # with the reason in rejected.jsonl and the loop draws fresh prompts.
+            error = f"{fault_name(exc)}: {' '.join(str(exc).split())}"
+            if self._api_key:
+                error = error.replace(self._api_key, "[api key]")
+            return Completion("", finish_reason="error", error=error[:200], faults=tuple(faults))
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -170,20 +188,15 @@ class OpenAITeacher(Teacher):
             options["seed"] = decoding.seed
         if self.api == "chat":
             response = await self._client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **options)
-            choice = _first_choice(response)
-            text = choice.message.content if choice.message else None
         else:
             response = await self._client.completions.create(prompt=prompt, **options)
-            choice = _first_choice(response)
-            text = choice.text
-        if text is None:
-            raise EmptyReply("the reply holds no text")
+        text, finish_reason = _read_reply(response, chat=self.api == "chat")
         usage = getattr(response, "usage", None)
         return Completion(
             text,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            finish_reason=finish_reason,
+            prompt_tokens=_token_count(usage, "prompt_tokens"),
+            completion_tokens=_token_count(usage, "completion_tokens"),
             faults=tuple(faults),
         )
 
@@ -191,11 +204,29 @@ class OpenAITeacher(Teacher):
         await self._client.close()
 
 
-def _first_choice(response):
+def _read_reply(response, chat: bool) -> tuple[str, str | None]:
+    """Text and finish_reason of the first choice. The SDK builds its response objects from any
+    JSON without checking (and hands back a plain str for a non-JSON content type), so the shape
+    is checked here and a wrong one raised as a retryable BadReply."""
     choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise BadReply("malformed", f"the reply is not a completion (got {type(response).__name__} without a list of choices)")
     if not choices:
-        raise EmptyReply("the reply has no choices")
-    return choices[0]
+        raise BadReply("empty_choices", "the reply has no choices")
+    choice = choices[0]
+    holder = getattr(choice, "message", None) if chat else choice
+    text = getattr(holder, "content" if chat else "text", None)
+    if text is None:
+        raise BadReply("empty_choices", "the first choice holds no text")
+    if not isinstance(text, str):
+        raise BadReply("malformed", f"the first choice's text is {type(text).__name__}, not a string")
+    finish_reason = getattr(choice, "finish_reason", None)
+    return text, finish_reason if isinstance(finish_reason, str) else None
+
+
+def _token_count(usage, name: str) -> int:
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def shrink_max_tokens(message: str, max_tokens: int) -> int:
@@ -212,8 +243,3 @@ def shrink_max_tokens(message: str, max_tokens: int) -> int:
         if 0 < fits < max_tokens:
             return fits
     return max(1, int(max_tokens * 0.8))
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return text[:limit]
