@@ -53,7 +53,7 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
 def _parse_line(path: Path, lineno: int, line: bytes) -> SeedTask:
     where = f"{path}:{lineno}"
     if len(line) > MAX_LINE_BYTES:
-        raise SeedFormatError(f"{where}: line is {len(line):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit for one task")
+        raise SeedFormatError(f"{where}: line is {len(line):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit for one task; is this a seed task file?")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -63,14 +63,16 @@ def _parse_line(path: Path, lineno: int, line: bytes) -> SeedTask:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SeedFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise SeedFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one task as one JSON object a line") from None
+    except RecursionError:
+        raise SeedFormatError(f"{where}: JSON nested too deeply to be a seed task; write one task as one JSON object a line") from None
     if not isinstance(obj, dict):
-        raise SeedFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise SeedFormatError(f"{where}: expected a JSON object, got {_json_type(obj)}; write one task as one JSON object a line")
     _check_fields(where, obj, FIELDS)
     if not obj["instruction"].strip():
-        raise SeedFormatError(f'{where}: field "instruction" is empty')
+        raise SeedFormatError(f'{where}: field "instruction" is empty; write the task the model should do')
     if not obj["id"].strip():
-        raise SeedFormatError(f'{where}: field "id" is empty')
+        raise SeedFormatError(f'{where}: field "id" is empty; give each task a unique id such as "seed_task_0"')
     if not obj["instances"]:
         raise SeedFormatError(f'{where}: field "instances" is empty; give at least one {{"input": ..., "output": ...}}')
     instances = tuple(_parse_instance(where, i, inst) for i, inst in enumerate(obj["instances"]))
@@ -83,14 +85,14 @@ def _parse_instance(where: str, i: int, inst: Any) -> Instance:
         raise SeedFormatError(f'{where}: field "{field}" must be an object with "input" and "output" (got {_json_type(inst)})')
     _check_fields(where, inst, {"input": str, "output": str}, prefix=f"{field}.")
     if not inst["output"].strip():
-        raise SeedFormatError(f'{where}: field "{field}.output" is empty')
+        raise SeedFormatError(f'{where}: field "{field}.output" is empty; write the answer the task expects')
     return Instance(inst["input"], inst["output"])
 
 
 def _check_fields(where: str, obj: dict, spec: dict[str, type], prefix: str = "") -> None:
     for name, kind in spec.items():
         if name not in obj:
-            raise SeedFormatError(f'{where}: field "{prefix}{name}" is missing')
+            raise SeedFormatError(f'{where}: field "{prefix}{name}" is missing; each {"instance" if prefix else "task"} needs {", ".join(spec)}')
         if not isinstance(obj[name], kind):
             raise SeedFormatError(f'{where}: field "{prefix}{name}" must be {_TYPE_NAMES[kind]} (got {_json_type(obj[name])})')
     extra = sorted(set(obj) - set(spec))
