@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,10 +33,10 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
     # A fixed temp name in the same directory (rename is atomic only within one file system);
     # plain open() so the file gets the user's umask, not mkstemp's 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = (json.dumps(obj, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=indent)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(_pause_halfway_for_tests(f, payload, path.name))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -95,8 +98,9 @@ class InstructionPool:
         """Create the directory if needed and read back what an earlier run left."""
         pool = cls(output_dir)
         pool.dir.mkdir(parents=True, exist_ok=True)
-        for stale in pool.dir.glob(".*.tmp"):
-            stale.unlink()  # a temp file of a write the last run was killed in
+        for name in (RUN, STATE, REGEN):
+            for stale in pool.dir.glob(f".{name}.*.tmp"):
+                stale.unlink()  # a temp file of a write the last run was killed in
         pool.records, note = read_jsonl_repairing(pool.dir / GENERATED)
         pool.repairs += [note] if note else []
         pool.rejected, note = read_jsonl_repairing(pool.dir / REJECTED)
@@ -141,7 +145,7 @@ def _append_lines(path: Path, records: list[dict]) -> None:
     # One write of whole lines: a kill leaves at most one torn line, at the end.
     payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
     with open(path, "ab") as f:
-        f.write(payload)
+        f.write(_pause_halfway_for_tests(f, payload, path.name))
         f.flush()
         os.fsync(f.fileno())
 
@@ -153,3 +157,26 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path}: not valid JSON; fix or delete it, or pass --overwrite to start again") from None
+
+
+_test_writes: Counter = Counter()
+
+
+def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
+    """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
+    of that file puts half its bytes on disk, says so on stderr, and waits to be SIGKILLed, so
+    that a test's kill lands mid-write for certain. Returns the bytes still to write."""
+    spec = os.environ.get("SELF_INSTRUCT_TEST_PAUSE")
+    if not spec:
+        return payload
+    target, _, nth = spec.partition("@")
+    _test_writes[name] += 1
+    if name != target or _test_writes[name] != int(nth or 1):
+        return payload
+    half = len(payload) // 2
+    f.write(payload[:half])
+    f.flush()
+    os.fsync(f.fileno())
+    print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
+    time.sleep(600)
+    return payload[half:]
