@@ -137,8 +137,10 @@ def _error(path: str | Path, text: str, position: int, problem: str) -> SeedForm
 def _problem(obj: object) -> str | None:
     """What keeps ``obj`` from being a record with an instruction, or None.
 
-    >>> _problem({"instruction": "Say hi."}), _problem({"instruction": 3}), _problem([])
-    (None, 'field "instruction" must be a string (got int)', 'expected a JSON object with an "instruction" field (got list)')
+    >>> _problem({"instruction": "Say hi."}), _problem({"instruction": 3})
+    (None, 'field "instruction" must be a string (got int)')
+    >>> _problem([])
+    'expected a JSON object with an "instruction" field (got list)'
     """
     if not isinstance(obj, dict):
         return f'expected a JSON object with an "instruction" field (got {type(obj).__name__})'

@@ -72,8 +72,11 @@ def prefix_length(threshold: float, n: int) -> int:
 class Match:
     """What the index says about one candidate text.
 
-    ``most_similar`` may be empty when ``similar`` is true (the search stops early) and ``mean``
-    (Alpaca's ``avg_similarity_score``) is only computed for texts that are not similar.
+    ``max_score`` and ``nearest`` are exact (earliest indexed text on ties). For a similar text only
+    pairs that may pass the threshold are scored, so ``most_similar`` is empty and ``mean`` None.
+    Otherwise ``most_similar`` is the exact top k, ties in insertion order (Alpaca's numpy sort
+    leaves their order unspecified), and ``mean`` is Alpaca's ``avg_similarity_score``, the numpy
+    mean of every score (0.0 for an empty index, where numpy would give nan).
     """
 
     similar: bool

@@ -105,11 +105,14 @@ def test_threshold_flag(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("bad.jsonl", '{"instruction": "ok"}\n{"input": "no instruction"}\n', 'bad.jsonl:2: field "instruction" is missing'),
+    ("bad.jsonl", '{"instruction": "ok"}\n{"input": "no instruction"}\n',
+     'bad.jsonl:2: field "instruction" is missing'),
     ("bad.jsonl", '{"instruction": "ok"}\n{"instruction": \n', "bad.jsonl:2: not valid JSON"),
-    ("bad.json", '[\n  {"instruction": "ok"},\n  {"instruction": 7}\n]', 'bad.json:3: field "instruction" must be a string (got int)'),
+    ("bad.json", '[\n  {"instruction": "ok"},\n  {"instruction": 7}\n]',
+     'bad.json:3: field "instruction" must be a string (got int)'),
     ("bad.json", '[\n  {"instruction": "ok"}\n  {"instruction": "b"}\n]', "bad.json:3: not valid JSON"),
-    ("bad.json", '[{"instruction": "ok"}, "text"]', 'bad.json:1: expected a JSON object with an "instruction" field (got str)'),
+    ("bad.json", '[{"instruction": "ok"}, "text"]',
+     'bad.json:1: expected a JSON object with an "instruction" field (got str)'),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, name, text, message):
     source = tmp_path / name
