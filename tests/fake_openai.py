@@ -3,8 +3,8 @@ writes plausible self-instruct replies, and injects the faults real endpoints th
 
 Faults are scripted per request: `server.script(["429", "ok", "reset"])` answers the next three
 requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script. Besides
-FAULTS, scripts may use "echo_key" (a 500 whose message repeats the Authorization header, as
-careless servers do) and "html" (HTTP 200 with an HTML page).
+FAULTS, scripts may use "400" (a refusal), "echo_key" (a 500 whose message repeats the
+Authorization header, as careless servers do) and "html" (HTTP 200 with an HTML page).
 """
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.faults_sent: list[str] = []
         self.in_flight = self.max_in_flight = 0
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll so that stop() returns at once (the default half second adds up over a test run).
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -191,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
                 f"This model's maximum context length is {asked + 99} tokens. However, you requested {asked + 100} tokens "
                 f"(100 in your prompt; {asked} for the completion). Please reduce your prompt; or completion length."),
                 "type": "invalid_request_error", "code": "context_length_exceeded"}})
+        if fault == "400":  # a refusal no retry can fix
+            return self._json(400, {"error": {"message": "Unsupported parameter: 'top_p'", "type": "invalid_request_error"}})
         if fault == "echo_key":
             return self._json(500, {"error": {"message": f"upstream failed for credentials {self.headers.get('Authorization')}"}})
         if fault == "html":

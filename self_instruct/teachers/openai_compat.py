@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from typing import Sequence
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ..errors import ConfigError, TeacherError
 from ..types import Completion, Decoding
@@ -102,9 +103,8 @@ class OpenAITeacher(Teacher):
         self.api = api
         self.base_url = base_url
         self.max_attempts = max_attempts
-        # Jitter in proportion to the first wait (tenacity's default is a flat second), so that a
-        # short backoff for a local server stays short and clients still spread out.
-        self._wait_backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._jitter = random.Random()
         # Kept only to scrub it from error texts: some servers echo the key they refused.
         self._api_key = api_key
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -159,7 +159,7 @@ class OpenAITeacher(Teacher):
                             raise TeacherError(f"the teacher at {self._where()} has no model {self.model_id!r} (404): fix --model_name") from None
                         faults.append("context_length" if is_context_error(exc) else fault_name(exc))
                         if is_context_error(exc):
-                            max_tokens = shrink_max_tokens(str(exc), max_tokens)
+                            max_tokens = shrink_max_tokens(_server_message(exc), max_tokens)
                         raise
         except (openai.OpenAIError, json.JSONDecodeError, BadReply) as exc:
             # Retries spent, or a refusal no retry can fix (400, 422): this prompt is dropped
@@ -175,7 +175,14 @@ class OpenAITeacher(Teacher):
         if is_context_error(exc):
             return 0.0  # nothing to wait for: the next attempt asks for fewer tokens
         asked = retry_after(exc)
-        return min(asked, MAX_RETRY_AFTER) if asked is not None else self._wait_backoff(state)
+        return min(asked, MAX_RETRY_AFTER) if asked is not None else self._backoff(state.attempt_number)
+
+    def _backoff(self, attempt: int) -> float:
+        """Doubling waits from backoff_initial, capped, with jitter in proportion to the first
+        wait (tenacity's wait_exponential_jitter adds a flat second, which a local server does
+        not need, and renamed its argument between versions)."""
+        wait = self.backoff_initial * 2 ** min(attempt - 1, 30)
+        return min(wait + self._jitter.uniform(0, self.backoff_initial), self.backoff_max)
 
     async def _request(self, prompt: str, decoding: Decoding, max_tokens: int, faults: list[str]) -> Completion:
         options = dict(
@@ -222,6 +229,14 @@ def _read_reply(response, chat: bool) -> tuple[str, str | None]:
         raise BadReply("malformed", f"the first choice's text is {type(text).__name__}, not a string")
     finish_reason = getattr(choice, "finish_reason", None)
     return text, finish_reason if isinstance(finish_reason, str) else None
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own error text: str() of an SDK error starts with "Error code: 400 - ",
+    whose number would throw off shrink_max_tokens."""
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else str(exc)
 
 
 def _token_count(usage, name: str) -> int:
