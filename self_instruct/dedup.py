@@ -188,7 +188,7 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
             if keep:
                 kept.append(record)
             progress.update()
-            progress.set_postfix(kept=len(kept), dropped=progress.n - len(kept), refresh=False)
+            progress.set_postfix_str(f"kept={len(kept)}, dropped={progress.n - len(kept)}", refresh=False)
     _write_atomically(output, dataset.render(kept))
     return output, len(instructions), len(kept)
 
