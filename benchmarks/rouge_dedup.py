@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,15 @@ from self_instruct.dedup import greedy_keep  # noqa: E402
 from self_instruct.similarity import RougeIndex  # noqa: E402
 
 ANCHORS = REPO.parent / "shared" / "anchors"
+# Runs the dedup CLI and reports the peak RSS of its own address space: a child's ru_maxrss would
+# also count the parent's pages it held between fork and exec.
+CLI_WITH_PEAK = """
+import re, runpy, sys
+try:
+    runpy.run_module("self_instruct.dedup", run_name="__main__", alter_sys=True)
+finally:
+    print(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).group(1), file=sys.stderr)
+"""
 INSERTED = ["please", "the", "briefly", "new", "also", "café", "naïve", "über", "résumé", "東京", "quickly"]
 
 
@@ -117,13 +125,13 @@ def dedup_large(records: list[dict], seeds_path: Path) -> None:
         source = Path(directory) / "large.json"
         source.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
         start = time.perf_counter()
-        command = [sys.executable, "-m", "self_instruct.dedup", str(source), "--against", str(seeds_path)]
+        command = [sys.executable, "-c", CLI_WITH_PEAK, str(source), "--against", str(seeds_path)]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
     if result.returncode:
         sys.exit(result.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    print(f"{result.stderr.splitlines()[-1]}\nwall {wall:.2f} s (process start to exit), peak RSS {peak:.0f} MiB")
+    *_, summary, peak_kib = result.stderr.splitlines()
+    print(f"{summary}\nwall {wall:.2f} s (process start to exit), peak RSS {int(peak_kib) / 1024:.0f} MiB")
 
 
 def loop_cost_at_scale(pool: list[str], queries: list[str]) -> None:
