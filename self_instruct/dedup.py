@@ -71,8 +71,9 @@ def read_dataset(path: str | Path) -> Dataset:
         raise SeedFormatError(f"{path}: not UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if text.lstrip().startswith("["):
-        return _read_json_list(path, text)
+    start = _skip_space(text, 0)
+    if text.startswith("[", start):
+        return _read_json_list(path, text, start)
     return Dataset(_read_jsonl(path, text), is_json_list=False)
 
 
@@ -85,6 +86,8 @@ def _read_jsonl(path: str | Path, text: str) -> list[Record]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SeedFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise SeedFormatError(f"{path}:{lineno}: JSON nested too deeply to be a record") from None
         problem = _problem(obj)
         if problem:
             raise SeedFormatError(f"{path}:{lineno}: {problem}")
@@ -92,11 +95,11 @@ def _read_jsonl(path: str | Path, text: str) -> list[Record]:
     return records
 
 
-def _read_json_list(path: str | Path, text: str) -> Dataset:
-    """Parse the list item by item, so each record keeps its source text and line number."""
+def _read_json_list(path: str | Path, text: str, start: int) -> Dataset:
+    """Parse the list opening at ``start`` item by item, so each record keeps its source text and line."""
     decoder = json.JSONDecoder()
     records, spans = [], []
-    position = _skip_space(text, text.index("[") + 1)
+    position = _skip_space(text, start + 1)
     while text[position:position + 1] != "]":
         if records:
             if text[position:position + 1] != ",":
@@ -106,6 +109,8 @@ def _read_json_list(path: str | Path, text: str) -> Dataset:
             obj, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise SeedFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise _error(path, text, position, "JSON nested too deeply to be a record") from None
         problem = _problem(obj)
         if problem:
             raise _error(path, text, position, problem)
@@ -210,15 +215,16 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _paths(against: str | Sequence[str]) -> list[str]:
-    """``--against`` as a list: fire passes one string (comma-separated files) or a list.
+def _paths(against) -> list[str]:
+    """``--against`` as a list: fire passes a list, or one value (comma-separated files; a name like
+    ``2024`` arrives as a number).
 
-    >>> _paths("seed.jsonl,test.json"), _paths(["a.json"]), _paths(())
-    (['seed.jsonl', 'test.json'], ['a.json'], [])
+    >>> _paths("seed.jsonl,test.json"), _paths(["a.json"]), _paths(()), _paths(2024)
+    (['seed.jsonl', 'test.json'], ['a.json'], [], ['2024'])
     """
-    if isinstance(against, str):
-        return [path for path in against.split(",") if path]
-    return [str(path) for path in against]
+    if isinstance(against, (list, tuple)):
+        return [str(path) for path in against]
+    return [path for path in str(against).split(",") if path]
 
 
 def main(input, output=None, threshold=0.7, against=()):

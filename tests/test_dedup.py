@@ -113,6 +113,8 @@ def test_threshold_flag(tmp_path):
     ("bad.json", '[\n  {"instruction": "ok"}\n  {"instruction": "b"}\n]', "bad.json:3: not valid JSON"),
     ("bad.json", '[{"instruction": "ok"}, "text"]',
      'bad.json:1: expected a JSON object with an "instruction" field (got str)'),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "deep.json:1: JSON nested too deeply"),
+    ("deep.jsonl", '{"instruction": "ok"}\n' + "[" * 100_000, "deep.jsonl:2: JSON nested too deeply"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, name, text, message):
     source = tmp_path / name
