@@ -258,7 +258,10 @@ class Generator:
         self.seeds = seeds
         self.decoding = cfg.decoding()
         self.stats = Stats.from_state(pool.state)
+        # The JSONL files are the truth: a kill between a round's append and its state.json
+        # leaves the counters one round behind them.
         self.stats.kept = len(pool)
+        self.stats.rejects = Counter(r.get("reason", "unknown") for r in pool.rejected)
         self.index = RougeIndex([s.instruction for s in seeds], threshold=cfg.similarity_threshold)
         self.seen = {normalize(s.instruction) for s in seeds}
         for record in pool.records:

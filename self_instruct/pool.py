@@ -164,8 +164,8 @@ _test_writes: Counter = Counter()
 
 def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
     """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
-    of that file puts half its bytes on disk, says so on stderr, and waits to be SIGKILLed, so
-    that a test's kill lands mid-write for certain. Returns the bytes still to write."""
+    of that file stops halfway through its last line, says so on stderr, and waits to be
+    SIGKILLed, so that a test's kill lands mid-write for certain. Returns the bytes still to write."""
     spec = os.environ.get("SELF_INSTRUCT_TEST_PAUSE")
     if not spec:
         return payload
@@ -173,10 +173,11 @@ def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
     _test_writes[name] += 1
     if name != target or _test_writes[name] != int(nth or 1):
         return payload
-    half = len(payload) // 2
-    f.write(payload[:half])
+    last_line = payload.rfind(b"\n", 0, len(payload) - 1) + 1
+    cut = last_line + (len(payload) - last_line) // 2
+    f.write(payload[:cut])
     f.flush()
     os.fsync(f.fileno())
     print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
     time.sleep(600)
-    return payload[half:]
+    return payload[cut:]
