@@ -643,8 +643,11 @@ def check_flags(argv: Sequence[str]) -> None:
         name, has_value, _ = arg.lstrip("-").partition("=")
         name = name.replace("-", "_")
         if name in switches or (name.startswith("no") and name[2:] in switches):
-            # fire takes a following word as a switch's value (--overwrite True)
-            i += 1 if not has_value and i < len(args) and not args[i].startswith("-") else 0
+            # fire would take any word after a switch as its value (--quiet 500 sets quiet="500")
+            if not has_value and i < len(args) and not args[i].startswith("-"):
+                if args[i].lower() not in ("true", "false"):
+                    raise ConfigError(f"unexpected argument in position {i + 1}: --{name} is a switch and takes no value")
+                i += 1
             continue
         if name not in params:
             close = [p for p in params if p.startswith(name)] or difflib.get_close_matches(name, list(params), n=1)

@@ -33,7 +33,7 @@ def load_template(path: str | Path | None = None, default_name: str = "generate.
         raise ConfigError(f"{flag}: {source} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{flag}: cannot read {source}: {exc.strerror}") from None
-    check_template(text, source)
+    check_template(text, f"{flag} {source}")
     return text
 
 
