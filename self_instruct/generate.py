@@ -262,6 +262,7 @@ class Generator:
         # leaves the counters one round behind them.
         self.stats.kept = len(pool)
         self.stats.rejects = Counter(r.get("reason", "unknown") for r in pool.rejected)
+        self.stats.parsed = max(self.stats.parsed, len(pool) + sum("instruction" in r for r in pool.rejected))
         self.index = RougeIndex([s.instruction for s in seeds], threshold=cfg.similarity_threshold)
         self.seen = {normalize(s.instruction) for s in seeds}
         for record in pool.records:
