@@ -1,0 +1,660 @@
+"""Fine-tune a causal language model on instruction data: `python -m self_instruct.train`.
+
+Supervised fine-tuning in the manner of Stanford Alpaca's train.py: each record becomes a prompt
+(one template with input, one without) followed by the response and EOS; only the response and
+EOS carry a loss, every prompt token gets the label -100; a pad token is added when the tokenizer
+has none. Where we differ, and why:
+- prompt and response are tokenised separately and joined, so the prompt/response boundary is
+  exact (Alpaca tokenises the joined text and can be off by one where tokens merge across it);
+- a record whose prompt alone fills model_max_length is dropped and counted, not kept with
+  every label masked;
+- full fine-tuning, LoRA and QLoRA (peft, bitsandbytes) in one script, and optional packing;
+- a plain PyTorch loop on one device rather than transformers.Trainer: every step of the loss is
+  in this file, the loss is averaged over response tokens across gradient accumulation, and
+  nothing depends on Trainer's changing defaults. Multi-GPU sharding is not done here.
+
+Reads every format the library writes or accepts: regen.json and other Alpaca JSON lists,
+generated.jsonl and Alpaca JSONL (instruction, input, output; extra fields ignored), and chat
+records ({"messages": [{"role", "content"}, ...]}). A chat record is rendered with the
+tokenizer's chat template when it has one, and the loss falls on the assistant turns only
+(system and user turns are masked); without a chat template it must be a single exchange, which
+is trained as an instruction (a system message goes in front of the user's text).
+
+Packing (--packing) fills blocks of model_max_length with whole examples and restarts
+position_ids at 0 for each; transformers (>= 4.56) turns those restarts into a block-diagonal
+mask for sdpa/eager attention and flash-attention uses them natively, so packed examples do not
+attend to each other. Labels stay masked per example exactly as without packing.
+
+The torch, transformers and peft imports are needed only to train: the data functions and
+--help work without them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import fire
+
+from .errors import ConfigError, SeedFormatError, SelfInstructError
+from .resources import bundled_path
+
+try:  # the [train] extra; checked with an install hint in main()
+    import torch
+except ImportError:
+    torch = None
+
+IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
+INSTALL_HINT = "pip install 'self_instruct[train]'"
+MODES = ("full", "lora", "qlora")
+ROLES = ("system", "user", "assistant")
+
+
+# -----------------------------------------------------------------------------
+# data: records from any file we write or accept
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read instruction records or chat records from a JSON list or a JSONL file.
+
+    Returns dicts {"instruction", "input", "output"} or {"messages": [...]}; raises
+    SeedFormatError naming file:line and the field of the first bad record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data_path {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        numbered = list(enumerate(_parse_json_list(text, path)))
+        line_of = lambda index: _item_line(text, index)  # only worked out to report an error
+    else:
+        numbered = _parse_jsonl(text, path)
+        line_of = lambda line: line
+    records = []
+    for key, item in numbered:
+        try:
+            records.append(_check_record(item))
+        except ValueError as exc:
+            raise SeedFormatError(f"{path}:{line_of(key)}: {exc}") from None
+    if not records:
+        raise SeedFormatError(f"{path}: no records")
+    return records
+
+
+def _parse_json_list(text: str, path: Path) -> list:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SeedFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def _parse_jsonl(text: str, path: Path) -> list[tuple[int, object]]:
+    numbered = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                numbered.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise SeedFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+    return numbered
+
+
+def _item_line(text: str, index: int) -> int:
+    """The line on which item `index` of a valid JSON list starts.
+
+    Example: '[\\n {"a": 1},\\n {"a": 2}\\n]', 1 -> 3
+    """
+    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+    pos = text.index("[") + 1
+    for _ in range(index):
+        pos = decoder.raw_decode(text, gap.match(text, pos).end())[1]
+    return text.count("\n", 0, gap.match(text, pos).end()) + 1
+
+
+def _check_record(item) -> dict:
+    if not isinstance(item, dict):
+        raise ValueError(f"a record must be a JSON object (got {type(item).__name__})")
+    if "messages" in item:
+        return {"messages": _check_messages(item["messages"])}
+    record = {}
+    for field in ("instruction", "input", "output"):
+        if field not in item and field != "input":
+            raise ValueError(f'field "{field}" is missing (records need instruction, output and '
+                             f'optionally input, or messages)')
+        value = item.get(field, "")
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise ValueError(f'field "{field}" must be a string (got {got})')
+        record[field] = value
+    if not record["instruction"].strip():
+        raise ValueError('field "instruction" is empty')
+    return record
+
+
+def _check_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError('field "messages" must be a non-empty list of {"role", "content"}')
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)):
+            raise ValueError(f'field "messages[{i}]" needs "role" (one of {", ".join(ROLES)}) and a string "content"')
+    if messages[-1]["role"] != "assistant":
+        raise ValueError('field "messages" must end with an assistant turn (it is what the model learns)')
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+# -----------------------------------------------------------------------------
+# prompts: the bundled Alpaca-style templates, or the user's
+
+
+def load_templates(prompt_with_input: str | None = None, prompt_no_input: str | None = None) -> dict[str, str]:
+    """The two prompt templates, as text with {instruction} and {input} placeholders."""
+    templates = {}
+    for key, given, needed in (("with_input", prompt_with_input, ("{instruction}", "{input}")),
+                               ("no_input", prompt_no_input, ("{instruction}",))):
+        path = Path(given) if given else bundled_path("prompts", f"train_{key}.txt")
+        if not path.is_file():
+            raise ConfigError(f"prompt template {path}: no such file")
+        text = path.read_text(encoding="utf-8")
+        missing = [name for name in needed if name not in text]
+        if missing:
+            raise ConfigError(f"prompt template {path} lacks {' and '.join(missing)}")
+        templates[key] = text
+    return templates
+
+
+def render_prompt(record: dict, templates: dict[str, str]) -> str:
+    """Fill the template chosen by whether the record has an input (as Alpaca: input != "").
+
+    Placeholders are replaced in one pass, so braces in user text or templates are left alone.
+    Example: {"instruction": "Add {x}.", "input": ""} with "Q: {instruction}\\nA: " -> "Q: Add {x}.\\nA: "
+    """
+    template = templates["with_input"] if record["input"] else templates["no_input"]
+    return re.sub(r"\{(instruction|input)\}", lambda m: record[m.group(1)], template)
+
+
+# -----------------------------------------------------------------------------
+# examples: token ids and labels, packing, batches
+
+
+def build_example(tokenizer, record: dict, templates: dict[str, str], model_max_length: int) -> dict | None:
+    """Token ids and labels for one record; labels are -100 except on what the model must say.
+
+    Returns None when truncation to model_max_length leaves no response token to learn from.
+    """
+    if "messages" in record and tokenizer.chat_template:
+        input_ids, labels = [], []
+        for text, trained in chat_pieces(tokenizer, record["messages"]):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    else:
+        record = as_instruction(record) if "messages" in record else record
+        prompt = tokenizer(render_prompt(record, templates))["input_ids"]  # with BOS where the tokenizer adds one
+        response = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        input_ids = prompt + response
+        labels = [IGNORE_INDEX] * len(prompt) + response
+    input_ids, labels = input_ids[:model_max_length], labels[:model_max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """Split a chat rendered by the tokenizer's template into (text, trained) pieces.
+
+    Each assistant turn is the text the template adds after the generation prompt, end-of-turn
+    marker included, so the model learns to stop. This needs a template that renders every
+    shorter conversation as a prefix of the longer one.
+    """
+    def render(turns, generation_prompt):
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
+
+    pieces, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, after = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (before.startswith(done) and after.startswith(before)):
+            raise ConfigError("this tokenizer's chat template rewrites earlier turns, so assistant turns "
+                              "cannot be masked exactly; convert the data to instruction/input/output")
+        pieces += [(before[len(done):], False), (after[len(before):], True)]
+        done = after
+    return [(text, trained) for text, trained in pieces if text]
+
+
+def as_instruction(record: dict) -> dict:
+    """A single-exchange chat record as an instruction record, for tokenizers without a chat template.
+
+    Example: [system "Be brief.", user "Name a colour.", assistant "Red."]
+             -> {"instruction": "Be brief.\\n\\nName a colour.", "input": "", "output": "Red."}
+    """
+    roles = [m["role"] for m in record["messages"]]
+    if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
+        raise ConfigError("chat records with several turns need a tokenizer with a chat template "
+                          "(this one has none); set tokenizer.chat_template or use instruction records")
+    texts = [m["content"] for m in record["messages"]]
+    return {"instruction": "\n\n".join(texts[:-1]), "input": "", "output": texts[-1]}
+
+
+def pack(examples: list[dict], block_size: int) -> list[dict]:
+    """Fill blocks of at most block_size tokens with whole examples, in order.
+
+    position_ids restart at 0 for each example; the attention layers read those restarts as
+    boundaries, and the labels keep each example's own masking.
+    Example (block_size 5): lengths [2, 2, 3] -> blocks of lengths [4, 3],
+             position_ids [[0, 1, 0, 1], [0, 1, 2]]
+    """
+    blocks = []
+    for example in examples:
+        n = len(example["input_ids"])
+        if not blocks or len(blocks[-1]["input_ids"]) + n > block_size:
+            blocks.append({"input_ids": [], "labels": [], "position_ids": []})
+        blocks[-1]["input_ids"] += example["input_ids"]
+        blocks[-1]["labels"] += example["labels"]
+        blocks[-1]["position_ids"] += list(range(n))
+    return blocks
+
+
+def collate(batch: list[dict], pad_token_id: int) -> dict:
+    """Right-pad examples into tensors: ids with the pad token, labels with -100.
+
+    The attention mask comes from the lengths, not from `ids != pad`: the pad token may be the
+    EOS token, which must stay visible where it ends a response. Packed blocks get no attention
+    mask (a 2D mask would hide their boundaries); their padding becomes one more segment with
+    positions from 0, which no real token attends to.
+    """
+    width = max(len(example["input_ids"]) for example in batch)
+
+    def padded(key, fill):
+        return torch.tensor([ex[key] + [fill] * (width - len(ex[key])) for ex in batch])
+
+    tensors = {"input_ids": padded("input_ids", pad_token_id), "labels": padded("labels", IGNORE_INDEX)}
+    if "position_ids" in batch[0]:
+        tensors["position_ids"] = torch.tensor(
+            [ex["position_ids"] + list(range(width - len(ex["position_ids"]))) for ex in batch])
+    else:
+        tensors["attention_mask"] = torch.tensor(
+            [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in batch])
+    return tensors
+
+
+def batches(items: list[dict], batch_size: int, rng: random.Random):
+    """Endless mini-batches, reshuffled every epoch."""
+    while True:
+        order = items[:]
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+
+
+# -----------------------------------------------------------------------------
+# model: loading, pad token, LoRA / QLoRA
+
+
+def load_model_and_tokenizer(model_name_or_path: str, mode: str, dtype, gguf_file: str | None,
+                             model_max_length: int, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    if mode == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        extra["device_map"] = {"": device.index or 0}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_name_or_path, padding_side="right", model_max_length=model_max_length,
+            **({"gguf_file": gguf_file} if gguf_file else {}))
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype, **extra)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model {model_name_or_path}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"tokenizer of {model_name_or_path} has no EOS token, so responses cannot end")
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        resize_embeddings(model, tokenizer)
+    return (model if mode == "qlora" else model.to(device)), tokenizer
+
+
+def resize_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings to the tokenizer's size, after a pad token was added.
+
+    New rows start at the mean of the existing ones (as Alpaca does), so the token looks like an
+    average token rather than noise. The rows depend only on the base weights: to load a saved
+    adapter, call this on the base model with the saved tokenizer and get the same rows back.
+    A vocabulary padded beyond the tokenizer (rows >= len(tokenizer)) is left as it is.
+    """
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old_rows:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if embedding is not None:
+                embedding.weight[old_rows:] = embedding.weight[:old_rows].mean(dim=0)
+
+
+def default_lora_targets(model) -> list[str]:
+    """The attention projections to adapt, by the module names the architecture uses.
+
+    q_proj,v_proj for Llama-like models (Llama, Mistral, Qwen, OPT, ...), query_key_value for
+    Bloom, Falcon and GPT-NeoX, c_attn for GPT-2.
+    """
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for targets in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
+        if set(targets) <= names:
+            return targets
+    raise ConfigError("no known attention projection in this model; pass --lora_target_modules, e.g. q_proj,v_proj")
+
+
+def add_lora(model, mode: str, r: int, alpha: int, dropout: float, target_modules, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if mode == "qlora":
+        # Casts norms and the head to fp32 and, with checkpointing, lets gradients reach the
+        # adapters through the frozen 4-bit layers.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    if isinstance(target_modules, str):
+        target_modules = target_modules.split(",")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                        target_modules=list(target_modules or default_lora_targets(model)))
+    return get_peft_model(model, config)
+
+
+def merge_lora(model, mode: str, reload_base):
+    """The model with the adapter folded into its weights, ready to save as a plain model.
+
+    A 4-bit base cannot take the update exactly, so for QLoRA the base is reloaded unquantised
+    (through reload_base) and the trained adapter weights are applied to it.
+    """
+    if mode == "qlora":
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        adapter, config = get_peft_model_state_dict(model), model.peft_config["default"]
+        model = get_peft_model(reload_base(), config)
+        set_peft_model_state_dict(model, adapter)
+    return model.merge_and_unload()
+
+
+# -----------------------------------------------------------------------------
+# training: loss, evaluation, the loop
+
+
+def loss_sum(model, batch: dict):
+    """Summed next-token cross-entropy over the labelled tokens of a batch."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def count_targets(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, device, autocast) -> float:
+    """Mean loss per response token over held-out examples."""
+    model.eval()
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
+            with autocast():
+                total += loss_sum(model, batch).item()
+            targets += count_targets(batch)
+    model.train()
+    return total / max(targets, 1)
+
+
+def make_optimizer(model, learning_rate: float, weight_decay: float):
+    # Decay matrices and embeddings only; biases and norm weights (1-D) are left alone, as in
+    # nanoGPT and transformers.Trainer.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+# -----------------------------------------------------------------------------
+# main: flags named as in transformers.TrainingArguments
+
+
+def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "lora",
+         learning_rate: float | None = None, num_train_epochs: float = 3.0, max_steps: int = -1,
+         per_device_train_batch_size: int = 4, gradient_accumulation_steps: int = 8,
+         warmup_ratio: float = 0.03, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0,
+         max_grad_norm: float = 1.0, seed: int = 42, model_max_length: int = 512,
+         logging_steps: int = 10, eval_fraction: float = 0.0, eval_steps: int = 0,
+         packing: bool = False, bf16: bool = False, fp16: bool = False,
+         gradient_checkpointing: bool = False, lora_r: int = 8, lora_alpha: int = 16,
+         lora_dropout: float = 0.05, lora_target_modules: str | None = None, merge: bool = False,
+         prompt_with_input: str | None = None, prompt_no_input: str | None = None,
+         gguf_file: str | None = None):
+    """Fine-tune a causal LM on instruction records; writes the model or adapter to output_dir.
+
+    Args:
+        model_name_or_path: a local model directory (or a hub id where the hub can be reached).
+        data_path: regen.json, generated.jsonl, an Alpaca JSON list or JSONL, or a messages JSONL.
+        output_dir: where the model (full, --merge) or the LoRA adapter goes, with the tokenizer,
+            train_args.json and loss_log.jsonl.
+        mode: full, lora, or qlora (4-bit NF4 base with double quantisation; needs CUDA and bitsandbytes).
+        learning_rate: peak rate; default 2e-5 for full (Alpaca's) and 2e-4 for lora/qlora.
+        num_train_epochs: passes over the training records, used when max_steps is -1.
+        max_steps: optimizer steps to take; -1 means as many as num_train_epochs need.
+        per_device_train_batch_size: examples (or packed blocks) per micro-batch.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        warmup_ratio: share of the steps spent warming the rate up from 0.
+        lr_scheduler_type: any transformers scheduler name: cosine, linear, constant, ...
+        weight_decay: AdamW decay on matrices and embeddings.
+        max_grad_norm: gradient clipping norm.
+        seed: seeds the shuffle, the eval split and the weight initialisation.
+        model_max_length: tokens per example (or per packed block); longer ones are cut.
+        logging_steps: steps between lines of loss_log.jsonl.
+        eval_fraction: share of the records held out for an eval loss, computed at the end.
+        eval_steps: also compute the eval loss every this many steps (0: only at the end).
+        packing: pack several examples into each model_max_length block.
+        bf16: bfloat16 compute (and bf16 frozen weights in lora mode).
+        fp16: float16 compute with loss scaling (and fp16 frozen weights in lora mode).
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: comma-separated module names; default by architecture
+            (q_proj,v_proj for Llama-like, query_key_value for Bloom, c_attn for GPT-2).
+        merge: with lora/qlora, save the base model with the adapter merged in instead of the adapter.
+        prompt_with_input: your own template file with {instruction} and {input}.
+        prompt_no_input: your own template file with {instruction}.
+        gguf_file: a GGUF file inside model_name_or_path to load (dequantised) instead of safetensors.
+    """
+    args = dict(locals())
+    check_flags(args)
+    records = load_records(data_path)
+    templates = load_templates(prompt_with_input, prompt_no_input)
+    if torch is None or not all(_importable(name) for name in ("transformers", "peft")):
+        raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
+
+    # ---- device and precision
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if mode == "qlora":
+        _check_qlora(device)
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bfloat16 support; use --fp16")
+    compute_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+    if mode == "qlora" and not fp16:
+        compute_dtype = torch.bfloat16  # 4-bit matmuls compute in 16 bits
+    # Trained weights stay in fp32 (autocast does the low-precision compute); a frozen base can
+    # live in 16 bits and halve its memory.
+    load_dtype = torch.float32 if mode == "full" else compute_dtype
+
+    def autocast():
+        return torch.autocast(device.type, dtype=compute_dtype, enabled=bf16 or fp16)
+
+    # ---- data
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    rng.shuffle(records)
+    held_out = round(len(records) * eval_fraction)
+    model, tokenizer = load_model_and_tokenizer(model_name_or_path, mode, load_dtype, gguf_file, model_max_length, device)
+    examples = [build_example(tokenizer, r, templates, model_max_length) for r in records]
+    kept = [e for e in examples if e is not None]
+    eval_examples = [e for e in examples[:held_out] if e is not None]
+    train_examples = [e for e in examples[held_out:] if e is not None]
+    if not train_examples:
+        raise ConfigError(f"no training example has a response within model_max_length={model_max_length}")
+    train_items = pack(train_examples, model_max_length) if packing else train_examples
+    micro_per_epoch = math.ceil(len(train_items) / per_device_train_batch_size)
+    total_steps = max_steps if max_steps > 0 else math.ceil(num_train_epochs * micro_per_epoch / gradient_accumulation_steps)
+    _say(f"{len(records)} records: {len(train_examples)} to train on, {len(eval_examples)} held out, "
+         f"{len(examples) - len(kept)} dropped (prompt fills model_max_length={model_max_length})"
+         + (f"; packed into {len(train_items)} blocks" if packing else ""))
+
+    # ---- model
+    if gradient_checkpointing and mode != "qlora":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mode != "full":
+        model = add_lora(model, mode, lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _say(f"{mode}: {trainable:,} trainable parameters on {device.type}, {total_steps} steps")
+    model.train()
+
+    # ---- optimizer and schedule
+    from transformers import get_scheduler
+
+    learning_rate = learning_rate or (2e-5 if mode == "full" else 2e-4)
+    optimizer = make_optimizer(model, learning_rate, weight_decay)
+    scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 gradients underflow without it
+
+    # ---- training loop
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
+    log = (output / "loss_log.jsonl").open("w")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    stream = batches(train_items, per_device_train_batch_size, rng)
+    losses, tokens, start = [], 0, time.perf_counter()
+    progress = _progress(total_steps)
+    for step in range(1, total_steps + 1):
+        raw = [next(stream) for _ in range(gradient_accumulation_steps)]
+        tokens += sum(len(example["input_ids"]) for batch in raw for example in batch)  # padding not counted
+        micro_batches = [{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()} for batch in raw]
+        # Every response token weighs the same, however the tokens fall across micro-batches.
+        targets = max(sum(count_targets(b) for b in micro_batches), 1)
+        step_loss = 0.0
+        for batch in micro_batches:
+            with autocast():
+                loss = loss_sum(model, batch) / targets
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        progress.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        progress.update()
+        if step % logging_steps == 0 or step == total_steps:
+            window = losses[-logging_steps:]
+            _log(log, step=step, loss=sum(window) / len(window), learning_rate=scheduler.get_last_lr()[0],
+                 tokens=tokens, seconds=round(time.perf_counter() - start, 3))
+        if eval_examples and ((eval_steps and step % eval_steps == 0) or step == total_steps):
+            _log(log, step=step, eval_loss=evaluate(model, eval_examples, per_device_train_batch_size,
+                                                    tokenizer.pad_token_id, device, autocast))
+    progress.close()
+    seconds = time.perf_counter() - start
+    summary = {"first_loss": losses[0], "last_loss": losses[-1], "tokens_per_second": tokens / seconds}
+    if device.type == "cuda":
+        summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    _log(log, **summary)
+    log.close()
+
+    # ---- save
+    if merge:
+        model = merge_lora(model, mode, lambda: _reload_base(model_name_or_path, compute_dtype, gguf_file, tokenizer))
+    if mode == "full" or merge:
+        model.save_pretrained(output)
+    else:
+        # The embeddings are frozen in LoRA, and resize_embeddings rebuilds a new pad row.
+        model.save_pretrained(output, save_embedding_layers=False)
+    tokenizer.save_pretrained(output)
+    _say(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {seconds:.0f} s "
+         f"({summary['tokens_per_second']:,.0f} tokens/s); saved to {output}")
+
+
+def check_flags(args: dict) -> None:
+    if args["mode"] not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {args['mode']!r})")
+    if args["bf16"] and args["fp16"]:
+        raise ConfigError("choose one of --bf16 and --fp16")
+    if args["merge"] and args["mode"] == "full":
+        raise ConfigError("--merge applies to lora and qlora; full mode already saves a whole model")
+    if not 0 <= args["eval_fraction"] < 1:
+        raise ConfigError(f"--eval_fraction must be in [0, 1) (got {args['eval_fraction']})")
+    for name in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        if not isinstance(args[name], int) or args[name] < 1:
+            raise ConfigError(f"--{name} must be a positive integer (got {args[name]!r})")
+    if Path(args["output_dir"]).is_file():
+        raise ConfigError(f"output_dir {args['output_dir']} is a file")
+
+
+def _check_qlora(device) -> None:
+    if device.type != "cuda":
+        raise ConfigError("--mode qlora quantises the model to 4 bits with bitsandbytes, which needs a CUDA GPU "
+                          "and none is visible here; use --mode lora or --mode full on this machine")
+    if not _importable("bitsandbytes"):
+        raise ConfigError("--mode qlora needs bitsandbytes: pip install bitsandbytes")
+
+
+def _reload_base(model_name_or_path, dtype, gguf_file, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype,
+                                                **({"gguf_file": gguf_file} if gguf_file else {}))
+    resize_embeddings(base, tokenizer)
+    return base
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", file=sys.stderr)
+
+
+def _log(file, **fields) -> None:
+    file.write(json.dumps(fields) + "\n")
+    file.flush()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def cli() -> None:
+    try:
+        fire.Fire(main)
+    except SelfInstructError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

