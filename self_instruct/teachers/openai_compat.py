@@ -57,7 +57,7 @@ def fault_name(exc: BaseException) -> str:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Faults worth another attempt. What the SDK (openai 1.x to 3.x) raises for each:
+    """Faults worth another attempt. What the SDK raises for each (checked with openai 3.54):
     429/5xx/408/409 -> APIStatusError subclasses; a reset or a cut body -> APIConnectionError;
     no answer in time -> APITimeoutError (an APIConnectionError); HTTP 200 with a body that is
     not JSON -> json.JSONDecodeError straight from the SDK; JSON of the wrong shape -> BadReply
