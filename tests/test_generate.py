@@ -104,7 +104,9 @@ def test_same_seed_same_prompts(tmp_path):
             prompts.append([b["prompt"] for b in server.requests])
         finally:
             server.stop()
-    assert prompts[0] == prompts[1]
+    # A round cancelled at the target may or may not have reached the server: compare what both sent.
+    n = min(map(len, prompts))
+    assert n >= 6 and prompts[0][:n] == prompts[1][:n]
 
 
 def test_machine_instructions_mixed_into_prompts(fake_server, tmp_path):
