@@ -52,6 +52,8 @@ IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"
 MODES = ("full", "lora", "qlora")
 ROLES = ("system", "user", "assistant")
+# The transformers schedules that need nothing beyond warmup and total steps.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
 
 # -----------------------------------------------------------------------------
@@ -188,19 +190,25 @@ def build_example(tokenizer, record: dict, templates: dict[str, str], model_max_
     if "messages" in record and tokenizer.chat_template:
         input_ids, labels = [], []
         for text, trained in chat_pieces(tokenizer, record["messages"]):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = encode(tokenizer, text, add_special_tokens=False)
             input_ids += ids
             labels += ids if trained else [IGNORE_INDEX] * len(ids)
     else:
         record = as_instruction(record) if "messages" in record else record
-        prompt = tokenizer(render_prompt(record, templates))["input_ids"]  # with BOS where the tokenizer adds one
-        response = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt = encode(tokenizer, render_prompt(record, templates), add_special_tokens=True)  # BOS where used
+        response = encode(tokenizer, record["output"], add_special_tokens=False) + [tokenizer.eos_token_id]
         input_ids = prompt + response
         labels = [IGNORE_INDEX] * len(prompt) + response
     input_ids, labels = input_ids[:model_max_length], labels[:model_max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": input_ids, "labels": labels}
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    # verbose=False: the tokenizer would warn about texts longer than model_max_length, which
+    # build_example cuts itself.
+    return tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
 
 
 def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
@@ -280,6 +288,16 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
         tensors["attention_mask"] = torch.tensor(
             [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in batch])
     return tensors
+
+
+def split_examples(tokenizer, records: list[dict], templates: dict[str, str], model_max_length: int,
+                   held_out: int) -> tuple[list[dict], list[dict], int]:
+    """Examples to train on, examples for the eval loss (the first held_out records), and how
+    many records were dropped because their prompt fills model_max_length."""
+    examples = [build_example(tokenizer, record, templates, model_max_length) for record in records]
+    train_examples = [e for e in examples[held_out:] if e is not None]
+    eval_examples = [e for e in examples[:held_out] if e is not None]
+    return train_examples, eval_examples, len(examples) - len(train_examples) - len(eval_examples)
 
 
 def batches(items: list[dict], batch_size: int, rng: random.Random):
@@ -401,6 +419,25 @@ def count_targets(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
+def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, autocast, max_grad_norm: float) -> float:
+    """One optimizer step over the micro-batches of gradient accumulation; returns the loss."""
+    # Every response token weighs the same, however the tokens fall across micro-batches.
+    targets = max(sum(count_targets(batch) for batch in micro_batches), 1)
+    step_loss = 0.0
+    for batch in micro_batches:
+        with autocast():
+            loss = loss_sum(model, batch) / targets
+        scaler.scale(loss).backward()
+        step_loss += loss.item()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
 def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, device, autocast) -> float:
     """Mean loss per response token over held-out examples."""
     model.eval()
@@ -481,6 +518,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     templates = load_templates(prompt_with_input, prompt_no_input)
     if torch is None or not all(_importable(name) for name in ("transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
+    from transformers import get_scheduler
 
     # ---- device and precision
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -504,17 +542,14 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     rng.shuffle(records)
     held_out = round(len(records) * eval_fraction)
     model, tokenizer = load_model_and_tokenizer(model_name_or_path, mode, load_dtype, gguf_file, model_max_length, device)
-    examples = [build_example(tokenizer, r, templates, model_max_length) for r in records]
-    kept = [e for e in examples if e is not None]
-    eval_examples = [e for e in examples[:held_out] if e is not None]
-    train_examples = [e for e in examples[held_out:] if e is not None]
+    train_examples, eval_examples, dropped = split_examples(tokenizer, records, templates, model_max_length, held_out)
     if not train_examples:
         raise ConfigError(f"no training example has a response within model_max_length={model_max_length}")
     train_items = pack(train_examples, model_max_length) if packing else train_examples
     micro_per_epoch = math.ceil(len(train_items) / per_device_train_batch_size)
     total_steps = max_steps if max_steps > 0 else math.ceil(num_train_epochs * micro_per_epoch / gradient_accumulation_steps)
     _say(f"{len(records)} records: {len(train_examples)} to train on, {len(eval_examples)} held out, "
-         f"{len(examples) - len(kept)} dropped (prompt fills model_max_length={model_max_length})"
+         f"{dropped} dropped (prompt fills model_max_length={model_max_length})"
          + (f"; packed into {len(train_items)} blocks" if packing else ""))
 
     # ---- model
@@ -527,8 +562,6 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     model.train()
 
     # ---- optimizer and schedule
-    from transformers import get_scheduler
-
     learning_rate = learning_rate or (2e-5 if mode == "full" else 2e-4)
     optimizer = make_optimizer(model, learning_rate, weight_decay)
     scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
@@ -549,20 +582,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
         raw = [next(stream) for _ in range(gradient_accumulation_steps)]
         tokens += sum(len(example["input_ids"]) for batch in raw for example in batch)  # padding not counted
         micro_batches = [{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()} for batch in raw]
-        # Every response token weighs the same, however the tokens fall across micro-batches.
-        targets = max(sum(count_targets(b) for b in micro_batches), 1)
-        step_loss = 0.0
-        for batch in micro_batches:
-            with autocast():
-                loss = loss_sum(model, batch) / targets
-            scaler.scale(loss).backward()
-            step_loss += loss.item()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss = train_step(model, micro_batches, optimizer, scheduler, scaler, autocast, max_grad_norm)
         losses.append(step_loss)
         progress.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         progress.update()
@@ -601,6 +621,10 @@ def check_flags(args: dict) -> None:
         raise ConfigError("choose one of --bf16 and --fp16")
     if args["merge"] and args["mode"] == "full":
         raise ConfigError("--merge applies to lora and qlora; full mode already saves a whole model")
+    if args["lr_scheduler_type"] not in SCHEDULERS:
+        raise ConfigError(f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {args['lr_scheduler_type']!r})")
+    if args["max_steps"] < 1 and args["num_train_epochs"] <= 0:
+        raise ConfigError("give --max_steps or a positive --num_train_epochs")
     if not 0 <= args["eval_fraction"] < 1:
         raise ConfigError(f"--eval_fraction must be in [0, 1) (got {args['eval_fraction']})")
     for name in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):

@@ -140,6 +140,8 @@ def test_flags_are_checked_before_anything_runs(tmp_path):
         train.main("no-model", "no-data", str(tmp_path / "out"), mode="adapter")
     with pytest.raises(ConfigError, match="--merge applies to lora and qlora"):
         train.main("no-model", "no-data", str(tmp_path / "out"), mode="full", merge=True)
+    with pytest.raises(ConfigError, match="--lr_scheduler_type must be one of linear, cosine"):
+        train.main("no-model", "no-data", str(tmp_path / "out"), lr_scheduler_type="wavy")
     assert not (tmp_path / "out").exists()
 
 
