@@ -499,7 +499,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
         eval_fraction: share of the records held out for an eval loss, computed at the end.
         eval_steps: also compute the eval loss every this many steps (0: only at the end).
         packing: pack several examples into each model_max_length block.
-        bf16: bfloat16 compute (and bf16 frozen weights in lora mode).
+        bf16: bfloat16 compute, and a bf16 frozen base in lora mode (qlora computes in bf16 unless --fp16).
         fp16: float16 compute with loss scaling (and fp16 frozen weights in lora mode).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         lora_r: LoRA rank.
@@ -524,17 +524,17 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if mode == "qlora":
         _check_qlora(device)
-    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU has no bfloat16 support; use --fp16")
     compute_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
     if mode == "qlora" and not fp16:
-        compute_dtype = torch.bfloat16  # 4-bit matmuls compute in 16 bits
+        compute_dtype = torch.bfloat16  # 4-bit weights are unpacked to 16 bits for each matmul
+    if compute_dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bfloat16 support; use --fp16")
     # Trained weights stay in fp32 (autocast does the low-precision compute); a frozen base can
     # live in 16 bits and halve its memory.
     load_dtype = torch.float32 if mode == "full" else compute_dtype
 
     def autocast():
-        return torch.autocast(device.type, dtype=compute_dtype, enabled=bf16 or fp16)
+        return torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
 
     # ---- data
     rng = random.Random(seed)
