@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +98,20 @@ def test_decode_drops_a_multibyte_character_cut_by_the_budget():
     assert run_decode(llm, budget=1) == ("ok ", 1, "length")
     llm.scripts = [[1, 2, EOS]]
     assert run_decode(llm) == ("ok é", 2, "stop")
+
+
+def test_decode_stops_at_the_next_token_once_cancelled():
+    cancelled = threading.Event()
+
+    class Cancelling(ScriptedLlama):
+        def detokenize(self, tokens):
+            cancelled.set()  # as if the awaiting task were cancelled while this token decoded
+            return super().detokenize(tokens)
+
+    llm = Cancelling(["", "a"], [[1, 1, 1]])
+    text = decode(llm, [7], 100, (), {}, 0, is_eog=lambda t: False, continuation=None,
+                  continuation_tokens=[], max_continuations=0, cancelled=cancelled)
+    assert text == ("a", 1, "cancelled")
 
 
 def write_gguf(path: Path, kvs: list[tuple[str, int, bytes]], version: int = 3) -> Path:
@@ -249,6 +264,22 @@ def test_concurrent_calls_share_the_model_safely(teacher):
 
     first, second = asyncio.run(both())
     assert first[0].ok and second[0].ok
+
+
+@pytest.mark.slow
+def test_cancelling_a_call_frees_the_model_at_once(teacher):
+    async def cancel_soon():
+        task = asyncio.create_task(teacher.complete(["Once upon a time"] * 3, Decoding(max_tokens=2000, temperature=1.0)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        [c] = await teacher.complete(["Hello"], Decoding(max_tokens=2, temperature=0.0))
+        return c, time.monotonic() - started
+
+    c, waited = asyncio.run(cancel_soon())
+    assert c.ok and waited < 10  # not the minute three 2000-token replies would take
 
 
 @pytest.mark.slow

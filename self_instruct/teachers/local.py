@@ -215,14 +215,30 @@ class LocalTeacher(Teacher):
     # -- the protocol --------------------------------------------------------------------
 
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
-        return await asyncio.to_thread(self.complete_sync, list(prompts), decoding)
+        cancelled = threading.Event()
+        try:
+            return await asyncio.to_thread(self.complete_sync, list(prompts), decoding, cancelled)
+        except asyncio.CancelledError:
+            # A worker thread cannot be killed: tell it to stop at its next token, so a run
+            # that reached its target does not wait for a round nobody needs.
+            cancelled.set()
+            raise
 
-    def complete_sync(self, prompts: Iterable[str], decoding: Decoding) -> list[Completion]:
+    def complete_sync(
+        self, prompts: Iterable[str], decoding: Decoding, cancelled: threading.Event | None = None
+    ) -> list[Completion]:
         """Blocking form of complete(), for callers that own a thread (the HTTP server)."""
         with self._lock:
-            return [self._complete_one(prompt, decoding) for prompt in prompts]
+            return [
+                Completion("", "cancelled", error="cancelled") if cancelled and cancelled.is_set()
+                else self._complete_one(prompt, decoding, cancelled)
+                for prompt in prompts
+            ]
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         with self._lock:
             if self._llm is not None:
                 self._llm.close()
@@ -244,7 +260,7 @@ class LocalTeacher(Teacher):
             "llama_cpp_python": getattr(self._llama_cpp, "__version__", "unknown"),
         }
 
-    def _complete_one(self, prompt: str, decoding: Decoding) -> Completion:
+    def _complete_one(self, prompt: str, decoding: Decoding, cancelled: threading.Event | None) -> Completion:
         if self._llm is None:
             raise TeacherError("the local teacher was closed; create a new one")
         tokens = self._tokenize(prompt, bos=True)
@@ -261,6 +277,7 @@ class LocalTeacher(Teacher):
                 self._llm, tokens, budget, decoding.stop, self._sampling(decoding), seed,
                 is_eog=self._is_eog, continuation=self.continuation,
                 continuation_tokens=self._continuation_tokens, max_continuations=self.max_continuations,
+                cancelled=cancelled,
             )
         except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
             return Completion("", None, len(tokens), 0, error=f"llama.cpp: {exc}")
@@ -290,6 +307,7 @@ def decode(
     continuation: str | None,
     continuation_tokens: list[int],
     max_continuations: int,
+    cancelled: threading.Event | None = None,
 ) -> tuple[str, int, str]:
     """Generate after `prompt_tokens`; return (text, tokens after the prompt, finish_reason).
 
@@ -298,7 +316,7 @@ def decode(
     (llama-cpp-python's create_completion detokenizes the whole reply at every token). When the
     model ends its text with budget left, `continuation` is appended and generation resumes;
     llama-cpp-python reuses the KV cache for the shared prefix, so only the new tokens are
-    evaluated.
+    evaluated. Setting `cancelled` ends it at the next token with finish_reason "cancelled".
     """
     stops = [s.encode("utf-8") for s in stop if s]
     longest = max(map(len, stops), default=0)
@@ -312,6 +330,8 @@ def decode(
         ended = False
         try:
             for token in generator:
+                if cancelled is not None and cancelled.is_set():
+                    return _text(out), len(context) - len(prompt_tokens), "cancelled"
                 if is_eog(token):
                     ended = True
                     break
