@@ -8,7 +8,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import pool as pool_files
 from .errors import ConfigError
@@ -17,6 +17,8 @@ from .teachers.base import Teacher
 from .types import Decoding
 
 DEFAULT_OPENAI_MODEL = "gpt-3.5-turbo-instruct"
+# Alpaca's values, used where neither a flag nor the teacher's default_options decide.
+DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 # Settings that shape the data: resuming with any of them changed would mix two different runs
 # in one pool, so it is refused unless --overwrite. The rest (target, budgets, concurrency) may change.
 SHAPING = (
@@ -44,8 +46,9 @@ class GenerateConfig:
     seed: int = 42
     num_machine_instructions: int = 0
     prompt_path: str | None = None
-    num_tasks: int = 20
-    max_tokens: int = 3072
+    # None: the teacher's preference (Teacher.default_options), else DEFAULTS.
+    num_tasks: int | None = None
+    max_tokens: int | None = None
     similarity_threshold: float = 0.7
     teacher: str | None = None
     local_model_path: str | None = None
@@ -57,11 +60,22 @@ class GenerateConfig:
     retry_backoff: float = 1.0
     overwrite: bool = False
 
+    def apply_defaults(self, teacher_options: Mapping[str, Any]) -> None:
+        """Fill the options left unset: the teacher's preference first, then Alpaca's values.
+
+        Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that.
+        """
+        for name, value in DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, teacher_options.get(name, value))
+
     def validate(self) -> None:
         positive = ("num_instructions_to_generate", "num_prompt_instructions", "request_batch_size", "max_concurrency",
                     "num_tasks", "max_tokens", "max_stall_rounds", "max_attempts")
         for name in positive:
             value = getattr(self, name)
+            if value is None and name in DEFAULTS:
+                continue  # decided once the teacher is known
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
         for name in ("max_requests", "max_total_tokens"):
@@ -70,7 +84,7 @@ class GenerateConfig:
                 raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
         if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
             raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions ({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
-        if self.num_tasks <= self.num_prompt_instructions:
+        if self.num_tasks is not None and self.num_tasks <= self.num_prompt_instructions:
             raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
         if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
             raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
@@ -85,7 +99,8 @@ class GenerateConfig:
         self.decoding()  # temperature, top_p
 
     def decoding(self) -> Decoding:
-        return Decoding(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(self.num_tasks))
+        max_tokens, num_tasks = self.max_tokens or DEFAULTS["max_tokens"], self.num_tasks or DEFAULTS["num_tasks"]
+        return Decoding(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(num_tasks))
 
 
 def sha256_of(text: str | bytes) -> str:

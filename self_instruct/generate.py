@@ -28,7 +28,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .config import GenerateConfig, check_resume, clear_outputs, make_teacher, run_config
+from .config import GenerateConfig, check_resume, choose_teacher_kind, clear_outputs, make_teacher, run_config
 from .errors import ConfigError, SelfInstructError
 from .filters import DEFAULT_FILTERS, blacklist_word, first_rejection
 from .parse import Rejection, parse_completion
@@ -104,6 +104,7 @@ class Generator:
 
     def __init__(self, cfg: GenerateConfig, teacher: Teacher, pool: InstructionPool, seeds: list, template: str, progress: bool = True):
         self.cfg, self.teacher, self.pool, self.template = cfg, teacher, pool, template
+        cfg.apply_defaults(teacher.default_options)
         self.seeds = seeds
         self.decoding = cfg.decoding()
         self.stats = Stats.from_state(pool.state)
@@ -354,6 +355,8 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     own_teacher = teacher is None
     teacher = teacher or make_teacher(cfg, api_key)
     try:
+        cfg.apply_defaults(teacher.default_options)
+        cfg.validate()
         template = load_template(cfg.prompt_path, teacher.default_template)
         output_dir = Path(cfg.output_dir)
         if output_dir.exists() and not output_dir.is_dir():
@@ -391,10 +394,16 @@ def dry_run(cfg: GenerateConfig) -> str:
     seeds = load_seed_tasks(cfg.seed_tasks_path)
     if cfg.num_prompt_instructions > len(seeds):
         raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks")
-    default_template = "generate.txt"
-    if cfg.teacher == "local":
+    default_template, options = Teacher.default_template, Teacher.default_options
+    try:  # the teacher a real run would pick, without loading it
+        kind = cfg.teacher or choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY"))
+    except ConfigError:
+        kind = "openai"
+    if kind == "local":
         from .teachers.local import LocalTeacher
-        default_template = LocalTeacher.default_template
+        default_template, options = LocalTeacher.default_template, LocalTeacher.default_options
+    cfg.apply_defaults(options)
+    cfg.validate()
     template = load_template(cfg.prompt_path, default_template)
     rng = random.Random(f"{cfg.seed}:0")
     examples = seed_examples(rng.sample(seeds, cfg.num_prompt_instructions), rng)
@@ -421,8 +430,8 @@ def main(
     dry_run: bool = False,
     teacher: str | None = None,
     local_model_path: str | None = None,
-    num_tasks: int = 20,
-    max_tokens: int = 3072,
+    num_tasks: int | None = None,
+    max_tokens: int | None = None,
     similarity_threshold: float = 0.7,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
@@ -439,7 +448,8 @@ def main(
     rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
     base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
     api completions|chat, teacher openai|local, num_machine_instructions (grown tasks mixed into
-    each prompt), num_tasks (length of the list the teacher completes), budgets max_requests and
+    each prompt), num_tasks and max_tokens (list length and reply budget; default the teacher's
+    preference, else Alpaca's 20 and 3072), budgets max_requests and
     max_total_tokens, dry_run (print one prompt, call nothing), overwrite (start output_dir afresh).
     A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row

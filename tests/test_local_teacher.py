@@ -305,17 +305,18 @@ def test_readme_first_command(tmp_path):
         pytest.skip("self_instruct.generate is not there yet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    # The teacher's preferred loop settings, spelled out until the CLI applies them by itself.
-    options = [f"--{k}={v}" for k, v in LocalTeacher.default_options.items()]
+    # Exactly the README's command (no --teacher: with no key and no base_url the embedded
+    # model is chosen, and its default_options shape the loop), with 5 instructions for time.
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, "-m", "self_instruct.generate", "--teacher", "local",
-         "--num_instructions_to_generate", "5", "--output_dir", str(tmp_path), *options],
+        [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "5",
+         "--output_dir", str(tmp_path / "out")],
         cwd=tmp_path, env=env, check=True, timeout=900,
     )
-    records = [json.loads(line) for line in (tmp_path / "generated.jsonl").read_text().splitlines()]
-    assert len(records) >= 5
+    records = [json.loads(line) for line in (tmp_path / "out" / "generated.jsonl").read_text().splitlines()]
+    assert len(records) == 5
     assert all(r["instruction"] and r["output"] for r in records)
-    run = json.loads((tmp_path / "run.json").read_text())
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["teacher_info"]["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert run["teacher"] == "local" and run["num_tasks"] == LocalTeacher.default_options["num_tasks"]
     print(f"\nREADME first command: {len(records)} kept in {time.monotonic() - started:.0f}s")

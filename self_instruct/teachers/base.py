@@ -17,6 +17,9 @@ class Teacher(ABC):
     #: Name of the bundled prompt template (in prompts/) this backend works best with;
     #: --prompt_path overrides it.
     default_template: str = "generate.txt"
+    #: Loop settings this backend works best with (e.g. {"num_tasks": 6, "max_tokens": 500} for a
+    #: small model); a flag given explicitly always wins. Unset ones use Alpaca's values.
+    default_options: dict = {}
 
     @abstractmethod
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
