@@ -48,7 +48,9 @@ def test_64_requests_in_flight_against_a_slow_server(tmp_path):
     finally:
         server.stop()
     assert result.kept == 100
-    assert server.max_in_flight == 64
+    # All 64 slots were used; past 64 only by requests the client had already given up on
+    # (a timed-out request still sleeps in its server thread while its retry takes the slot).
+    assert 64 <= server.max_in_flight <= 64 + server.faults_sent.count("timeout")
     assert_consistent(tmp_path / "out", 100)
 
 
