@@ -34,6 +34,10 @@ def load_template(path: str | Path | None = None, default_name: str = "generate.
     except OSError as exc:
         raise ConfigError(f"{flag}: cannot read {source}: {exc.strerror}") from None
     check_template(text, f"{flag} {source}")
+    if text.rstrip().endswith(TASKS):
+        # Editors add a final newline; after the open "{n+1}. Instruction:" it would make the
+        # teacher start a new line instead of writing the instruction.
+        text = text.rstrip()
     return text
 
 

@@ -70,3 +70,9 @@ def test_num_tasks_must_exceed_examples():
 def test_clean_instruction_and_stop():
     assert clean_instruction("  Sort these\n numbers:  ") == "Sort these numbers"
     assert stop_sequences(20) == ("21. Instruction:",)
+
+
+def test_trailing_newline_after_tasks_is_dropped(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Header\n{tasks}\n\n")
+    assert encode_prompt(EXAMPLES[:1], load_template(path), num_tasks=4).endswith("###\n2. Instruction:")
