@@ -136,15 +136,8 @@ class Generator:
         """Prompts of one round, drawn from an rng seeded by (seed, round): a resumed run draws
         the same prompts an uninterrupted one would have."""
         rng = random.Random(f"{self.cfg.seed}:{round_idx}")
-        n, m = self.cfg.num_prompt_instructions, min(self.cfg.num_machine_instructions, len(self.pool))
-        prompts, sizes = [], []
-        for _ in range(self.round_size()):
-            examples = seed_examples(rng.sample(self.seeds, n - m), rng)
-            examples += [Example(r["instruction"], r["input"], r["output"]) for r in rng.sample(self.pool.records, m)]
-            rng.shuffle(examples)
-            prompts.append(encode_prompt(examples, self.template, self.cfg.num_tasks))
-            sizes.append(len(examples))
-        return prompts, sizes
+        drawn = [draw_prompt(rng, self.seeds, self.pool.records, self.cfg, self.template) for _ in range(self.round_size())]
+        return [prompt for prompt, _ in drawn], [size for _, size in drawn]
 
     def round_size(self) -> int:
         size = self.cfg.request_batch_size
@@ -302,6 +295,25 @@ class Generator:
         return f"{rounds} (rejected: {seen}); {fix}, then rerun the same command to resume"
 
 
+def draw_prompt(rng: random.Random, seeds: Sequence, records: Sequence[dict], cfg: GenerateConfig, template: str) -> tuple[str, int]:
+    """One prompt: seed tasks plus up to --num_machine_instructions kept records, shuffled.
+    Returns the prompt and how many example tasks it shows."""
+    n, m = cfg.num_prompt_instructions, min(cfg.num_machine_instructions, len(records))
+    examples = seed_examples(rng.sample(seeds, n - m), rng)
+    examples += [Example(r["instruction"], r["input"], r["output"]) for r in rng.sample(records, m)]
+    rng.shuffle(examples)
+    return encode_prompt(examples, template, cfg.num_tasks), len(examples)
+
+
+def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
+    """The seed tasks of a run, checked against --num_prompt_instructions."""
+    path = Path(cfg.seed_tasks_path) if cfg.seed_tasks_path else default_seed_tasks_path()
+    seeds = load_seed_tasks(path)
+    if cfg.num_prompt_instructions > len(seeds):
+        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {path}; lower it or add seed tasks")
+    return path, seeds
+
+
 def normalize(instruction: str) -> str:
     """Key for exact duplicates, including texts ROUGE-L cannot see (no ASCII letters).
 
@@ -348,10 +360,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     cfg.validate()
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-    seeds_path = Path(cfg.seed_tasks_path) if cfg.seed_tasks_path else default_seed_tasks_path()
-    seeds = load_seed_tasks(seeds_path)
-    if cfg.num_prompt_instructions > len(seeds):
-        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {seeds_path}; lower it or add seed tasks")
+    seeds_path, seeds = load_seeds_for(cfg)
     own_teacher = teacher is None
     teacher = teacher or make_teacher(cfg, api_key)
     try:
@@ -391,9 +400,7 @@ def generate(output_dir: str = "out", *, teacher: Teacher | None = None, api_key
 def dry_run(cfg: GenerateConfig) -> str:
     """One fully rendered prompt (what the first request of the run would send)."""
     cfg.validate()
-    seeds = load_seed_tasks(cfg.seed_tasks_path)
-    if cfg.num_prompt_instructions > len(seeds):
-        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks")
+    _, seeds = load_seeds_for(cfg)
     default_template, options = Teacher.default_template, Teacher.default_options
     try:  # the teacher a real run would pick, without loading it
         kind = cfg.teacher or choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY"))
@@ -405,10 +412,7 @@ def dry_run(cfg: GenerateConfig) -> str:
     cfg.apply_defaults(options)
     cfg.validate()
     template = load_template(cfg.prompt_path, default_template)
-    rng = random.Random(f"{cfg.seed}:0")
-    examples = seed_examples(rng.sample(seeds, cfg.num_prompt_instructions), rng)
-    rng.shuffle(examples)
-    return encode_prompt(examples, template, cfg.num_tasks)
+    return draw_prompt(random.Random(f"{cfg.seed}:0"), seeds, [], cfg, template)[0]
 
 
 def main(
