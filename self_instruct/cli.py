@@ -57,6 +57,10 @@ class FlagSpec:
 
     def __init__(self, main: Callable):
         self.params = inspect.signature(main).parameters
+        # Words without a dash fill main's positional parameters (INPUT..., OUTPUT_DIR), in order.
+        self.positional = [n for n, p in self.params.items() if p.kind is p.VAR_POSITIONAL
+                           or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty)]
+        self.variadic = any(p.kind is p.VAR_POSITIONAL for p in self.params.values())
         hints = typing.get_type_hints(main)
         self.types = {name: hints.get(name, type(p.default) if p.default is not None else str) for name, p in self.params.items()}
         self.switches = {name for name in self.params if self.types[name] is bool}
@@ -77,13 +81,16 @@ class FlagSpec:
     def check(self, argv: Sequence[str]) -> dict[str, str]:
         """Refuse unknown flags and stray words; return the raw text of each flag's value."""
         raw: dict[str, str] = {}
-        args, i = list(argv), 0
+        args, i, words = list(argv), 0, 0
         while i < len(args):
             arg, i = args[i], i + 1
             if arg == "--":
                 raise ConfigError(f"unexpected argument in position {i}: '--' (flags go before it; see --help)")
-            if not arg.startswith("-") or arg == "-":
-                raise ConfigError(f"unexpected argument in position {i}: every option is a flag, --name value (see --help)")
+            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+(\.\d*)?", arg):
+                if words < len(self.positional) or self.variadic:
+                    words += 1
+                    continue
+                raise ConfigError(f"unexpected argument in position {i}: {arg!r}; every option is a flag, --name value (see --help)")
             name, value = self.long_name(arg)
             negated = name.startswith("no") and name[2:] in self.switches
             if name in self.switches or negated:
@@ -129,7 +136,7 @@ def coerce(name: str, kind: Any, value: Any, raw: str | None) -> Any:
         raise ConfigError(f"--{name} must be a whole number (got {shown})")
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return value
         raise ConfigError(f"--{name} must be a number (got {shown})")
     return value
 
@@ -167,8 +174,15 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         @functools.wraps(main)
         def checked(*a, **kwargs):
             # fire passes flags positionally or by name; bind them to see each by its name.
-            given = inspect.signature(main).bind(*a, **kwargs).arguments
-            return main(**{k: coerce(k, spec.types[k], v, raw.get(k)) for k, v in given.items()})
+            bound = inspect.signature(main).bind(*a, **kwargs)
+            for k, v in bound.arguments.items():
+                if k in spec.positional:
+                    # a word is a name or a path whatever it looks like ("7", "1e3")
+                    bound.arguments[k] = tuple(map(str, v)) if isinstance(v, tuple) and spec.variadic else (
+                        str(v) if spec.types[k] is str else v)
+                else:
+                    bound.arguments[k] = coerce(k, spec.types[k], v, raw.get(k))
+            return main(*bound.args, **bound.kwargs)
 
         fire.Fire(checked, command=args, name=name)
     except SelfInstructError as exc:

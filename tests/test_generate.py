@@ -151,6 +151,21 @@ def test_dry_run_prints_one_prompt_and_calls_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_bounds_requests_tokens_and_cost(tmp_path):
+    """The estimate's hard bounds follow from the budget flags and the model's price: 3 requests,
+    each at most the prompt's bytes (+32 for a chat template) and max_tokens, at gpt-4o-mini's price."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "self_instruct.generate", "--dry_run", "--model_name", "gpt-4o-mini",
+                           "--base_url", "http://127.0.0.1:9/v1", "--max_requests", "3", "--max_tokens", "1000"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    prompt_tokens = len(proc.stdout[:-1].encode("utf-8")) + 32
+    assert f"requests: about 3 " in proc.stderr
+    assert f"tokens: at most {prompt_tokens + 1000} a request, at most {3 * (prompt_tokens + 1000)}" in proc.stderr
+    cost = 3 * (prompt_tokens * 0.15 + 1000 * 0.60) / 1e6
+    assert f"cost: at most ${cost:.4f}" in proc.stderr
+
+
 def test_cli_200_against_loopback_server(fake_server, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "200", "--output_dir", "out",
