@@ -53,7 +53,8 @@ _LANDMARK = re.compile(r"^[ \t]*(?:(```|~~~)|(###)[ \t]*$|(?:[-*_][ \t]*){3,}$|$
 # list, not about the task, so an email that ends "Best regards" or "I hope to see you" is kept.
 _CLOSER = re.compile(
     r"\s*[*_]{0,2}(?:let me know if (?:you|these|this|there)\b|"
-    r"(?:i )?hope (?:these|this|that|the above) (?:tasks? |list |set )?(?:helps?|are (?:helpful|useful)|is (?:helpful|useful|what)|will help|meets?|works?)\b|"
+    r"(?:i )?hope (?:these|this|that|the above) (?:tasks? |list |set )?"
+    r"(?:helps?|are (?:helpful|useful)|is (?:helpful|useful|what)|will help|meets?|works?)\b|"
     r"i hope (?:you find|these|this list|this set)\b|"
     r"feel free to (?:ask|let me know|reach out|request|use these|modify these|adapt these|adjust these)\b|"
     r"(?:these|those|the above) (?:\d+ )?(?:new |additional |diverse |varied )*(?:tasks|instructions|examples) "

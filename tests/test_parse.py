@@ -178,7 +178,7 @@ def test_renumber_still_rejects_a_block_whose_labels_disagree():
 
 
 def test_preamble_before_a_restated_open_number_with_hashes():
-    text = "Certainly! Continuing the list.\n\n###\n4. Instruction: Convert 3 kilometres to metres.\n4. Input:\n<noinput>\n4. Output:\n3000 metres\n"
+    text = "Certainly! Continuing the list.\n\n###\n" + block(4, "Convert 3 kilometres to metres.", "<noinput>", "3000 metres")
     examples, rejections = parse_completion(text, "stop", 3)
     assert triples(examples) == [("Convert 3 kilometres to metres.", "", "3000 metres")] and rejections == []
 
