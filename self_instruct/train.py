@@ -4,8 +4,9 @@ Supervised fine-tuning in the manner of Stanford Alpaca's train.py: each record 
 (one template with input, one without) followed by the response and EOS; only the response and
 EOS carry a loss, every prompt token gets the label -100; a pad token is added when the tokenizer
 has none. Where we differ, and why:
-- prompt and response are tokenised separately and joined, so the prompt/response boundary is
-  exact (Alpaca tokenises the joined text and can be off by one where tokens merge across it);
+- the mask is placed by character offsets in the jointly tokenized text: a token is learned when
+  it starts inside the response (Alpaca masks as many tokens as the prompt alone tokenizes to,
+  which is off by one where a token spans the boundary); this needs a fast tokenizer;
 - a record whose prompt alone fills model_max_length is dropped and counted, not kept with
   every label masked;
 - full fine-tuning, LoRA and QLoRA (peft, bitsandbytes) in one script, and optional packing;
@@ -185,30 +186,44 @@ def render_prompt(record: dict, templates: dict[str, str]) -> str:
 def build_example(tokenizer, record: dict, templates: dict[str, str], model_max_length: int) -> dict | None:
     """Token ids and labels for one record; labels are -100 except on what the model must say.
 
+    The whole text is tokenized at once, as the model will read it, and a token is learned when
+    it starts inside the response (for chat records: inside an assistant turn). The model then
+    learns exactly the tokens it sees at inference, for SentencePiece tokenizers too, which give
+    a response tokenized on its own a word-start piece ("▁Red") that the joined text does not.
     Returns None when truncation to model_max_length leaves no response token to learn from.
     """
     if "messages" in record and tokenizer.chat_template:
-        input_ids, labels = [], []
-        for text, trained in chat_pieces(tokenizer, record["messages"]):
-            ids = encode(tokenizer, text, add_special_tokens=False)
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        # The template writes the special tokens (BOS, end-of-turn) itself.
+        input_ids, labels = label_pieces(tokenizer, chat_pieces(tokenizer, record["messages"]), special_tokens=False)
     else:
         record = as_instruction(record) if "messages" in record else record
-        prompt = encode(tokenizer, render_prompt(record, templates), add_special_tokens=True)  # BOS where used
-        response = encode(tokenizer, record["output"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        input_ids = prompt + response
-        labels = [IGNORE_INDEX] * len(prompt) + response
+        # EOS as text, as Alpaca appends it: it is read back as the EOS token and learned.
+        pieces = [(render_prompt(record, templates), False), (record["output"] + tokenizer.eos_token, True)]
+        input_ids, labels = label_pieces(tokenizer, pieces, special_tokens=True)  # BOS where the tokenizer uses one
     input_ids, labels = input_ids[:model_max_length], labels[:model_max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+def label_pieces(tokenizer, pieces: list[tuple[str, bool]], special_tokens: bool) -> tuple[list[int], list[int]]:
+    """Tokenize the joined pieces once; label a token with its id when it starts inside a
+    trained piece, else -100 (special tokens the tokenizer adds itself start at 0).
+
+    Example (byte-level BPE): [("Q: hi\nA:", False), (" Red", True)]
+             -> tokens "Q", ":", " hi", "\n", "A", ":", " Red" with labels -100 x 6, id(" Red")
+    """
+    text, spans, end = "", [], 0
+    for piece, trained in pieces:
+        text, end = text + piece, end + len(piece)
+        if trained:
+            spans.append((end - len(piece), end))
     # verbose=False: the tokenizer would warn about texts longer than model_max_length, which
     # build_example cuts itself.
-    return tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
+    encoding = tokenizer(text, add_special_tokens=special_tokens, return_offsets_mapping=True, verbose=False)
+    labels = [token if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+              for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"])]
+    return encoding["input_ids"], labels
 
 
 def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
@@ -334,6 +349,9 @@ def load_model_and_tokenizer(model_name_or_path: str, mode: str, dtype, gguf_fil
         raise ConfigError(f"cannot load model {model_name_or_path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"tokenizer of {model_name_or_path} has no EOS token, so responses cannot end")
+    if not tokenizer.is_fast:  # only a fast tokenizer gives the character offsets the mask is placed by
+        raise ConfigError(f"tokenizer of {model_name_or_path} is a slow (Python) tokenizer; the trainer needs "
+                          f"a fast one: a tokenizer.json beside the model, or pip install sentencepiece to convert it")
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         resize_embeddings(model, tokenizer)
@@ -518,6 +536,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     templates = load_templates(prompt_with_input, prompt_no_input)
     if torch is None or not all(_importable(name) for name in ("transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
+    check_model_path(model_name_or_path, gguf_file)
     from transformers import get_scheduler
 
     # ---- device and precision
@@ -562,7 +581,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     model.train()
 
     # ---- optimizer and schedule
-    learning_rate = learning_rate or (2e-5 if mode == "full" else 2e-4)
+    learning_rate = learning_rate if learning_rate is not None else 2e-5 if mode == "full" else 2e-4
     optimizer = make_optimizer(model, learning_rate, weight_decay)
     scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -614,7 +633,28 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
          f"({summary['tokens_per_second']:,.0f} tokens/s); saved to {output}")
 
 
+# What each numeric flag must be, checked before anything is loaded: a rate of 0 or a rank of 0
+# would otherwise train nothing, or fail deep inside peft with a traceback.
+FLAG_RULES = {
+    "learning_rate": (lambda v: v is None or v > 0, "a positive number (leave it out for the default)"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "a positive whole number, or -1 to train for --num_train_epochs"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "max_grad_norm": (lambda v: v > 0, "a positive number"),
+    "eval_fraction": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "eval_steps": (lambda v: v >= 0, "0 (evaluate at the end only) or more"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    **{name: (lambda v: v >= 1, "a positive whole number") for name in (
+        "model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
+        "lora_r", "lora_alpha")},
+}
+
+
 def check_flags(args: dict) -> None:
+    """Refuse a flag value that cannot work, with one line naming the flag.
+
+    Example: {"learning_rate": 0, ...} -> ConfigError("--learning_rate must be a positive number ... (got 0)")
+    """
     if args["mode"] not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {args['mode']!r})")
     if args["bf16"] and args["fp16"]:
@@ -623,15 +663,38 @@ def check_flags(args: dict) -> None:
         raise ConfigError("--merge applies to lora and qlora; full mode already saves a whole model")
     if args["lr_scheduler_type"] not in SCHEDULERS:
         raise ConfigError(f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {args['lr_scheduler_type']!r})")
-    if args["max_steps"] < 1 and args["num_train_epochs"] <= 0:
-        raise ConfigError("give --max_steps or a positive --num_train_epochs")
-    if not 0 <= args["eval_fraction"] < 1:
-        raise ConfigError(f"--eval_fraction must be in [0, 1) (got {args['eval_fraction']})")
-    for name in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
-        if not isinstance(args[name], int) or args[name] < 1:
-            raise ConfigError(f"--{name} must be a positive integer (got {args[name]!r})")
+    for name, (ok, what) in FLAG_RULES.items():
+        if not ok(args[name]):
+            raise ConfigError(f"--{name} must be {what} (got {args[name]!r})")
+    if args["max_steps"] == -1 and not args["num_train_epochs"] > 0:
+        raise ConfigError(f"--num_train_epochs must be a positive number when --max_steps is -1 (got {args['num_train_epochs']!r})")
     if Path(args["output_dir"]).is_file():
         raise ConfigError(f"output_dir {args['output_dir']} is a file")
+
+
+def check_model_path(model_name_or_path: str, gguf_file: str | None) -> None:
+    """Refuse at once a model that is neither a local directory nor a possible hub id.
+
+    transformers would take a missing path for a hub id and fail only after its retries.
+    Example: "./models/llama" (missing) -> ConfigError; "meta-llama/Llama-2-7b-hf" -> left to transformers
+    """
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(model_name_or_path).expanduser()
+    if path.is_file():
+        raise ConfigError(f"model_name_or_path {model_name_or_path} is a file; pass its directory "
+                          f"(and --gguf_file NAME for a GGUF file)")
+    if path.is_dir():
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ConfigError(f"gguf_file {gguf_file}: no such file in {model_name_or_path}")
+        return
+    path_like = model_name_or_path.startswith((".", "~"))
+    try:
+        validate_repo_id(model_name_or_path)  # at most one "/", no "..": "org/name"
+    except ValueError:
+        path_like = True
+    if path_like:
+        raise ConfigError(f"model_name_or_path {model_name_or_path}: no such directory")
 
 
 def _check_qlora(device) -> None:

@@ -145,6 +145,48 @@ def test_flags_are_checked_before_anything_runs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    ({"learning_rate": 0}, "--learning_rate must be a positive number (leave it out for the default) (got 0)"),
+    ({"learning_rate": -2e-4}, "--learning_rate must be a positive number"),
+    ({"lora_r": 0}, "--lora_r must be a positive whole number (got 0)"),
+    ({"max_steps": 0}, "--max_steps must be a positive whole number, or -1 to train for --num_train_epochs (got 0)"),
+    ({"max_steps": -5}, "--max_steps must be a positive whole number, or -1"),
+    ({"num_train_epochs": 0}, "--num_train_epochs must be a positive number when --max_steps is -1 (got 0)"),
+    ({"warmup_ratio": 1.5}, "--warmup_ratio must be between 0 and 1 (got 1.5)"),
+    ({"lora_dropout": 1.0}, "--lora_dropout must be at least 0 and below 1 (got 1.0)"),
+    ({"model_max_length": 0}, "--model_max_length must be a positive whole number (got 0)"),
+])
+def test_flag_values_that_cannot_train_are_refused_by_name(tmp_path, flags, message):
+    """Checked before the data or the model is read (neither exists here)."""
+    with pytest.raises(ConfigError) as error:
+        train.main("no-model", "no-data", str(tmp_path / "out"), **flags)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_directory_is_refused_at_once(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    (tmp_path / "model.gguf").write_text("")
+    for missing in (str(tmp_path / "no-model"), "./models/llama", "~/no-such-model-dir", "models/llama/7b"):
+        with pytest.raises(ConfigError, match=f"^model_name_or_path {missing}: no such directory$"):
+            train.check_model_path(missing, None)
+    with pytest.raises(ConfigError, match="is a file; pass its directory"):
+        train.check_model_path(str(tmp_path / "model.gguf"), None)
+    with pytest.raises(ConfigError, match=f"gguf_file other.gguf: no such file in {tmp_path}"):
+        train.check_model_path(str(tmp_path), "other.gguf")
+    train.check_model_path(str(tmp_path), "model.gguf")
+    train.check_model_path("meta-llama/Llama-2-7b-hf", None)  # a hub id: left to transformers
+
+
+def test_missing_model_path_fails_before_any_hub_lookup(pool, tmp_path):
+    """main names the missing directory itself rather than reporting it as a bad hub repo id."""
+    for module in ("torch", "transformers", "peft"):
+        pytest.importorskip(module)
+    with pytest.raises(ConfigError, match=f"^model_name_or_path {tmp_path / 'llama'}: no such directory$"):
+        train.main(str(tmp_path / "llama"), str(pool), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- a tiny model, built here
 
 
@@ -200,6 +242,31 @@ def tokenizer(pool):
     return tokenizer
 
 
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(pool):
+    """A SentencePiece-style BPE (Metaspace: a word-start piece "▁" before each word, as in
+    Llama-2 and Mistral) trained on the pool, with BOS and EOS and the same chat template."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import SentencePieceBPETokenizer, Tokenizer, processors
+
+    records = json.loads(pool.read_text())
+    spm = SentencePieceBPETokenizer()
+    texts = [string.printable] + [" ".join((r["instruction"], r["input"], r["output"])) for r in records]
+    spm.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=["<unk>", "<s>", "</s>"])
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", spm.token_to_id("<s>"))])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spm.to_str()),
+                                                     bos_token="<s>", eos_token="</s>",
+                                                     unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(params=["byte_level", "sentencepiece"])
+def any_tokenizer(request):
+    """Each kind of tokenizer in turn: the byte-level BPE and the SentencePiece-style one."""
+    return request.getfixturevalue("tokenizer" if request.param == "byte_level" else "sentencepiece_tokenizer")
+
+
 def tiny_llama(tokenizer, seed=0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -225,30 +292,56 @@ def base_dir(tokenizer, tmp_path_factory):
 # --------------------------------------------------------------------------- masking, token by token
 
 
-@pytest.mark.parametrize("record", [
-    {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."},
-    {"instruction": "Sort these numbers.", "input": "3, 1, 2", "output": "1, 2, 3"},
-])
-def test_prompt_tokens_are_masked_and_response_plus_eos_is_learned(tokenizer, record):
-    templates = train.load_templates()
-    example = train.build_example(tokenizer, record, templates, model_max_length=512)
-    ids, labels = example["input_ids"], example["labels"]
-    prompt_length = sum(label == -100 for label in labels)
-    for position, (token, label) in enumerate(zip(ids, labels)):
-        assert label == (-100 if position < prompt_length else token), position
-    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
-    # What is masked is exactly the rendered prompt; what is learned is exactly the response and EOS.
-    assert tokenizer.decode(ids[:prompt_length]) == "<s>" + train.render_prompt(record, templates)
-    assert tokenizer.decode(ids[prompt_length:]) == record["output"] + "</s>"
+def reference_labels(tokenizer, text, trained_spans, add_special_tokens):
+    """The rule, worked out here from the tokenizer alone: the ids of the whole text, each
+    replaced by -100 unless the token starts inside one of the trained character spans."""
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return encoding["input_ids"], [token if any(a <= start < b for a, b in trained_spans) else -100
+                                   for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"])]
 
 
-def test_chat_records_learn_only_the_assistant_turns(tokenizer):
+def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool):
+    """On every pool record, for byte-level BPE and SentencePiece alike, the model trains on
+    exactly the tokens of prompt + response + EOS read as one text (which it sees at inference),
+    and learns exactly those that start inside the response, EOS included."""
+    tokenizer, templates = any_tokenizer, train.load_templates()
+    alpaca_agrees = 0
+    for record in train.load_records(pool):
+        prompt = train.render_prompt(record, templates)
+        text = prompt + record["output"] + tokenizer.eos_token
+        ids, labels = reference_labels(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
+        example = train.build_example(tokenizer, record, templates, model_max_length=10**6)
+        assert example == {"input_ids": ids, "labels": labels}, record
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == labels[-1] == tokenizer.eos_token_id
+        # Alpaca's train.py and TRL mask as many tokens as the prompt alone has; with these
+        # templates (ending in a newline) no token spans the boundary, so they must agree.
+        masked = len(tokenizer(prompt)["input_ids"])
+        alpaca_agrees += labels == [-100] * masked + ids[masked:]
+    assert alpaca_agrees == 200
+
+
+def test_sentencepiece_response_has_no_word_start_piece_of_its_own(sentencepiece_tokenizer):
+    """The defect this guards: tokenized apart, the response began with "▁Red", a token the model
+    never sees after "### Response:\n" at inference."""
+    tokenizer, templates = sentencepiece_tokenizer, train.load_templates()
+    record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
+    example = train.build_example(tokenizer, record, templates, 512)
+    learned = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert not tokenizer.convert_ids_to_tokens(learned)[0].startswith("▁")
+    assert tokenizer.decode(learned) == record["output"] + "</s>"
+
+
+def test_chat_records_learn_only_the_assistant_turns(any_tokenizer):
+    tokenizer = any_tokenizer
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
                 {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one?"},
                 {"role": "assistant", "content": "Blue."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    # Each assistant turn is its content and end-of-turn marker, found in the rendered text.
+    spans = [(text.index(turn), text.index(turn) + len(turn)) for turn in ("Red.</s>\n", "Blue.</s>\n")]
+    ids, labels = reference_labels(tokenizer, text, spans, add_special_tokens=False)
     example = train.build_example(tokenizer, {"messages": messages}, train.load_templates(), 512)
-    ids, labels = example["input_ids"], example["labels"]
-    assert all(label in (-100, token) for token, label in zip(ids, labels))
+    assert example == {"input_ids": ids, "labels": labels}
     runs, current = [], []
     for token, label in zip(ids, labels):
         if label == -100 and current:
@@ -256,11 +349,11 @@ def test_chat_records_learn_only_the_assistant_turns(tokenizer):
         elif label != -100:
             current.append(token)
     runs += [current] if current else []
-    assert [tokenizer.decode(run) for run in runs] == ["Red.</s>\n", "Blue.</s>\n"]
-    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert [tokenizer.decode(run).strip() for run in runs] == ["Red.</s>", "Blue.</s>"]
 
 
-def test_packing_keeps_each_examples_masking(tokenizer):
+def test_packing_keeps_each_examples_masking(any_tokenizer):
+    tokenizer = any_tokenizer
     templates = train.load_templates()
     records = [{"instruction": "Say yes.", "input": "", "output": "Yes."},
                {"instruction": "Add these.", "input": "2 and 2", "output": "4"},
@@ -279,7 +372,8 @@ def test_packing_keeps_each_examples_masking(tokenizer):
     assert batch["position_ids"][1].tolist() == list(range(lengths[2])) + list(range(padding))
 
 
-def test_truncation_cuts_the_response_and_drops_prompt_only_examples(tokenizer):
+def test_truncation_cuts_the_response_and_drops_prompt_only_examples(any_tokenizer):
+    tokenizer = any_tokenizer
     templates = train.load_templates()
     record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
     prompt_length = len(tokenizer(train.render_prompt(record, templates))["input_ids"])
