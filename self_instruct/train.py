@@ -39,9 +39,9 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
-from .errors import ConfigError, SeedFormatError, SelfInstructError
+from .cli import run
+from .errors import ConfigError, DataError
+from .jsonl import iter_records
 from .resources import bundled_path
 
 try:  # the [train] extra; checked with an install hint in main()
@@ -64,63 +64,21 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 def load_records(path: str | Path) -> list[dict]:
     """Read instruction records or chat records from a JSON list or a JSONL file.
 
-    Returns dicts {"instruction", "input", "output"} or {"messages": [...]}; raises
-    SeedFormatError naming file:line and the field of the first bad record.
+    Returns dicts {"instruction", "input", "output"} or {"messages": [...]}; raises DataError
+    naming file:line (and the field) of the first bad record.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"data_path {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        numbered = list(enumerate(_parse_json_list(text, path)))
-        line_of = lambda index: _item_line(text, index)  # only worked out to report an error
-    else:
-        numbered = _parse_jsonl(text, path)
-        line_of = lambda line: line
     records = []
-    for key, item in numbered:
+    for line, item in iter_records(path):
         try:
             records.append(_check_record(item))
         except ValueError as exc:
-            raise SeedFormatError(f"{path}:{line_of(key)}: {exc}") from None
+            raise DataError(f"{path}:{line}: {exc}") from None
     if not records:
-        raise SeedFormatError(f"{path}: no records")
+        raise DataError(f"{path}: no records")
     return records
 
 
-def _parse_json_list(text: str, path: Path) -> list:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SeedFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
-def _parse_jsonl(text: str, path: Path) -> list[tuple[int, object]]:
-    numbered = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                numbered.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SeedFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-    return numbered
-
-
-def _item_line(text: str, index: int) -> int:
-    """The line on which item `index` of a valid JSON list starts.
-
-    Example: '[\\n {"a": 1},\\n {"a": 2}\\n]', 1 -> 3
-    """
-    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
-    pos = text.index("[") + 1
-    for _ in range(index):
-        pos = decoder.raw_decode(text, gap.match(text, pos).end())[1]
-    return text.count("\n", 0, gap.match(text, pos).end()) + 1
-
-
-def _check_record(item) -> dict:
-    if not isinstance(item, dict):
-        raise ValueError(f"a record must be a JSON object (got {type(item).__name__})")
+def _check_record(item: dict) -> dict:
     if "messages" in item:
         return {"messages": _check_messages(item["messages"])}
     record = {}
@@ -735,12 +693,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def cli() -> None:
-    try:
-        fire.Fire(main)
-    except SelfInstructError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def cli(argv=None) -> None:
+    run(main, argv, name="self_instruct.train")
 
 
 if __name__ == "__main__":

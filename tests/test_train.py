@@ -21,7 +21,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from self_instruct import train
-from self_instruct.errors import ConfigError, SeedFormatError
+from self_instruct.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA_SAMPLE = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
@@ -89,7 +89,7 @@ def test_load_records_reads_every_format(tmp_path):
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
-    with pytest.raises(SeedFormatError) as error:
+    with pytest.raises(DataError) as error:
         train.load_records(tmp_path / name)
     assert str(error.value).startswith(f"{tmp_path / name}{message[len(name):]}")
 
@@ -125,14 +125,39 @@ def test_single_exchange_chat_becomes_an_instruction():
         train.as_instruction(record)
 
 
+def test_generated_jsonl_keeps_a_line_separator_inside_a_field(tmp_path):
+    """The generator writes UTF-8 as is, and U+2028 is legal inside a JSON string: it must not end a line."""
+    path = tmp_path / "generated.jsonl"
+    path.write_text(json.dumps({"instruction": "Join\u2028these.", "input": "", "output": "a\u2029b"},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    assert train.load_records(path) == [{"instruction": "Join\u2028these.", "input": "", "output": "a\u2029b"}]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "self_instruct.train", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_cli_turns_bad_data_into_one_line_and_writes_nothing(tmp_path):
     write_jsonl(tmp_path / "pool.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 1}])
-    result = subprocess.run(
-        [sys.executable, "-m", "self_instruct.train", "no-model", str(tmp_path / "pool.jsonl"), str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [f'error: {tmp_path / "pool.jsonl"}:2: field "output" must be a string (got int)']
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"instruction": "a", "output": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    for data, message in ((tmp_path / "pool.jsonl", 'pool.jsonl:2: field "output" must be a string (got int)'),
+                          (not_utf8, "latin1.jsonl:2: not UTF-8"),
+                          (deep, "deep.jsonl:2: JSON nested too deeply")):
+        result = run_cli("--model_name_or_path", "no-model", "--data_path", data, "--output_dir", tmp_path / "out")
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"self_instruct: error: {tmp_path / message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_a_flag_of_the_wrong_type(tmp_path):
+    result = run_cli("--model_name_or_path", "m", "--data_path", "d", "--output_dir", tmp_path / "out", "--max_steps", "abc")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["self_instruct: error: --max_steps must be a whole number (got 'abc')"]
 
 
 def test_flags_are_checked_before_anything_runs(tmp_path):
