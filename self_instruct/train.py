@@ -168,8 +168,8 @@ def label_pieces(tokenizer, pieces: list[tuple[str, bool]], special_tokens: bool
     """Tokenize the joined pieces once; label a token with its id when it starts inside a
     trained piece, else -100 (special tokens the tokenizer adds itself start at 0).
 
-    Example (byte-level BPE): [("Q: hi\nA:", False), (" Red", True)]
-             -> tokens "Q", ":", " hi", "\n", "A", ":", " Red" with labels -100 x 6, id(" Red")
+    Example (byte-level BPE): [("Q: hi\\nA:", False), (" Red", True)]
+             -> tokens "Q", ":", " hi", "\\n", "A", ":", " Red" with labels -100 x 6, id(" Red")
     """
     text, spans, end = "", [], 0
     for piece, trained in pieces:
@@ -307,6 +307,10 @@ def load_model_and_tokenizer(model_name_or_path: str, mode: str, dtype, gguf_fil
         raise ConfigError(f"cannot load model {model_name_or_path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"tokenizer of {model_name_or_path} has no EOS token, so responses cannot end")
+    if tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"] != [tokenizer.eos_token_id]:
+        # build_example appends EOS as text; read back as pieces, the model would learn to spell it.
+        raise ConfigError(f"tokenizer of {model_name_or_path} does not read its EOS token {tokenizer.eos_token!r} "
+                          f"back as one token; is split_special_tokens set in its tokenizer_config.json?")
     if not tokenizer.is_fast:  # only a fast tokenizer gives the character offsets the mask is placed by
         raise ConfigError(f"tokenizer of {model_name_or_path} is a slow (Python) tokenizer; the trainer needs "
                           f"a fast one: a tokenizer.json beside the model, or pip install sentencepiece to convert it")

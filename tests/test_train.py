@@ -455,6 +455,20 @@ def test_default_lora_targets_follow_the_architecture():
         assert train.default_lora_targets(getattr(transformers, model_class)(config)) == expected
 
 
+def test_tokenizer_that_spells_out_eos_is_refused(tokenizer, base_dir, tmp_path):
+    """With split_special_tokens the EOS text would become ordinary pieces, and the model would
+    learn to write "</s>" instead of stopping."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(base_dir, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    (tmp_path / "model" / "tokenizer_config.json").write_text(json.dumps({**config, "split_special_tokens": True}))
+    with pytest.raises(ConfigError, match="does not read its EOS token '</s>' back as one token"):
+        train.load_model_and_tokenizer(str(tmp_path / "model"), "full", torch.float32, None, 64, torch.device("cpu"))
+
+
 def test_qlora_without_cuda_is_a_clear_error(pool, base_dir, tmp_path):
     import torch
 
