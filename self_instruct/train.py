@@ -26,8 +26,8 @@ position_ids at 0 for each; transformers (>= 4.56) turns those restarts into a b
 mask for sdpa/eager attention and flash-attention uses them natively, so packed examples do not
 attend to each other. Labels stay masked per example exactly as without packing.
 
-The torch, transformers and peft imports are needed only to train: the data functions and
---help work without them.
+torch, transformers and peft are imported only where they are used, so the data functions, --help
+and every refusal of bad flags or data work (at once) without them.
 """
 from __future__ import annotations
 
@@ -43,11 +43,6 @@ from .cli import run
 from .errors import ConfigError, DataError
 from .jsonl import iter_records
 from .resources import bundled_path
-
-try:  # the [train] extra; checked with an install hint in main()
-    import torch
-except ImportError:
-    torch = None
 
 IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"
@@ -248,6 +243,8 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     mask (a 2D mask would hide their boundaries); their padding becomes one more segment with
     positions from 0, which no real token attends to.
     """
+    import torch
+
     width = max(len(example["input_ids"]) for example in batch)
 
     def padded(key, fill):
@@ -328,6 +325,8 @@ def resize_embeddings(model, tokenizer) -> None:
     adapter, call this on the base model with the saved tokenizer and get the same rows back.
     A vocabulary padded beyond the tokenizer (rows >= len(tokenizer)) is left as it is.
     """
+    import torch
+
     old_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old_rows:
         return
@@ -388,6 +387,8 @@ def merge_lora(model, mode: str, reload_base):
 
 def loss_sum(model, batch: dict):
     """Summed next-token cross-entropy over the labelled tokens of a batch."""
+    import torch
+
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     logits = model(**inputs, use_cache=False).logits
     return torch.nn.functional.cross_entropy(
@@ -401,6 +402,8 @@ def count_targets(batch: dict) -> int:
 
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, autocast, max_grad_norm: float) -> float:
     """One optimizer step over the micro-batches of gradient accumulation; returns the loss."""
+    import torch
+
     # Every response token weighs the same, however the tokens fall across micro-batches.
     targets = max(sum(count_targets(batch) for batch in micro_batches), 1)
     step_loss = 0.0
@@ -420,6 +423,8 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, a
 
 def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, device, autocast) -> float:
     """Mean loss per response token over held-out examples."""
+    import torch
+
     model.eval()
     total, targets = 0.0, 0
     with torch.no_grad():
@@ -433,6 +438,8 @@ def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, de
 
 
 def make_optimizer(model, learning_rate: float, weight_decay: float):
+    import torch
+
     # Decay matrices and embeddings only; biases and norm weights (1-D) are left alone, as in
     # nanoGPT and transformers.Trainer.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -496,9 +503,10 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     check_flags(args)
     records = load_records(data_path)
     templates = load_templates(prompt_with_input, prompt_no_input)
-    if torch is None or not all(_importable(name) for name in ("transformers", "peft")):
+    if not all(_importable(name) for name in ("torch", "transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
     check_model_path(model_name_or_path, gguf_file)
+    import torch
     from transformers import get_scheduler
 
     # ---- device and precision
