@@ -4,9 +4,9 @@ Supervised fine-tuning in the manner of Stanford Alpaca's train.py: each record 
 (one template with input, one without) followed by the response and EOS; only the response and
 EOS carry a loss, every prompt token gets the label -100; a pad token is added when the tokenizer
 has none. Where we differ, and why:
-- the mask is placed by character offsets in the jointly tokenized text: a token is learned when
-  it starts inside the response (Alpaca masks as many tokens as the prompt alone tokenizes to,
-  which is off by one where a token spans the boundary); this needs a fast tokenizer;
+- the prompt mask is placed by character offsets in the jointly tokenized text (a token is
+  learned when it starts inside the response), not by counting the tokens of the prompt alone,
+  a count that is off where one token spans the boundary; this needs a fast tokenizer;
 - a record whose prompt alone fills model_max_length is dropped and counted, not kept with
   every label masked;
 - full fine-tuning, LoRA and QLoRA (peft, bitsandbytes) in one script, and optional packing;
