@@ -207,6 +207,7 @@ def describe_os_error(exc: BaseException) -> str:
         return f"text that is not valid UTF-8: {exc}"
     where = exc.filename if isinstance(exc, OSError) and exc.filename else ""
     hint = {28: "the disk is full: free space, then rerun the same command to resume",
+            27: "a file grew past the size limit (ulimit -f) or the disk is full: make room, then rerun to resume",
             30: "the file system is read-only: choose another --output_dir",
             40: "too many levels of symbolic links (a symlink loop)",
             13: "permission denied", 21: "is a directory, not a file", 20: "a path component is a file, not a directory"}

@@ -311,7 +311,11 @@ class Engine:
                 verdict["metadata"] = {**meta, **verdict["metadata"]}
                 kept.append(verdict)
         # fsyncs take milliseconds; in a thread they do not hold up the replies
-        await finish_despite_cancel(asyncio.to_thread(self.pool.append, index, kept, rejected))
+        try:
+            await finish_despite_cancel(asyncio.to_thread(self.pool.append, index, kept, rejected))
+        except asyncio.CancelledError:
+            self._count(kept, rejected)  # on disk: it counts in the state written on the way out
+            raise
         self._count(kept, rejected)
         await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
 

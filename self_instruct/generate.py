@@ -57,7 +57,9 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
 def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline:
     return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
-                          request_batch_size=cfg.request_batch_size, seed=cfg.seed)
+                          request_batch_size=cfg.request_batch_size, seed=cfg.seed,
+                          # chat models drift in their numbering; a completion continues it exactly
+                          renumber=cfg.api == "chat")
 
 
 def price_for(cfg: GenerateConfig, model: str, local: bool):

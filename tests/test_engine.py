@@ -154,7 +154,9 @@ def test_corrupt_state_json_is_rebuilt_from_the_jsonl_files(fake_server, tmp_pat
         result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, progress=False)
         assert result.kept == 15
         state = json.loads((out / "state.json").read_text())
-        assert state["kept"] == 15 and sum(state["rejects"].values()) == len((out / "rejected.jsonl").read_text().splitlines())
+        rejected = out / "rejected.jsonl"
+        assert state["kept"] == 15
+        assert sum(state["rejects"].values()) == (len(rejected.read_text().split("\n")) - 1 if rejected.exists() else 0)
         (out / "state.json").write_text(broken)
         rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m",
                           "--num_instructions_to_generate", "15")
@@ -172,18 +174,28 @@ def test_corrupt_run_json_is_one_line_naming_the_fix(fake_server, tmp_path, brok
     assert snapshot(out) == before
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_half_line(fake_server, tmp_path):
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_half_line(fake_server, tmp_path):
+    """A file size limit (ulimit -f) makes a write fail partway, as a full disk does: the run stops
+    with one line, every file keeps only whole lines, and the same command resumes afterwards."""
+    import resource
     out = tmp_path / "out"
     generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
-    kept = (out / "generated.jsonl").read_bytes()
-    (out / "rejected.jsonl").unlink(missing_ok=True)
-    os.symlink("/dev/full", out / "rejected.jsonl")  # every write: ENOSPC
-    (out / "generated.jsonl").unlink()
-    os.symlink("/dev/full", out / "generated.jsonl")
+    limit = max(p.stat().st_size for p in out.iterdir()) + 6000
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "self_instruct.generate", "--quiet", "--output_dir", "out", "--base_url",
+           fake_server.base_url, "--model_name", "m", "--num_instructions_to_generate", "300"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "file grew past" in proc.stderr or "disk is full" in proc.stderr
+    for path in out.glob("*.jsonl"):
+        data = path.read_bytes()
+        assert data.endswith(b"\n"), path
+        assert all(json.loads(line) for line in data.split(b"\n")[:-1])
     rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m",
-                      "--num_instructions_to_generate", "50")
-    assert rc == 2 and err.strip().count("\n") == 0 and "disk is full" in err and "Traceback" not in err, err
-    assert kept  # the earlier run's records were whole lines
+                      "--num_instructions_to_generate", "40")
+    assert rc == 0, err
+    assert len((out / "generated.jsonl").read_text().split("\n")) == 41
 
 
 @pytest.mark.parametrize("where", ["output_dir_under_a_file", "output_dir_symlink_loop", "seed_symlink_loop"])

@@ -78,7 +78,7 @@ class AlpacaPipeline:
             if not completion.ok:
                 result.rejections.append(Rejection("request_failed", detail=completion.error or ""))
                 continue
-            examples, rejections = parse_completion(completion.text, completion.finish_reason, size)
+            examples, rejections = parse_completion(completion.text, completion.finish_reason, size, renumber=self.renumber)
             if not examples and not rejections:
                 rejections = [Rejection("empty_reply", raw=completion.text[:500])]
             result.examples += examples
