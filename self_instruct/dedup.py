@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -25,8 +24,7 @@ import fire
 from tqdm import tqdm
 
 from .errors import ConfigError, SeedFormatError, SelfInstructError
-from .rouge import tokenize
-from .similarity import RougeIndex
+from .similarity import greedy_dedup
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
@@ -160,20 +158,13 @@ def greedy_keep(instructions: Sequence[str], threshold: float = 0.7, against: It
     """For each instruction in order, whether greedy dedup keeps it.
 
     One is dropped when it scores above ``threshold`` against an earlier kept one or any of
-    ``against``. Token frequencies over everything are counted first so the index probes rare
-    tokens first; that changes the speed, never a decision.
+    ``against`` (see :func:`~self_instruct.similarity.greedy_dedup`).
 
     >>> list(greedy_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"]))
     [True, False, False]
     """
-    against = list(against)
-    counts = Counter(token for text in (*against, *instructions) for token in tokenize(text))
-    index = RougeIndex(against, threshold, vocabulary=[token for token, _ in counts.most_common()])
-    for instruction in instructions:
-        keep = index.similar_to(instruction) is None
-        if keep:
-            index.add(instruction)
-        yield keep
+    for batch in greedy_dedup(instructions, threshold, list(against)):
+        yield from batch.tolist()
 
 
 def dedup_file(input: str | Path, output: str | Path | None = None, threshold: float = 0.7,
