@@ -118,7 +118,7 @@ class RougeIndex:
         if not 0 <= threshold <= 1:
             raise ConfigError(f"threshold must be between 0 and 1 (got {threshold})")
         self.threshold = threshold
-        self._codes: dict[str, str] = {}
+        self._codes = _Codes()
         self._texts: list[str] = []
         self._encoded: list[str] = []
         self._lengths = array("q")
@@ -179,14 +179,10 @@ class RougeIndex:
     # -- encoding -------------------------------------------------------------------------
 
     def _code(self, token: str) -> str:
-        code = self._codes.get(token)
-        if code is None:
-            code = _char(len(self._codes))
-            self._codes[token] = code
-        return code
+        return self._codes[token]
 
     def _encode(self, text: str) -> str:
-        return "".join([self._code(token) for token in tokenize(text)])
+        return "".join(map(self._codes.__getitem__, tokenize(text)))
 
     def _encode_ranked(self, texts: Sequence[str]) -> list[str]:
         """Encode ``texts`` with codes re-assigned by frequency over them, most frequent first.
@@ -199,7 +195,7 @@ class RougeIndex:
         counts = Counter("".join(encoded))
         ranked = sorted(self._codes.values(), key=lambda code: (-counts[code], code))
         table = {ord(old): _char(rank) for rank, old in enumerate(ranked)}
-        self._codes = {token: table[ord(code)] for token, code in self._codes.items()}
+        self._codes = _Codes((token, table[ord(code)]) for token, code in self._codes.items())
         return [text.translate(table) for text in encoded]
 
     def _prefix(self, encoded: str) -> list[str]:
@@ -248,7 +244,7 @@ class RougeIndex:
         # a pair passes at some entry exactly when it passes at its first.
         fits = (need <= n) & (need <= np.minimum(m - np.repeat(np.array(ranks), sizes), entries[:, 2]))
         size = len(self._texts)
-        query, position = np.divmod(np.unique(query[fits] * size + entries[fits, 0]), size)
+        query, position = np.divmod(_distinct(query[fits] * size + entries[fits, 0]), size)
         if not query.size:
             return Pairs(query, position, np.zeros(0), len(entries))
         lcs = process.cpdist([queries[q] for q in query.tolist()], [self._encoded[p] for p in position.tolist()],
@@ -361,6 +357,24 @@ def _next_batch_size(probed: int, kept: int, scanned: int) -> int:
     by_survivors = _SURVIVORS_PER_BATCH * max(1, probed) / max(1, kept)
     by_memory = _ENTRIES_PER_BATCH * max(1, probed) / max(1, scanned)
     return int(max(64, min(by_survivors, by_memory, 16384)))
+
+
+class _Codes(dict):
+    """Token -> its one-character code; a new token gets the next code (C speed for known ones)."""
+
+    def __missing__(self, token: str) -> str:
+        code = self[token] = _char(len(self))
+        return code
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's hash table is slower on these arrays than a sort).
+
+    >>> _distinct(np.array([5, 1, 5, 3])).tolist()
+    [1, 3, 5]
+    """
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if values.size else values
 
 
 def _char(number: int) -> str:
