@@ -7,10 +7,9 @@ some run of ``n`` consecutive words of it also occurs in a benchmark. Words come
 cross from one field (or one list item) to the next.
 
 Each benchmark n-gram is kept as one 64-bit hash in a sorted numpy array, so a million benchmark
-lines cost a few hundred MB at most and a record is checked by binary search, not against every line.
-The hash is a polynomial over random 64-bit word values (two different n-grams collide with
-probability 2**-64); the values are drawn per process and never stored, so nothing depends on
-Python's salted ``hash()`` staying the same.
+lines cost tens of MB and a record is checked by binary search, not against every line. An n-gram's
+hash is a polynomial (mod 2**64) over its words' hashes; words are hashed with Python's ``hash()``,
+which is keyed afresh in every process, so the set is built and used in one process and never stored.
 
 >>> bench = Decontaminator.from_texts({"test.jsonl": ["The quick brown fox jumps over the lazy dog."]}, n=4)
 >>> bench.hit("Write about how a QUICK brown fox jumps.")
@@ -21,6 +20,7 @@ True
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +32,6 @@ from .jsonl import iter_records
 
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplying by its powers loses no bits
-_SEED = 13
 # Records are hashed this many at a time: numpy's per-call cost is paid once per batch.
 _BATCH = 4096
 
@@ -93,19 +92,13 @@ class Decontaminator:
             raise ConfigError(f"--ngram must be a whole number of words, 1 or more (got {n!r})")
         self.n = n
         self._names: list[str] = []
-        self._words: dict[str, int] = {}
         self._parts: list[tuple[np.ndarray, int]] = []
         self._powers = _MULTIPLIER ** np.arange(n - 1, -1, -1, dtype=np.uint64)
-        self._random = np.random.default_rng(_SEED)
-        self._table = np.zeros(0, dtype=np.uint64)
 
     def _add(self, number: int, texts: Iterable[str]) -> None:
-        words = self._words
-        batch: list[list[int]] = []
+        batch: list[str] = []
         for text in texts:
-            ids = [words.setdefault(word, len(words)) for word in normalize(text)]
-            if len(ids) >= self.n:
-                batch.append(ids)
+            batch.append(text)
             if len(batch) == _BATCH:
                 self._parts.append((self._ngram_hashes(batch)[0], number))
                 batch = []
@@ -121,41 +114,29 @@ class Decontaminator:
         self._owners = owners[first]  # np.unique takes the first occurrence: the earliest file
         self._parts = []
 
-    def _values(self, count: int) -> np.ndarray:
-        """Random 64-bit values of word ids 0..count-1, drawn as new words appear."""
-        if count > len(self._table):
-            fresh = self._random.integers(0, 2**64, max(count, 2 * len(self._table)) - len(self._table),
-                                          dtype=np.uint64, endpoint=False)
-            self._table = np.concatenate([self._table, fresh])
-        return self._table
-
-    def _ngram_hashes(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hashes of every n-gram of each row of word ids (-1: a word no benchmark has), the row
-        of each and its first word's index; n-grams with an unknown word are left out."""
-        lengths = np.array([len(row) for row in rows])
-        ids = np.fromiter((i for row in rows for i in row), dtype=np.int64, count=int(lengths.sum()))
-        values = self._values(len(self._words))[np.maximum(ids, 0)]
-        starts = np.arange(len(ids) - self.n + 1)
-        if not starts.size:
-            return np.zeros(0, np.uint64), starts, starts
+    def _ngram_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]]]:
+        """Hashes of every n-gram of each text, the text of each and its first word's index, and the words."""
+        words = [normalize(text) for text in texts]
+        lengths = np.array([len(row) for row in words])
+        values = np.fromiter(map(hash, itertools.chain.from_iterable(words)), dtype=np.int64,
+                             count=int(lengths.sum())).view(np.uint64)
+        starts = np.arange(len(values) - self.n + 1)
         ends = np.cumsum(lengths)
         row = np.searchsorted(ends, starts, side="right")
-        unknown = np.concatenate([[0], np.cumsum(ids < 0)])
-        valid = (starts + self.n <= ends[row]) & (unknown[starts + self.n] == unknown[starts])
+        inside = starts + self.n <= ends[row]  # no n-gram runs into the next text
+        starts, row = starts[inside], row[inside]
         hashes = np.zeros(len(starts), dtype=np.uint64)
         for offset, power in enumerate(self._powers):
-            hashes += values[offset:offset + len(starts)] * power
-        return hashes[valid], row[valid], (starts - (ends[row] - lengths[row]))[valid]
+            hashes += values[starts + offset] * power
+        return hashes, row, starts - (ends[row] - lengths[row]), words
 
     # -- checking -------------------------------------------------------------------------
 
     def _hits_batch(self, texts: Sequence[str]) -> list[tuple[str, str] | None]:
         found: list[tuple[str, str] | None] = [None] * len(texts)
-        words = [normalize(text) for text in texts]
-        rows = [[self._words.get(word, -1) for word in text] for text in words]
-        if not len(self._hashes) or sum(map(len, rows)) < self.n:
+        if not len(self._hashes):
             return found
-        hashes, row, start = self._ngram_hashes(rows)
+        hashes, row, start, words = self._ngram_hashes(texts)
         place = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
         match = np.flatnonzero(self._hashes[place] == hashes)
         for k in match[::-1].tolist():  # backwards, so each text ends with its first hit
@@ -164,25 +145,26 @@ class Decontaminator:
         return found
 
 
-def texts_of(record: Any, fields: Sequence[str] | None = None) -> Iterator[str]:
+def texts_of(record: Any, fields: Sequence[str] | None = None) -> list[str]:
     """The strings of a record that n-grams are taken from: every one, or those under ``fields``.
 
-    >>> list(texts_of({"question": "Q?", "choices": ["a", "b"], "id": 7}))
+    >>> texts_of({"question": "Q?", "choices": ["a", "b"], "id": 7})
     ['Q?', 'a', 'b']
-    >>> list(texts_of({"question": "Q?", "choices": ["a", "b"]}, fields=["choices"]))
+    >>> texts_of({"question": "Q?", "choices": ["a", "b"]}, fields=["choices"])
     ['a', 'b']
     """
     if fields is not None and isinstance(record, dict):
-        for name in fields:
-            yield from texts_of(record.get(name))
-    elif isinstance(record, str):
-        yield record
-    elif isinstance(record, dict):
-        for value in record.values():
-            yield from texts_of(value)
-    elif isinstance(record, (list, tuple)):
-        for value in record:
-            yield from texts_of(value)
+        record = [record.get(name) for name in fields]
+    found, stack = [], [record]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            stack.extend(reversed(value.values()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend(reversed(value))
+    return found
 
 
 def read_benchmark(path: str | Path) -> Iterator[Any]:
