@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from .cli import run
 from .decontaminate import Decontaminator
 from .errors import ConfigError, DataError
 from .jsonl import BOM, dumps, loads_line, type_name, write_jsonl_atomic, write_text_atomic
-from .similarity import greedy_dedup
+from .similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # The fields of a record that decontamination looks at.
@@ -188,6 +189,68 @@ def greedy_keep(instructions: Sequence[str], threshold: float = 0.7, against: It
     """
     for batch in greedy_dedup(instructions, threshold, list(against)):
         yield from batch.tolist()
+
+
+def sharded_keep(instructions: Sequence[str], threshold: float = 0.7, against: Sequence[str] = (),
+                 shards: int = 4, directory: str | Path = ".") -> list[bool]:
+    """:func:`greedy_keep`'s decisions computed as a cluster would, here one shard after another.
+
+    1. Tokens are ranked by frequency over everything and texts encoded (a word count).
+    2. A text whose tokens equal an earlier one's is dropped (as in greedy_dedup); the first of
+       each goes on (a group-by).
+    3. Each text goes to the shards owning its prefix keys; each shard writes every pair above
+       the threshold that it finds (:func:`~self_instruct.similarity.shard_pairs`) to
+       ``directory/pairs-K-of-N.npy``.
+    4. One greedy pass over the merged pairs, sorted by their later text (:func:`greedy_pass`).
+
+    >>> import tempfile
+    >>> sharded_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"],
+    ...              shards=2, directory=tempfile.mkdtemp())
+    [True, False, False]
+    """
+    texts = [*against, *instructions]
+    if threshold >= 1:
+        return [True] * len(instructions)
+    encoded = RougeIndex(threshold=threshold)._encode_ranked(texts)
+    first: dict[str, int] = {}
+    duplicate = [bool(code) and first.setdefault(code, i) != i and i >= len(against) for i, code in enumerate(encoded)]
+    files = write_shard_pairs([i for i, dup in enumerate(duplicate) if not dup], encoded, threshold, shards, directory)
+    keep = greedy_pass(np.concatenate([np.load(file) for file in files]), len(texts), fixed=len(against))
+    return [bool(kept) and not dup for kept, dup in zip(keep[len(against):], duplicate[len(against):])]
+
+
+def write_shard_pairs(ids: Sequence[int], encoded: Sequence[str], threshold: float, shards: int,
+                      directory: str | Path) -> list[Path]:
+    """Send texts ``ids`` to the shards owning their prefix keys, join each shard, write its pairs (as ids)."""
+    members: list[list[int]] = [[] for _ in range(shards)]
+    index = RougeIndex(threshold=threshold)
+    for i in ids:
+        for shard in sorted({key_shard(key, shards) for key in index._prefix(encoded[i])}):
+            members[shard].append(i)
+    files = []
+    for shard, chosen in enumerate(members):
+        pairs = shard_pairs([encoded[i] for i in chosen], threshold, shard, shards)
+        files.append(Path(directory) / f"pairs-{shard:04d}-of-{shards:04d}.npy")
+        np.save(files[-1], np.asarray(chosen, dtype=np.int64)[pairs])
+    return files
+
+
+def greedy_pass(pairs: np.ndarray, size: int, fixed: int = 0) -> np.ndarray:
+    """Greedy decisions from a candidate graph: text j is kept unless an edge (i, j), i < j, comes
+    from a kept text i. The first ``fixed`` texts (the ``--against`` ones) are kept whatever their edges.
+
+    >>> greedy_pass(np.array([[0, 1], [1, 2], [0, 3], [2, 3]]), 5).tolist()
+    [True, False, True, False, True]
+    """
+    pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+    later, earlier = pairs[:, 1].tolist(), pairs[:, 0].tolist()
+    bounds = [0, *(np.flatnonzero(np.diff(pairs[:, 1])) + 1).tolist(), len(later)]
+    keep = bytearray(b"\x01") * size
+    for start, stop in zip(bounds, bounds[1:]):
+        j = later[start] if start < stop else 0
+        if j >= fixed and any(keep[i] for i in earlier[start:stop]):
+            keep[j] = 0
+    return np.frombuffer(bytes(keep), dtype=bool)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ How it avoids Alpaca's all-pairs Python LCS:
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ class RougeIndex:
         # it in its prefix, flattened; the n-th occurrence of a token is keyed by its character
         # repeated n times.
         self._postings: dict[str, array] = {}
+        # (shard, shards) when this index is one shard of a join: it holds only the prefix keys the shard owns.
+        self._shard: tuple[int, int] | None = None
         for token in vocabulary:
             self._code(token)
         for text in texts:
@@ -208,12 +211,20 @@ class RougeIndex:
             previous = char
         return keys
 
+    def _keys(self, encoded: str) -> list[tuple[int, str]]:
+        """(rank, posting key) of each prefix token; in a shard only the keys it owns, ranks unchanged."""
+        keys = list(enumerate(self._prefix(encoded)))
+        if self._shard is None:
+            return keys
+        shard, shards = self._shard
+        return [(rank, key) for rank, key in keys if key_shard(key, shards) == shard]
+
     def _add(self, text: str, encoded: str) -> None:
         position, n = len(self._texts), len(encoded)
         self._texts.append(text)
         self._encoded.append(encoded)
         self._lengths.append(n)
-        for rank, key in enumerate(self._prefix(encoded)):
+        for rank, key in self._keys(encoded):
             posting = self._postings.get(key)
             if posting is None:
                 posting = self._postings[key] = array("q")
@@ -225,7 +236,7 @@ class RougeIndex:
         """Every (query number, indexed position, F) with F > threshold, for encoded ``queries``."""
         chunks, owners, ranks, sizes = [], [], [], []
         for number, encoded in enumerate(queries):
-            for rank, key in enumerate(self._prefix(encoded)):
+            for rank, key in self._keys(encoded):
                 posting = self._postings.get(key)
                 if posting:
                     chunks.append(posting)
@@ -346,6 +357,40 @@ def greedy_dedup(texts: Sequence[str], threshold: float = 0.7, against: Sequence
         yield keep
         start = batch.stop
         size = _next_batch_size(len(fresh), int(keep.sum()), scanned)
+
+
+def key_shard(key: str, shards: int) -> int:
+    """The shard owning a posting key: a stable hash (CRC-32 of its UTF-8), the same on every machine.
+
+    >>> key_shard("a", 4), key_shard("b", 4)
+    (3, 1)
+    """
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+def shard_pairs(encoded: Sequence[str], threshold: float, shard: int, shards: int, batch: int = 1024) -> np.ndarray:
+    """Pairs ``(i, j)``, i < j, of ``encoded`` texts (coded with one vocabulary) scoring above
+    ``threshold`` and sharing a prefix key that ``shard`` owns, as an int64 array of shape (pairs, 2).
+
+    Run for every shard on the texts holding a key it owns, the union is every pair above the
+    threshold: a pair's first shared prefix key belongs to some shard, and the positional filter
+    passes there (it may also turn up in other shards: dedupe when merging).
+
+    >>> shard_pairs(["ab", "abc", "xy", "ab"], 0.7, 0, 1).tolist()
+    [[0, 1], [0, 3], [1, 3]]
+    """
+    index = RougeIndex(threshold=threshold)
+    index._shard = (shard, shards)
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, len(encoded), batch):
+        texts = encoded[start:start + batch]
+        for text in texts:
+            index._add("", text)
+        pairs = index._pairs(texts)
+        later = pairs.query + start
+        earlier = pairs.position < later
+        found.append(np.stack([pairs.position[earlier], later[earlier]], axis=1))
+    return np.concatenate(found)
 
 
 def _next_batch_size(probed: int, kept: int, scanned: int) -> int:

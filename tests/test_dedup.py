@@ -168,3 +168,29 @@ def test_module_entry_point_runs(tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "data.dedup.json").read_text()) == KEPT
+
+
+@pytest.mark.parametrize("threshold, shards", [(0.7, 1), (0.7, 5), (0.4, 3), (0.0, 2)])
+def test_sharded_pairs_and_one_greedy_pass_decide_like_the_sequential_greedy(tmp_path, threshold, shards):
+    rng = random.Random(int(threshold * 10) + shards)
+    words = ["name", "a", "fruit", "colour", "the", "red", "give", "three", "tips", "Über", "x1"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(400)]
+    against = texts[:10]
+    flags = dedup.sharded_keep(texts, threshold, against, shards=shards, directory=tmp_path)
+    assert flags == reference_keep(texts, threshold, against) == list(greedy_keep(texts, threshold, against))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pairs-{k:04d}-of-{shards:04d}.npy" for k in range(shards)]
+
+
+def test_sharded_decisions_on_perturbed_alpaca_equal_the_sequential_ones(tmp_path, anchors):
+    records = json.loads((anchors / "alpaca_data_5000_sample.json").read_text())
+    rng = random.Random(5)
+    stream = []
+    for record in rng.choices(records, k=3000):
+        words = record["instruction"].split()
+        for _ in range(rng.randint(0, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(["please", "the", "new", "café"]))
+        stream.append(" ".join(words))
+    seeds = [json.loads(line)["instruction"] for line in open(anchors / "alpaca_seed_tasks.jsonl")]
+    sequential = list(greedy_keep(stream, 0.7, seeds))
+    assert dedup.sharded_keep(stream, 0.7, seeds, shards=4, directory=tmp_path) == sequential
+    assert 0 < sum(sequential) < len(stream)
