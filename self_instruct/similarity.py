@@ -211,9 +211,10 @@ class RougeIndex:
             previous = char
         return keys
 
-    def _keys(self, encoded: str) -> list[tuple[int, str]]:
-        """(rank, posting key) of each prefix token; in a shard only the keys it owns, ranks unchanged."""
-        keys = list(enumerate(self._prefix(encoded)))
+    def _keys(self, encoded: str, ranks: int | None = None) -> list[tuple[int, str]]:
+        """(rank, posting key) of each prefix token (of the first ``ranks``); in a shard only the
+        keys it owns, ranks unchanged."""
+        keys = list(enumerate(self._prefix(encoded)[:ranks]))
         if self._shard is None:
             return keys
         shard, shards = self._shard
@@ -232,11 +233,12 @@ class RougeIndex:
 
     # -- queries --------------------------------------------------------------------------
 
-    def _pairs(self, queries: Sequence[str]) -> Pairs:
-        """Every (query number, indexed position, F) with F > threshold, for encoded ``queries``."""
+    def _pairs(self, queries: Sequence[str], first: int | None = None) -> Pairs:
+        """Every (query number, indexed position, F) with F > threshold, for encoded ``queries``;
+        with ``first``, only those found through the ``first`` rarest tokens of each query."""
         chunks, owners, ranks, sizes = [], [], [], []
         for number, encoded in enumerate(queries):
-            for rank, key in self._keys(encoded):
+            for rank, key in self._keys(encoded, first):
                 posting = self._postings.get(key)
                 if posting:
                     chunks.append(posting)
@@ -278,13 +280,17 @@ class RougeIndex:
 
         Returns the decisions and how many postings entries were read.
 
-        The batch is first scored against the index as it stands; what survives is compared
-        among itself, all pairs at once, and a survivor is kept unless an earlier kept one of the
-        batch matches it.
+        The batch is first scored against the index as it stands: through each query's rarest
+        token alone, which finds most near duplicates for a fraction of the pairs, then fully for
+        the queries left. What survives is compared among itself, all pairs at once, and a
+        survivor is kept unless an earlier kept one of the batch matches it.
         """
         keep = np.ones(len(encoded), dtype=bool)
-        pairs = self._pairs(encoded)
-        keep[pairs.query] = False
+        quick = self._pairs(encoded, first=1)
+        keep[quick.query] = False
+        left = np.flatnonzero(keep)
+        pairs = self._pairs([encoded[i] for i in left.tolist()])
+        keep[left[pairs.query]] = False
         survivors = np.flatnonzero(keep)
         batch = [encoded[i] for i in survivors.tolist()]
         lengths = np.array([len(text) for text in batch])
@@ -296,7 +302,7 @@ class RougeIndex:
         keep[survivors[~kept]] = False
         for i in survivors[kept].tolist():
             self._add(texts[i], encoded[i])
-        return keep, pairs.scanned
+        return keep, quick.scanned + pairs.scanned
 
     def _scores(self, encoded: str) -> np.ndarray:
         """Exact F of ``encoded`` against every indexed text, as float64 in insertion order."""
