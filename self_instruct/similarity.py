@@ -211,10 +211,9 @@ class RougeIndex:
             previous = char
         return keys
 
-    def _keys(self, encoded: str, ranks: int | None = None) -> list[tuple[int, str]]:
-        """(rank, posting key) of each prefix token (of the first ``ranks``); in a shard only the
-        keys it owns, ranks unchanged."""
-        keys = list(enumerate(self._prefix(encoded)[:ranks]))
+    def _keys(self, encoded: str) -> list[tuple[int, str]]:
+        """(rank, posting key) of each prefix token; in a shard only the keys it owns, ranks unchanged."""
+        keys = list(enumerate(self._prefix(encoded)))
         if self._shard is None:
             return keys
         shard, shards = self._shard
@@ -233,12 +232,12 @@ class RougeIndex:
 
     # -- queries --------------------------------------------------------------------------
 
-    def _pairs(self, queries: Sequence[str], first: int | None = None) -> Pairs:
+    def _pairs(self, queries: Sequence[str], keys: Sequence[list[tuple[int, str]]] | None = None) -> Pairs:
         """Every (query number, indexed position, F) with F > threshold, for encoded ``queries``;
-        with ``first``, only those found through the ``first`` rarest tokens of each query."""
+        with ``keys``, only those found through these (rank, key) of each query."""
         chunks, owners, ranks, sizes = [], [], [], []
         for number, encoded in enumerate(queries):
-            for rank, key in self._keys(encoded, first):
+            for rank, key in self._keys(encoded) if keys is None else keys[number]:
                 posting = self._postings.get(key)
                 if posting:
                     chunks.append(posting)
@@ -249,7 +248,8 @@ class RougeIndex:
             return Pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
         entries = np.frombuffer(b"".join(chunks), dtype=np.int64).reshape(-1, 3)
         query = np.repeat(np.array(owners), sizes)
-        m = np.array([len(encoded) for encoded in queries])[query]
+        query_lengths = np.array([len(encoded) for encoded in queries])
+        m = query_lengths[query]
         n = entries[:, 1]
         need = min_overlap(self.threshold, m, n)
         # Positional filter: from the first shared token on, the query has m - rank tokens left
@@ -260,10 +260,11 @@ class RougeIndex:
         query, position = np.divmod(_distinct(query[fits] * size + entries[fits, 0]), size)
         if not query.size:
             return Pairs(query, position, np.zeros(0), len(entries))
-        lcs = process.cpdist([queries[q] for q in query.tolist()], [self._encoded[p] for p in position.tolist()],
+        lcs = process.cpdist(list(map(queries.__getitem__, query.tolist())),
+                             list(map(self._encoded.__getitem__, position.tolist())),
                              scorer=LCSseq.similarity, dtype=np.int64, workers=-1)
         lengths = np.frombuffer(self._lengths, dtype=np.int64)[position]
-        scores = _fmeasures(lcs, np.array([len(queries[q]) for q in query.tolist()]), lengths)
+        scores = _fmeasures(lcs, query_lengths[query], lengths)
         above = scores > self.threshold
         return Pairs(query[above], position[above], scores[above], len(entries))
 
@@ -286,10 +287,12 @@ class RougeIndex:
         survivor is kept unless an earlier kept one of the batch matches it.
         """
         keep = np.ones(len(encoded), dtype=bool)
-        quick = self._pairs(encoded, first=1)
+        keys = [self._keys(text) for text in encoded]
+        quick = self._pairs(encoded, [found[:1] for found in keys])
         keep[quick.query] = False
-        left = np.flatnonzero(keep)
-        pairs = self._pairs([encoded[i] for i in left.tolist()])
+        left = np.flatnonzero(keep).tolist()
+        pairs = self._pairs([encoded[i] for i in left], [keys[i] for i in left])
+        left = np.array(left, dtype=np.int64)
         keep[left[pairs.query]] = False
         survivors = np.flatnonzero(keep)
         batch = [encoded[i] for i in survivors.tolist()]
