@@ -262,7 +262,7 @@ class RougeIndex:
             return Pairs(query, position, np.zeros(0), len(entries))
         lcs = process.cpdist(list(map(queries.__getitem__, query.tolist())),
                              list(map(self._encoded.__getitem__, position.tolist())),
-                             scorer=LCSseq.similarity, dtype=np.int64, workers=-1)
+                             scorer=LCSseq.similarity, dtype=np.int64, workers=_workers(len(query)))
         lengths = np.frombuffer(self._lengths, dtype=np.int64)[position]
         scores = _fmeasures(lcs, query_lengths[query], lengths)
         above = scores > self.threshold
@@ -297,7 +297,7 @@ class RougeIndex:
         survivors = np.flatnonzero(keep)
         batch = [encoded[i] for i in survivors.tolist()]
         lengths = np.array([len(text) for text in batch])
-        lcs = process.cdist(batch, batch, scorer=LCSseq.similarity, dtype=np.int64, workers=-1)
+        lcs = process.cdist(batch, batch, scorer=LCSseq.similarity, dtype=np.int64, workers=_workers(len(batch) ** 2))
         earlier_match = np.tril(_fmeasures(lcs, lengths[:, None], lengths[None, :]) > self.threshold, -1)
         kept = np.ones(len(batch), dtype=bool)
         for row in np.flatnonzero(earlier_match.any(axis=1)).tolist():
@@ -411,6 +411,12 @@ def _next_batch_size(probed: int, kept: int, scanned: int) -> int:
     by_survivors = _SURVIVORS_PER_BATCH * max(1, probed) / max(1, kept)
     by_memory = _ENTRIES_PER_BATCH * max(1, probed) / max(1, scanned)
     return int(max(64, min(by_survivors, by_memory, 16384)))
+
+
+def _workers(pairs: int) -> int:
+    """rapidfuzz threads for scoring ``pairs`` pairs: every core for big calls; starting threads
+    costs more than a few thousand short pairs take."""
+    return -1 if pairs > 20_000 else 1
 
 
 class _Codes(dict):
