@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
@@ -30,6 +31,9 @@ from .teachers.base import Teacher
 from .types import Completion, Decoding
 
 MAX_BODY_BYTES = 16 * 2**20
+# How long a client may take to send a request (its head, or its body), or sit idle between two
+# requests on one connection, before the connection is closed and its thread freed.
+REQUEST_TIMEOUT = 60.0
 # Parameters a client may send that this endpoint cannot honour, with the value that is harmless.
 _UNSUPPORTED = {"stream": False, "n": 1, "echo": False, "logprobs": None, "suffix": None, "best_of": 1}
 
@@ -66,10 +70,18 @@ class TeacherServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False):
+    def __init__(
+        self,
+        teacher: Teacher,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        allow_remote: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ):
         check_host(host, allow_remote)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.teacher = teacher
+        self.request_timeout = request_timeout
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="teacher-loop", daemon=True)
@@ -90,6 +102,11 @@ class TeacherServer(ThreadingHTTPServer):
             future = asyncio.run_coroutine_threadsafe(self.teacher.complete(prompts, decoding), self._loop)
             return future.result()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not socketserver's traceback: what is left here is a client that went away."""
+        exc = sys.exc_info()[1]
+        sys.stderr.write(f"serve: {client_address[0]}: connection dropped ({type(exc).__name__}: {exc})\n")
+
     def close(self) -> None:
         """Stop listening, then release the teacher and the loop."""
         self.server_close()
@@ -102,6 +119,13 @@ class TeacherServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: TeacherServer
     protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses its connection
+    # A request line too garbled to name its version is answered as HTTP/1.0, so the refusal has
+    # a status line and headers (http.server would answer HTTP/0.9: a bare body).
+    default_request_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # StreamRequestHandler puts it on the socket
+        super().setup()
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/v1/models", "/models"):
@@ -121,6 +145,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(exc)
         except ConfigError as exc:  # Decoding rejected a parameter
             self._send_error(RequestError(400, str(exc)))
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone: nothing to answer (handle_error says so in one line)
+        except Exception as exc:  # a fault of the teacher: the client gets it, the server goes on
+            self.log_message("%s", f"500: {type(exc).__name__}: {exc}")
+            self._send_error(RequestError(500, f"the teacher failed: {type(exc).__name__}: {exc}"))
 
     def _completions(self, body: dict) -> dict:
         prompt = body.get("prompt")
@@ -166,16 +195,63 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _read_json(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise RequestError(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
+            body = json.loads(self._read_body(self._content_length()) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"the body is not JSON ({exc})") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         return body
+
+    def _content_length(self) -> int:
+        """The body's size from its one Content-Length header, checked before anything is read.
+
+        Refusals close the connection: the unread body would be taken for the next request.
+        """
+        if self.headers.get("Transfer-Encoding"):
+            raise self._refuse(411, "send the body with a Content-Length header (Transfer-Encoding is not supported)")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            raise self._refuse(411, "a POST needs a Content-Length header")
+        if len(values) > 1:
+            raise self._refuse(400, f"Content-Length is given {len(values)} times with different values")
+        text = values.pop()
+        if not (text.isascii() and text.isdigit()):
+            raise self._refuse(400, f"Content-Length must be a whole number of bytes (got {_clip(text)!r})")
+        # The digit count first: int() refuses numbers of over 4300 digits with a ValueError.
+        if len(text) > len(str(MAX_BODY_BYTES)) or int(text) > MAX_BODY_BYTES:
+            raise self._refuse(413, f"a request body of {_clip(text)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+        return int(text)
+
+    def _read_body(self, length: int) -> bytes:
+        """Read `length` bytes within the server's request_timeout, however slowly they trickle."""
+        timeout = self.server.request_timeout
+        deadline = time.monotonic() + timeout
+        data = bytearray()
+        try:
+            while len(data) < length:
+                self.connection.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = self.rfile.read1(length - len(data))
+                if not chunk:
+                    raise self._refuse(400, f"the body ended after {len(data)} of its {length} bytes (Content-Length)")
+                data += chunk
+        except TimeoutError:
+            raise self._refuse(
+                408, f"the body did not arrive within {timeout:g} s ({len(data)} of its {length} bytes came)"
+            ) from None
+        finally:
+            self.connection.settimeout(timeout)
+        return bytes(data)
+
+    def _refuse(self, status: int, message: str) -> RequestError:
+        """An error after which the connection cannot carry another request."""
+        self.close_connection = True
+        return RequestError(status, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, headers too long), as JSON errors."""
+        self.close_connection = True
+        self._send_error(RequestError(code, message or HTTPStatus(code).phrase))
 
     def _send_error(self, exc: RequestError) -> None:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
@@ -186,11 +262,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"serve: {self.address_string()} {format % args}\n")
+
+
+def _clip(text: str, size: int = 40) -> str:
+    """Text a client sent, short enough to quote in an error."""
+    return text if len(text) <= size else text[:size] + "..."
 
 
 def decoding_from_request(body: dict) -> Decoding:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -179,6 +180,119 @@ def test_bad_bodies_and_routes(server):
     assert post("/v1/completions", json.dumps({"prompt": [1, 2]}).encode())[0] == 400
     assert post("/v1/chat/completions", json.dumps({"messages": []}).encode())[0] == 400
     assert post("/v1/embeddings", b"{}")[0] == 404
+
+
+def raw_request(srv: TeacherServer, data: bytes, *, shut_write: bool = False) -> tuple[int, dict | None, bytes]:
+    """Send raw bytes, read until the server closes; return (status, JSON body, raw reply).
+
+    The client waits far longer than the server's request_timeout: a server that blocks shows
+    as socket.timeout here, not as a hung test.
+    """
+    with socket.create_connection(srv.server_address[:2], timeout=60) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, json.loads(body) if body else None, reply
+
+
+def post_head(length: str | None, extra: str = "") -> bytes:
+    lines = ["POST /v1/completions HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+@pytest.fixture
+def quick_server(teacher):
+    """A server that gives a slow client one second."""
+    srv = TeacherServer(teacher, "127.0.0.1", 0, request_timeout=1.0)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.close()
+    thread.join()
+
+
+BODY = json.dumps({"prompt": "hi", "max_tokens": 5}).encode()
+
+
+@pytest.mark.parametrize(
+    "head, body, status, words",
+    [
+        (post_head("-5"), BODY, 400, "whole number"),
+        (post_head("abc"), BODY, 400, "whole number"),
+        (post_head("1e3"), BODY, 400, "whole number"),
+        (post_head("\u0663"), BODY, 400, "whole number"),  # an Arabic-Indic digit: isdigit() but not ASCII
+        (post_head(None), BODY, 411, "Content-Length"),
+        (post_head(None, "Transfer-Encoding: chunked\r\n"), b"5\r\nhello\r\n0\r\n\r\n", 411, "Transfer-Encoding"),
+        (post_head("5", f"Content-Length: {len(BODY)}\r\n"), BODY, 400, "2 times"),
+        (post_head(str(2**40)), BODY, 413, "limit"),
+        (post_head("9" * 5000), BODY, 413, "limit"),  # int() itself refuses over 4300 digits
+    ],
+    ids=["negative", "not-a-number", "float", "non-ascii-digit", "missing", "chunked", "twice", "huge", "5000-digits"],
+)
+def test_a_bad_content_length_is_refused_at_once_with_a_json_error(quick_server, capsys, head, body, status, words):
+    got, error, reply = raw_request(quick_server, head + body)
+    assert got == status, reply
+    assert words in error["error"]["message"] and error["error"]["type"] == "invalid_request_error"
+    assert b"Connection: close" in reply
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_body_shorter_than_its_content_length_times_out_and_frees_the_thread(quick_server, capsys):
+    status, error, _ = raw_request(quick_server, post_head(str(len(BODY) + 100)) + BODY)
+    assert status == 408 and f"{len(BODY)} of its {len(BODY) + 100} bytes" in error["error"]["message"]
+    # The client closing its side early is answered at once, without waiting for the timeout.
+    status, error, _ = raw_request(quick_server, post_head(str(len(BODY) + 100)) + BODY, shut_write=True)
+    assert status == 400 and "ended after" in error["error"]["message"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_client_that_trickles_its_body_is_cut_off(quick_server):
+    """The limit is on the whole body, not on each read: one byte a while never holds a thread."""
+    with socket.create_connection(quick_server.server_address[:2], timeout=60) as sock:
+        sock.sendall(post_head(str(len(BODY))))
+        reply = b""
+        for byte in BODY:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            threading.Event().wait(0.2)
+            sock.setblocking(False)
+            try:
+                reply += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if reply:
+                break
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(quick_server):
+    with socket.create_connection(quick_server.server_address[:2], timeout=60) as sock:
+        assert sock.recv(65536) == b""  # the server hung up; it did not hold the thread
+
+
+def test_a_garbled_request_line_gets_a_json_error(quick_server, capsys):
+    status, error, _ = raw_request(quick_server, b"POST /v1/completions HTTP/9.9\r\n\r\n")
+    assert status == 505 and error["error"]["message"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_client_hanging_up_midway_is_one_log_line(quick_server, capsys):
+    with socket.create_connection(quick_server.server_address[:2], timeout=60) as sock:
+        sock.sendall(post_head(str(len(BODY) + 100)) + BODY)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    raw_request(quick_server, b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n")  # still serving
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_failed_completion_is_a_500_with_the_reason(client):
