@@ -9,7 +9,11 @@ class ConfigError(SelfInstructError, ValueError):
     """A flag, a template or an output directory that cannot be used as given."""
 
 
-class SeedFormatError(SelfInstructError, ValueError):
+class DataError(SelfInstructError, ValueError):
+    """A data file that cannot be read as given: not UTF-8, not JSON, wrong shape (the message names file:line)."""
+
+
+class SeedFormatError(DataError):
     """A seed or input file that does not follow its schema (the message names file:line: field)."""
 
 

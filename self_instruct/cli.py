@@ -1,0 +1,200 @@
+"""The one command-line edge: every `python -m self_instruct.X` runs its `main` through `run`.
+
+fire turns `main`'s signature into flags (the product card's choice); around it this module
+- refuses an unknown flag or a stray word before anything runs, naming the nearest real flag
+  (fire calls main with the flags it knows and complains about the rest only afterwards);
+- accepts exactly the flags `--help` lists, fire's one-letter forms included;
+- checks each value against `main`'s annotation (`--max_steps abc` is one line, not a traceback);
+- turns every expected failure (SelfInstructError, OSError, UnicodeError, RecursionError) into one
+  line `self_instruct: error: ...` and exit status 2, and Ctrl-C into exit status 130;
+- never prints a secret: API keys seen in flags or the environment and passwords inside URLs
+  are masked in every message (:func:`redact`).
+"""
+from __future__ import annotations
+
+import asyncio
+import difflib
+import functools
+import inspect
+import os
+import re
+import sys
+import types
+import typing
+from typing import Any, Callable, Sequence
+
+from .errors import ConfigError, SelfInstructError
+
+HELP = ("-h", "--help")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this value wherever it would be printed (keys shorter than 4 characters are not worth it)."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Text safe to print or write: registered secrets and URL passwords masked.
+
+    >>> redact("cannot reach http://ann:s3cret@host:8000/v1")
+    'cannot reach http://ann:***@host:8000/v1'
+    """
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
+    return text
+
+
+def redact_url(url: str | None) -> str | None:
+    return None if url is None else _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+class FlagSpec:
+    """What `main` accepts: long names, switches, fire's one-letter forms and each flag's type."""
+
+    def __init__(self, main: Callable):
+        self.params = inspect.signature(main).parameters
+        hints = typing.get_type_hints(main)
+        self.types = {name: hints.get(name, type(p.default) if p.default is not None else str) for name, p in self.params.items()}
+        self.switches = {name for name in self.params if self.types[name] is bool}
+        firsts: dict[str, list[str]] = {}
+        for name in self.params:
+            firsts.setdefault(name[0], []).append(name)
+        # fire offers -x for a parameter whose first letter no other parameter shares.
+        self.short = {letter: names[0] for letter, names in firsts.items() if len(names) == 1}
+
+    def long_name(self, arg: str) -> tuple[str, str | None]:
+        """('name', inline value or None) for '--name', '--name=v', '-x' or '-x=v'."""
+        body, has_value, value = arg.lstrip("-").partition("=")
+        name = body.replace("-", "_")
+        if not arg.startswith("--") and len(name) == 1 and name in self.short:
+            name = self.short[name]
+        return name, (value if has_value else None)
+
+    def check(self, argv: Sequence[str]) -> dict[str, str]:
+        """Refuse unknown flags and stray words; return the raw text of each flag's value."""
+        raw: dict[str, str] = {}
+        args, i = list(argv), 0
+        while i < len(args):
+            arg, i = args[i], i + 1
+            if arg == "--":
+                raise ConfigError(f"unexpected argument in position {i}: '--' (flags go before it; see --help)")
+            if not arg.startswith("-") or arg == "-":
+                raise ConfigError(f"unexpected argument in position {i}: every option is a flag, --name value (see --help)")
+            name, value = self.long_name(arg)
+            negated = name.startswith("no") and name[2:] in self.switches
+            if name in self.switches or negated:
+                # fire would take any word after a switch as its value (--quiet 500 sets quiet="500")
+                if value is None and i < len(args) and not args[i].startswith("-"):
+                    if args[i].lower() not in ("true", "false"):
+                        raise ConfigError(f"unexpected argument in position {i + 1}: --{name} is a switch and takes no value")
+                    i += 1
+                continue
+            if name not in self.params:
+                close = [p for p in self.params if p.startswith(name)] or difflib.get_close_matches(name, list(self.params), n=1)
+                raise ConfigError(f"unknown flag --{name}; " + (f"did you mean --{close[0]}?" if close else "see --help for the flags"))
+            if value is None:
+                if i >= len(args):
+                    raise ConfigError(f"--{name} needs a value")
+                value, i = args[i], i + 1
+            raw[name] = value
+        return raw
+
+
+def coerce(name: str, kind: Any, value: Any, raw: str | None) -> Any:
+    """A flag's value as `main` expects it, or a ConfigError naming the flag.
+
+    fire parses values as Python literals: "--model_name 7" arrives as the int 7 and
+    "--base_url a,b" as a tuple, so text flags take the raw text from the command line.
+    """
+    optional = _is_optional(kind)
+    base = _strip_optional(kind)
+    if value is None and optional:
+        return None
+    shown = "[hidden]" if "key" in name or "password" in name else repr(raw if raw is not None else value)
+    if base is str:
+        return raw if raw is not None else str(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"--{name} is a switch: pass --{name} or --no{name} (got {shown})")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"--{name} must be a whole number (got {shown})")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"--{name} must be a number (got {shown})")
+    return value
+
+
+def _is_optional(kind: Any) -> bool:
+    return isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind) or (
+        typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind))
+
+
+def _strip_optional(kind: Any) -> Any:
+    if _is_optional(kind):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return kind
+
+
+def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
+        interrupted: str = "interrupted; nothing half-written is left behind") -> None:
+    """Run `main` as the command `python -m {name}`; see the module docstring for what it adds."""
+    import fire
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    register_secret(os.environ.get("OPENAI_API_KEY"))
+    try:
+        if any(a in HELP for a in args):
+            # Only --help reaches fire: with the other words fire would echo them, keys included.
+            fire.Fire(main, command=["--help"], name=name)
+            return
+        spec = FlagSpec(main)
+        raw = spec.check(args)
+        for flag, value in raw.items():
+            if "key" in flag or "password" in flag:
+                register_secret(value)
+
+        @functools.wraps(main)
+        def checked(*a, **kwargs):
+            # fire passes flags positionally or by name; bind them to see each by its name.
+            given = inspect.signature(main).bind(*a, **kwargs).arguments
+            return main(**{k: coerce(k, spec.types[k], v, raw.get(k)) for k, v in given.items()})
+
+        fire.Fire(checked, command=args, name=name)
+    except SelfInstructError as exc:
+        fail(str(exc), getattr(exc, "exit_code", 2), prefix="error: " if getattr(exc, "exit_code", 2) == 2 else "")
+    except (OSError, UnicodeError, RecursionError) as exc:
+        fail(describe_os_error(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        fail(interrupted, 130, prefix="")
+
+
+def fail(message: str, status: int = 2, prefix: str = "error: ") -> typing.NoReturn:
+    print(f"self_instruct: {prefix}{redact(message)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """One line for a failure of the machine rather than of the input: a full disk, a read-only
+    file system, a symlink loop, a directory where a file should be."""
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to process"
+    if isinstance(exc, UnicodeError):
+        return f"text that is not valid UTF-8: {exc}"
+    where = exc.filename if isinstance(exc, OSError) and exc.filename else ""
+    hint = {28: "the disk is full: free space, then rerun the same command to resume",
+            30: "the file system is read-only: choose another --output_dir",
+            40: "too many levels of symbolic links (a symlink loop)",
+            13: "permission denied", 21: "is a directory, not a file", 20: "a path component is a file, not a directory"}
+    reason = hint.get(getattr(exc, "errno", None) or 0) or getattr(exc, "strerror", None) or str(exc)
+    return f"{where}: {reason}" if where else reason

@@ -1,0 +1,278 @@
+"""The one reader and writer of JSON and JSONL files, for every stage.
+
+One policy everywhere:
+- lines end at "\\n" and nowhere else (``str.splitlines`` would also split inside a record at
+  U+2028, U+0085 or a form feed, all legal inside a JSON string);
+- text is UTF-8; a byte order mark or a byte that is not UTF-8 is an error naming file, line and column;
+- every error is a :class:`~self_instruct.errors.DataError` whose message starts with ``file:line:``;
+- files are read as streams, a line at a time, so a 200 MB rejects file costs one line of memory;
+- writes are whole lines in one ``write`` (a kill leaves at most a torn last line, which
+  :func:`repair_torn_tail` cuts off for files we own), or a temp file renamed over the old one.
+
+Example::
+
+    append_jsonl(path, [{"instruction": "Add 2 and 3.\\u2028Show the sum."}])
+    [obj for _, obj in iter_jsonl(path)]  # -> the same record, U+2028 intact
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import DataError
+
+BOM = b"\xef\xbb\xbf"
+
+
+def dumps(obj: Any) -> str:
+    """One JSON line as we write it (UTF-8 kept as is, no trailing newline)."""
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def loads_line(path: str | Path, lineno: int, line: bytes) -> Any:
+    """Decode one line of a JSONL file, with errors naming ``path:lineno``."""
+    where = f"{path}:{lineno}"
+    if lineno == 1 and line.startswith(BOM):
+        raise DataError(f"{where}: the file starts with a byte order mark; save it as UTF-8 without BOM")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a record") from None
+
+
+def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, value)`` for each non-blank line; with ``objects`` each must be a JSON object."""
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip(b"\n").rstrip(b"\r")
+            if not line.strip():
+                continue
+            value = loads_line(path, lineno, line)
+            if objects and not isinstance(value, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type_name(value)}")
+            yield lineno, value
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Records of a dataset file that is a JSON list or JSONL (told apart by its first character),
+    as ``(line number, object)``."""
+    with _open(path) as f:
+        head = f.read(4096)
+    start = head.lstrip(BOM).lstrip()
+    if head.startswith(BOM):
+        raise DataError(f"{path}:1: the file starts with a byte order mark; save it as UTF-8 without BOM")
+    if start.startswith(b"["):
+        yield from _iter_json_list(path)
+    else:
+        yield from iter_jsonl(path)
+
+
+def _iter_json_list(path: str | Path) -> Iterator[tuple[int, dict]]:
+    with _open(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); re-save the file as UTF-8") from None
+    decoder = json.JSONDecoder()
+    position, line, counted = _skip_space(text, text.index("[") + 1), 1, 0
+
+    def line_at(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    first = True
+    while text[position:position + 1] != "]":
+        if not first:
+            if text[position:position + 1] != ",":
+                raise DataError(f"{path}:{line_at(position)}: not valid JSON (expected ',' or ']' between records)")
+            position = _skip_space(text, position + 1)
+        first = False
+        try:
+            obj, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{line_at(position)}: JSON nested too deeply to be a record") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line_at(position)}: expected a JSON object, got {type_name(obj)}")
+        yield line_at(position), obj
+        position = _skip_space(text, end)
+    if text[position + 1:].strip():
+        raise DataError(f"{path}:{line_at(position + 1)}: text after the end of the JSON list")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file, or None when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with _open(path) as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
+
+
+def type_name(value: Any) -> str:
+    return {str: "string", bool: "bool", int: "number", float: "number", list: "list", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _open(path: str | Path):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def repair_torn_tail(path: str | Path) -> str | None:
+    """Cut a last line that has no newline (a write a kill interrupted) from a file we own.
+
+    Returns a note saying what was cut, or None when the file was whole.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with open(path, "r+b") as f:
+        # Scan back from the end for the last newline, a block at a time.
+        end, block = size, 65536
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return None
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return f"{path.name}: cut off a torn last line of {size - keep} bytes (the run was killed while writing it)"
+
+
+def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True) -> None:
+    """Append records as whole lines in one write. If the write fails (a full disk), the file is
+    cut back to its old length, so no half line is left behind."""
+    payload = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+    if not payload:
+        return
+    with open(path, "ab") as f:
+        before = f.tell()
+        try:
+            f.write(_pause_halfway_for_tests(f, payload, Path(path).name))
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        except BaseException:
+            f.truncate(before)
+            raise
+
+
+def write_text_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write a file so that a reader sees the old one or the new one, never half of one."""
+    path = Path(path)
+    # A fixed temp name in the same directory (rename is atomic only within one file system);
+    # plain open() so the file gets the user's umask, not mkstemp's 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_pause_halfway_for_tests(f, payload, path.name))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> None:
+    write_text_atomic(path, "".join(dumps(r) + "\n" for r in records))
+
+
+def remove_stale_temps(directory: str | Path) -> None:
+    """Delete temp files of atomic writes that a killed process left behind."""
+    for stale in Path(directory).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_test_writes: Counter = Counter()
+
+
+def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
+    """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
+    of that file stops halfway through its last line, says so on stderr, and waits to be
+    SIGKILLed, so that a test's kill lands mid-write for certain. Returns the bytes still to write."""
+    spec = os.environ.get("SELF_INSTRUCT_TEST_PAUSE")
+    if not spec:
+        return payload
+    target, _, nth = spec.partition("@")
+    _test_writes[name] += 1
+    if name != target or _test_writes[name] != int(nth or 1):
+        return payload
+    last_line = payload.rfind(b"\n", 0, len(payload) - 1) + 1
+    cut = last_line + (len(payload) - last_line) // 2
+    f.write(payload[:cut])
+    f.flush()
+    os.fsync(f.fileno())
+    print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
+    time.sleep(600)
+    return payload[cut:]
