@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import socket
 import threading
 import urllib.error
@@ -17,7 +18,7 @@ import openai
 import pytest
 
 from self_instruct.errors import ConfigError
-from self_instruct.serve import TeacherServer, chat_prompt, check_host, main
+from self_instruct.serve import CHAT_MAX_TOKENS, TeacherServer, chat_messages, chat_prompt, check_host, cli
 from self_instruct.teachers.base import Teacher
 from self_instruct.types import Completion, Decoding
 
@@ -124,7 +125,7 @@ def test_a_list_of_prompts_gets_one_choice_each_in_order(client):
     assert [c.index for c in reply.choices] == [0, 1, 2]
 
 
-def test_chat_sends_the_message_text_as_a_raw_prompt(client, teacher):
+def test_chat_to_a_teacher_without_a_template_sends_the_text_as_a_raw_prompt(client, teacher):
     reply = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "###\n4. Instruction:"}], max_tokens=100, stop=["5. Instruction:"]
     )
@@ -136,12 +137,60 @@ def test_chat_sends_the_message_text_as_a_raw_prompt(client, teacher):
     assert teacher.decodings[-1].stop == ("5. Instruction:",)
 
 
-def test_chat_prompt_joins_text_parts_and_messages():
-    messages = [
+def test_chat_messages_keep_roles_and_join_text_parts():
+    messages = chat_messages([
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "List "}, {"type": "text", "text": "tasks"}]},
-    ]
+        {"role": "user", "content": [{"type": "text", "text": "List "}, {"type": "image_url"}, {"type": "text", "text": "tasks"}]},
+    ])
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "List tasks"}]
     assert chat_prompt(messages) == "Be brief.\n\nList tasks"
+
+
+class ChatTeacher(ScriptedTeacher):
+    """A teacher with a chat template of its own: it records the messages it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chats: list[list[dict]] = []
+
+    async def chat(self, messages, decoding):
+        self.chats.append(messages)
+        self.decodings.append(decoding)
+        return Completion(f"{len(messages)} messages, last: {messages[-1]['content']}", "stop", 7, 5)
+
+
+def serving(teacher, **options):
+    srv = TeacherServer(teacher, "127.0.0.1", 0, **options)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+def stop_serving(srv, thread):
+    srv.shutdown()
+    srv.close()
+    thread.join()
+
+
+def test_chat_goes_through_the_teachers_chat_with_roles_intact():
+    teacher = ChatTeacher()
+    srv, thread = serving(teacher)
+    try:
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=10)
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
+        reply = client.chat.completions.create(model="m", messages=messages, temperature=0)
+        assert reply.choices[0].message.content == "2 messages, last: Say hi."
+        assert reply.choices[0].finish_reason == "stop" and reply.usage.total_tokens == 12
+        assert teacher.chats == [messages]
+        # No max_tokens from the client: a chat reply is bounded, not given the rest of the context.
+        assert teacher.decodings[-1].max_tokens == CHAT_MAX_TOKENS < Decoding().max_tokens
+        client.chat.completions.create(model="m", messages=messages, max_tokens=2000)
+        assert teacher.decodings[-1].max_tokens == 2000
+        # Completions keep the raw-text path and Decoding's default, as the generate loop expects.
+        client.completions.create(model="m", prompt="1. Instruction:")
+        assert teacher.decodings[-1].max_tokens == Decoding().max_tokens and len(teacher.chats) == 2
+    finally:
+        stop_serving(srv, thread)
 
 
 def test_models_lists_the_teachers_model(client):
@@ -324,6 +373,64 @@ def test_requests_reach_the_teacher_one_at_a_time():
     assert teacher.closed
 
 
+KEY = "sk-SERVE-SENTINEL-5c1d9e2f"
+
+
+def test_with_an_api_key_every_request_must_carry_it(teacher, capsys):
+    srv, thread = serving(teacher, api_key=KEY)
+    try:
+        wrong = openai.OpenAI(base_url=srv.url, api_key=KEY + "x", max_retries=0, timeout=10)
+        with pytest.raises(openai.AuthenticationError) as info:
+            wrong.completions.create(model="m", prompt="hello")
+        assert KEY not in str(info.value) and "Authorization: Bearer" in str(info.value)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        status, error, _ = raw_request(srv, post_head(str(len(BODY))) + BODY)  # no Authorization at all
+        assert status == 401 and error["error"]["message"].startswith("missing or wrong API key")
+        right = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0, timeout=10)
+        assert right.completions.create(model="m", prompt="hello").choices[0].text == "echo: hello"
+        # A client that puts the key in the URL does not get it into the server's log.
+        raw_request(srv, f"GET /v1/models?key={KEY} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    finally:
+        stop_serving(srv, thread)
+    err = capsys.readouterr().err
+    assert "models?key=[secret]" in err and KEY not in err
+
+
+def test_cli_errors_never_print_the_api_key(capsys, tmp_path):
+    for argv in (["--host", "0.0.0.0"], ["--port", "x"], ["--local_model_path", str(tmp_path / "none.gguf")]):
+        with pytest.raises(SystemExit) as info:
+            cli(["--api_key", KEY, *argv])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.startswith("self_instruct: error:") and KEY not in err
+
+
+def test_closing_the_server_stops_the_reply_in_progress():
+    """Ctrl-C on serve must not wait for a long reply: close() cancels it, and its client is
+    told so instead of being left waiting."""
+    teacher = ScriptedTeacher(delay=3600)
+    srv, thread = serving(teacher)
+    client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=600)
+    outcome = []
+
+    def ask():
+        try:
+            client.completions.create(model="m", prompt="long")
+        except openai.APIStatusError as exc:
+            outcome.append((exc.status_code, exc.body["message"]))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    while teacher.active == 0:  # the request reached the teacher
+        threading.Event().wait(0.01)
+    srv.shutdown()
+    srv.close()
+    asker.join()
+    thread.join()
+    assert outcome == [(503, "the server is shutting down")]
+    assert teacher.active == 0 and teacher.closed  # the teacher's call ended: it was cancelled, not abandoned
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_hosts_are_allowed(host):
     check_host(host, allow_remote=False)
@@ -337,9 +444,54 @@ def test_other_hosts_need_allow_remote(host):
 
 
 def test_cli_refuses_a_public_host_before_loading_anything(capsys):
-    assert main(["--host", "0.0.0.0"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli(["--host", "0.0.0.0"])
     err = capsys.readouterr().err
-    assert err.startswith("error: --host 0.0.0.0:") and err.count("\n") == 1
+    assert info.value.code == 2
+    assert err.startswith("self_instruct: error: --host 0.0.0.0:") and err.count("\n") == 1
+
+
+def help_flags(capsys) -> list[str]:
+    """Every flag form that `--help` lists, short ones included (`-p, --port=PORT`)."""
+    with pytest.raises(SystemExit) as info:
+        cli(["--help"])
+    assert info.value.code in (0, None)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err  # fire writes help to stderr when it is not a terminal
+    flags = [f for line in text.splitlines() if line.startswith("    -") for f in re.findall(r"--?\w+", line.split("=")[0])]
+    assert "--port" in flags and "--api_key" in flags
+    return flags
+
+
+FLAG_VALUES = {"host": "127.0.0.1", "port": "1", "n_threads": "1", "n_ctx": "64", "api_key": "k" * 8, "request_timeout": "5"}
+
+
+def test_every_flag_in_help_reaches_main(capsys, tmp_path):
+    """Each listed flag, long or short, gets past the flag checker into main, which then stops
+    at the missing model file (before loading anything)."""
+    missing = str(tmp_path / "missing.gguf")
+    names = {"-" + n[0]: n for n in FLAG_VALUES} | {"-l": "local_model_path", "-a": "allow_remote"}
+    failures = []
+    for flag in help_flags(capsys):
+        if flag == "-h":
+            continue  # see the next test
+        name = names.get(flag, flag.lstrip("-"))
+        value = [] if name == "allow_remote" else [missing if name == "local_model_path" else FLAG_VALUES[name]]
+        with pytest.raises(SystemExit) as info:
+            cli([flag, *value, "--local_model_path", missing])
+        err = capsys.readouterr().err
+        if not (info.value.code == 2 and "missing.gguf is not a file" in err):
+            failures.append((flag, info.value.code, err[-200:]))
+    assert failures == []
+
+
+@pytest.mark.xfail(strict=True, reason="cli.run takes -h for --help even where fire lists it as -h, --host "
+                   "(fix proposed in HANDOFF.md); remove this mark once it is on main")
+def test_short_h_is_host_as_help_lists_it(capsys):
+    assert "-h" in help_flags(capsys)
+    with pytest.raises(SystemExit) as info:
+        cli(["-h", "0.0.0.0"])
+    assert info.value.code == 2 and "--host 0.0.0.0:" in capsys.readouterr().err
 
 
 def test_the_generate_loop_runs_against_the_endpoint(server, tmp_path):
