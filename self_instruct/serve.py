@@ -278,7 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = bytearray()
         try:
             while len(data) < length:
-                self.connection.settimeout(max(deadline - time.monotonic(), 1e-3))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
                 chunk = self.rfile.read1(length - len(data))
                 if not chunk:
                     raise self._refuse(400, f"the body ended after {len(data)} of its {length} bytes (Content-Length)")
