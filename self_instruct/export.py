@@ -143,13 +143,15 @@ def prompt_completion(templates: dict[str, str]) -> Callable[[dict], dict]:
 
 
 def to_row(record: dict) -> dict:
-    """The sheet row of a record: its texts and review columns (None where a record has no value)."""
+    """The sheet row of a record: its texts and review columns (None where a record has no value,
+    numbers to 4 decimals)."""
     row = {field: record[field] for field in TEXT_COLUMNS}
     for column, (where, _) in META_COLUMNS.items():
         value = record
         for key in where.split("."):
             value = value.get(key) if isinstance(value, dict) else None
-        row[column] = value
+        # A reviewer's precision; Excel keeps only 15 digits anyway, and this way both sheets agree.
+        row[column] = round(value, 4) if isinstance(value, float) else value
     return row
 
 
@@ -318,15 +320,16 @@ def xlsx_rows(path: Path) -> Iterator[tuple]:
     openpyxl = require("openpyxl")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        # The first sheet, cell values as stored: a cell someone turned into a formula gives its formula text.
-        book = openpyxl.load_workbook(path, read_only=True)
-    except Exception as exc:  # openpyxl raises zipfile, KeyError and XML errors for a file that is not xlsx
-        raise DataError(f"{path}: not an xlsx workbook ({type(exc).__name__}: {exc})") from None
-    try:
-        yield from book.worksheets[0].iter_rows(values_only=True)
-    finally:
-        book.close()
+    with open(path, "rb") as f:  # a file object: openpyxl refuses names not ending in .xlsx
+        try:
+            # The first sheet, values as stored: a cell someone turned into a formula gives its formula text.
+            book = openpyxl.load_workbook(f, read_only=True)
+        except Exception as exc:  # openpyxl raises zipfile, KeyError and XML errors for a file that is not xlsx
+            raise DataError(f"{path}: not an xlsx workbook ({type(exc).__name__}: {exc})") from None
+        try:
+            yield from book.worksheets[0].iter_rows(values_only=True)
+        finally:
+            book.close()
 
 
 # -----------------------------------------------------------------------------
