@@ -63,7 +63,7 @@ class RunSummary:
     verbs: Counter = field(default_factory=Counter)
     verb_objects: dict = field(default_factory=lambda: defaultdict(Counter))
     kept_sample: list = field(default_factory=list)
-    rejected_sample: list = field(default_factory=list)
+    rejected_samples: dict = field(default_factory=lambda: defaultdict(list))  # reason -> sample
     kept_by_source: Counter = field(default_factory=Counter)
     state: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -97,11 +97,11 @@ def summarize(output_dir: str | Path, seed: int = 0) -> RunSummary:
         add_kept(summary, record)
         keep_sample(summary.kept_sample, record, seen, rng)
     if (directory / "rejected.jsonl").is_file():
-        for seen, (_, record) in enumerate(iter_jsonl(directory / "rejected.jsonl")):
+        for _, record in iter_jsonl(directory / "rejected.jsonl"):
             reason = str(record.get("reason", "unknown"))
             summary.reasons[reason] += 1
             summary.rejected_by_unit[unit_of(record, summary)][reason] += 1
-            keep_sample(summary.rejected_sample, record, seen, rng)
+            keep_sample(summary.rejected_samples[reason], record, summary.reasons[reason] - 1, rng)
     if (directory / "ledger.jsonl").is_file():
         summary.ledger = [entry for _, entry in iter_jsonl(directory / "ledger.jsonl")]
     return summary
@@ -149,11 +149,22 @@ def verb_and_object(instruction: str) -> tuple[str | None, str | None]:
 
 
 def keep_sample(sample: list, record: dict, seen: int, rng: random.Random) -> None:
-    """Reservoir sampling: after n records each is in the sample with the same chance."""
+    """Reservoir sampling (`seen` records came before this one): after n records each is in the
+    sample with the same chance."""
     if len(sample) < SAMPLE_SIZE:
         sample.append(record)
     elif (slot := rng.randrange(seen + 1)) < SAMPLE_SIZE:
         sample[slot] = record
+
+
+def rejected_sample(s: RunSummary) -> list[dict]:
+    """Twenty rejected records taken in turn from each reason's sample, so a rare reason shows
+    beside the one that rejected most."""
+    queues = [list(s.rejected_samples[reason]) for reason, _ in s.reasons.most_common()]
+    picked = []
+    while len(picked) < SAMPLE_SIZE and any(queues):
+        picked += [queue.pop(0) for queue in queues if queue][:SAMPLE_SIZE - len(picked)]
+    return picked
 
 
 # -----------------------------------------------------------------------------
@@ -198,11 +209,14 @@ def outcomes_chart(s: RunSummary) -> str:
     return data_uri(fig)
 
 
-def histograms(pairs: Sequence[tuple[str, list, str]], bins: int = 30) -> str:
-    """Side-by-side histograms of (title, values, x label)."""
+def histograms(pairs: Sequence[tuple[str, list, str]], whole: bool = False) -> str:
+    """Side-by-side histograms of (title, values, x label); `whole` numbers get a bar each while
+    they span at most 60 values."""
     fig, axes = figure(columns=len(pairs))
     for ax, (title, values, xlabel) in zip(axes, pairs):
         if values:
+            low, high = min(values), max(values)
+            bins = [b - 0.5 for b in range(low, high + 2)] if whole and high - low <= 60 else 30
             ax.hist(values, bins=bins, color="#1f77b4", edgecolor="white")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
@@ -211,29 +225,29 @@ def histograms(pairs: Sequence[tuple[str, list, str]], bins: int = 30) -> str:
 
 
 def verb_chart(s: RunSummary, verbs: int = 20, objects: int = 4) -> str:
-    """Two rings in the manner of Alpaca's verb-noun circle: leading verbs inside, their objects outside."""
-    top = [verb for verb, _ in s.verbs.most_common(verbs)]
+    """Two rings in the manner of Alpaca's verb-noun circle: leading verbs inside, their objects outside
+    (verbs without an object are left out)."""
+    top = [verb for verb, _ in s.verbs.most_common(verbs) if s.verb_objects[verb]]
     fig, ax = figure(8.0, 8.0)
     if not top:
         ax.text(0.5, 0.5, "no instruction starts with a verb", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return data_uri(fig)
-    inner, outer, outer_labels, outer_colours = [], [], [], []
     palette = [REASON_COLOURS[i % len(REASON_COLOURS)] for i in range(len(top))]
+    inner, outer, outer_labels, outer_colours = [], [], [], []
     for verb, colour in zip(top, palette):
         shown = s.verb_objects[verb].most_common(objects)
-        rest = s.verbs[verb] - sum(n for _, n in shown)
-        inner.append(s.verbs[verb])
-        for obj, n in shown + ([("", rest)] if rest else []):
-            outer.append(n)
-            outer_labels.append(obj)
-            outer_colours.append(colour if obj else "#f0f0f0")
+        inner.append(sum(n for _, n in shown))
+        outer += [n for _, n in shown]
+        outer_labels += [obj for obj, _ in shown]
+        outer_colours += [colour] * len(shown)
     ring = {"edgecolor": "white", "linewidth": 0.6}
     ax.pie(inner, radius=0.62, labels=top, labeldistance=0.55, rotatelabels=True, colors=palette,
            wedgeprops={**ring, "width": 0.42}, textprops={"fontsize": 8}, startangle=90, counterclock=False)
     ax.pie(outer, radius=1.0, labels=outer_labels, labeldistance=0.8, rotatelabels=True, colors=outer_colours,
-           wedgeprops={**ring, "width": 0.38, "alpha": 0.55}, textprops={"fontsize": 6.5}, startangle=90, counterclock=False)
-    ax.set_title(f"Top {len(top)} leading verbs (inner) and their top {objects} objects (outer)")
+           wedgeprops={**ring, "width": 0.38, "alpha": 0.6}, textprops={"fontsize": 6.5}, startangle=90, counterclock=False)
+    ax.set_title(f"Top {len(top)} leading verbs (inner) and their top {objects} objects (outer);\n"
+                 f"sizes count these pairs only, as in Alpaca's chart")
     return data_uri(fig)
 
 
@@ -305,7 +319,7 @@ def render(s: RunSummary) -> str:
                     ("avg_similarity_score", s.similarity, "mean ROUGE-L F to the 10 most similar"),
                     ("top-1 similarity", s.top_similarity, "ROUGE-L F to the most similar instruction")]), ""),
                 ("Lengths", histograms([("instruction", s.instruction_words, "words"),
-                                        ("output", s.output_words, "words")]), ""),
+                                        ("output", s.output_words, "words")], whole=True), ""),
                 ("Leading verbs and their objects", verb_chart(s),
                  "Verb: the instruction's first word; object: the next content word (a heuristic, no parser).")]
     image, note = usage_chart(s)
@@ -317,7 +331,8 @@ def render(s: RunSummary) -> str:
     for title, image, note in sections:
         body.append(f"<h2>{esc(title)}</h2>" + (f"<p>{esc(note)}</p>" if note else "") + f'<img alt="{esc(title)}" src="{image}">')
     body.append(f"<h2>{len(s.kept_sample)} random kept records</h2>" + records_table(s.kept_sample, rejected=False))
-    body.append(f"<h2>{len(s.rejected_sample)} random rejected records</h2>" + records_table(s.rejected_sample, rejected=True))
+    rejected = rejected_sample(s)
+    body.append(f"<h2>{len(rejected)} random rejected records, every reason shown</h2>" + records_table(rejected, rejected=True))
     return PAGE.format(title=esc(f"self_instruct report: {s.directory.resolve().name}"), body="\n".join(body))
 
 
