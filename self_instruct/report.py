@@ -177,8 +177,13 @@ def figure(width: float = 9.0, height: float = 3.4, columns: int = 1):
         from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError(f"the report needs matplotlib: {INSTALL_HINT}") from None
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout="tight")
     return fig, fig.subplots(1, columns)
+
+
+def whole_ticks():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(integer=True)
 
 
 def data_uri(fig) -> str:
@@ -205,7 +210,8 @@ def outcomes_chart(s: RunSummary) -> str:
         bottom = [b + h for b, h in zip(bottom, heights)]
     group = f" (groups of {width})" if width > 1 else ""
     ax.set(xlabel=f"{s.unit_name}{group}", ylabel="candidates", title=f"Kept and rejected by reason, per {s.unit_name}")
-    ax.legend(fontsize=8, ncols=2, loc="upper right")
+    ax.xaxis.set_major_locator(whole_ticks())
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     return data_uri(fig)
 
 
@@ -216,8 +222,12 @@ def histograms(pairs: Sequence[tuple[str, list, str]], whole: bool = False) -> s
     for ax, (title, values, xlabel) in zip(axes, pairs):
         if values:
             low, high = min(values), max(values)
-            bins = [b - 0.5 for b in range(low, high + 2)] if whole and high - low <= 60 else 30
-            ax.hist(values, bins=bins, color="#1f77b4", edgecolor="white")
+            if whole and high - low <= 60:
+                ax.hist(values, bins=[b - 0.5 for b in range(low, high + 2)], color="#1f77b4", edgecolor="white")
+                ax.set_xlim(low - 0.5 - max(2, (high - low) // 10), high + 0.5 + max(2, (high - low) // 10))
+                ax.xaxis.set_major_locator(whole_ticks())
+            else:
+                ax.hist(values, bins=30, color="#1f77b4", edgecolor="white")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=title, xlabel=xlabel, ylabel="kept records")
@@ -275,6 +285,7 @@ def usage_chart(s: RunSummary) -> tuple[str, str]:
     ax.plot(units, cumulative(s.kept_by_unit.get(u, 0) for u in units), label="kept", color="#2ca02c")
     ax.plot(units, cumulative(sum(s.rejected_by_unit.get(u, {}).values()) for u in units), label="rejected", color="#d62728")
     ax.set(xlabel=s.unit_name, ylabel="records (cumulative)", title=f"Progress over {s.unit_name}s")
+    ax.xaxis.set_major_locator(whole_ticks())
     ax.legend(loc="upper left", fontsize=8)
     return data_uri(fig), ("This run has no ledger.jsonl, so there is no token or cost history: the chart shows "
                            f"records over {s.unit_name}s, and the totals above come from state.json.")
