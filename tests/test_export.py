@@ -304,3 +304,44 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     status, err = run(capsys, source, "--output", tmp_path / "o.jsonl", *args)
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_trl_sft_trainer_trains_on_messages_and_prompt_completion(tmp_path, capsys):
+    """TRL's SFTTrainer reads both exports as they are and takes a few steps on a tiny Llama
+    (built here, with a tokenizer trained here: nothing comes from a hub)."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    trl = pytest.importorskip("trl")
+    from test_train import CHAT_TEMPLATE, tiny_llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    records = [{"instruction": f"Repeat the word number {i}.", "input": "" if i % 2 else f"word {i}", "output": f"word {i}"}
+               for i in range(16)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    for fmt in ("messages", "prompt-completion"):
+        assert run(capsys, source, "--format", fmt, "--output", tmp_path / f"{fmt}.jsonl")[0] == 0
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    texts = [(tmp_path / f"{fmt}.jsonl").read_text() for fmt in ("messages", "prompt-completion")] + [CHAT_TEMPLATE]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    for fmt in ("messages", "prompt-completion"):
+        dataset = datasets.load_dataset("json", data_files=str(tmp_path / f"{fmt}.jsonl"), split="train")
+        args = trl.SFTConfig(output_dir=str(tmp_path / f"sft-{fmt}"), max_steps=3, per_device_train_batch_size=4,
+                             learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             dataloader_num_workers=0)
+        trainer = trl.SFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer)
+        first = trainer.train_dataset[1]
+        if fmt == "messages":
+            assert tokenizer.decode(first["input_ids"]).startswith(tokenizer.apply_chat_template(dataset[1]["messages"], tokenize=False).rstrip())
+        else:  # the loss falls on the completion (and EOS) only, as train.py puts it
+            learned = [label for label in first["labels"] if label != -100]
+            assert tokenizer.decode(learned) == records[1]["output"] + "</s>"
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)
