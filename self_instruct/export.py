@@ -6,8 +6,8 @@
 
 Inputs are generate's or documents' output (generated.jsonl, regen.json, or the output directory,
 which means its generated.jsonl), any Alpaca JSON list or JSONL, or a sheet this command wrote
-(.csv/.xlsx, or named with --from csv|xlsx). Several inputs, separated by commas, are concatenated
-in order. A record needs a non-empty instruction and output; input is optional.
+(.csv/.xlsx, or named with --from csv|xlsx). Several inputs (separated by spaces or commas) are
+concatenated in order. A record needs a non-empty instruction and output; input is optional.
 
 Formats, and what reads them:
 - alpaca             JSON list of {instruction, input, output} (Alpaca's train.py, LLaMA-Factory)
@@ -463,7 +463,7 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
          prompt_with_input: str | None = None, prompt_no_input: str | None = None) -> None:
     """Export instruction records to a trainer's format or a sheet for review, or read a sheet back.
 
-    INPUT: files or run directories, separated by commas (concatenated in order). --format one
+    INPUT: files or run directories (several: separated by spaces or commas), concatenated in order. --format one
     of alpaca, jsonl, messages, prompt-completion, sharegpt, csv, xlsx, hf; --output the file
     (a directory for hf). --system: a system message for messages and sharegpt. --split 0.95:
     a seeded train/test split (--seed) into OUTPUT's .train and .test files. --from csv|xlsx:
