@@ -101,6 +101,9 @@ def test_formula_cells_are_text_not_formulas(tmp_path, capsys):
     assert rows[1][:3] == ["'=SUM(A1:A3)", "'+1", "'@cmd|' /C calc'!A0"]
     sheet_xml = zipfile.ZipFile(tmp_path / "r.xlsx").read("xl/worksheets/sheet1.xml").decode()
     assert "<f>" not in sheet_xml and "=SUM(A1:A3)" in sheet_xml
+    (tmp_path / "ff.jsonl").write_text(json.dumps({"instruction": "page\fbreak", "output": "ok"}) + "\n")
+    assert run(capsys, tmp_path / "ff.jsonl", "--format", "xlsx", "--output", tmp_path / "ff.xlsx")[0] == 0
+    assert "page_x000C_break" in zipfile.ZipFile(tmp_path / "ff.xlsx").read("xl/worksheets/sheet1.xml").decode()
     cell = openpyxl.load_workbook(tmp_path / "r.xlsx").active["A2"]
     assert (cell.value, cell.data_type, cell.quotePrefix) == ("=SUM(A1:A3)", "s", True)
 
@@ -122,6 +125,24 @@ def test_edited_csv_comes_back_with_edits_deletions_and_additions(tmp_path, caps
     expected = [dict(records[0], output="An edited answer, with a comma\nand a new line."), records[1], *records[3:],
                 {"instruction": "Name a colour added by a reviewer.", "input": "", "output": "Blue"}]
     assert [json.loads(line) for line in (tmp_path / "back.jsonl").read_text(encoding="utf-8").splitlines()] == expected
+
+
+def test_sheet_columns_are_found_by_header_and_blank_rows_skipped(tmp_path, capsys):
+    records = alpaca(hostile_records())[:4]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    sheet = tmp_path / "review.csv"
+    assert run(capsys, source, "--format", "csv", "--output", sheet)[0] == 0
+    assert sheet.read_bytes().startswith(b"\xef\xbb\xbf")  # the BOM that makes Excel read UTF-8
+    with open(sheet, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    # A reviewer moves output first, adds a comment column and leaves a blank row.
+    reordered = [[row[2], row[0], row[1], note] for row, note in zip(rows, ["comment", "fine", "", "typo?", ""])]
+    reordered.insert(3, ["", "", "", ""])
+    with open(sheet, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(reordered)
+    status, err = run(capsys, sheet, "--output", tmp_path / "back.jsonl")
+    assert status == 0, err
+    assert [json.loads(line) for line in (tmp_path / "back.jsonl").read_text(encoding="utf-8").splitlines()] == records
 
 
 def test_edited_xlsx_comes_back_with_edits_deletions_and_additions(tmp_path, capsys):
