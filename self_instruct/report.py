@@ -138,11 +138,11 @@ def verb_and_object(instruction: str) -> tuple[str | None, str | None]:
     ('write', 'poem')
     >>> verb_and_object("Give three tips for staying healthy.")
     ('give', 'tips')
-    >>> verb_and_object("What is the capital of France?")
-    (None, None)
+    >>> verb_and_object("What is the capital of France?"), verb_and_object("中文 translate this")
+    ((None, None), (None, None))
     """
     words = re.findall(r"[A-Za-z]+(?:'[a-z]+)?", instruction)
-    if not words or words[0].lower() in NOT_VERBS or not instruction.lstrip()[:1].isalpha():
+    if not re.match(r"\s*[A-Za-z]", instruction) or words[0].lower() in NOT_VERBS:
         return None, None
     obj = next((w.lower() for w in words[1:6] if w.lower() not in NOT_OBJECTS and not w.endswith("ly")), None)
     return words[0].lower(), obj
