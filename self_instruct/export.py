@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from .cli import run
 from .errors import ConfigError, DataError
-from .jsonl import fsync_dir, iter_records, read_json, write_json_atomic, write_text_atomic
+from .jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "csv", "xlsx", "hf")
 SHEETS = ("csv", "xlsx")
@@ -96,10 +96,11 @@ def check_record(item: dict) -> dict:
     ''
     """
     for field in TEXT_COLUMNS:
-        value = item.get(field, "" if field == "input" else None)
+        if field not in item and field != "input":
+            raise ValueError(f'field "{field}" is missing')
+        value = item.get(field, "")
         if not isinstance(value, str):
-            got = "missing" if value is None and field not in item else f"a {type(value).__name__}"
-            raise ValueError(f'field "{field}" must be text (it is {got})')
+            raise ValueError(f'field "{field}" must be text (got {type_name(value)})')
         if field != "input" and not value.strip():
             raise ValueError(f'field "{field}" is empty')
     if not isinstance(item.get("metadata", {}), dict):

@@ -300,8 +300,8 @@ def test_inputs_are_concatenated_in_order_and_a_run_directory_is_its_pool(tmp_pa
 
 @pytest.mark.parametrize("lines,message", [
     (['{"instruction": "Name a colour.", "output": "Red."}', '{"instruction": "Add 2 and 3."}'],
-     'in.jsonl:2: field "output" must be text (it is missing)'),
-    (['{"instruction": "Name a colour.", "input": null, "output": "Red."}'], 'in.jsonl:1: field "input" must be text (it is a NoneType)'),
+     'in.jsonl:2: field "output" is missing'),
+    (['{"instruction": "Name a colour.", "input": null, "output": "Red."}'], 'in.jsonl:1: field "input" must be text (got null)'),
     (['{"instruction": "  ", "output": "Red."}'], 'in.jsonl:1: field "instruction" is empty'),
     (['{"instruction": "Name a colour.", "output": "Red."', ""], "in.jsonl:1: not valid JSON"),
 ])
