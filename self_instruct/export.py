@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .cli import run
+from .cli import HELP, run
 from .errors import ConfigError, DataError
 from .jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
 
@@ -489,21 +489,27 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
     print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)
 
 
-def leading_words_as(flag: str, argv: Sequence[str]) -> list[str]:
-    """The words before the first flag as one --flag of comma-separated values (cli.run reads
-    flags only), and --from, a Python keyword, as main's from_.
+def words_as_flag(flag: str, argv: Sequence[str]) -> list[str]:
+    """The words that are not flags or their values, as one --flag of comma-separated values
+    (cli.run reads flags only), and --from, a Python keyword, as main's from_. Every flag of
+    export and report takes a value (neither has a switch), so the word after a flag is its value.
 
-    >>> leading_words_as("input", ["a.jsonl", "b.json", "--from", "csv"])
-    ['--input', 'a.jsonl,b.json', '--from_', 'csv']
+    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "b.json", "--from=csv"])
+    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--from_=csv']
     """
-    args = list(argv)
-    count = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
-    rest = [re.sub(r"^--from(?==|$)", "--from_", arg) for arg in args[count:]]
-    return ([f"--{flag}", ",".join(args[:count])] if count else []) + rest
+    flags, words, args = [], [], iter(argv)
+    for arg in args:
+        if not arg.startswith("-") or arg == "-":
+            words.append(arg)
+            continue
+        flags.append(re.sub(r"^--from(?==|$)", "--from_", arg))
+        if "=" not in arg and arg not in HELP:
+            flags += [value for value in [next(args, None)] if value is not None]
+    return ([f"--{flag}", ",".join(words)] if words else []) + flags
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    run(main, leading_words_as("input", sys.argv[1:] if argv is None else argv), name="self_instruct.export")
+    run(main, words_as_flag("input", sys.argv[1:] if argv is None else argv), name="self_instruct.export")
 
 
 if __name__ == "__main__":

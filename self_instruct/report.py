@@ -416,8 +416,8 @@ def main(output_dir: str, seed: int = 0) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    from .export import leading_words_as
-    run(main, leading_words_as("output_dir", sys.argv[1:] if argv is None else argv), name="self_instruct.report")
+    from .export import words_as_flag
+    run(main, words_as_flag("output_dir", sys.argv[1:] if argv is None else argv), name="self_instruct.report")
 
 
 if __name__ == "__main__":

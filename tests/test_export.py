@@ -2,13 +2,17 @@
 import csv
 import doctest
 import json
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from self_instruct import export
 from self_instruct.export import cli, read_inputs, to_row
 
+REPO = Path(__file__).resolve().parent.parent
 datasets = pytest.importorskip("datasets")
 openpyxl = pytest.importorskip("openpyxl")
 pytest.importorskip("jsonlines")
@@ -366,3 +370,13 @@ def test_trl_sft_trainer_trains_on_messages_and_prompt_completion(tmp_path, caps
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)
+
+
+def test_the_command_runs_as_a_module_with_words_anywhere(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", alpaca(hostile_records())[:3])
+    done = subprocess.run([sys.executable, "-m", "self_instruct.export", "--format", "csv", source, "--output", tmp_path / "r.csv"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == f"self_instruct: 3 records as csv in {tmp_path / 'r.csv'}"
+    done = subprocess.run([sys.executable, "-m", "self_instruct.export", source, "--output"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip() == "self_instruct: error: --output needs a value"
