@@ -65,6 +65,7 @@ class RunSummary:
     kept_sample: list = field(default_factory=list)
     rejected_samples: dict = field(default_factory=lambda: defaultdict(list))  # reason -> sample
     kept_by_source: Counter = field(default_factory=Counter)
+    unit_numbers: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     ledger: list = field(default_factory=list)
@@ -112,7 +113,9 @@ def unit_of(record: dict, summary: RunSummary) -> int | None:
     meta = record.get("metadata") or {}
     if "unit" in meta and "round" not in meta:
         summary.unit_name = "chunk"
-        return meta["unit"]
+        unit = meta["unit"]
+        # A chunk named by text ("manual.md#3") is numbered in the order the chunks appear.
+        return unit if isinstance(unit, int) else summary.unit_numbers.setdefault(str(unit), len(summary.unit_numbers))
     return meta.get("round")
 
 

@@ -149,6 +149,15 @@ def test_a_documents_run_shows_coverage(tmp_path):
     assert len(images(page)) == len(SECTIONS) + 1
 
 
+def test_chunks_named_by_text_are_numbered_in_order(tmp_path):
+    kept = [{"instruction": "What is in it?", "input": "", "output": "Text.", "metadata": {"unit": name, "source": "a.md"}}
+            for name in ("a.md#0", "a.md#0", "a.md#2")]
+    write_run(tmp_path / "docs", kept, [], {"units": 3})
+    summary = report.summarize(tmp_path / "docs")
+    assert summary.kept_by_unit == {0: 2, 1: 1} and summary.unit_name == "chunk"
+    assert "2 of 3 chunks have kept records." in report.render(summary)
+
+
 def test_hostile_text_is_escaped_and_an_empty_pool_still_reports(tmp_path):
     rejected = [{"reason": "blacklist", "detail": "image", "instruction": "<script>alert(1)</script> Draw an image.",
                  "input": "", "output": "x", "metadata": {"round": 0}},
