@@ -242,8 +242,8 @@ def write_xlsx(path: Path, rows: Iterable[dict]) -> None:
             value = row[column]
             if isinstance(value, str):
                 if len(value) > XLSX_CELL_LIMIT:
-                    raise DataError(f"record {number - 1}: {column} has {len(value)} characters, more than an xlsx cell "
-                                    f"holds ({XLSX_CELL_LIMIT}); export it as csv")
+                    raise DataError(f"record {number - 1}: its {column} has {len(value):,} characters, more than an xlsx "
+                                    f"cell holds ({XLSX_CELL_LIMIT:,}); export it as csv")
                 cell = WriteOnlyCell(sheet, value=escape_xlsx(value))
                 # A string cell, never a formula, and marked so Excel keeps it text when edited.
                 cell.data_type, cell.quotePrefix, cell.alignment = "s", value.startswith(FORMULA_START), wrap
@@ -304,6 +304,8 @@ def sheet_value(column: str, cell, kind: str):
 
 
 def csv_rows(path: Path) -> Iterator[list]:
+    # The csv module refuses cells over 128 KiB by default; a long document chunk is one cell.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     try:
         # newline="": line breaks inside quoted cells are the csv module's to read, not the file's.
         with open(path, newline="", encoding="utf-8-sig") as f:

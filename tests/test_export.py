@@ -380,3 +380,14 @@ def test_the_command_runs_as_a_module_with_words_anywhere(tmp_path):
     assert done.stderr.strip() == f"self_instruct: 3 records as csv in {tmp_path / 'r.csv'}"
     done = subprocess.run([sys.executable, "-m", "self_instruct.export", source, "--output"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 2 and done.stderr.strip() == "self_instruct: error: --output needs a value"
+
+
+def test_long_cells_round_trip_through_csv_and_are_refused_by_xlsx(tmp_path, capsys):
+    records = [{"instruction": "Summarize the chapter.", "input": "word " * 60000, "output": "Short."}]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    assert run(capsys, source, "--format", "csv", "--output", tmp_path / "r.csv")[0] == 0
+    assert alpaca(read_inputs([tmp_path / "r.csv"])[0]) == records
+    status, err = run(capsys, source, "--format", "xlsx", "--output", tmp_path / "r.xlsx")
+    assert status == 2 and err.strip() == ("self_instruct: error: record 1: its input has 300,000 characters, "
+                                           "more than an xlsx cell holds (32,767); export it as csv")
+    assert not (tmp_path / "r.xlsx").exists()
