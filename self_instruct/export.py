@@ -226,24 +226,23 @@ def write_xlsx(path: Path, rows: Iterable[dict]) -> None:
     from openpyxl.cell import WriteOnlyCell
     from openpyxl.styles import Alignment, Font
 
+    rows = list(rows)
+    check_cell_lengths(rows)  # before the workbook exists: openpyxl cannot abandon a half-written one cleanly
     book = openpyxl.Workbook(write_only=True)  # streams rows instead of holding a cell object each
     sheet = book.create_sheet("records")
     sheet.freeze_panes = "A2"
     for letter, width in zip("ABCDEFG", (50, 30, 60, 11, 24, 7, 7)):
         sheet.column_dimensions[letter].width = width
-    wrap = Alignment(wrap_text=True, vertical="top")
     header = [WriteOnlyCell(sheet, value=name) for name in SHEET_COLUMNS]
     for cell in header:
         cell.font = Font(bold=True)
     sheet.append(header)
-    for number, row in enumerate(rows, 2):
+    wrap = Alignment(wrap_text=True, vertical="top")
+    for row in rows:
         cells = []
         for column in SHEET_COLUMNS:
             value = row[column]
             if isinstance(value, str):
-                if len(value) > XLSX_CELL_LIMIT:
-                    raise DataError(f"record {number - 1}: its {column} has {len(value):,} characters, more than an xlsx "
-                                    f"cell holds ({XLSX_CELL_LIMIT:,}); export it as csv")
                 cell = WriteOnlyCell(sheet, value=escape_xlsx(value))
                 # A string cell, never a formula, and marked so Excel keeps it text when edited.
                 cell.data_type, cell.quotePrefix, cell.alignment = "s", value.startswith(FORMULA_START), wrap
@@ -254,6 +253,14 @@ def write_xlsx(path: Path, rows: Iterable[dict]) -> None:
     buffer = io.BytesIO()
     book.save(buffer)
     write_text_atomic(path, buffer.getvalue())
+
+
+def check_cell_lengths(rows: Sequence[dict]) -> None:
+    for number, row in enumerate(rows, 1):
+        for column in TEXT_COLUMNS:
+            if len(row[column]) > XLSX_CELL_LIMIT:
+                raise DataError(f"record {number}: its {column} has {len(row[column]):,} characters, more than an xlsx "
+                                f"cell holds ({XLSX_CELL_LIMIT:,}); export it as csv")
 
 
 def read_sheet(path: Path, kind: str) -> Iterator[dict]:
