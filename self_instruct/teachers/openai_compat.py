@@ -728,9 +728,8 @@ class OpenAITeacher(Teacher):
                 if not reply.started and not reading.done():
                     self._watch_queue(endpoint, time.monotonic() - reply.sent)
         finally:
-            if not reading.done():
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
+            reading.cancel()  # no-op once it is done
+            await asyncio.gather(reading, return_exceptions=True)  # its outcome is taken in every case
         reading.result()
         text = "".join(reply.parts)
         if not reply.choices_seen or (not text and reply.finish_reason is None):
