@@ -3,7 +3,7 @@ writes plausible self-instruct replies, and injects the faults real endpoints th
 
 Faults are scripted per request: `server.script(["429", "ok", "reset"])` answers the next three
 requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script. Besides
-FAULTS, scripts may use "400" (a refusal), "echo_key" (a 500 whose message repeats the
+FAULTS, scripts may use "400" (a refusal), "404" (no such model), "echo_key" (a 500 whose message repeats the
 Authorization header, as careless servers do), "html" (HTTP 200 with an HTML page) and "stall"
 (a streamed reply that goes silent for `timeout_sleep` seconds halfway).
 
@@ -43,7 +43,7 @@ VERBS = ("Explain", "Describe", "Compare", "Summarize", "List", "Suggest", "Clas
 FAULTS = ("429", "429-retry-after", "500", "502", "503", "reset", "timeout", "malformed", "empty_choices",
           "length", "zero_tasks", "wrong_numbering", "context_length")
 # Faults answered with an error status at once, before the request would wait for a slot.
-_REFUSALS = ("429", "429-retry-after", "500", "502", "503", "context_length", "400", "echo_key")
+_REFUSALS = ("429", "429-retry-after", "500", "502", "503", "context_length", "400", "404", "echo_key")
 
 
 def make_task(rng: random.Random, synthetic: bool = False) -> tuple[str, str, str]:
@@ -273,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "type": "invalid_request_error", "code": "context_length_exceeded"}})
         if fault == "400":  # a refusal no retry can fix
             return self._json(400, {"error": {"message": "Unsupported parameter: 'top_p'", "type": "invalid_request_error"}})
+        if fault == "404":  # the model is not served here
+            return self._json(404, {"error": {"message": f"The model '{body.get('model')}' does not exist", "code": "model_not_found"}})
         if fault == "echo_key":
             return self._json(500, {"error": {"message": f"upstream failed for credentials {self.headers.get('Authorization')}"}})
         if fault == "html":

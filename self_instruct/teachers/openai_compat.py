@@ -24,7 +24,6 @@ import math
 import random
 import re
 import time
-from collections import deque
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -206,35 +205,54 @@ def _checked_urls(named: list[tuple[str, str]]) -> list[str | None]:
     return [url for _, url in named]
 
 
+class _Grant:
+    """One request's share of a window: since when it counts, how much, and whether its answer
+    is still to come (till then it cannot expire: the server may not have counted it yet)."""
+
+    __slots__ = ("time", "amount", "pending")
+
+    def __init__(self, time: float, amount: float):
+        self.time, self.amount, self.pending = time, amount, True
+
+
 class RollingWindow:
-    """At most `limit` units (requests or tokens) within any `period` seconds, counted from the
-    moment each was granted. A rolling window rather than a refilling bucket: a full bucket after
-    an idle spell lets twice the limit through in one minute, which a server counting per minute
-    answers with 429s. `margin` widens the window a little, since the server counts arrivals.
+    """At most `limit` units (requests or tokens) within any `period` seconds, as the server
+    counts them. A rolling window rather than a refilling bucket: a full bucket after an idle
+    spell lets twice the limit through in one minute, which a server counting per minute answers
+    with 429s. The server counts a request when it arrives, some time between our send and its
+    answer, so a grant leaves the window a period after the answer began, not after the send.
     """
 
-    def __init__(self, limit: float, period: float = 60.0, margin: float = 0.02):
-        self.limit, self.span = limit, period * (1 + margin)
-        self._grants: deque[list[float]] = deque()  # [time, amount], oldest first
+    def __init__(self, limit: float, period: float = 60.0):
+        self.limit, self.period = limit, period
+        self._grants: list[_Grant] = []
 
     def delay(self, amount: float, now: float) -> float:
-        """Seconds until `amount` fits; 0 when it fits now. An amount above the whole limit goes
-        out alone, once the window is empty (else it never would)."""
-        while self._grants and self._grants[0][0] <= now - self.span:
-            self._grants.popleft()
-        excess = sum(amount for _, amount in self._grants) + amount - self.limit
+        """Seconds until `amount` fits, or until it is worth looking again; 0 when it fits now. An
+        amount above the whole limit goes out alone, once the window is empty (else it never would)."""
+        self._grants = [g for g in self._grants if g.pending or g.time > now - self.period]
+        excess = sum(g.amount for g in self._grants) + amount - self.limit
         if excess <= 0 or not self._grants:
             return 0.0
-        for granted, held in self._grants:
-            excess -= held
+        for grant in sorted(self._grants, key=lambda g: (g.pending, g.time)):
+            excess -= grant.amount
             if excess <= 0:
                 break
-        return max(granted + self.span - now, 1e-3)
+        if grant.pending:  # freed only once answered: look again soon
+            return self.period / 60
+        return max(grant.time + self.period - now, self.period * 1e-6)
 
-    def grant(self, amount: float, now: float) -> list[float]:
-        entry = [now, amount]
-        self._grants.append(entry)
-        return entry
+    def grant(self, amount: float, now: float) -> _Grant:
+        grant = _Grant(now, amount)
+        self._grants.append(grant)
+        return grant
+
+
+class Ticket:
+    """What one request holds of the rate limits until settled."""
+
+    def __init__(self, request: _Grant | None, tokens: _Grant | None):
+        self.request, self.tokens = request, tokens
 
 
 class RateLimits:
@@ -253,8 +271,8 @@ class RateLimits:
         self._lock: asyncio.Lock | None = None
         self._loop = None
 
-    async def acquire(self, tokens: int) -> list[float] | None:
-        """Wait until one more request of `tokens` fits; the token grant to settle() later."""
+    async def acquire(self, tokens: int) -> Ticket:
+        """Wait until one more request of `tokens` (estimated) fits."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # asyncio locks belong to one event loop
             self._loop, self._lock = loop, asyncio.Lock()
@@ -262,19 +280,24 @@ class RateLimits:
             while (wait := self._delay(tokens)) > 0:
                 await self._sleep(wait)
             now = self._clock()
-            if self.requests:
-                self.requests.grant(1, now)
-            return self.tokens.grant(tokens, now) if self.tokens else None
+            return Ticket(self.requests.grant(1, now) if self.requests else None,
+                          self.tokens.grant(tokens, now) if self.tokens else None)
 
     def _delay(self, tokens: int) -> float:
         now = self._clock()
         return max(self.requests.delay(1, now) if self.requests else 0.0, self.tokens.delay(tokens, now) if self.tokens else 0.0)
 
-    @staticmethod
-    def settle(grant: list[float] | None, tokens: int) -> None:
-        """Count what the request really used (0 for a failed one) instead of the estimate."""
-        if grant is not None:
-            grant[1] = tokens
+    def answered(self, ticket: Ticket | None) -> None:
+        """The answer began (headers, or an error): the server has counted the request by now."""
+        for grant in (ticket.request, ticket.tokens) if ticket else ():
+            if grant is not None and grant.pending:
+                grant.time, grant.pending = self._clock(), False
+
+    def settle(self, ticket: Ticket | None, tokens: int) -> None:
+        """Count the tokens the request really used (0 for a failed one) instead of the estimate."""
+        self.answered(ticket)
+        if ticket and ticket.tokens is not None:
+            ticket.tokens.amount = tokens
 
 
 class AdaptiveLimit:
@@ -433,6 +456,7 @@ class _Job:
         self.max_tokens = max_tokens
         self.faults: list[str] = []
         self.failed_on: Endpoint | None = None
+        self.ticket: Ticket | None = None  # its share of the rate limits, for the attempt in hand
 
 
 class _Reply:
@@ -628,23 +652,24 @@ class OpenAITeacher(Teacher):
     async def _attempt_on(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         while True:  # once more without streaming when the endpoint refuses it
             epoch = endpoint.limit.epoch
-            grant = await self._rates.acquire(estimate_tokens(prompt) + job.max_tokens) if self._rates else None
+            job.ticket = await self._rates.acquire(estimate_tokens(prompt) + job.max_tokens) if self._rates else None
             endpoint.requests += 1
             try:
                 completion = await self._send(endpoint, prompt, decoding, job)
-            except _Downgrade:
-                RateLimits.settle(grant, 0)
-                continue
-            except _Withdrawn:
-                RateLimits.settle(grant, 0)
-                raise
             except Exception as exc:
-                RateLimits.settle(grant, 0)
-                self._failed(endpoint, exc, epoch, job)
+                self._settle(job, 0)
+                if isinstance(exc, _Downgrade):
+                    continue
+                if not isinstance(exc, _Withdrawn):
+                    self._failed(endpoint, exc, epoch, job)
                 raise
-            RateLimits.settle(grant, completion.prompt_tokens + completion.completion_tokens)
+            self._settle(job, completion.prompt_tokens + completion.completion_tokens)
             self._fleet.succeeded(endpoint)
             return completion
+
+    def _settle(self, job: _Job, tokens: int) -> None:
+        if self._rates:
+            self._rates.settle(job.ticket, tokens)
 
     def _failed(self, endpoint: Endpoint, exc: Exception, epoch: int, job: _Job) -> None:
         """Count the fault, adapt the endpoint to it, and say why no retry can help where none can."""
@@ -721,7 +746,7 @@ class OpenAITeacher(Teacher):
         if endpoint.stream_usage:
             options["extra_body"] = {"stream_options": {"include_usage": True}}
         reply = _Reply(time.monotonic())
-        reading = asyncio.ensure_future(self._read(endpoint, self._create(endpoint, options), reply))
+        reading = asyncio.ensure_future(self._read(endpoint, self._create(endpoint, options), reply, job))
         try:
             while not reading.done():
                 await asyncio.wait({reading}, timeout=None if reply.started else QUEUE_POLL)
@@ -745,8 +770,10 @@ class OpenAITeacher(Teacher):
             faults=tuple(job.faults),
         )
 
-    async def _read(self, endpoint: Endpoint, create, reply: _Reply) -> None:
+    async def _read(self, endpoint: Endpoint, create, reply: _Reply, job: _Job) -> None:
         stream = await create
+        if self._rates:
+            self._rates.answered(job.ticket)
         try:
             kind = stream.response.headers.get("content-type", "")
             if "text/event-stream" not in kind:
