@@ -704,16 +704,17 @@ class OpenAITeacher(Teacher):
             options["messages"] = [{"role": "user", "content": prompt}]
         else:
             options["prompt"] = prompt
+        streamed, with_usage = endpoint.stream, endpoint.stream_usage  # other requests may change them meanwhile
         try:
-            if not endpoint.stream:
+            if not streamed:
                 return self._whole_reply(await self._create(endpoint, options), prompt, job)
             try:
-                return await asyncio.wait_for(self._streamed(endpoint, options, prompt, job), self.total_timeout)
+                return await asyncio.wait_for(self._streamed(endpoint, options, prompt, job, with_usage), self.total_timeout)
             except asyncio.TimeoutError:
                 raise SlowReply(f"the reply was still streaming after {self.total_timeout:g} s") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if endpoint.stream and not is_context_error(exc):
-                self._downgrade(endpoint, exc)
+            if streamed and not is_context_error(exc):
+                self._downgrade(endpoint, exc, with_usage)
             raise
 
     def _create(self, endpoint: Endpoint, options: dict):
@@ -721,12 +722,12 @@ class OpenAITeacher(Teacher):
         return create(**options)
 
     @staticmethod
-    def _downgrade(endpoint: Endpoint, exc: Exception) -> None:
+    def _downgrade(endpoint: Endpoint, exc: Exception, with_usage: bool) -> None:
         """Servers without streaming (or without its usage option) refuse the request with a 400
         naming the parameter: ask them again without it."""
         body = getattr(exc, "body", None)
         said = f"{_server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
-        if "stream_options" in said and endpoint.stream_usage:
+        if "stream_options" in said and with_usage:
             endpoint.stream_usage = False
             raise _Downgrade() from None
         if re.search(r"\bstream\b", said):
@@ -739,11 +740,11 @@ class OpenAITeacher(Teacher):
         return Completion(text, finish_reason=finish_reason, prompt_tokens=_token_count(usage, "prompt_tokens"),
                           completion_tokens=_token_count(usage, "completion_tokens"), faults=tuple(job.faults))
 
-    async def _streamed(self, endpoint: Endpoint, options: dict, prompt: str, job: _Job) -> Completion:
+    async def _streamed(self, endpoint: Endpoint, options: dict, prompt: str, job: _Job, with_usage: bool) -> Completion:
         """Stream one reply. While it waits for its first token, it watches for queueing behind
         the other requests on its endpoint and withdraws when the endpoint is over its limit."""
         options = dict(options, stream=True)
-        if endpoint.stream_usage:
+        if with_usage:
             options["extra_body"] = {"stream_options": {"include_usage": True}}
         reply = _Reply(time.monotonic())
         reading = asyncio.ensure_future(self._read(endpoint, self._create(endpoint, options), reply, job))
