@@ -19,13 +19,14 @@ def body(document: Document) -> list[tuple[tuple[str, ...], str]]:
 # --- makers of test files (also used by test_documents.py) ---
 
 def make_pdf(path: Path, pages: list[tuple[str, list[str]]]) -> Path:
-    """A PDF with one page per (title, lines) and a bookmark per title."""
+    """A PDF with one page per (title, lines) and a bookmark per title ("" for none)."""
     canvas = pytest.importorskip("reportlab.pdfgen.canvas")
     pdf = canvas.Canvas(str(path))
     for i, (title, lines) in enumerate(pages):
-        pdf.bookmarkPage(f"p{i}")
-        pdf.addOutlineEntry(title, f"p{i}", level=0)
-        pdf.drawString(72, 750, title)
+        if title:
+            pdf.bookmarkPage(f"p{i}")
+            pdf.addOutlineEntry(title, f"p{i}", level=0)
+            pdf.drawString(72, 750, title)
         for k, line in enumerate(lines):
             pdf.drawString(72, 730 - 14 * k, line)
         pdf.showPage()

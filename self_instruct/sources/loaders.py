@@ -198,8 +198,9 @@ def _pdf_outline(reader, items, depth: int) -> Iterator[tuple[int, str, int]]:
             yield from _pdf_outline(reader, item, depth + 1)
         else:
             page = reader.get_destination_page_number(item)
-            if page is not None and page >= 0:
-                yield depth, str(item.title).strip(), page
+            title = " ".join(str(item.title or "").split())
+            if title and page is not None and page >= 0:
+                yield depth, title, page
 
 
 def _outline_sections(text: str, starts: list[int], outline: list[tuple[int, str, int]]) -> tuple[Section, ...]:
@@ -208,7 +209,7 @@ def _outline_sections(text: str, starts: list[int], outline: list[tuple[int, str
     for depth, title, page in outline:
         page_start = starts[page]
         page_end = starts[page + 1] if page + 1 < len(starts) else len(text)
-        found = text.find(title, max(page_start, marks[-1][1] if marks else 0), page_end) if title else -1
+        found = text.find(title, max(page_start, marks[-1][1] if marks else 0), page_end)
         begin = found if found >= 0 else page_start
         marks.append((begin, begin + len(title) if found >= 0 else begin, depth, title))
     marks.sort(key=lambda m: m[0])
