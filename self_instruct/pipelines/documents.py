@@ -353,6 +353,11 @@ class DocumentsPipeline:
             rejections += ungrounded
         return UnitResult(examples, rejections)
 
+    @staticmethod
+    def check_decoding(count: int) -> Decoding:
+        """Greedy, and room for `count` short verdicts."""
+        return Decoding(max_tokens=32 + 16 * count, temperature=0.0)
+
     def _example(self, chunk: Chunk, item: dict[str, str]) -> Example:
         meta = chunk.provenance() | {"mode": self.settings.mode}
         if self.settings.mode == "qa":
@@ -381,8 +386,7 @@ class DocumentsPipeline:
     async def _check_grounding(self, chunk: Chunk, examples: list[Example], ask: Ask) -> tuple[list[Example], list[Rejection]]:
         """The second call: is each answer supported by the chunk? A missing verdict keeps
         nothing: the example is rejected as `unverified`."""
-        decoding = Decoding(max_tokens=32 + 16 * len(examples), temperature=0.0)
-        completion = await ask(verify_prompt(chunk, examples, self.verify_template), decoding)
+        completion = await ask(verify_prompt(chunk, examples, self.verify_template), self.check_decoding(len(examples)))
         verdicts = parse_verdicts(completion.text, len(examples)) if completion.ok else [None] * len(examples)
         kept, rejections = [], []
         for example, verdict in zip(examples, verdicts):
