@@ -134,3 +134,17 @@ def test_bad_sizes_and_tokenizers_name_the_flag(tmp_path):
     (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ConfigError, match="--tokenizer"):
         token_counter(str(tmp_path / "bad.json"))
+
+
+def test_long_texts_split_in_pieces_as_in_one_go(monkeypatch):
+    """pysbd gets long sections in pieces; each piece restarts at the last sentence of the one
+    before, so the sentences are those of one pass over the whole text."""
+    rng = random.Random(7)
+    sentences = [" ".join(rng.choice(["Dr. Hale", "soil", "at 3 p.m.", "water", "e.g. straw", "sun"]) for _ in range(rng.randint(2, 12)))
+                 .capitalize() + rng.choice(".?!") for _ in range(300)]
+    text = " ".join(sentences[:150]) + "\n" + " ".join(sentences[150:])  # a lone newline, as in PDFs
+    whole = split_sentences(text)
+    monkeypatch.setattr("self_instruct.sources.chunking._SEGMENT_PIECE", 10**9)
+    assert split_sentences(text) == whole and len(whole) > 200
+    monkeypatch.setattr("self_instruct.sources.chunking._SEGMENT_PIECE", 5)  # shorter than any sentence
+    assert split_sentences(text) == whole
