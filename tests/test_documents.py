@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAI
 
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
@@ -284,3 +293,161 @@ def test_a_failed_check_rejects_as_unverified(fake_server, tmp_path):
     ask, _ = make_ask(fake_server)
     result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
     assert result.examples == [] and {r.reason for r in result.rejections} == {"unverified"}
+
+
+# --- the command, end to end ---
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def book(path: Path, sections: int = 12) -> Path:
+    """A Markdown book of `sections` sections, each of three sentences with words of its own."""
+    rng = random.Random(3)
+    syllables = "ba ko ri tu me sa lo vi ne da pu go".split()
+    parts = ["# Field guide\n"]
+    for k in range(sections):
+        words = ["".join(rng.choice(syllables) for _ in range(3)) for _ in range(9)]
+        parts.append(f"## Plant {words[0]}\n\nThe {words[0]} grows near {words[1]} water. "
+                     f"Its leaves turn {words[2]} in {words[3]} autumn. Farmers pick {words[4]} seeds in {words[5]} spring.\n")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def cli_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "self_instruct.documents", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def test_windows_command_over_a_folder_skips_a_corrupt_pdf_with_one_line(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    book(folder / "guide.md", sections=3)
+    (folder / "talk.srt").write_text(
+        "1\n00:00:00,000 --> 00:00:02,000\nWelcome to this short talk about\n\n"
+        "2\n00:00:02,000 --> 00:00:04,000\ngrowing tomatoes at home. They need sun every day.\n", encoding="utf-8")
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+    done = cli_run([str(folder), "--mode", "windows", "--window", "2", "--output_dir", "out", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    skipped = [line for line in done.stderr.splitlines() if "scan.pdf" in line]
+    assert len(skipped) == 1 and "not a readable PDF" in skipped[0]
+    kept = records(tmp_path / "out" / "generated.jsonl")
+    texts = {str(folder / "guide.md"): (folder / "guide.md").read_text(encoding="utf-8")}
+    for record in kept:  # every record points at the text it came from
+        meta = record["metadata"]
+        if meta["source"] in texts and meta["kind"] == "window":
+            source = " ".join(texts[meta["source"]][meta["start"]:meta["end"]].split())
+            assert source == f"{record['instruction']} {record['output']}"
+    talk = [r for r in kept if r["metadata"]["source"].endswith("talk.srt")]
+    assert [(r["instruction"], r["output"]) for r in talk] == [
+        ("Welcome to this short talk about growing tomatoes at home.", "They need sun every day.")]
+    for name in ("rejected.jsonl", "run.json", "state.json", "regen.json"):
+        assert (tmp_path / "out" / name).exists()
+    assert len(json.loads((tmp_path / "out" / "regen.json").read_text(encoding="utf-8"))) == len(kept)
+
+
+def qa_teacher(prompt, body):
+    """Two pairs per chunk from its own sentences, plus one about the moon that the check rejects.
+    Questions name the made-up words of their sentence, so no two chunks' questions are alike."""
+    if prompt.startswith("Check each answer"):
+        answers = re.findall(r"^Answer: (.*)$", prompt, re.M)
+        return json.dumps([{"id": k, "supported": "moon" not in a} for k, a in enumerate(answers, 1)])
+    sentences = re.split(r"(?<=\.)\s+", passage_of(prompt))
+    pairs = []
+    for sentence in sentences[:2]:
+        a, b = [w.strip(".") for w in sentence.split() if w.strip(".") not in COMMON][:2]
+        pairs.append({"question": f"Explain {a} alongside {b}.", "answer": sentence})
+    pairs.append({"question": f"Explain {a} under the moon.", "answer": "Only under the full moon."})
+    return "Here are the pairs:\n```json\n" + json.dumps(pairs) + "\n```"
+
+
+COMMON = set("The grows near water Its leaves turn in autumn Farmers pick seeds spring".split())
+
+
+def test_qa_command_keeps_grounded_pairs_traceable_to_their_chunks(fake_server, tmp_path):
+    fake_server.reply_fn = qa_teacher
+    path = book(tmp_path / "guide.md", sections=4)
+    done = cli_run([str(path), "--mode", "qa", "--chunk_size", "20", "--chunk_overlap", "0", "--output_dir", "out",
+                    "--base_url", fake_server.base_url, "--model_name", "fake-model", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = path.read_text(encoding="utf-8")
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
+    chunks = {r["metadata"]["chunk"] for r in kept + rejected}
+    assert chunks == set(range(len(chunks))) and len(chunks) >= 4
+    for record in kept:
+        meta = record["metadata"]
+        assert record["output"] in text[meta["start"]:meta["end"]] and record["input"] == ""
+        assert meta["mode"] == "qa" and meta["grounded"] is True and meta["headings"][0] == "Field guide"
+    assert {r["reason"] for r in rejected} == {"ungrounded"}
+    assert all("moon" in r["output"] for r in rejected) and len(rejected) == len(chunks)
+    state = json.loads((tmp_path / "out" / "state.json").read_text(encoding="utf-8"))
+    assert state["requests"] == 2 * len(chunks) == len(fake_server.requests)
+
+
+def test_dry_run_prints_the_chunks_a_prompt_and_the_bounds_and_calls_nothing(fake_server, tmp_path):
+    path = book(tmp_path / "guide.md", sections=4)
+    done = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--base_url", fake_server.base_url,
+                    "--model_name", "gpt-4o-mini", "--dry_run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("You are writing question and answer pairs") and "The " in passage_of(done.stdout)
+    assert "dry run: 4 chunks from 1 file(s), mode qa" in done.stderr
+    assert re.search(r"at most: 12 requests, \d+ prompt \+ \d+ completion tokens, \$\d", done.stderr)
+    assert fake_server.requests == [] and not (tmp_path / "out").exists()
+    no_check = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--no_verify", "--dry_run"], tmp_path)
+    assert "--no_verify saves up to 4 requests" in no_check.stderr and "at most: 8 requests" in no_check.stderr
+
+
+def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
+    server = FakeOpenAI(latency=0.05).start()
+    server.reply_fn = qa_teacher
+    try:
+        path = book(tmp_path / "guide.md", sections=40)
+        args = [str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--output_dir", "out", "--base_url",
+                server.base_url, "--model_name", "fake-model", "--max_concurrency", "2", "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=tmp_path, env=env,
+                                stderr=subprocess.PIPE, text=True)
+        generated = tmp_path / "out" / "generated.jsonl"
+        deadline = time.monotonic() + 120
+        while len(records(generated)) < 10:  # some chunks done, many still to do
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first = {r["metadata"]["chunk"] for r in records(generated)}
+        done = cli_run(args, tmp_path)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
+    kept, rejected = records(generated), records(tmp_path / "out" / "rejected.jsonl")
+    per_chunk = Counter(r["metadata"]["chunk"] for r in kept + rejected)
+    assert sorted(per_chunk) == list(range(40)) and max(first) < 39  # a chunk a section
+    assert set(per_chunk.values()) == {3}  # each chunk's two pairs and its moon pair, once
+    assert len({r["instruction"] for r in kept}) == len(kept)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "quiz"], "--mode must be one of qa, instruct, backtranslate, windows"),
+    (["--chunk_overlap", "600"], "--chunk_overlap must be a whole number from 0 to below --chunk_size"),
+    (["--questions_per_chunk", "lots"], "--questions_per_chunk must be a whole number"),
+    (["--mdoe", "qa"], "unknown flag --mdoe; did you mean --mode?"),
+])
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, message):
+    path = book(tmp_path / "guide.md", sections=1)
+    done = cli_run([str(path), *args, "--dry_run"], tmp_path)
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and line.startswith(f"self_instruct: error: {message}")
+
+
+def test_no_readable_document_is_an_error(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe bad")
+    done = cli_run([str(tmp_path / "a.txt"), "--mode", "windows"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"self_instruct: skipped {tmp_path / 'a.txt'}: not UTF-8 text (invalid start byte at byte 0)",
+                                        "self_instruct: error: none of the 1 path(s) given holds a readable document"]
+    missing = cli_run([str(tmp_path / "nope.pdf")], tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"self_instruct: error: {tmp_path / 'nope.pdf'}: no such file or directory"
