@@ -15,9 +15,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,11 +110,81 @@ def bench_windows(pages: int) -> None:
                   f"pysbd's Segmenter.segment alone {reference:.2f} s CPU (ratio {cpu / reference:.2f})")
 
 
+def qa_reply(prompt: str, body: dict) -> str:
+    """Three grounded pairs for a chunk (questions made of its own words), or every answer supported."""
+    if prompt.startswith("Check each answer"):
+        return json.dumps([{"id": k, "supported": True} for k in range(1, prompt.count("\nAnswer: ") + 1)])
+    words = prompt.split('"""')[1].split()
+    return json.dumps([{"question": f"Explain {' '.join(words[k:k + 6])}?", "answer": " ".join(words[k + 6:k + 20])}
+                       for k in (0, 20, 40)])
+
+
+def serve(latency: float) -> None:
+    """The fake server with qa_reply, in its own process (so its threads do not compete with the
+    run for this process's GIL): prints its URL, then, when stdin closes, what it saw from the
+    first request in to the last reply out: the requests in flight (at most, and the mean of
+    samples every 5 ms) and how long that took."""
+    from fake_openai import FakeOpenAI
+
+    server = FakeOpenAI(latency=latency).start()
+    server.reply_fn = qa_reply
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            samples.append((time.perf_counter(), server.in_flight))
+    threading.Thread(target=sample, daemon=True).start()
+    print(server.base_url, flush=True)
+    sys.stdin.read()
+    done.set()
+    busy = [k for k, (_, n) in enumerate(samples) if n]
+    span = samples[busy[-1]][0] - samples[busy[0]][0] if busy else 0.0
+    window = [n for _, n in samples[busy[0]:busy[-1] + 1]] if busy else [0]
+    print(json.dumps({"max": server.max_in_flight, "mean": sum(window) / len(window), "span": span,
+                      "requests": len(server.requests)}))
+    server.stop()
+
+
+def bench_qa(latency: float, concurrency: int, chunks: int) -> None:
+    from self_instruct.documents import documents
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(latency)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = server.stdout.readline().strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "book.md"
+            # sections of 150 to 1,000 words: one to three chunks each
+            path.write_text(book_text(pages=chunks, rng=random.Random(1)), encoding="utf-8")
+            result = documents([str(path)], str(Path(tmp) / "out"), mode="qa", chunk_size=400, chunk_overlap=40,
+                               base_url=base_url, api_key="sk-bench", model_name="fake", max_concurrency=concurrency,
+                               progress=False)
+        seen = json.loads(server.communicate("", timeout=60)[0])
+    finally:
+        server.kill()
+    rate, bound = seen["requests"] / seen["span"], concurrency / latency
+    print(f"qa: {result.chunks} chunks, {seen['requests']} requests (write and check), latency {latency}s, "
+          f"--max_concurrency {concurrency}; kept {result.kept}")
+    print(f"  from the first request to the last reply: {seen['span']:.2f} s, {rate:.1f} requests/s = "
+          f"{rate / bound:.0%} of the bound {bound:.0f}/s; in flight: at most {seen['max']}, mean {seen['mean']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, default=300)
+    parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--chunks", type=int, default=96)
+    parser.add_argument("--only", choices=("windows", "qa"))
+    parser.add_argument("--serve", type=float, help=argparse.SUPPRESS)  # the fake server's process
     args = parser.parse_args()
-    bench_windows(args.pages)
+    if args.serve is not None:
+        return serve(args.serve)
+    if args.only != "qa":
+        bench_windows(args.pages)
+    if args.only != "windows":
+        bench_qa(args.latency, args.concurrency, args.chunks)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,6 @@ def test_no_verify_skips_the_check_and_open_book_puts_the_chunk_in_input(fake_se
     chunks = garden_chunks(tmp_path)
     pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="qa", verify=False, open_book=True))
     ask, prompts = make_ask(fake_server)
-    assert pipeline.unit(0).requests == 1
     result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
     assert len(prompts) == 1 and len(result.examples) == 4 and result.rejections == []
     assert all(e.input == chunks[0].text for e in result.examples)
@@ -279,7 +278,6 @@ def test_backtranslate_unit_makes_the_chunk_the_output(fake_server, tmp_path):
     chunks = garden_chunks(tmp_path)
     pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="backtranslate"))
     ask, prompts = make_ask(fake_server)
-    assert pipeline.unit(0).requests == 1
     result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
     [example] = result.examples
     assert (example.instruction, example.input, example.output) == ("How should I look after tomato plants?", "", chunks[0].text)
