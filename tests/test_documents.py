@@ -19,7 +19,7 @@ from fake_openai import FakeOpenAI
 
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
-    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, find_json, load_document_template,
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, json_values, load_document_template,
     meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
@@ -77,10 +77,18 @@ def test_items_missing_a_field_are_rejected_one_by_one():
     assert [r.reason for r in bad] == ["missing_field"] * 3 and bad[0].raw == '{"question": "R?"}'
 
 
+def test_a_reply_cut_by_max_tokens_keeps_its_whole_pairs():
+    cut = 'Pairs:\n```json\n[{"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}, {"question": "Q thr'
+    lines = '{"question": "Q one?", "answer": "A one."}\n{"question": "Q two?", "answer": "A two."}'
+    for reply in (cut, lines):
+        items, bad = parse_items(reply, ("question", "answer"))
+        assert [i["question"] for i in items] == ["Q one?", "Q two?"] and bad == []
+
+
 def test_nothing_parses_from_prose_or_broken_json():
     assert parse_items("I cannot help with that.", ("question", "answer")) == ([], [])
     assert parse_items('[{"question": "Q?", "answer": "A', ("question", "answer")) == ([], [])
-    assert find_json("[] {} [1, 2]") == [1, 2]
+    assert list(json_values('[] {"a": [1} [1, 2] x')) == [[], [1, 2]]
 
 
 def test_verdicts_by_id_in_order_or_bare():

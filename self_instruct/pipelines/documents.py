@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 from ..errors import ConfigError
 from ..parse import Rejection
@@ -125,49 +125,61 @@ def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> s
 
 # --- replies ---
 
-def find_json(text: str, accept: Callable[[Any], bool] = bool) -> Any:
-    """The first JSON array or object in a reply that `accept` takes, wherever it starts: after
-    a preamble, inside a ``` fence, before a closing remark. None when there is none.
+_OPENER = re.compile(r"[\[{]")
 
-    Example: find_json('Sure! ```json\\n[{"question": "Q?", "answer": "A."}]\\n```') -> [{'question': 'Q?', 'answer': 'A.'}]
+
+def json_values(text: str) -> Iterator[Any]:
+    """Every JSON array or object in a reply, in order, wherever it starts: after a preamble,
+    inside a ``` fence, before a closing remark. A value that does not parse (an array cut off
+    by max_tokens) yields the whole values inside it.
+
+    Example: list(json_values('See [1]. ```json\\n[{"q": "Q?"}, {"q": "R')) -> [[1], {'q': 'Q?'}]
     """
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", text):
+    decoder, pos = json.JSONDecoder(), 0
+    while match := _OPENER.search(text, pos):
         try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value, pos = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
+            pos = match.start() + 1
             continue
-        if isinstance(value, (list, dict)) and accept(value):
+        yield value
+
+
+def reply_list(text: str, kinds: tuple[type, ...], is_item: Callable[[dict], bool]) -> list:
+    """The list a reply holds: its first array holding values of `kinds`; or the array inside a
+    wrapping object, as JSON modes force ({"pairs": [...]}); or the objects that follow one
+    another (an array cut off by max_tokens, one object a line).
+
+    Example: reply_list('{"pairs": [{"q": "Q?"}]}', (dict,), lambda d: "q" in d) -> [{'q': 'Q?'}]
+    """
+    values = list(json_values(text))
+    for i, value in enumerate(values):
+        if isinstance(value, list) and any(isinstance(v, kinds) for v in value):
             return value
-    return None
-
-
-def _holds(*kinds: type) -> Callable[[Any], bool]:
-    """Accept an object, or an array holding at least one value of these kinds (so "see [1]"
-    in a preamble is not taken for the answer)."""
-    return lambda value: isinstance(value, dict) or any(isinstance(v, kinds) for v in value)
+        if isinstance(value, dict):
+            inner = [v for v in value.values() if isinstance(v, list) and any(isinstance(x, kinds) for x in v)]
+            if inner and not is_item(value):
+                return inner[0]
+            return [v for v in values[i:] if isinstance(v, dict)]
+    return []
 
 
 def parse_items(text: str, fields: Sequence[str]) -> tuple[list[dict[str, str]], list[Rejection]]:
     """The objects of a reply that hold every field as text, and a rejection for each that does not.
 
-    Accepts a bare array, an object wrapping one (JSON modes force an object: {"pairs": [...]}),
-    or a single object. Example:
-    parse_items('[{"question": "Q?", "answer": "A."}, {"question": "R?"}]', ("question", "answer"))
+    Example: parse_items('[{"question": "Q?", "answer": "A."}, {"question": "R?"}]', ("question", "answer"))
     -> ([{'question': 'Q?', 'answer': 'A.'}], [Rejection('missing_field', raw='{"question": "R?"}', ...)])
     """
-    value = find_json(text, _holds(dict))
-    if isinstance(value, dict):
-        wrapped = [v for v in value.values() if isinstance(v, list)]
-        value = wrapped[0] if wrapped and not all(f in value for f in fields) else [value]
+    def missing(item: Any) -> list[str]:
+        return [f for f in fields if not (isinstance(item, dict) and isinstance(item.get(f), str) and item[f].strip())]
+
     items, rejections = [], []
-    for item in value or []:
-        if isinstance(item, dict) and all(isinstance(item.get(f), str) and item[f].strip() for f in fields):
-            items.append({f: item[f].strip() for f in fields} | {k: v for k, v in item.items() if k not in fields})
-        else:
-            missing = [f for f in fields if not (isinstance(item, dict) and isinstance(item.get(f), str) and item[f].strip())]
+    for item in reply_list(text, (dict,), lambda d: any(f in d for f in fields)):
+        if missing(item):
             rejections.append(Rejection("missing_field", raw=json.dumps(item, ensure_ascii=False)[:2000],
-                                        detail=f"needs text in {', '.join(missing)}"))
+                                        detail=f"needs text in {', '.join(missing(item))}"))
+        else:
+            items.append({k: v.strip() if k in fields else v for k, v in item.items()})
     return items, rejections
 
 
@@ -178,10 +190,7 @@ def parse_verdicts(text: str, count: int) -> list[bool | None]:
     Example: parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
     """
     verdicts: list[bool | None] = [None] * count
-    value = find_json(text, _holds(dict, bool))
-    if isinstance(value, dict):
-        value = next((v for v in value.values() if isinstance(v, list)), [value])
-    for position, item in enumerate(value or []):
+    for position, item in enumerate(reply_list(text, (dict, bool), lambda d: "supported" in d)):
         slot, answer = position, item
         if isinstance(item, dict):
             number = str(item.get("id", ""))
