@@ -457,3 +457,16 @@ def test_no_readable_document_is_an_error(tmp_path):
                                         "self_instruct: error: none of the 1 path(s) given holds a readable document"]
     missing = cli_run([str(tmp_path / "nope.pdf")], tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip() == f"self_instruct: error: {tmp_path / 'nope.pdf'}: no such file or directory"
+
+
+def test_resuming_after_the_documents_changed_is_refused(tmp_path):
+    path = book(tmp_path / "guide.md", sections=2)
+    args = [str(path), "--mode", "windows", "--window", "2", "--output_dir", "out", "--quiet"]
+    assert cli_run(args, tmp_path).returncode == 0
+    kept = (tmp_path / "out" / "generated.jsonl").read_bytes()
+    assert cli_run(args, tmp_path).returncode == 0  # the same files: nothing left to do
+    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == kept
+    path.write_text(path.read_text(encoding="utf-8") + "\nOne more sentence here. And another one.\n", encoding="utf-8")
+    changed = cli_run(args, tmp_path)
+    assert changed.returncode == 2 and "this output directory holds a run with other settings (sources:" in changed.stderr
+    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == kept
