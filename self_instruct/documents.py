@@ -165,14 +165,14 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
         if settings.uses_teacher and hasattr(teacher, "check"):
             await teacher.check()
         with InstructionPool.open(cfg.output_dir, config=config, shaping=SHAPING, overwrite=cfg.overwrite,
-                                  unit_key="chunk") as pool:
+                                  unit_key=pipeline.unit_key) as pool:
             for note in pool.notes:
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
             judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold)
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
-                            max_concurrency=cfg.max_concurrency, target=None, total_units=len(chunks),
+                            max_concurrency=cfg.max_concurrency, target=None, total_units=pipeline.unit_count,
                             # a stretch of sections of short sentences may keep nothing, and no teacher is to blame
                             max_stall_units=cfg.max_stall_chunks if settings.uses_teacher else None,
                             progress=progress, api=cfg.api)

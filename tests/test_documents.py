@@ -19,8 +19,8 @@ from fake_openai import FakeOpenAI
 
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
-    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, json_values, load_document_template,
-    meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
+    load_document_template, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -168,13 +168,23 @@ def test_windows_over_a_document_place_every_body_sentence_in_one_pair(tmp_path)
     docs, _ = load_paths([path])
     sections = chunk_documents(docs, word_counts, size=None, overlap=0)
     pipeline = DocumentsPipeline(sections, DocumentSettings(mode="windows", window=3))
-    windows = []
-    for i in range(len(sections)):
-        result = asyncio.run(pipeline.run_unit(pipeline.unit(i), ask=None))  # windows never asks
+    windows, index = [], 0
+    while (unit := pipeline.unit(index)) is not None:
+        result = asyncio.run(pipeline.run_unit(unit, ask=None))  # windows never asks
         windows += [e for e in result.examples if e.metadata["kind"] == "window"]
+        index += 1
+    assert index == 1  # the sections of a short text are one unit
     spans = [span for s in docs[0].sections for span in split_sentences(docs[0].text, s.start, s.end)]
     placed = [span for e in windows for span in spans if e.metadata["start"] <= span[0] and span[1] <= e.metadata["end"]]
     assert sorted(placed) == sorted(spans) and len(set(placed)) == len(placed)
+
+
+def test_windows_units_group_whole_sections_in_order():
+    texts = [f"Sentence {k} one. Sentence {k} two." for k in range(5)]
+    chunks = chunk_documents([Document(f"{k}.txt", t, (Section(("Head",), 0, len(t)),)) for k, t in enumerate(texts)],
+                             word_counts, size=None, overlap=0)
+    assert [len(c.text) for c in chunks] == [31] * 5
+    assert [[c.index for c in group] for group in group_sections(chunks, 70)] == [[0, 1, 2], [3, 4]]
 
 
 # --- run_unit against the fake server ---

@@ -40,6 +40,8 @@ PLACEHOLDERS = {
     "backtranslate": ("{chunk}",),
     "verify": ("{chunk}", "{items}"),
 }
+# Characters of sections in one windows unit: about 30 pages.
+WINDOW_UNIT_CHARS = 100_000
 # Appended to a prompt whose first reply did not parse: it nudges the teacher, and a prompt
 # that differs from the first is not answered from the response cache.
 RETRY_NOTE = "\n\nYour previous reply could not be read as JSON. Reply with the JSON only, nothing before or after it."
@@ -249,19 +251,47 @@ def window_examples(chunk: Chunk, n: int) -> list[Example]:
     pair (the heading path as instruction, the whole section, paragraph by paragraph, as
     output; the path rather than the last heading, since "Summary" ends many chapters)."""
     sentences = [flat(chunk.text[a - chunk.start:b - chunk.start]) for a, b in chunk.sentences]
+    provenance = chunk.provenance()
+    provenance["section"] = provenance.pop("chunk")  # here a chunk spans its section
     examples = []
     for i, j in window_ranges(len(sentences), n):
         start, end = chunk.sentences[i][0], chunk.sentences[j - 1][1]
-        meta = chunk.provenance() | {"mode": "windows", "kind": "window", "start": start, "end": end, "sentences": [i, j]}
+        meta = provenance | {"mode": "windows", "kind": "window", "start": start, "end": end, "sentences": [i, j]}
         examples.append(Example(sentences[i], "", " ".join(sentences[i + 1:j]), meta))
     if chunk.headings:
         paragraphs = [flat(p) for p in re.split(r"\n\s*\n", chunk.text) if p.strip()]
-        meta = chunk.provenance() | {"mode": "windows", "kind": "heading"}
+        meta = provenance | {"mode": "windows", "kind": "heading"}
         examples.append(Example(" > ".join(chunk.headings), "", "\n\n".join(paragraphs), meta))
     return examples
 
 
 # --- the pipeline ---
+
+@dataclass(frozen=True, slots=True)
+class SectionsUnit:
+    """Windows mode's work: consecutive sections. No teacher is asked, so a unit is as big as
+    makes writing it to disk cheap (each unit is fsynced: 230 one-section units of a book
+    waited 25 s on the disk here)."""
+
+    index: int
+    sections: tuple[Chunk, ...]
+    requests: int = 0
+
+
+def group_sections(sections: Sequence[Chunk], chars: int) -> list[tuple[Chunk, ...]]:
+    """Consecutive sections in groups of at least `chars` characters (the last may be smaller).
+
+    Example: [len(g) for g in group_sections(sections_of_40_chars * 5, 100)] -> [3, 2]
+    """
+    groups, group, size = [], [], 0
+    for section in sections:
+        group.append(section)
+        size += len(section.text)
+        if size >= chars:
+            groups.append(tuple(group))
+            group, size = [], 0
+    return groups + [tuple(group)] if group else groups
+
 
 @dataclass(frozen=True, slots=True)
 class ChunkUnit:
@@ -313,44 +343,52 @@ class DocumentSettings:
 
 
 class DocumentsPipeline:
-    """Units are chunks (sections in windows mode), numbered as `chunk_documents` numbered them."""
+    """Units are chunks, numbered as `chunk_documents` numbered them; in windows mode, groups of
+    sections (`chunks` are then whole sections)."""
 
     name = "documents"
+    lag = None  # no unit reads the pool
 
     def __init__(self, chunks: Sequence[Chunk], settings: DocumentSettings, decoding: Decoding | None = None):
         settings.validate()
         self.chunks, self.settings = list(chunks), settings
         self.decoding = decoding
+        # The metadata key of the unit number: a record's chunk, or in windows mode its group.
+        self.unit_key = "chunk" if settings.uses_teacher else "unit"
+        self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
         self.template = load_document_template(settings.mode, settings.prompt_path) if settings.uses_teacher else ""
         self.verify_template = load_document_template("verify", settings.verify_prompt_path) if settings.verifies else ""
 
-    def unit(self, index: int, pool: Any = None) -> ChunkUnit | None:
-        if index >= len(self.chunks):
+    @property
+    def unit_count(self) -> int:
+        return len(self.chunks) if self.settings.uses_teacher else len(self.groups)
+
+    def unit(self, index: int, pool: Any = None) -> ChunkUnit | SectionsUnit | None:
+        if index >= self.unit_count:
             return None
-        chunk, mode = self.chunks[index], self.settings.mode
-        count = 1 if mode in ("backtranslate", "windows") else count_for(
+        if not self.settings.uses_teacher:
+            return SectionsUnit(index, self.groups[index])
+        chunk = self.chunks[index]
+        count = 1 if self.settings.mode == "backtranslate" else count_for(
             chunk.tokens, self.settings.questions_per_chunk, self.settings.questions_per_1k_tokens)
         # The engine counts `requests` as in flight until each returns; a chunk's calls go one
         # after another (the check needs the reply), so one is in flight at a time. Counting 2
         # held the server at half the concurrency (benchmarks/documents.py: 50% against 84% of
         # the bound).
-        requests = 0 if mode == "windows" else 1
-        return ChunkUnit(index, chunk, count, requests)
+        return ChunkUnit(index, chunk, count, requests=1)
 
     def prompt(self, unit: ChunkUnit) -> str:
-        """The first prompt a unit sends (what --dry_run shows)."""
+        """The first prompt a chunk sends (what --dry_run shows)."""
         mode, chunk = self.settings.mode, unit.chunk
         if mode == "qa":
             return qa_prompt(chunk, unit.count, self.template)
         if mode == "instruct":
             return instruct_prompt(chunk, categories_for(chunk.index, unit.count), self.template)
-        if mode == "backtranslate":
-            return backtranslate_prompt(chunk, self.template)
-        return ""
+        return backtranslate_prompt(chunk, self.template)
 
-    async def run_unit(self, unit: ChunkUnit, ask: Ask) -> UnitResult:
-        if self.settings.mode == "windows":
-            return UnitResult(window_examples(unit.chunk, self.settings.window))
+    async def run_unit(self, unit: ChunkUnit | SectionsUnit, ask: Ask) -> UnitResult:
+        if isinstance(unit, SectionsUnit):
+            return UnitResult([e for section in unit.sections for e in window_examples(section, self.settings.window)])
         fields = {"qa": ("question", "answer"), "instruct": ("instruction", "response"),
                   "backtranslate": ("instruction",)}[self.settings.mode]
         items, rejections = await self._ask_items(self.prompt(unit), fields, ask)
