@@ -1,8 +1,8 @@
 """How fast documents become data.
 
-1. windows over a 300-page book (made here: 30 chapters of synthetic prose, about 105,000
-   words), as Markdown and as a PDF: load, split into sections and sentences, make every window
-   and heading pair. The reference is pysbd's own `Segmenter.segment` over the same sections,
+1. windows over a 300-page book (made here: synthetic prose, about 105,000 words), as
+   Markdown and as a PDF: load, split into sections and sentences, make every window and
+   heading pair; then the whole command on the Markdown (judge, dedup, output files). The reference is pysbd's own `Segmenter.segment` over the same sections,
    the sentence splitting alone; the ratio says what loading, chunking and windows add to it
    (below 1: we split faster than pysbd's own entry point, whose mapping of sentences back to
    the text is quadratic).
@@ -108,6 +108,13 @@ def bench_windows(pages: int) -> None:
             reference = pysbd_reference(path)
             print(f"  {path.suffix}: {wall:.2f} s wall, {cpu:.2f} s CPU for {sentences} sentences -> {pairs} pairs; "
                   f"pysbd's Segmenter.segment alone {reference:.2f} s CPU (ratio {cpu / reference:.2f})")
+        from self_instruct.documents import documents
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = documents([str(book)], str(Path(tmp) / "out"), mode="windows", progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(f"  the whole command on the .md (judge, dedup, files): {wall:.2f} s wall, {cpu:.2f} s CPU, "
+              f"{result.kept} kept of {result.stats.parsed} pairs")
 
 
 def qa_reply(prompt: str, body: dict) -> str:
