@@ -480,3 +480,16 @@ def test_resuming_after_the_documents_changed_is_refused(tmp_path):
     changed = cli_run(args, tmp_path)
     assert changed.returncode == 2 and "this output directory holds a run with other settings (sources:" in changed.stderr
     assert (tmp_path / "out" / "generated.jsonl").read_bytes() == kept
+
+
+def test_no_verify_says_what_it_saves_and_asks_once_a_chunk(fake_server, tmp_path):
+    fake_server.reply_fn = qa_teacher
+    path = book(tmp_path / "guide.md", sections=3)
+    done = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--no_verify", "--output_dir", "out",
+                    "--base_url", fake_server.base_url, "--model_name", "gpt-4o-mini", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"--no_verify: no grounding check, which saves up to 3 requests, \d+ prompt \+ 144 completion tokens, \$0\.0",
+                     done.stderr)
+    assert len(fake_server.requests) == 3
+    kept = records(tmp_path / "out" / "generated.jsonl")
+    assert any("moon" in r["output"] for r in kept)  # unchecked: the invented answer stays
