@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -347,7 +348,7 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     recursively in sorted order. A path that does not exist is an error (a typo, most likely);
     files of other types found inside directories are skipped and counted in one line."""
     files: list[Path] = []
-    skipped: dict[str, int] = {}
+    skipped: Counter[str] = Counter()
     for given in paths:
         path = Path(given)
         if path.is_dir():
@@ -355,7 +356,7 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
                 if found.suffix.lower() in LOADERS:
                     files.append(found)
                 else:
-                    skipped[found.suffix.lower() or "(no suffix)"] = skipped.get(found.suffix.lower() or "(no suffix)", 0) + 1
+                    skipped[found.suffix.lower() or "(no suffix)"] += 1
         elif path.exists() or path.is_symlink():
             files.append(path)
         else:
