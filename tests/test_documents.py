@@ -347,6 +347,10 @@ def test_windows_command_over_a_folder_skips_a_corrupt_pdf_with_one_line(tmp_pat
         "1\n00:00:00,000 --> 00:00:02,000\nWelcome to this short talk about\n\n"
         "2\n00:00:02,000 --> 00:00:04,000\ngrowing tomatoes at home. They need sun every day.\n", encoding="utf-8")
     (folder / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+    dry = cli_run([str(folder), "--mode", "windows", "--window", "2", "--dry_run"], tmp_path)
+    first = json.loads(dry.stdout)
+    assert first["instruction"].startswith("The ") and "dry run: 4 sections from 2 file(s), mode windows" in dry.stderr
+    assert re.search(r"\n\d+ window and heading pairs before filters; no requests, no cost", dry.stderr)
     done = cli_run([str(folder), "--mode", "windows", "--window", "2", "--output_dir", "out", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr
     skipped = [line for line in done.stderr.splitlines() if "scan.pdf" in line]
