@@ -187,10 +187,7 @@ class Index:
 
     def __init__(self, chunks: Sequence[Chunk], embeddings: np.ndarray | None, embedder=None,
                  mode: str = "hybrid", similarity: str = "cosine"):
-        if mode not in MODES:
-            raise ConfigError(f"--retrieval must be one of {', '.join(MODES)} (got {mode!r})")
-        if similarity not in SIMILARITIES:
-            raise ConfigError(f"--similarity must be one of {', '.join(SIMILARITIES)} (got {similarity!r})")
+        check_settings(mode, similarity)
         if not chunks:
             raise ConfigError("no text to index: the documents hold no chunk")
         self.chunks, self.embedder, self.mode, self.similarity = list(chunks), embedder, mode, similarity
@@ -202,6 +199,7 @@ class Index:
               mode: str = "hybrid", similarity: str = "cosine") -> "Index":
         """Embed the chunks (or load their embeddings from `directory` when nothing changed) and index them."""
         chunks = as_chunks(chunks)
+        check_settings(mode, similarity)
         if mode != "bm25" and embedder is None:
             raise ConfigError(f"--retrieval {mode} needs an embedder")
         embeddings = None
@@ -244,6 +242,13 @@ class Index:
         scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.chunks))
         # Chunks sharing no term with the query are not ranked at all: their order would be arbitrary.
         return [(int(j), float(scores[j])) for j in np.argsort(-scores, kind="stable") if scores[j] > 0]
+
+
+def check_settings(mode: str, similarity: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"--retrieval must be one of {', '.join(MODES)} (got {mode!r})")
+    if similarity not in SIMILARITIES:
+        raise ConfigError(f"--similarity must be one of {', '.join(SIMILARITIES)} (got {similarity!r})")
 
 
 def _prepared(vectors: np.ndarray, similarity: str) -> np.ndarray:
