@@ -97,39 +97,25 @@ def load_questions(path: str | Path) -> list[Question]:
     return questions
 
 
-def is_held_out(record: dict, fraction: float, seed: int | str) -> bool:
-    """Whether a record of a run belongs to its held-out evaluation split.
-
-    Decided by a hash of the seed and the record's instruction and input, so the split of a record
-    never changes as the pool grows or is reordered, and export, which leaves these records out of
-    training data, decides exactly as evaluate does.
-
-    >>> is_held_out({"instruction": "Name a prime.", "input": ""}, 0.0, 42)
-    False
-    >>> is_held_out({"instruction": "Name a prime.", "input": ""}, 1.0, 42)
-    True
-    """
-    key = f"{seed}\0{record['instruction']}\0{record.get('input', '')}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") < fraction * 2**64
-
-
-def holdout_questions(run_dir: str | Path, fraction: float | None = None, seed: int | None = None) -> list[Question]:
-    """The held-out records of a generate or documents run, as questions (instruction and input
-    as the question, output as the reference, metadata.source as the source)."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "run.json") or {}
-    fraction = config.get("holdout_fraction") if fraction is None else fraction
-    seed = config.get("seed", 42) if seed is None else seed
-    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"{run_dir / 'run.json'} records no holdout_fraction in (0, 1): pass --holdout_fraction")
+def holdout_questions(run: str | Path) -> list[Question]:
+    """The records a generate or documents run held out for evaluation (metadata.holdout true,
+    the records export never writes), as questions: the instruction and input as the question,
+    the output as the reference, metadata.source as the source. `run` is the run's directory or
+    its generated.jsonl."""
+    path = Path(run) / "generated.jsonl" if Path(run).is_dir() else Path(run)
     questions = []
-    for _, record in iter_jsonl(run_dir / "generated.jsonl"):
-        if is_held_out(record, fraction, seed):
-            text = "\n\n".join(part for part in (record["instruction"], record.get("input", "")) if part)
-            source = (record.get("metadata") or {}).get("source")
-            questions.append(Question(len(questions), text, record["output"], source if isinstance(source, str) else None))
+    for lineno, record in iter_jsonl(path):
+        meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        if not meta.get("holdout"):
+            continue
+        for name in ("instruction", "output"):
+            if not isinstance(record.get(name), str) or not record[name].strip():
+                raise DataError(f'{path}:{lineno}: field "{name}" must be a non-empty string')
+        text = "\n\n".join(part for part in (record["instruction"], record.get("input") or "") if part)
+        source = meta.get("source")
+        questions.append(Question(len(questions), text, record["output"], source if isinstance(source, str) else None))
     if not questions:
-        raise ConfigError(f"{run_dir / 'generated.jsonl'}: no record falls in the held-out {fraction:.0%}")
+        raise ConfigError(f"{path}: no record is held out (metadata.holdout); the run needs a holdout share")
     return questions
 
 
@@ -621,7 +607,7 @@ def render_results(summary: dict) -> str:
 
 
 def main(system: str, output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
-         holdout_fraction: float | None = None, seed: int | None = None, docs: str | None = None, k: int = 3,
+         docs: str | None = None, k: int = 3,
          embedder: str | None = None, retrieval: str = "hybrid", similarity: str = "cosine",
          chunk_tokens: int = 300, chunk_overlap: int = 50, system_message: str = SYSTEM_MESSAGE,
          prompt_layout: str = "template", prompt_with_input: str | None = None, prompt_no_input: str | None = None,
@@ -635,9 +621,8 @@ def main(system: str, output_dir: str = "eval", questions: str | None = None, ho
             a NAME ending in +rag adds the top k snippets retrieved from --docs to the prompt.
         output_dir: where answers.jsonl, results.json/.md, retrieval.json, eval.json and state.json go.
         questions: JSONL with question, answer (the reference) and optionally source (a file name).
-        holdout: instead of --questions, the held-out records of a generate or documents run directory.
-        holdout_fraction: the run's held-out share (default: what its run.json records).
-        seed: the run's seed for the held-out split (default: its run.json's).
+        holdout: instead of --questions, a generate or documents run (its directory or generated.jsonl):
+            the records it held out for evaluation (metadata.holdout), which export never writes.
         docs: files or directories to retrieve from, one or more.
         k: snippets per question.
         embedder: a sentence-transformers directory or openai:MODEL@BASE_URL (default: the packaged all-MiniLM-L6-v2).
@@ -661,7 +646,7 @@ def main(system: str, output_dir: str = "eval", questions: str | None = None, ho
     """
     if (questions is None) == (holdout is None):
         raise ConfigError("give one of --questions FILE and --holdout RUN_DIR")
-    asked = load_questions(questions) if questions else holdout_questions(holdout, holdout_fraction, seed)
+    asked = load_questions(questions) if questions else holdout_questions(holdout)
     cfg = EvalConfig(output_dir=output_dir, systems=parse_systems(system.split("\n") if system else []),
                      docs=docs.split("\n") if docs else (), k=k, embedder=embedder, retrieval=retrieval,
                      similarity=similarity, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
