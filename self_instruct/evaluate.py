@@ -150,8 +150,8 @@ def parse_system(text: str) -> SystemSpec:
     kind, _, rest = spec.partition(":")
     if kind == "hf" and rest:
         path, _, adapter = rest.partition(":")
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"--system {text}: {path} is not a model directory (no config.json)")
+        if not ((Path(path) / "config.json").is_file() or (path.endswith(".gguf") and Path(path).is_file())):
+            raise ConfigError(f"--system {text}: {path} is not a model directory (no config.json) or a GGUF file")
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"--system {text}: {adapter} is not a LoRA adapter directory (no adapter_config.json)")
         return SystemSpec(name, spec, "hf", path, adapter or None)
@@ -218,8 +218,12 @@ class LocalModel:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         # The adapter's folder holds the tokenizer it was trained with (a pad token may have been added).
-        self.tokenizer = AutoTokenizer.from_pretrained(adapter or path, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        # A GGUF file is loaded through transformers, dequantised.
+        where = {"pretrained_model_name_or_path": str(Path(path).parent), "gguf_file": Path(path).name} \
+            if path.endswith(".gguf") else {"pretrained_model_name_or_path": path}
+        self.tokenizer = AutoTokenizer.from_pretrained(adapter, padding_side="left") if adapter else \
+            AutoTokenizer.from_pretrained(**where, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype)
         if adapter:
             from peft import PeftModel
 

@@ -283,3 +283,89 @@ def test_a_run_without_holdout_is_a_clear_error(tmp_path):
     (tmp_path / "generated.jsonl").write_text(json.dumps({"instruction": "Q?", "input": "", "output": "A."}) + "\n")
     with pytest.raises(ConfigError, match="no record is held out"):
         evaluate.holdout_questions(tmp_path)
+
+
+# --------------------------------------------------------------------------- local models (torch)
+
+
+def planted_tokenizer(texts):
+    """A byte-level BPE trained on the planted texts (every printable ASCII character included),
+    with BOS and EOS and no pad token, as tests/test_train.py builds its tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([string.printable, *texts], trainers.BpeTrainer(vocab_size=128, min_frequency=2,
+                                                                         special_tokens=["<s>", "</s>"]))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny Llama built here and a LoRA adapter that self_instruct.train fine-tunes on the
+    planted facts (question as the instruction, in short templates)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from self_instruct import train
+    from test_train import tiny_llama
+
+    root = tmp_path_factory.mktemp("tiny")
+    records = [{"instruction": q["question"], "input": "", "output": q["answer"]} for q in PARAPHRASES]
+    tokenizer = planted_tokenizer([f"{r['instruction']} {r['output']}" for r in records])
+    tiny_llama(tokenizer).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    (root / "with_input.txt").write_text("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    (root / "no_input.txt").write_text("### Instruction:\n{instruction}\n\n### Response:\n")
+    (root / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny matrices gain nothing from a second thread (see test_train)
+    try:
+        train.main(str(root / "base"), str(root / "facts.jsonl"), str(root / "lora"), mode="lora", max_steps=60,
+                   per_device_train_batch_size=len(records), gradient_accumulation_steps=1, learning_rate=1e-2,
+                   warmup_ratio=0.1, model_max_length=256, logging_steps=10, lora_r=16, lora_alpha=32,
+                   prompt_with_input=str(root / "with_input.txt"), prompt_no_input=str(root / "no_input.txt"))
+        yield root
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_base_vs_lora_fine_tune_on_planted_facts(tiny_models, tmp_path, capsys):
+    root = tiny_models
+    questions = write_questions(tmp_path / "q.jsonl", PARAPHRASES)
+    write_documents(tmp_path / "docs")
+    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--chunk_tokens", 25, "--k", 1,
+             "--system_message", "", "--prompt_with_input", root / "with_input.txt", "--prompt_no_input", root / "no_input.txt",
+             "--max_new_tokens", 16, "--batch_size", 4, "--output_dir", tmp_path / "out", "--quiet",
+             "--system", f"base=hf:{root / 'base'}", f"tuned=hf:{root / 'base'}:{root / 'lora'}",
+             f"tuned+rag=hf:{root / 'base'}:{root / 'lora'}"])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {row["name"]: row for row in results["systems"]}
+    assert list(rows) == ["base", "tuned", "tuned+rag"] and all(r["answered"] == len(PARAPHRASES) for r in rows.values())
+    # The adapter learned the facts the base model never saw (most of them word for word).
+    assert rows["base"]["metrics"]["exact_match"]["mean"] == 0.0
+    assert rows["tuned"]["metrics"]["f1"]["mean"] >= 0.7 > rows["base"]["metrics"]["f1"]["mean"]
+    rag = [r for r in answers(tmp_path / "out") if r["system"] == "tuned+rag"]
+    assert all(len(r["snippets"]) == 1 for r in rag)
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_one_at_a_time(tiny_models):
+    import asyncio
+
+    from self_instruct.types import Decoding
+
+    root = tiny_models
+    model = evaluate.LocalModel(str(root / "base"), str(root / "lora"), "template")
+    templates = {"with_input": (root / "with_input.txt").read_text(), "no_input": (root / "no_input.txt").read_text()}
+    prompts = [evaluate.build_prompt(q["question"], [], "template", "", templates) for q in PARAPHRASES[:4]]
+    decoding = Decoding(max_tokens=12, temperature=0.0, stop=evaluate.TEMPLATE_STOP)
+    together = asyncio.run(model.answer(prompts, decoding))
+    alone = [asyncio.run(model.answer([p], decoding))[0] for p in prompts]
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]

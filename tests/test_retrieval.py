@@ -52,7 +52,10 @@ DOCUMENTS = {
                  "Vaccinations for children are free; adults pay a fee of three silver coins.\n\n"
                  "After noon only patients with an appointment are seen.",
 }
-DOCUMENTS = {name: f"{text}\n\nComplaints are handled at desk {DESKS[name]} of the town hall." for name, text in DOCUMENTS.items()}
+TOPICS = {"harbor.md": "harbour", "orchard.md": "orchard", "library.md": "library", "bakery.md": "bakery",
+          "railway.md": "railway", "choir.md": "choir", "festival.md": "festival", "clinic.md": "clinic"}
+DOCUMENTS = {name: f"{text}\n\nComplaints about the {TOPICS[name]} are handled at desk {DESKS[name]} of the town hall."
+             for name, text in DOCUMENTS.items()}
 # Paraphrases: few words in common with the text they are answered by.
 PARAPHRASES = [
     {"question": "When do the gates for boats shut in Velmora?", "answer": "When the signal lamp on the north pier is lit.", "source": "harbor.md"},
@@ -63,8 +66,8 @@ PARAPHRASES = [
     {"question": "What must someone sing to join the singing group?", "answer": "A folk song of their own choosing.", "source": "choir.md"},
     {"question": "How much do grown-ups pay for an injection at the medical centre?", "answer": "Three silver coins.", "source": "clinic.md"},
 ]
-EXACT_TERMS = [{"question": f"Which complaints does desk {code} handle?", "answer": f"Complaints about {name[:-3]}.", "source": name}
-               for name, code in DESKS.items()]
+EXACT_TERMS = [{"question": f"Which complaints does desk {code} handle?", "answer": f"Complaints about the {TOPICS[name]}.",
+                "source": name} for name, code in DESKS.items()]
 QUESTIONS = PARAPHRASES + EXACT_TERMS
 
 
@@ -222,5 +225,5 @@ def test_packaged_model_and_fusion_on_planted_facts(tmp_path, packaged_embedder)
     assert hits["dense"]["exact"] < 1.0 and hits["bm25"]["paraphrases"] < 1.0
     # Fused, every paraphrase is found and more codes than by the embedding alone. (Not every
     # code: a chunk first for BM25 but far down for the embedding loses to chunks second in
-    # both, which is what rank fusion does. On this set: dense 0.67, BM25 0.93, fused 0.87.)
+    # both, which is what rank fusion does. On this set: dense 0.73, BM25 0.93, fused 0.87.)
     assert hits["hybrid"]["paraphrases"] == 1.0 and hits["hybrid"]["exact"] > hits["dense"]["exact"]
