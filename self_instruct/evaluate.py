@@ -462,6 +462,7 @@ async def run_evaluation(questions: Sequence[Question], cfg: EvalConfig, api_key
     if output_dir.is_file():
         raise ConfigError(f"--output_dir {output_dir} is a file")
     settings = check_resume(output_dir, cfg.settings(questions), cfg.overwrite)
+    await check_endpoints(cfg, api_key)
     templates = None
     if cfg.prompt_layout == "template":
         from .train import load_templates
@@ -485,6 +486,27 @@ async def run_evaluation(questions: Sequence[Question], cfg: EvalConfig, api_key
     write_json_atomic(output_dir / "results.json", summary)
     write_text_atomic(output_dir / "results.md", render_results(summary))
     return summary
+
+
+async def check_endpoints(cfg: EvalConfig, api_key: str | None) -> None:
+    """Fail before anything is written when a server (a system's or the judge's) cannot be
+    reached or refuses the key."""
+    from .teachers.openai_compat import OpenAITeacher
+
+    servers = {(s.model, s.base_url): f"--system {s.name}" for s in cfg.systems if s.kind == "openai"}
+    if cfg.judge:
+        model, _, base_url = cfg.judge.partition(":")[2].partition("@")
+        servers.setdefault((model, base_url or None), "--judge")
+    for (model, base_url), flag in servers.items():
+        teacher = OpenAITeacher(model, base_url=base_url, api_key=api_key)
+        try:
+            await teacher.check()
+        except ConfigError as exc:
+            reason = "refused the API key (401): set OPENAI_API_KEY or --api_key" if "(401)" in str(exc) else \
+                "cannot be reached: start it or fix the URL"
+            raise ConfigError(f"{flag}: the server at {base_url or 'api.openai.com'} {reason}") from None
+        finally:
+            await teacher.aclose()
 
 
 async def answer_all(questions, cfg: EvalConfig, snippets, templates, answers_path: Path, budget: Budget,

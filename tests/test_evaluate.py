@@ -241,6 +241,27 @@ def test_bad_system_specs_are_one_line(tmp_path, capsys, systems, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_unreachable_server_or_refused_key_stops_before_anything_is_written(tmp_path, capsys):
+    questions = write_questions(tmp_path / "q.jsonl")
+    with pytest.raises(SystemExit) as exit:
+        run_cli(["--questions", questions, "--output_dir", tmp_path / "out", "--system", "a=openai:m@http://127.0.0.1:9/v1"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "self_instruct: error: --system a: the server at http://127.0.0.1:9/v1 cannot be reached: start it or fix the URL\n"
+
+    from fake_openai import FakeOpenAI
+
+    server = FakeOpenAI(api_key="sk-right-key").start()
+    try:
+        with pytest.raises(SystemExit):
+            run_cli(["--questions", questions, "--output_dir", tmp_path / "out", "--api_key", "sk-wrong-key",
+                     "--system", f"a=openai:m@{server.base_url}", "--judge", f"openai:j@{server.base_url}"])
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert "--system a: the server at" in err and "refused the API key (401)" in err and "sk-wrong-key" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_changed_settings_are_refused_unless_overwrite(study, capsys):
     run_cli(study["args"])
     with pytest.raises(SystemExit):
