@@ -1,0 +1,156 @@
+"""Rate existing records with the teacher (AlpaGasus-style filtering), as an engine pipeline.
+
+Units are batches of `records_per_request` records in input order; a batch is one request at
+temperature 0 whose prompt depends only on the records and the rubric, so the engine's reply cache
+and resume make a rerun free. The reply is one JSON array of verdicts keyed by 1-based index:
+
+    parse_verdicts('Sure!\\n```json\\n[{"index": 1, "score": 4, "reason": "ok"}]\\n```', 1)
+    # -> [(4, "ok")]
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..engine import Ask, UnitResult
+from ..errors import ConfigError
+from ..parse import Rejection
+from ..resources import bundled_path
+from ..types import Decoding, Example
+
+SCORE_RANGE = (1.0, 5.0)
+
+
+def load_rubric(path: str | Path | None = None) -> str:
+    """The user's rubric template or the bundled prompts/score.txt; it must hold {records}."""
+    source = Path(path) if path else bundled_path("prompts", "score.txt")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read the score rubric ({exc})") from None
+    if "{records}" not in text:
+        raise ConfigError(f"{source}: the score rubric must hold {{records}}")
+    return text
+
+
+def to_example(record: dict) -> Example:
+    meta = record.get("metadata")
+    return Example(str(record.get("instruction", "")), str(record.get("input", "") or ""),
+                   str(record.get("output", "")), dict(meta) if isinstance(meta, dict) else {})
+
+
+def score_prompt(examples: Sequence[Example], rubric: str) -> str:
+    """The same records and rubric always make the same prompt (the reply cache keys on it)."""
+    blocks = []
+    for i, ex in enumerate(examples, 1):
+        fields = {"instruction": ex.instruction, "input": ex.input, "response": ex.output}
+        blocks.append(f"### Record {i}\n" + json.dumps(fields, ensure_ascii=False, indent=1))
+    return rubric.replace("{records}", "\n\n".join(blocks))
+
+
+def json_values(text: str):
+    """Every JSON array or object in `text`, in order, skipping prose and ``` fences around them."""
+    decoder, pos = json.JSONDecoder(), 0
+    while True:
+        starts = [i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0]
+        if not starts:
+            return
+        start = min(starts)
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pos = start + 1
+            continue
+        yield value
+        pos = end
+
+
+def _score_of(item: Any) -> tuple[float, str] | None:
+    if not isinstance(item, dict):
+        return None
+    score = item.get("score")
+    if isinstance(score, str):
+        try:
+            score = float(score.strip())
+        except ValueError:
+            return None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None
+    if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+        return None
+    return (int(score) if float(score).is_integer() else float(score)), str(item.get("reason", "")).strip()
+
+
+def parse_verdicts(text: str, count: int) -> list[tuple[float, str] | None]:
+    """(score, reason) per record, None where the reply has no valid score for it. Verdicts are
+    matched by their "index" (1-based), else by position; a lone object answers a batch of one."""
+    verdicts: list[tuple[float, str] | None] = [None] * count
+    for value in json_values(text):
+        items = value if isinstance(value, list) else [value]
+        if not any(isinstance(i, dict) and "score" in i for i in items):
+            continue
+        for position, item in enumerate(items):
+            index = item.get("index") if isinstance(item, dict) else None
+            slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
+            if slot < count and verdicts[slot] is None:
+                verdicts[slot] = _score_of(item)
+        break
+    return verdicts
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    examples: tuple[Example, ...]
+    requests: int = 1
+
+
+class ScorePipeline:
+    """Scores records in batches; keeps those at or above `min_score` (None keeps every scored one)."""
+
+    name = "score"
+    unit_key = "batch"
+    lag = None
+
+    def __init__(self, examples: Sequence[Example], rubric: str, *, records_per_request: int = 5,
+                 min_score: float | None = None, max_tokens: int = 64):
+        self.examples, self.rubric = list(examples), rubric
+        self.size, self.min_score, self.max_tokens = records_per_request, min_score, max_tokens
+
+    @property
+    def unit_count(self) -> int:
+        return -(-len(self.examples) // self.size)
+
+    def unit(self, index: int, pool: Any = None) -> Batch | None:
+        if index >= self.unit_count:
+            return None
+        return Batch(index, tuple(self.examples[index * self.size:(index + 1) * self.size]))
+
+    def decoding(self, count: int) -> Decoding:
+        """Greedy (the same reply again), room for `count` one-line verdicts."""
+        return Decoding(max_tokens=self.max_tokens * count + 16, temperature=0.0)
+
+    async def run_unit(self, batch: Batch, ask: Ask) -> UnitResult:
+        completion = await ask(score_prompt(batch.examples, self.rubric), self.decoding(len(batch.examples)))
+        if not completion.ok:
+            return UnitResult([], [Rejection("request_failed", ex, detail=completion.error or "") for ex in batch.examples])
+        kept, rejections = [], []
+        for ex, verdict in zip(batch.examples, parse_verdicts(completion.text, len(batch.examples))):
+            if verdict is None:
+                rejections.append(Rejection("unscored", ex, raw=completion.text[:2000],
+                                            detail="no score from 1 to 5 for this record in the reply"))
+                continue
+            scored = Example(ex.instruction, ex.input, ex.output, {**ex.metadata, "score": verdict[0], "score_reason": verdict[1]})
+            if self.min_score is not None and verdict[0] < self.min_score:
+                rejections.append(Rejection("low_score", scored, detail=f"{verdict[0]} < {self.min_score}: {verdict[1]}"))
+            else:
+                kept.append(scored)
+        return UnitResult(kept, rejections)
+
+
+def keep_all(example: Example) -> dict:
+    """The judge for scoring: existing data is rated, never deduplicated (self_instruct.dedup does that)."""
+    return {"instruction": example.instruction, "input": example.input, "output": example.output,
+            "metadata": dict(example.metadata)}
