@@ -1,0 +1,101 @@
+"""Scoring a dataset with the teacher: verdicts parsed tolerantly, --min_score drops, reruns free."""
+import json
+import re
+
+import pytest
+
+from self_instruct.jsonl import read_jsonl
+from self_instruct.pipelines.score import parse_verdicts
+from self_instruct.score import cli, score_file
+
+RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."}
+           for w in ("one", "two", "three", "four", "five", "six", "seven")]
+
+
+def write_input(tmp_path, records=RECORDS):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def scores_by_task(scores: dict, style: str = "fence"):
+    """A reply_fn rating each record of the prompt by its task word, in the given reply style."""
+    def reply(prompt, body):
+        words = re.findall(r'"instruction": "Task number (\w+)\."', prompt)
+        verdicts = [{"index": i, "score": scores[w], "reason": f"{w} judged"} for i, w in enumerate(words, 1)]
+        text = json.dumps(verdicts)
+        return {"fence": f"Here are my ratings:\n```json\n{text}\n```\n", "preamble": f"Sure. {text} Hope it helps."}[style]
+    return reply
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ('```json\n[{"index": 1, "score": 4, "reason": "good"}, {"index": 2, "score": 2, "reason": "vague"}]\n```',
+     [(4, "good"), (2, "vague")]),
+    ('Ratings follow {not json} then [{"index": 2, "score": "3", "reason": "ok"}, {"index": 1, "score": 5}]',
+     [(5, ""), (3, "ok")]),
+    ('[{"index": 1, "score": 9, "reason": "off scale"}, {"index": 2, "reason": "no score"}]', [None, None]),
+    ('I cannot rate these.', [None, None]),
+])
+def test_verdicts_parse_from_fences_and_preambles(reply, expected):
+    assert parse_verdicts(reply, 2) == expected
+
+
+@pytest.mark.parametrize("style", ["fence", "preamble"])
+def test_scores_go_to_metadata_and_min_score_drops(fake_server, tmp_path, style):
+    scores = {"one": 5, "two": 4.5, "three": 1, "four": 3, "five": 5, "six": 4, "seven": 2}
+    fake_server.reply_fn = scores_by_task(scores, style)
+    out = tmp_path / "scored.jsonl"
+    result = score_file(write_input(tmp_path), str(out), min_score=4.5, records_per_request=3,
+                        base_url=fake_server.base_url, model_name="judge", progress=False)
+    assert result.stopped_by == "done"
+    assert len(fake_server.requests) == 3  # 7 records, 3 a request
+    kept = read_jsonl(out)
+    assert [r["instruction"] for r in kept] == ["Task number one.", "Task number two.", "Task number five."]
+    assert [r["metadata"]["score"] for r in kept] == [5, 4.5, 5]
+    assert kept[0]["metadata"]["score_reason"] == "one judged"
+    rejected = read_jsonl(result.output_dir / "rejected.jsonl")
+    assert sorted((r["instruction"], r["reason"], r["metadata"]["score"]) for r in rejected) == [
+        ("Task number four.", "low_score", 3), ("Task number seven.", "low_score", 2),
+        ("Task number six.", "low_score", 4), ("Task number three.", "low_score", 1)]
+
+
+def test_a_reply_without_a_valid_score_is_unscored_with_the_raw_reply(fake_server, tmp_path):
+    fake_server.reply_fn = lambda prompt, body: '[{"index": 1, "score": 4, "reason": "fine"}, {"index": 2, "score": 7}]'
+    result = score_file(write_input(tmp_path, RECORDS[:2]), str(tmp_path / "out.json"), records_per_request=2,
+                        base_url=fake_server.base_url, progress=False)
+    assert [r["metadata"]["score"] for r in json.loads((tmp_path / "out.json").read_text())] == [4]
+    [bad] = read_jsonl(result.output_dir / "rejected.jsonl")
+    assert bad["reason"] == "unscored" and bad["instruction"] == "Task number two." and '"score": 7' in bad["raw"]
+
+
+def test_a_rerun_with_the_same_rubric_sends_no_request(fake_server, tmp_path):
+    fake_server.reply_fn = scores_by_task({w: 4 for w in ("one", "two", "three", "four", "five", "six", "seven")})
+    data, out = write_input(tmp_path), tmp_path / "scored.json"
+    argv = [str(data), "--output", str(out), "--records_per_request", "2", "--base_url", fake_server.base_url, "--quiet"]
+    cli(argv)
+    assert len(fake_server.requests) == 4
+    first = out.read_text()
+    out.unlink()
+    cli(argv)
+    assert len(fake_server.requests) == 4
+    assert out.read_text() == first and len(json.loads(first)) == 7
+
+
+def test_a_run_cut_by_the_budget_resumes_where_it_stopped(fake_server, tmp_path):
+    fake_server.reply_fn = scores_by_task({w: 5 for w in ("one", "two", "three", "four", "five", "six", "seven")})
+    data, out = write_input(tmp_path), tmp_path / "scored.json"
+    first = score_file(data, str(out), records_per_request=2, max_requests=2, max_concurrency=1,
+                       base_url=fake_server.base_url, progress=False)
+    assert first.stopped_by == "max_requests" and not out.exists()
+    second = score_file(data, str(out), records_per_request=2, base_url=fake_server.base_url, progress=False)
+    assert second.stopped_by == "done" and len(fake_server.requests) == 4
+    assert [r["instruction"] for r in json.loads(out.read_text())] == [r["instruction"] for r in RECORDS]
+
+
+def test_a_record_without_an_instruction_names_its_line(tmp_path, capsys):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"instruction": "ok", "output": "x"}\n{"output": "no instruction"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        cli([str(path), "--output", str(tmp_path / "o.json"), "--base_url", "http://127.0.0.1:9/v1"])
+    assert exit_info.value.code == 2
+    assert f"{path}:2" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
