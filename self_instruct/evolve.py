@@ -1,0 +1,204 @@
+"""Evolve a dataset into harder and rarer tasks (Evol-Instruct-style), round after round.
+
+    python -m self_instruct.evolve data.json --rounds 3 --output evolved.json \\
+        --base_url http://127.0.0.1:8000/v1 --model_name my-model --seed 0
+
+Round r evolves every record round r-1 kept (round 1: the input), each by an operation drawn
+from --seed, and answers the new task in a second call. Each round is an engine run in
+OUTPUT_DIR/round_r (budgets, reply cache, resume); rerun the same command to resume. ROUGE-L
+and exact-duplicate filters see the input and every earlier generation. --output gets the
+evolved records of all rounds (not the input), each with metadata.parent, operation, generation.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import cli as cli_edge
+from .config import make_teacher, sha256_of
+from .engine import Engine
+from .errors import ConfigError
+from .judge import Judge
+from .ledger import Budget, Ledger, find_price
+from .pipelines.evolve import EvolvePipeline
+from .pool import InstructionPool
+from .score import read_examples, write_dataset
+from .teachers.base import Teacher
+from .types import Decoding, Example
+
+SHAPING = ("input_sha256", "round", "seed", "model_name", "api", "temperature", "max_tokens",
+           "similarity_threshold", "no_change_threshold", "max_words")
+
+
+@dataclass
+class EvolveConfig:
+    """Every option of an evolve run (the command's flags). The API key is not a field."""
+
+    input: str = ""
+    rounds: int = 1
+    output: str | None = None
+    output_dir: str | None = None
+    seed: int = 0
+    similarity_threshold: float = 0.7
+    no_change_threshold: float = 0.9
+    max_words: int = 400
+    model_name: str | None = None
+    base_url: str | None = None
+    api: str = "completions"
+    teacher: str | None = None
+    local_model_path: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    max_concurrency: int = 8
+    max_requests: int | None = None
+    max_total_tokens: int | None = None
+    request_timeout: float = 120.0
+    max_attempts: int = 6
+    retry_backoff: float = 1.0
+    overwrite: bool = False
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"{self.output}.run")
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("give the dataset to evolve: python -m self_instruct.evolve INPUT --rounds N --output OUT")
+        if not self.output and not self.output_dir:
+            raise ConfigError("give --output (the evolved dataset) or --output_dir")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"--rounds must be a positive whole number (got {self.rounds!r})")
+        for name in ("similarity_threshold", "no_change_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"--{name} must be in (0, 1] (got {getattr(self, name)!r})")
+        if self.api not in ("completions", "chat"):
+            raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
+
+
+@dataclass
+class EvolveResult:
+    output_dir: Path
+    rounds_done: int
+    records: list[dict]  # the evolved records of every round done, in order
+    stopped_by: str
+    requests: int
+
+
+def _left(limit: int | None, spent: int) -> int | None:
+    return None if limit is None else max(0, limit - spent)
+
+
+async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key: str | None = None,
+                  progress: bool = True) -> EvolveResult:
+    """Evolve (or resume evolving) cfg.input for cfg.rounds rounds; writes cfg.output when all are done."""
+    cfg.validate()
+    originals = read_examples(cfg.input)
+    decoding = Decoding(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    own_teacher = teacher is None
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    cli_edge.register_secret(api_key)
+    cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+    teacher = teacher or make_teacher(cfg, api_key)
+    evolved: list[dict] = []
+    known = [e.instruction for e in originals]
+    parents, requests, tokens, stopped_by, done = originals, 0, 0, "done", 0
+    try:
+        price = find_price(teacher.model_id, None, None, local=teacher.describe().get("backend") == "local")
+        base = dataclasses.asdict(cfg)
+        base.pop("overwrite")
+        base.update(base_url=cli_edge.redact_url(cfg.base_url), model_name=teacher.model_id,
+                    input_sha256=sha256_of(Path(cfg.input).read_bytes()))
+        for generation in range(1, cfg.rounds + 1):
+            pipeline = EvolvePipeline(parents, generation, seed=cfg.seed, decoding=decoding,
+                                      no_change_threshold=cfg.no_change_threshold, max_words=cfg.max_words)
+            with InstructionPool.open(cfg.run_dir() / f"round_{generation}", config=base | {"round": generation},
+                                      shaping=SHAPING, overwrite=cfg.overwrite, unit_key=pipeline.unit_key) as pool:
+                ledger = Ledger(pool.dir, price, pool.next_unit)
+                # duplicates and near-duplicates of any generation so far, this round's kept included
+                judge = Judge(known + [r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold)
+                engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
+                                budget=Budget(_left(cfg.max_requests, requests), _left(cfg.max_total_tokens, tokens)),
+                                max_concurrency=cfg.max_concurrency, target=None, total_units=len(parents),
+                                max_stall_units=None, progress=progress, api=cfg.api)
+                try:
+                    stopped_by = await engine.run(pipeline)
+                finally:
+                    pool.save_state(engine.stats.to_state())
+                    ledger.forget_before(pool.next_unit)
+                requests += ledger.spend.requests
+                tokens += ledger.spend.tokens
+                evolved += pool.records
+                known += [r["instruction"] for r in pool.records]
+                parents = [Example(r["instruction"], r["input"], r["output"], r["metadata"]) for r in pool.records]
+            if stopped_by != "done":
+                break
+            done = generation
+            if not parents:
+                break
+        if cfg.output and done == cfg.rounds:
+            write_dataset(cfg.output, evolved)
+        return EvolveResult(cfg.run_dir(), done, evolved, stopped_by, requests)
+    finally:
+        if own_teacher:
+            await teacher.aclose()
+
+
+def evolve_file(input: str, output: str | None = None, *, rounds: int = 1, teacher: Teacher | None = None,
+                api_key: str | None = None, progress: bool = True, **options) -> EvolveResult:
+    """Library entry point: `evolve_file("seed.json", "evolved.json", rounds=2, base_url=...)`."""
+    cfg = EvolveConfig(input=str(input), rounds=rounds, output=output, **options)
+    return asyncio.run(aevolve(cfg, teacher=teacher, api_key=api_key, progress=progress))
+
+
+def main(
+    input: str,
+    rounds: int = 1,
+    output: str | None = None,
+    output_dir: str | None = None,
+    seed: int = 0,
+    similarity_threshold: float = 0.7,
+    no_change_threshold: float = 0.9,
+    max_words: int = 400,
+    model_name: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api: str = "completions",
+    teacher: str | None = None,
+    local_model_path: str | None = None,
+    temperature: float = 0.7,
+    max_tokens: int = 1024,
+    max_concurrency: int = 8,
+    max_requests: int | None = None,
+    max_total_tokens: int | None = None,
+    request_timeout: float = 120.0,
+    max_attempts: int = 6,
+    retry_backoff: float = 1.0,
+    overwrite: bool = False,
+    quiet: bool = False,
+):
+    """Evolve every record of INPUT (JSON list or JSONL) --rounds times: each round rewrites each
+    task harder (add a constraint, deepen, concretize, more reasoning steps, a richer input) or
+    into a rarer one of its field, picked by --seed, and the teacher answers it. Failed evolutions
+    go to rejected.jsonl (evolve_no_change, evolve_refusal, evolve_copied, evolve_too_long).
+    Writes --output (JSON list, or JSONL by suffix). Rerun the same command to resume.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("input", "rounds", "output", "api_key", "quiet")}
+    cfg = EvolveConfig(input=input, rounds=rounds, output=output, **options)
+    result = asyncio.run(aevolve(cfg, api_key=api_key, progress=not quiet))
+    print(f"self_instruct: {len(result.records)} evolved records from {result.rounds_done} of {rounds} rounds "
+          f"in {result.output_dir} (stopped by {result.stopped_by}; {result.requests} requests)", file=sys.stderr)
+    if result.stopped_by.startswith("max_"):
+        print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    cli_edge.run(main, argv, name="self_instruct.evolve",
+                 interrupted="interrupted; every finished record is saved, rerun the same command to resume")
+
+
+if __name__ == "__main__":
+    cli()
