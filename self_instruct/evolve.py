@@ -138,8 +138,8 @@ async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key:
                 break
             done = generation
             if not parents:
-                break
-        if cfg.output and done == cfg.rounds:
+                break  # nothing left to evolve: the run is over, not cut short
+        if cfg.output and stopped_by == "done":
             write_dataset(cfg.output, evolved)
         return EvolveResult(cfg.run_dir(), done, evolved, stopped_by, requests)
     finally:

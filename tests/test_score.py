@@ -99,3 +99,11 @@ def test_a_record_without_an_instruction_names_its_line(tmp_path, capsys):
         cli([str(path), "--output", str(tmp_path / "o.json"), "--base_url", "http://127.0.0.1:9/v1"])
     assert exit_info.value.code == 2
     assert f"{path}:2" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
+
+
+def test_the_chat_api_scores_the_same(fake_server, tmp_path):
+    fake_server.reply_fn = scores_by_task({w: 3 for w in ("one", "two", "three", "four", "five", "six", "seven")})
+    result = score_file(write_input(tmp_path), str(tmp_path / "o.json"), api="chat", base_url=fake_server.base_url,
+                        progress=False)
+    assert [r["metadata"]["score"] for r in result.kept] == [3] * 7
+    assert all("messages" in body for body in fake_server.requests)

@@ -1,0 +1,95 @@
+"""Evolving a dataset: lineage kept across rounds, each failure kind dropped with its reason,
+operations reproducible from the seed, resumes free."""
+import json
+import re
+
+import pytest
+
+from self_instruct.jsonl import read_jsonl
+from self_instruct.evolve import cli, evolve_file
+from self_instruct.pipelines.evolve import OPERATIONS, EvolvePipeline, record_id
+from self_instruct.types import Decoding, Example
+
+PARENTS = [{"instruction": "Describe the water cycle.", "input": "", "output": "Water evaporates..."},
+           {"instruction": "List three prime numbers.", "input": "", "output": "2, 3, 5"}]
+
+
+def write_input(tmp_path, records=PARENTS):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def task_of(prompt):
+    """The task an evolve prompt quotes, or None for an answer prompt."""
+    m = re.search(r"Task to (?:change|start from):\n(.*?)\n\nReply with", prompt, re.S)
+    return m.group(1) if m else None
+
+
+def growing(prompt, body):
+    """Each evolution appends a clause; each answer names its task."""
+    task = task_of(prompt)
+    if task is None:
+        return f"An answer to: {prompt.strip()}"
+    return json.dumps({"instruction": task + " Then justify every step with a worked example from daily life.", "input": ""})
+
+
+def test_rounds_keep_lineage_and_feed_the_next_round(fake_server, tmp_path):
+    fake_server.reply_fn = growing
+    out = tmp_path / "evolved.json"
+    result = evolve_file(write_input(tmp_path), str(out), rounds=2, base_url=fake_server.base_url, progress=False,
+                         similarity_threshold=1.0, no_change_threshold=1.0)
+    assert result.stopped_by == "done" and result.rounds_done == 2
+    records = json.loads(out.read_text())
+    assert len(records) == 4 and len(fake_server.requests) == 8  # 2 rounds x 2 records x (evolve + answer)
+    first, second = records[:2], records[2:]
+    assert [r["metadata"]["parent"] for r in first] == [record_id(p["instruction"], "") for p in PARENTS]
+    assert [r["metadata"]["parent"] for r in second] == [r["metadata"]["id"] for r in first]
+    assert [r["metadata"]["generation"] for r in records] == [1, 1, 2, 2]
+    assert all(r["metadata"]["operation"] in OPERATIONS for r in records)
+    assert second[0]["instruction"].startswith(first[0]["instruction"])
+    assert second[0]["output"] == f"An answer to: {second[0]['instruction']}"
+    # a rerun of the same command finds every round done and asks nothing
+    out.unlink()
+    cli([str(tmp_path / "data.json"), "--rounds", "2", "--output", str(out), "--base_url", fake_server.base_url,
+         "--similarity_threshold", "1.0", "--no_change_threshold", "1.0", "--quiet"])
+    assert len(fake_server.requests) == 8 and json.loads(out.read_text()) == records
+
+
+@pytest.mark.parametrize("evolved, answer, reason", [
+    ({"instruction": "Describe the water cycle.", "input": ""}, "x", "evolve_no_change"),
+    ({"instruction": "Describe the  water cycle!", "input": ""}, "x", "evolve_no_change"),
+    ("I'm sorry, but I cannot rewrite this task.", "x", "evolve_refusal"),
+    ({"instruction": "Explain how glaciers store fresh water over centuries.", "input": ""},
+     "As an AI language model, I can't help with that.", "evolve_refusal"),
+    ({"instruction": "#Rewritten Prompt#: Explain glaciers and their role.", "input": ""}, "x", "evolve_copied"),
+    ({"instruction": "Task to change: explain how glaciers store water.", "input": ""}, "x", "evolve_copied"),
+    ({"instruction": "Explain glaciers " + "in great detail " * 200, "input": ""}, "x", "evolve_too_long"),
+    ("no task here at all", "x", "unparseable"),
+])
+def test_each_failed_evolution_is_dropped_with_its_reason(fake_server, tmp_path, evolved, answer, reason):
+    reply = evolved if isinstance(evolved, str) else json.dumps(evolved)
+    fake_server.reply_fn = lambda prompt, body: reply if task_of(prompt) is not None else answer
+    out = tmp_path / "evolved.json"
+    result = evolve_file(write_input(tmp_path, PARENTS[:1]), str(out), base_url=fake_server.base_url, progress=False)
+    assert result.stopped_by == "done" and json.loads(out.read_text()) == []
+    [rejected] = read_jsonl(result.output_dir / "round_1" / "rejected.jsonl")
+    assert rejected["reason"] == reason
+
+
+def test_a_near_copy_of_another_generation_is_judged_similar(fake_server, tmp_path):
+    # both parents evolve into the same new task: the second is a duplicate of the first
+    fake_server.reply_fn = lambda prompt, body: (
+        json.dumps({"instruction": "Compare how rain forms over oceans and over mountains.", "input": ""})
+        if task_of(prompt) is not None else "An answer.")
+    result = evolve_file(write_input(tmp_path), str(tmp_path / "e.json"), base_url=fake_server.base_url, progress=False)
+    assert len(result.records) == 1
+    assert [r["reason"] for r in read_jsonl(result.output_dir / "round_1" / "rejected.jsonl")] == ["duplicate"]
+
+
+def test_operations_come_from_the_seed():
+    parents = [Example(f"Task {i}.") for i in range(40)]
+    draw = lambda seed: [EvolvePipeline(parents, 1, seed=seed, decoding=Decoding()).unit(i).operation for i in range(40)]
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+    assert set(draw(3)) == set(OPERATIONS)
