@@ -24,10 +24,11 @@ from .engine import Engine, Stats
 from .errors import ConfigError
 from .jsonl import iter_records, write_json_atomic, write_jsonl_atomic
 from .ledger import Budget, Ledger, find_price
-from .pipelines.score import ScorePipeline, keep_all, load_rubric, to_example
+from .pipelines.score import ScorePipeline, VerdictCache, keep_all, load_rubric, to_example
 from .pool import InstructionPool
 from .teachers.base import Teacher
 
+VERDICTS = "verdicts.jsonl"  # not one of the pool's outputs: --overwrite keeps it
 SHAPING = ("input_sha256", "model_name", "api", "rubric_sha256", "records_per_request", "min_score", "max_tokens")
 
 
@@ -98,8 +99,6 @@ async def ascore(cfg: ScoreConfig, *, teacher: Teacher | None = None, api_key: s
     cfg.validate()
     examples = read_examples(cfg.input)
     rubric = load_rubric(cfg.rubric_path)
-    pipeline = ScorePipeline(examples, rubric, records_per_request=cfg.records_per_request,
-                             min_score=cfg.min_score, max_tokens=cfg.max_tokens)
     own_teacher = teacher is None
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     cli_edge.register_secret(api_key)
@@ -115,7 +114,10 @@ async def ascore(cfg: ScoreConfig, *, teacher: Teacher | None = None, api_key: s
         config.update(base_url=cli_edge.redact_url(cfg.base_url), model_name=teacher.model_id,
                       input_sha256=sha256_of(Path(cfg.input).read_bytes()), rubric_sha256=sha256_of(rubric))
         with InstructionPool.open(cfg.run_dir(), config=config, shaping=SHAPING, overwrite=cfg.overwrite,
-                                  unit_key=pipeline.unit_key) as pool:
+                                  unit_key=ScorePipeline.unit_key) as pool:
+            cache = VerdictCache(pool.dir / VERDICTS, teacher.model_id, rubric)
+            pipeline = ScorePipeline(examples, rubric, records_per_request=cfg.records_per_request,
+                                     min_score=cfg.min_score, max_tokens=cfg.max_tokens, cache=cache)
             ledger = Ledger(pool.dir, price, pool.next_unit)
             engine = Engine(teacher, pool, keep_all, ledger, decoding=pipeline.decoding(cfg.records_per_request),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),

@@ -107,3 +107,17 @@ def test_the_chat_api_scores_the_same(fake_server, tmp_path):
                         progress=False)
     assert [r["metadata"]["score"] for r in result.kept] == [3] * 7
     assert all("messages" in body for body in fake_server.requests)
+
+
+def test_verdicts_survive_overwrite_and_a_grown_input(fake_server, tmp_path):
+    fake_server.reply_fn = scores_by_task({w: 4 for w in ("one", "two", "three", "four", "five", "six", "seven")})
+    out, run = tmp_path / "scored.json", tmp_path / "run"
+    score_file(write_input(tmp_path, RECORDS[:4]), str(out), output_dir=str(run), records_per_request=3,
+               base_url=fake_server.base_url, progress=False)
+    assert len(fake_server.requests) == 2
+    # the dataset grew by three records: only they are sent (batches [1-3] [4-6] [7]: two requests)
+    result = score_file(write_input(tmp_path), str(out), output_dir=str(run), records_per_request=3, overwrite=True,
+                        base_url=fake_server.base_url, progress=False)
+    assert len(fake_server.requests) == 4 and len(result.kept) == 7
+    sent = " ".join(body["prompt"] for body in fake_server.requests[2:])
+    assert re.findall(r"Task number (\w+)", sent) == ["five", "six", "seven"]

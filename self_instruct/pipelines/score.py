@@ -9,6 +9,7 @@ and resume make a rerun free. The reply is one JSON array of verdicts keyed by 1
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from ..engine import Ask, UnitResult
 from ..errors import ConfigError
+from ..jsonl import append_jsonl, iter_jsonl, repair_torn_tail
 from ..parse import Rejection
 from ..resources import bundled_path
 from ..types import Decoding, Example
@@ -100,6 +102,30 @@ def parse_verdicts(text: str, count: int) -> list[tuple[float, str] | None]:
     return verdicts
 
 
+class VerdictCache:
+    """Verdicts already given, keyed by sha256 of (model, rubric, record): a record scored once under
+    a rubric is never sent again, even after --overwrite or in a grown input (verdicts.jsonl)."""
+
+    def __init__(self, path: Path, model: str, rubric: str):
+        self.path, self.salt = Path(path), json.dumps([model, rubric])
+        self.known = {}
+        if self.path.exists():
+            repair_torn_tail(self.path)  # a kill mid-append leaves half a line; its verdict is asked again
+            self.known = {r["key"]: (r["score"], r["reason"]) for _, r in iter_jsonl(self.path)}
+
+    def key(self, ex: Example) -> str:
+        payload = json.dumps([self.salt, ex.instruction, ex.input, ex.output], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def get(self, ex: Example) -> tuple[float, str] | None:
+        return self.known.get(self.key(ex))
+
+    def put(self, pairs: Sequence[tuple[Example, tuple[float, str]]]) -> None:
+        rows = [{"key": self.key(ex), "score": v[0], "reason": v[1]} for ex, v in pairs]
+        self.known.update((r["key"], (r["score"], r["reason"])) for r in rows)
+        append_jsonl(self.path, rows, fsync=False)
+
+
 @dataclass(frozen=True)
 class Batch:
     index: int
@@ -115,8 +141,8 @@ class ScorePipeline:
     lag = None
 
     def __init__(self, examples: Sequence[Example], rubric: str, *, records_per_request: int = 5,
-                 min_score: float | None = None, max_tokens: int = 64):
-        self.examples, self.rubric = list(examples), rubric
+                 min_score: float | None = None, max_tokens: int = 64, cache: VerdictCache | None = None):
+        self.examples, self.rubric, self.cache = list(examples), rubric, cache
         self.size, self.min_score, self.max_tokens = records_per_request, min_score, max_tokens
 
     @property
@@ -132,14 +158,31 @@ class ScorePipeline:
         """Greedy (the same reply again), room for `count` one-line verdicts."""
         return Decoding(max_tokens=self.max_tokens * count + 16, temperature=0.0)
 
-    async def run_unit(self, batch: Batch, ask: Ask) -> UnitResult:
-        completion = await ask(score_prompt(batch.examples, self.rubric), self.decoding(len(batch.examples)))
+    async def verdicts(self, examples: Sequence[Example], ask: Ask) -> tuple[list, str, str | None]:
+        """A verdict (or None) per example, asking only about those the cache does not know; the
+        reply text; and the request's error, if it failed."""
+        known = [self.cache.get(ex) if self.cache else None for ex in examples]
+        todo = [ex for ex, v in zip(examples, known) if v is None]
+        if not todo:
+            return known, "", None
+        completion = await ask(score_prompt(todo, self.rubric), self.decoding(len(todo)))
         if not completion.ok:
-            return UnitResult([], [Rejection("request_failed", ex, detail=completion.error or "") for ex in batch.examples])
+            return known, "", completion.error or "request failed"
+        fresh = iter(parse_verdicts(completion.text, len(todo)))
+        verdicts = [v if v is not None else next(fresh) for v in known]
+        if self.cache:
+            self.cache.put([(ex, v) for ex, v, old in zip(examples, verdicts, known) if old is None and v is not None])
+        return verdicts, completion.text, None
+
+    async def run_unit(self, batch: Batch, ask: Ask) -> UnitResult:
+        verdicts, reply, error = await self.verdicts(batch.examples, ask)
         kept, rejections = [], []
-        for ex, verdict in zip(batch.examples, parse_verdicts(completion.text, len(batch.examples))):
+        for ex, verdict in zip(batch.examples, verdicts):
+            if verdict is None and error is not None:
+                rejections.append(Rejection("request_failed", ex, detail=error))
+                continue
             if verdict is None:
-                rejections.append(Rejection("unscored", ex, raw=completion.text[:2000],
+                rejections.append(Rejection("unscored", ex, raw=reply[:2000],
                                             detail="no score from 1 to 5 for this record in the reply"))
                 continue
             scored = Example(ex.instruction, ex.input, ex.output, {**ex.metadata, "score": verdict[0], "score_reason": verdict[1]})
