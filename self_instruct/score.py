@@ -137,6 +137,22 @@ async def ascore(cfg: ScoreConfig, *, teacher: Teacher | None = None, api_key: s
             await teacher.aclose()
 
 
+async def ascore_run(run_dir: str | Path, teacher: Teacher, *, min_score: float | None = None,
+                     records_per_request: int = 5, api: str = "completions", progress: bool = True,
+                     **options) -> ScoreResult:
+    """The `--judge` step of generate and documents: score RUN_DIR/generated.jsonl with `teacher`
+    (the run's, or a separate judge's) into RUN_DIR/score/, and write RUN_DIR/scored.json. Call it
+    again after the run grows: records already scored are answered from RUN_DIR/score/verdicts.jsonl.
+
+        result = await ascore_run(pool.dir, teacher, min_score=4.5)
+    """
+    run_dir = Path(run_dir)
+    cfg = ScoreConfig(input=str(run_dir / "generated.jsonl"), output=str(run_dir / "scored.json"),
+                      output_dir=str(run_dir / "score"), min_score=min_score, records_per_request=records_per_request,
+                      api=api, overwrite=True, **options)
+    return await ascore(cfg, teacher=teacher, progress=progress)
+
+
 def write_dataset(path: str, records: list[dict]) -> None:
     """A JSONL file when the name ends in .jsonl, else a JSON list."""
     if path.endswith(".jsonl"):

@@ -121,3 +121,27 @@ def test_verdicts_survive_overwrite_and_a_grown_input(fake_server, tmp_path):
     assert len(fake_server.requests) == 4 and len(result.kept) == 7
     sent = " ".join(body["prompt"] for body in fake_server.requests[2:])
     assert sorted(re.findall(r"Task number (\w+)", sent)) == ["five", "seven", "six"]
+
+
+def test_ascore_run_scores_a_grown_run_sending_only_the_new_records(fake_server, tmp_path):
+    import asyncio
+
+    from self_instruct.jsonl import append_jsonl
+    from self_instruct.score import ascore_run
+    from self_instruct.teachers.openai_compat import OpenAITeacher
+
+    fake_server.reply_fn = scores_by_task({"one": 5, "two": 2, "three": 5, "four": 5, "five": 5, "six": 5, "seven": 5})
+    append_jsonl(tmp_path / "generated.jsonl", RECORDS[:2])
+
+    async def judge():
+        teacher = OpenAITeacher("judge", base_url=fake_server.base_url, api_key="sk-test")
+        try:
+            return await ascore_run(tmp_path, teacher, min_score=4.5, progress=False)
+        finally:
+            await teacher.aclose()
+
+    assert [r["instruction"] for r in asyncio.run(judge()).kept] == ["Task number one."]
+    append_jsonl(tmp_path / "generated.jsonl", RECORDS[2:3])
+    asyncio.run(judge())
+    assert len(fake_server.requests) == 2 and "Task number one." not in fake_server.requests[1]["prompt"]
+    assert [r["metadata"]["score"] for r in json.loads((tmp_path / "scored.json").read_text())] == [5, 5]
