@@ -93,3 +93,23 @@ def test_operations_come_from_the_seed():
     assert draw(3) == draw(3)
     assert draw(3) != draw(4)
     assert set(draw(3)) == set(OPERATIONS)
+
+
+def test_the_budget_covers_all_rounds_and_a_rerun_finishes(fake_server, tmp_path):
+    fake_server.reply_fn = growing
+    data, out = write_input(tmp_path), tmp_path / "evolved.json"
+    options = dict(rounds=2, base_url=fake_server.base_url, progress=False, max_concurrency=1,
+                   similarity_threshold=1.0, no_change_threshold=1.0)
+    cut = evolve_file(data, str(out), max_requests=6, **options)
+    assert cut.stopped_by == "max_requests" and cut.rounds_done == 1 and not out.exists()
+    assert len(fake_server.requests) == 6  # round 1's four, then one record of round 2
+    done = evolve_file(data, str(out), **options)
+    assert done.stopped_by == "done" and len(fake_server.requests) == 8
+    assert [r["metadata"]["generation"] for r in json.loads(out.read_text())] == [1, 1, 2, 2]
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli([str(write_input(tmp_path)), "--rounds", "abc", "--output", str(tmp_path / "e.json")])
+    assert exit_info.value.code == 2 and "--rounds" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()
