@@ -161,11 +161,12 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
     args = list(sys.argv[1:] if argv is None else argv)
     register_secret(os.environ.get("OPENAI_API_KEY"))
     try:
-        if any(a in HELP for a in args):
+        spec = FlagSpec(main)
+        # fire gives -h to a lone parameter starting with h (serve's --host); only then is it not help.
+        if any(a in (("--help",) if "h" in spec.short else HELP) for a in args):
             # Only --help reaches fire: with the other words fire would echo them, keys included.
             fire.Fire(main, command=["--help"], name=name)
             return
-        spec = FlagSpec(main)
         raw = spec.check(args)
         for flag, value in raw.items():
             if "key" in flag or "password" in flag:

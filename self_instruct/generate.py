@@ -194,6 +194,8 @@ def main(
     max_cost: float | None = None,
     price_prompt: float | None = None,
     price_completion: float | None = None,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
     max_stall_rounds: int = 10,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
@@ -212,6 +214,10 @@ def main(
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
     overwrite (start output_dir afresh).
+    base_url may list several servers (comma-separated, or a file of URLs): requests go to the
+    least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
+    concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
+    is the silence (seconds without a token) after which a request is given up and retried.
     A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
     that keep nothing stop the run with the likely cause.
