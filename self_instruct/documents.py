@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +322,7 @@ def main(
     overwrite: bool = False,
     dry_run: bool = False,
     quiet: bool = False,
+    no_report: bool = False,
 ):
     """Make instruction data from documents: .txt .md .pdf .html .epub .docx .srt .vtt files, or
     directories of them.
@@ -338,7 +338,7 @@ def main(
     flags are generate's. --dry_run prints the first prompt and the most the run can take.
     Rerun the same command to resume.
     """
-    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify")}
+    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report")}
     cfg = DocumentsConfig(paths=paths, verify=not no_verify, **options)
     if dry_run:
         prompt, bound = _dry_run(cfg)
@@ -346,25 +346,16 @@ def main(
             print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(bound, file=sys.stderr)
         return None
-    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    result = cli_edge.run_stoppable(adocuments(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {result.kept} examples from {result.chunks} chunks in {result.output_dir} "
           f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    cli_edge.report_after_run(cfg.output_dir, no_report)
     return None
 
 
 _dry_run = dry_run
-
-
-async def _run_cancellable(cfg: DocumentsConfig, api_key: str | None, progress: bool) -> DocumentsResult:
-    # SIGTERM stops like Ctrl-C: the chunks done are on disk, regen.json gets written.
-    task = asyncio.current_task()
-    try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return await adocuments(cfg, api_key=api_key, progress=progress)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
 import sys
 import types
 from dataclasses import dataclass
@@ -202,6 +201,7 @@ def main(
     retry_backoff: float = 1.0,
     overwrite: bool = False,
     quiet: bool = False,
+    no_report: bool = False,
 ):
     """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
 
@@ -213,7 +213,7 @@ def main(
     preference, else Alpaca's 20 and 3072), budgets max_requests, max_total_tokens and max_cost
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
-    overwrite (start output_dir afresh).
+    overwrite (start output_dir afresh), no_report (skip report.html at the end).
     base_url may list several servers (comma-separated, or a file of URLs): requests go to the
     least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
     concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
@@ -222,33 +222,23 @@ def main(
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
     that keep nothing stop the run with the likely cause.
     """
-    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet")}
+    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report")}
     cfg = GenerateConfig(**options)
     if dry_run:
         prompt, cost = _dry_run(cfg)
         print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(cost, file=sys.stderr)
         return None
-    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    result = cli_edge.run_stoppable(agenerate(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {result.kept} instructions in {result.output_dir} "
           f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    cli_edge.report_after_run(cfg.output_dir, no_report)
     return None
 
 
 _dry_run = dry_run
-
-
-async def _run_cancellable(cfg: GenerateConfig, api_key: str | None, progress: bool) -> GenerateResult:
-    # SIGTERM stops like Ctrl-C: the round in hand is already on disk, regen.json gets written.
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return await agenerate(cfg, api_key=api_key, progress=progress)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

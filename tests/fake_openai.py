@@ -106,6 +106,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.faults_sent: list[str] = []
         self.in_flight = self.max_in_flight = 0
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
+        self.raw_chat = False  # True: a chat reply is reply_fn's text as is (no restated open number)
         # A short poll so that stop() returns at once (the default half second adds up over a test run).
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -298,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             text = " Sorry, I cannot help with that request."
         elif fault == "wrong_numbering":
             text = re.sub(r"(\d+)\. (Instruction|Input|Output):", lambda m: f"{int(m.group(1)) + 7}. {m.group(2)}:", text)
-        if chat:
+        if chat and not self.server.raw_chat:
             m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
             text = f"{m.group(1) if m else 4}. Instruction:{text}"  # chat models restate the open number
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": len(prompt.split()) + len(text.split())}
