@@ -100,6 +100,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.required_key = api_key
         self.fault_rate = 0.0
         self.timeout_sleep = 3.0
+        self.retry_after = "0.05"  # seconds a "429-retry-after" asks the client to wait
         self.lock = threading.Lock()
         self.scripted: list[str] = []
         self.requests: list[dict] = []
@@ -258,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             name = "stream" if self.server.refuse_stream else "stream_options"
             return self._json(400, {"error": {"message": f"{name} is not supported by this endpoint", "param": name}})
         if fault in ("429", "429-retry-after"):
-            headers = {"Retry-After": "0.05"} if fault == "429-retry-after" else {}
+            headers = {"Retry-After": self.server.retry_after} if fault == "429-retry-after" else {}
             return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers)
         if fault in ("500", "502", "503"):
             return self._json(int(fault), {"error": {"message": f"server error {fault}"}})

@@ -657,6 +657,10 @@ class OpenAITeacher(Teacher):
             endpoint.requests += 1
             try:
                 completion = await self._send(endpoint, prompt, decoding, job)
+            except asyncio.CancelledError:
+                if self._rates:  # it may have been counted: it leaves the window a period from now
+                    self._rates.answered(job.ticket)
+                raise
             except Exception as exc:
                 self._settle(job, 0)
                 if isinstance(exc, _Downgrade):
