@@ -58,6 +58,7 @@ class GenerateConfig:
     max_cost: float | None = None
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    stream: bool = True
     price_prompt: float | None = None
     price_completion: float | None = None
     max_stall_rounds: int = 10
@@ -136,7 +137,7 @@ def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
         cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
         max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
         backoff_initial=cfg.retry_backoff, requests_per_minute=cfg.requests_per_minute,
-        tokens_per_minute=cfg.tokens_per_minute,
+        tokens_per_minute=cfg.tokens_per_minute, stream=cfg.stream,
     )
 
 

@@ -75,6 +75,9 @@ class DocumentsConfig:
     max_requests: int | None = None
     max_total_tokens: int | None = None
     max_cost: float | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
     price_prompt: float | None = None
     price_completion: float | None = None
     max_stall_chunks: int = 10
@@ -313,6 +316,9 @@ def main(
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     price_prompt: float | None = None,
     price_completion: float | None = None,
     max_stall_chunks: int = 10,
@@ -338,8 +344,8 @@ def main(
     flags are generate's. --dry_run prints the first prompt and the most the run can take.
     Rerun the same command to resume.
     """
-    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report")}
-    cfg = DocumentsConfig(paths=paths, verify=not no_verify, **options)
+    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report", "no_stream")}
+    cfg = DocumentsConfig(paths=paths, verify=not no_verify, stream=not no_stream, **options)
     if dry_run:
         prompt, bound = _dry_run(cfg)
         if prompt:

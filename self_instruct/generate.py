@@ -195,6 +195,7 @@ def main(
     price_completion: float | None = None,
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     max_stall_rounds: int = 10,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
@@ -217,13 +218,14 @@ def main(
     base_url may list several servers (comma-separated, or a file of URLs): requests go to the
     least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
     concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
-    is the silence (seconds without a token) after which a request is given up and retried.
+    is the silence (seconds without a token) after which a request is given up and retried, as
+    replies are streamed (no_stream: plain requests, request_timeout limits their whole length).
     A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
     that keep nothing stop the run with the likely cause.
     """
-    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report")}
-    cfg = GenerateConfig(**options)
+    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report", "no_stream")}
+    cfg = GenerateConfig(stream=not no_stream, **options)
     if dry_run:
         prompt, cost = _dry_run(cfg)
         print(prompt)  # stdout holds the prompt alone, to pipe or diff
