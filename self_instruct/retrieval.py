@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -75,20 +76,23 @@ def as_chunks(items: Iterable) -> list[Chunk]:
 
 
 def chunk_documents(paths: Sequence[str | Path], max_tokens: int = 300, overlap: int = 50) -> list[Chunk]:
-    """Chunks of the documents at `paths` (files, or directories searched recursively).
+    """Chunks of the documents at `paths` (files, or directories searched recursively), sized in words.
 
-    Uses the documents pipeline's chunker (self_instruct.sources.chunking) when it is installed.
-    Until then, plain-text files are cut into runs of whole paragraphs of at most `max_tokens`
-    words, with no overlap.
+    Uses the documents pipeline's loaders and chunker (self_instruct.sources: PDF, HTML, EPUB,
+    DOCX, Markdown, captions; sentence-aligned chunks with an overlap of whole sentences) when
+    they are installed. Without them, plain-text files are cut into runs of whole paragraphs of
+    at most `max_tokens` words, with no overlap.
     """
-    files = _document_files(paths)
     try:
-        from .sources import chunking  # the documents pipeline, when present
+        from .sources import chunk_documents as chunk_sources, load_paths, token_counter
     except ImportError:
-        chunking = None
-    if chunking is not None:
-        return as_chunks(chunking.chunk_files(files, max_tokens=max_tokens, overlap=overlap))
-    return [chunk for path in files for chunk in _paragraph_chunks(path, max_tokens)]
+        return [chunk for path in _document_files(paths) for chunk in _paragraph_chunks(path, max_tokens)]
+    documents, problems = load_paths(paths)
+    for problem in problems:
+        print(f"self_instruct: {problem}", file=sys.stderr)
+    if not documents:
+        raise ConfigError(f"--docs {' '.join(map(str, paths))}: no readable documents")
+    return as_chunks(chunk_sources(documents, token_counter(None), size=max_tokens, overlap=overlap))
 
 
 def _document_files(paths: Sequence[str | Path]) -> list[Path]:

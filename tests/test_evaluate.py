@@ -56,7 +56,7 @@ def study(tmp_path, fake_server):
     docs = write_documents(tmp_path / "docs")
     questions = write_questions(tmp_path / "questions.jsonl")
     url = fake_server.base_url
-    args = ["--questions", questions, "--docs", docs, "--retrieval", "bm25", "--chunk_tokens", 25,
+    args = ["--questions", questions, "--docs", docs, "--retrieval", "bm25", "--chunk_tokens", 25, "--chunk_overlap", 5,
             "--system", f"base=openai:reader@{url}", f"base+rag=openai:reader@{url}",
             "--judge", f"openai:judge@{url}", "--output_dir", tmp_path / "out", "--quiet"]
     return {"args": args, "out": tmp_path / "out", "server": fake_server, "tmp": tmp_path}
@@ -360,7 +360,7 @@ def test_base_vs_lora_fine_tune_on_planted_facts(tiny_models, tmp_path, capsys):
     root = tiny_models
     questions = write_questions(tmp_path / "q.jsonl", PARAPHRASES)
     write_documents(tmp_path / "docs")
-    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--chunk_tokens", 25, "--k", 1,
+    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--chunk_tokens", 25, "--chunk_overlap", 5, "--k", 1,
              "--system_message", "", "--prompt_with_input", root / "with_input.txt", "--prompt_no_input", root / "no_input.txt",
              "--max_new_tokens", 16, "--batch_size", 4, "--output_dir", tmp_path / "out", "--quiet",
              "--system", f"base=hf:{root / 'base'}", f"tuned=hf:{root / 'base'}:{root / 'lora'}",
