@@ -168,3 +168,18 @@ def test_tokens_past_the_surrogate_range_and_the_basic_plane_score_exactly():
     index, ref = RougeIndex(texts, 0.5, vocabulary=vocabulary), Reference(texts, 0.5)
     for text in ["v55296 v55297 v1", "v69999 v65536 v55296 v3", "v55295 v2"]:
         assert_same(index.check(text), ref, text)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.5])
+def test_shard_pairs_over_all_shards_are_every_pair_above_the_threshold(threshold):
+    rng = random.Random(21)
+    words = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    texts = [random_text(rng, words) for _ in range(250)]
+    index = RougeIndex(threshold=threshold)
+    encoded = index._encode_ranked(texts)
+    tokens = [SCORER._tokenizer.tokenize(t) for t in texts]
+    expected = {(i, j) for j in range(len(texts)) for i in range(j)
+                if rouge_scorer._score_lcs(tokens[i], tokens[j]).fmeasure > threshold}
+    for shards in (1, 4):
+        found = np.concatenate([similarity.shard_pairs(encoded, threshold, k, shards) for k in range(shards)])
+        assert set(map(tuple, found.tolist())) == expected and expected
