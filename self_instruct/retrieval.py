@@ -76,51 +76,18 @@ def as_chunks(items: Iterable) -> list[Chunk]:
 
 
 def chunk_documents(paths: Sequence[str | Path], max_tokens: int = 300, overlap: int = 50) -> list[Chunk]:
-    """Chunks of the documents at `paths` (files, or directories searched recursively), sized in words.
+    """Chunks of the documents at `paths` (files, or directories searched recursively), by the
+    documents pipeline's loaders and chunker (self_instruct.sources: text, Markdown, PDF, HTML,
+    EPUB, DOCX, captions; sentence-aligned chunks of `max_tokens` words sharing `overlap` words
+    of whole sentences). A file that cannot be read is named on stderr and skipped."""
+    from .sources import chunk_documents as chunk_sources, load_paths, token_counter
 
-    Uses the documents pipeline's loaders and chunker (self_instruct.sources: PDF, HTML, EPUB,
-    DOCX, Markdown, captions; sentence-aligned chunks with an overlap of whole sentences) when
-    they are installed. Without them, plain-text files are cut into runs of whole paragraphs of
-    at most `max_tokens` words, with no overlap.
-    """
-    try:
-        from .sources import chunk_documents as chunk_sources, load_paths, token_counter
-    except ImportError:
-        return [chunk for path in _document_files(paths) for chunk in _paragraph_chunks(path, max_tokens)]
     documents, problems = load_paths(paths)
     for problem in problems:
         print(f"self_instruct: {problem}", file=sys.stderr)
     if not documents:
         raise ConfigError(f"--docs {' '.join(map(str, paths))}: no readable documents")
     return as_chunks(chunk_sources(documents, token_counter(None), size=max_tokens, overlap=overlap))
-
-
-def _document_files(paths: Sequence[str | Path]) -> list[Path]:
-    files = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"--docs {path}: no such file or directory")
-    if not files:
-        raise ConfigError(f"--docs {' '.join(map(str, paths))}: no documents found")
-    return files
-
-
-def _paragraph_chunks(path: Path, max_tokens: int) -> list[Chunk]:
-    paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    chunks, current = [], []
-    for paragraph in paragraphs:
-        if current and len(" ".join(current + [paragraph]).split()) > max_tokens:
-            chunks.append(Chunk("\n\n".join(current), str(path)))
-            current = []
-        current.append(paragraph)
-    if current:
-        chunks.append(Chunk("\n\n".join(current), str(path)))
-    return chunks
 
 
 # -----------------------------------------------------------------------------
