@@ -58,10 +58,11 @@ def main() -> None:
         docs = write_documents(Path(tmp) / "docs")
         print(retrieval_table(docs), end="\n\n", flush=True)
         questions = Path(tmp) / "questions.jsonl"
-        evaluate_args = ["--questions", questions, "--docs", docs, "--chunk_tokens", CHUNKING["max_tokens"], "--chunk_overlap", CHUNKING["overlap"], "--prompt_layout", "chat",
+        model = args.model or default_model()
+        evaluate_args = ["--questions", questions, "--docs", docs, "--chunk_tokens", CHUNKING["max_tokens"],
+                         "--chunk_overlap", CHUNKING["overlap"], "--prompt_layout", "chat",
                          "--max_new_tokens", args.max_new_tokens, "--output_dir", args.output_dir or Path(tmp) / "eval",
-                         "--system", f"base=hf:{args.model or default_model()}", f"base+rag=hf:{args.model or default_model()}",
-                         "--quiet"]
+                         "--system", f"base=hf:{model}", f"base+rag=hf:{model}", "--quiet"]
         questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
         start = time.perf_counter()
         evaluate.cli([str(a) for a in evaluate_args])

@@ -384,6 +384,9 @@ class EvalConfig:
         for name in ("k", "max_new_tokens", "batch_size", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be a positive whole number (got {getattr(self, name)})")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"--chunk_overlap must be from 0 to below --chunk_tokens ({self.chunk_tokens}) "
+                              f"(got {self.chunk_overlap})")
         rag = [s.name for s in self.systems if s.rag]
         if rag and not self.docs:
             raise ConfigError(f"--system {rag[0]} retrieves from documents: pass --docs PATH ...")
@@ -632,7 +635,7 @@ def render_results(summary: dict) -> str:
 # command line
 
 
-def main(system: str, output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
+def main(system: str = "", output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
          docs: str | None = None, k: int = 3,
          embedder: str | None = None, retrieval: str = "hybrid", similarity: str = "cosine",
          chunk_tokens: int = 300, chunk_overlap: int = 50, system_message: str = SYSTEM_MESSAGE,

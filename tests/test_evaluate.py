@@ -223,6 +223,16 @@ def test_bad_question_file_is_one_line_and_writes_nothing(tmp_path, capsys, text
     assert not (tmp_path / "out").exists()
 
 
+def test_chunk_overlap_must_be_below_the_chunk_size(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["--questions", write_questions(tmp_path / "q.jsonl"), "--output_dir", tmp_path / "out",
+                 "--docs", write_documents(tmp_path / "docs"), "--chunk_tokens", 40,
+                 "--system", "a+rag=openai:m@http://127.0.0.1:9/v1"])
+    assert capsys.readouterr().err == ("self_instruct: error: --chunk_overlap must be from 0 to below "
+                                       "--chunk_tokens (40) (got 50)\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("systems, message", [
     (["base"], "--system base: expected NAME=hf:PATH"),
     (["base=gguf:model.gguf"], "--system base=gguf:model.gguf: the model must be hf:PATH"),
@@ -246,7 +256,8 @@ def test_unreachable_server_or_refused_key_stops_before_anything_is_written(tmp_
     with pytest.raises(SystemExit) as exit:
         run_cli(["--questions", questions, "--output_dir", tmp_path / "out", "--system", "a=openai:m@http://127.0.0.1:9/v1"])
     assert exit.value.code == 2
-    assert capsys.readouterr().err == "self_instruct: error: --system a: the server at http://127.0.0.1:9/v1 cannot be reached: start it or fix the URL\n"
+    assert capsys.readouterr().err == ("self_instruct: error: --system a: the server at http://127.0.0.1:9/v1 "
+                                       "cannot be reached: start it or fix the URL\n")
 
     from fake_openai import FakeOpenAI
 
@@ -360,7 +371,8 @@ def test_base_vs_lora_fine_tune_on_planted_facts(tiny_models, tmp_path, capsys):
     root = tiny_models
     questions = write_questions(tmp_path / "q.jsonl", PARAPHRASES)
     write_documents(tmp_path / "docs")
-    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--chunk_tokens", 25, "--chunk_overlap", 5, "--k", 1,
+    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--k", 1,
+             "--chunk_tokens", 25, "--chunk_overlap", 5,
              "--system_message", "", "--prompt_with_input", root / "with_input.txt", "--prompt_no_input", root / "no_input.txt",
              "--max_new_tokens", 16, "--batch_size", 4, "--output_dir", tmp_path / "out", "--quiet",
              "--system", f"base=hf:{root / 'base'}", f"tuned=hf:{root / 'base'}:{root / 'lora'}",
