@@ -5,7 +5,9 @@ systems and scores every answer against its reference.
         --system base=hf:models/base base+rag=hf:models/base \\
                  tuned=hf:models/base:runs/lora tuned+rag=hf:models/base:runs/lora
 
-A system is `hf:PATH` (a local causal LM), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
+Questions are JSONL (`question`, `answer`, optional `source`), or `--holdout RUN`: the records a
+generate or documents run held out (metadata.holdout), which export never writes.
+A system is `hf:PATH` (a local causal LM or a .gguf file), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
 self_instruct.train) or `openai:MODEL@BASE_URL` (any OpenAI-compatible server, e.g. vLLM serving
 the fine-tune); a name ending in `+rag` puts the top `k` snippets retrieved from `--docs` into its
 prompt (self_instruct.retrieval: embeddings and BM25 fused by reciprocal rank). Every system gets

@@ -88,6 +88,19 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
     assert wide[1] == 0.0 and wide[2] == 1.0
 
 
+@pytest.mark.parametrize("reply, verdict", [
+    ('{"verdict": "correct", "reason": "Same city."}', {"verdict": "correct", "reason": "Same city."}),
+    ('Here it is:\n{"verdict": "Partly",\n "reason": "Right city,\nwrong year."}\nDone.',
+     {"verdict": "partly", "reason": "Right city, wrong year."}),
+    ('{"verdict": "WRONG"}', {"verdict": "wrong", "reason": ""}),
+    ('{"verdict": "maybe", "reason": "?"}', None),
+    ("The answer is correct.", None),
+    ('{"verdict": "correct", "reason": ', None),
+])
+def test_judge_replies_are_read_as_json_or_refused(reply, verdict):
+    assert evaluate.parse_verdict(reply) == verdict
+
+
 # --------------------------------------------------------------------------- the study, with endpoints
 
 
@@ -157,6 +170,21 @@ def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
     asked = server.requests[sent:]
     assert len(asked) == 2 * len(QUESTIONS) and all(r["model"] == "reader" for r in asked)
     assert (out / "results.json").read_text() == first
+
+
+def test_a_judge_reply_without_a_verdict_is_asked_again_on_rerun(study, capsys):
+    study["server"].reply_fn = lambda prompt, body: "Looks fine to me." if body["model"] == "judge" \
+        else reader_and_judge(prompt, body)
+    err = run_cli(study["args"], capsys).err
+    assert all("judge" not in r["scores"] for r in answers(study["out"]))
+    assert "the judge gave no usable verdict for 30 answers; rerun to ask again" in err
+
+    study["server"].reply_fn = reader_and_judge
+    sent = len(study["server"].requests)
+    run_cli(study["args"])
+    asked = study["server"].requests[sent:]
+    assert len(asked) == 2 * len(QUESTIONS) and all(r["model"] == "judge" for r in asked)
+    assert all("judge" in r["scores"] for r in answers(study["out"]))
 
 
 def test_budget_stops_and_a_rerun_goes_on(study):
