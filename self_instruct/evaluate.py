@@ -336,7 +336,9 @@ class Judge:
     async def grade(self, records: Sequence[dict]) -> tuple[list[dict | None], list[Completion]]:
         """A verdict (or None when the judge's reply held none) per record, and the requests sent."""
         keys = [self.key(r) for r in records]
-        ask = [i for i, key in enumerate(keys) if key not in self.cache]
+        # One request per distinct answer: systems often give the same one ("I do not know.").
+        first = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.cache}
+        ask = sorted(first.values())
         prompts = [RUBRIC.format(question=records[i]["question"], reference=records[i]["reference"],
                                  answer=records[i]["answer"]) for i in ask]
         replies = await self.teacher.complete(prompts, Decoding(max_tokens=200, temperature=0.0)) if prompts else []

@@ -183,7 +183,8 @@ def test_a_judge_reply_without_a_verdict_is_asked_again_on_rerun(study, capsys):
     sent = len(study["server"].requests)
     run_cli(study["args"])
     asked = study["server"].requests[sent:]
-    assert len(asked) == 2 * len(QUESTIONS) and all(r["model"] == "judge" for r in asked)
+    distinct = {(r["question"], r["answer"]) for r in answers(study["out"])}  # equal answers are graded once
+    assert len(asked) == len(distinct) < 2 * len(QUESTIONS) and all(r["model"] == "judge" for r in asked)
     assert all("judge" in r["scores"] for r in answers(study["out"]))
 
 
