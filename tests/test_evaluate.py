@@ -156,6 +156,18 @@ def test_every_system_gets_the_same_prompt_layout(study):
         assert request.get("temperature") == 0.0
 
 
+def test_chat_layout_sends_the_same_text_as_one_user_turn(study):
+    run_cli(study["args"] + ["--prompt_layout", "chat"])
+    chats = [r["messages"] for r in study["server"].requests if r["model"] == "reader"]
+    assert all(len(m) == 1 and m[0]["role"] == "user" for m in chats)
+    question = PARAPHRASES[0]["question"]
+    plain, with_snippets = [m[0]["content"] for m in chats if question in m[0]["content"]]
+    assert plain == f"{evaluate.SYSTEM_MESSAGE}\n\nQuestion: {question}"
+    snippets = next(r["snippets"] for r in answers(study["out"]) if r["system"] == "base+rag" and r["question"] == question)
+    context = "\n\n".join(f"[{s['rank']}] {s['text']}" for s in snippets)
+    assert with_snippets == f"{evaluate.SYSTEM_MESSAGE}\n\nContext:\n{context}\n\nQuestion: {question}"
+
+
 def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
     run_cli(study["args"])
     server, out = study["server"], study["out"]
