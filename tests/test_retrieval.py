@@ -181,6 +181,12 @@ def test_dot_product_keeps_vector_lengths_and_cosine_does_not():
     assert retrieval.Index.build(chunks, Fixed(), mode="dense", similarity="dot").search(query, 1)[0].source == "a.md"
 
 
+def test_rankings_are_cut_at_their_depth_best_first():
+    scores = np.random.default_rng(0).random(1000)
+    assert retrieval.ranking(scores, 100) == [(int(j), float(scores[j])) for j in np.argsort(-scores)[:100]]
+    assert retrieval.ranking(np.array([0.2, 0.9, 0.5, 0.9]), 10) == [(1, 0.9), (3, 0.9), (2, 0.5), (0, 0.2)]
+
+
 def test_fusion_adds_reciprocal_ranks():
     fused = retrieval.fuse([[(0, 9.0), (1, 5.0)], [(1, 0.7), (2, 0.2)]])
     assert fused == pytest.approx({0: 1 / 61, 1: 1 / 62 + 1 / 61, 2: 1 / 62})
