@@ -5,7 +5,9 @@ systems and scores every answer against its reference.
         --system base=hf:models/base base+rag=hf:models/base \\
                  tuned=hf:models/base:runs/lora tuned+rag=hf:models/base:runs/lora
 
-A system is `hf:PATH` (a local causal LM), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
+Questions are JSONL (`question`, `answer`, optional `source`), or `--holdout RUN`: the records a
+generate or documents run held out (metadata.holdout), which export never writes.
+A system is `hf:PATH` (a local causal LM or a .gguf file), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
 self_instruct.train) or `openai:MODEL@BASE_URL` (any OpenAI-compatible server, e.g. vLLM serving
 the fine-tune); a name ending in `+rag` puts the top `k` snippets retrieved from `--docs` into its
 prompt (self_instruct.retrieval: embeddings and BM25 fused by reciprocal rank). Every system gets
@@ -334,7 +336,9 @@ class Judge:
     async def grade(self, records: Sequence[dict]) -> tuple[list[dict | None], list[Completion]]:
         """A verdict (or None when the judge's reply held none) per record, and the requests sent."""
         keys = [self.key(r) for r in records]
-        ask = [i for i, key in enumerate(keys) if key not in self.cache]
+        # One request per distinct answer: systems often give the same one ("I do not know.").
+        first = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.cache}
+        ask = sorted(first.values())
         prompts = [RUBRIC.format(question=records[i]["question"], reference=records[i]["reference"],
                                  answer=records[i]["answer"]) for i in ask]
         replies = await self.teacher.complete(prompts, Decoding(max_tokens=200, temperature=0.0)) if prompts else []
@@ -384,6 +388,9 @@ class EvalConfig:
         for name in ("k", "max_new_tokens", "batch_size", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be a positive whole number (got {getattr(self, name)})")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"--chunk_overlap must be from 0 to below --chunk_tokens ({self.chunk_tokens}) "
+                              f"(got {self.chunk_overlap})")
         rag = [s.name for s in self.systems if s.rag]
         if rag and not self.docs:
             raise ConfigError(f"--system {rag[0]} retrieves from documents: pass --docs PATH ...")
@@ -632,7 +639,7 @@ def render_results(summary: dict) -> str:
 # command line
 
 
-def main(system: str, output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
+def main(system: str = "", output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
          docs: str | None = None, k: int = 3,
          embedder: str | None = None, retrieval: str = "hybrid", similarity: str = "cosine",
          chunk_tokens: int = 300, chunk_overlap: int = 50, system_message: str = SYSTEM_MESSAGE,
