@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .cli import run
 from .decontaminate import Decontaminator
 from .errors import ConfigError, DataError
-from .jsonl import BOM, dumps, loads_line, type_name, write_jsonl_atomic, write_text_atomic
+from .jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
 from .similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
