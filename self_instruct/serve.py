@@ -4,17 +4,21 @@
 
 serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models, so any tool that
 speaks the OpenAI API (and our own generate CLI, through --base_url) can use the local model.
-Chat messages are not put through a chat template: their text is joined and sent as a raw
-prompt, which is what the generate loop means by a chat request. Requests reach the teacher one
-at a time, since a llama.cpp model decodes one sequence at a time anyway.
+Completions get the teacher's raw-text behaviour, list continuation included, which is what
+the generate loop wants. Chat messages go through the model's own chat template and the reply
+ends at the model's end of turn (a teacher without a `chat` method gets the messages' text as
+one raw prompt). Requests reach the teacher one at a time, since a llama.cpp model decodes one
+sequence at a time anyway.
 
-The endpoint has no authentication, so it listens on loopback only unless --allow_remote is given.
-Built on the standard library's http.server: no web framework to install.
+The endpoint listens on loopback only unless --allow_remote is given; --api_key makes every
+request carry a key. Built on the standard library's http.server, hardened where it is soft:
+request bodies and idle connections have a deadline, and every refusal is a JSON error.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
+import concurrent.futures
+import hmac
 import ipaddress
 import json
 import socket
@@ -22,14 +26,22 @@ import sys
 import threading
 import time
 import uuid
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import ConfigError, SelfInstructError
+from .cli import redact, register_secret, run
+from .errors import ConfigError
 from .teachers.base import Teacher
 from .types import Completion, Decoding
 
 MAX_BODY_BYTES = 16 * 2**20
+# How long a client may take to send a request (its head, or its body), or sit idle between two
+# requests on one connection, before the connection is closed and its thread freed.
+REQUEST_TIMEOUT = 60.0
+# A chat reply ends at the model's end of turn; this only bounds one that never gets there
+# (a client that wants more says max_tokens).
+CHAT_MAX_TOKENS = 512
 # Parameters a client may send that this endpoint cannot honour, with the value that is harmless.
 _UNSUPPORTED = {"stream": False, "n": 1, "echo": False, "logprobs": None, "suffix": None, "best_of": 1}
 
@@ -61,16 +73,30 @@ class TeacherServer(ThreadingHTTPServer):
     """A threading HTTP server that owns a teacher and an event loop to run it on.
 
     Handler threads hand each request to that one loop and wait, holding a lock, so the
-    teacher sees one request at a time.
+    teacher sees one request at a time. With an `api_key`, every request must carry it.
     """
 
     daemon_threads = True
 
-    def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False):
+    def __init__(
+        self,
+        teacher: Teacher,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        allow_remote: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT,
+        *,
+        api_key: str | None = None,
+    ):
         check_host(host, allow_remote)
+        register_secret(api_key)  # masked in every line this process prints
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.teacher = teacher
+        self.request_timeout = request_timeout
+        self.api_key = api_key
         self._lock = threading.Lock()
+        self._running: concurrent.futures.Future | None = None
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="teacher-loop", daemon=True)
         try:
@@ -86,12 +112,40 @@ class TeacherServer(ThreadingHTTPServer):
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
 
     def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        return self._call(lambda: self.teacher.complete(prompts, decoding))
+
+    def chat(self, messages: list[dict[str, str]], decoding: Decoding) -> Completion:
+        """One assistant turn: through the teacher's chat template when it has one (`chat`),
+        else the messages' text as one raw prompt, as a completion endpoint would take it."""
+        chat = getattr(self.teacher, "chat", None)
+        if chat is None:
+            return self.complete([chat_prompt(messages)], decoding)[0]
+        return self._call(lambda: chat(messages, decoding))
+
+    def _call(self, coroutine: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one teacher call on the loop, after the one before it; close() cancels it."""
         with self._lock:
-            future = asyncio.run_coroutine_threadsafe(self.teacher.complete(prompts, decoding), self._loop)
-            return future.result()
+            if self._closing:
+                raise RequestError(503, "the server is shutting down")
+            self._running = asyncio.run_coroutine_threadsafe(coroutine(), self._loop)
+            try:
+                return self._running.result()
+            except concurrent.futures.CancelledError:
+                raise RequestError(503, "the server is shutting down") from None
+            finally:
+                self._running = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not socketserver's traceback: what is left here is a client that went away."""
+        exc = sys.exc_info()[1]
+        sys.stderr.write(redact(f"serve: {client_address[0]}: connection dropped ({type(exc).__name__}: {exc})\n"))
 
     def close(self) -> None:
-        """Stop listening, then release the teacher and the loop."""
+        """Stop listening, stop the reply in progress at its next token, release the teacher."""
+        self._closing = True
+        running = self._running
+        if running is not None:
+            running.cancel()
         self.server_close()
         asyncio.run_coroutine_threadsafe(self.teacher.aclose(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -102,8 +156,17 @@ class TeacherServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: TeacherServer
     protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses its connection
+    # A request line too garbled to name its version is answered as HTTP/1.0, so the refusal has
+    # a status line and headers (http.server would answer HTTP/0.9: a bare body).
+    default_request_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # StreamRequestHandler puts it on the socket
+        super().setup()
 
     def do_GET(self) -> None:
+        if not self._authorized():
+            return
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             model = {"id": self.server.teacher.model_id, "object": "model", "created": 0, "owned_by": "self_instruct"}
             self._send(200, {"object": "list", "data": [model]})
@@ -113,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         routes = {"/v1/completions": self._completions, "/v1/chat/completions": self._chat_completions}
         route = routes.get(self.path.rstrip("/").replace("/v1/v1/", "/v1/"))
+        if not self._authorized():
+            return
         try:
             if route is None:
                 raise RequestError(404, f"no route POST {self.path}; try /v1/completions or /v1/chat/completions")
@@ -121,6 +186,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(exc)
         except ConfigError as exc:  # Decoding rejected a parameter
             self._send_error(RequestError(400, str(exc)))
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone: nothing to answer (handle_error says so in one line)
+        except Exception as exc:  # a fault of the teacher: the client gets it, the server goes on
+            self.log_message("%s", f"500: {type(exc).__name__}: {exc}")
+            self._send_error(RequestError(500, f"the teacher failed: {type(exc).__name__}: {exc}"))
+
+    def _authorized(self) -> bool:
+        """True when no key is set or the request carries it; else answers 401 (never echoing it)."""
+        key = self.server.api_key
+        if key is None:
+            return True
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
+            return True
+        self.close_connection = True  # a POST's body is left unread
+        self._send_error(RequestError(401, "missing or wrong API key: send it as 'Authorization: Bearer <key>'"))
+        return False
 
     def _completions(self, body: dict) -> dict:
         prompt = body.get("prompt")
@@ -135,19 +217,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self._envelope("cmpl", "text_completion", choices, completions)
 
     def _chat_completions(self, body: dict) -> dict:
-        completions = self._run([chat_prompt(body.get("messages"))], body)
-        choices = [
-            {"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
-            for c in completions
-        ]
-        return self._envelope("chatcmpl", "chat.completion", choices, completions)
+        messages = chat_messages(body.get("messages"))
+        reply = self.server.chat(messages, decoding_from_request(body, default_max_tokens=CHAT_MAX_TOKENS))
+        _check([reply])
+        choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}
+        return self._envelope("chatcmpl", "chat.completion", [choice], [reply])
 
     def _run(self, prompts: list[str], body: dict) -> list[Completion]:
-        completions = self.server.complete(prompts, decoding_from_request(body))
-        failed = [c.error for c in completions if c.error]
-        if failed:
-            raise RequestError(500, f"the teacher failed: {failed[0]}")
-        return completions
+        return _check(self.server.complete(prompts, decoding_from_request(body)))
 
     def _envelope(self, prefix: str, kind: str, choices: list, completions: list[Completion]) -> dict:
         prompt_tokens = sum(c.prompt_tokens for c in completions)
@@ -166,16 +243,66 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _read_json(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise RequestError(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
+            body = json.loads(self._read_body(self._content_length()) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"the body is not JSON ({exc})") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         return body
+
+    def _content_length(self) -> int:
+        """The body's size from its one Content-Length header, checked before anything is read.
+
+        Refusals close the connection: the unread body would be taken for the next request.
+        """
+        if self.headers.get("Transfer-Encoding"):
+            raise self._refuse(411, "send the body with a Content-Length header (Transfer-Encoding is not supported)")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            raise self._refuse(411, "a POST needs a Content-Length header")
+        if len(values) > 1:
+            raise self._refuse(400, f"Content-Length is given {len(values)} times with different values")
+        text = values.pop()
+        if not (text.isascii() and text.isdigit()):
+            raise self._refuse(400, f"Content-Length must be a whole number of bytes (got {_clip(text)!r})")
+        # The digit count first: int() refuses numbers of over 4300 digits with a ValueError.
+        if len(text) > len(str(MAX_BODY_BYTES)) or int(text) > MAX_BODY_BYTES:
+            raise self._refuse(413, f"a request body of {_clip(text)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+        return int(text)
+
+    def _read_body(self, length: int) -> bytes:
+        """Read `length` bytes within the server's request_timeout, however slowly they trickle."""
+        timeout = self.server.request_timeout
+        deadline = time.monotonic() + timeout
+        data = bytearray()
+        try:
+            while len(data) < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(length - len(data))
+                if not chunk:
+                    raise self._refuse(400, f"the body ended after {len(data)} of its {length} bytes (Content-Length)")
+                data += chunk
+        except TimeoutError:
+            raise self._refuse(
+                408, f"the body did not arrive within {timeout:g} s ({len(data)} of its {length} bytes came)"
+            ) from None
+        finally:
+            self.connection.settimeout(timeout)
+        return bytes(data)
+
+    def _refuse(self, status: int, message: str) -> RequestError:
+        """An error after which the connection cannot carry another request."""
+        self.close_connection = True
+        return RequestError(status, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, headers too long), as JSON errors."""
+        self.close_connection = True
+        self._send_error(RequestError(code, message or HTTPStatus(code).phrase))
 
     def _send_error(self, exc: RequestError) -> None:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
@@ -186,15 +313,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"serve: {self.address_string()} {format % args}\n")
+        sys.stderr.write(redact(f"serve: {self.address_string()} {format % args}\n"))
 
 
-def decoding_from_request(body: dict) -> Decoding:
-    """The OpenAI request fields the teacher honours; refuses the ones it would silently ignore."""
+def _check(completions: list[Completion]) -> list[Completion]:
+    failed = [c.error for c in completions if c.error]
+    if failed:
+        raise RequestError(500, f"the teacher failed: {failed[0]}")
+    return completions
+
+
+def _clip(text: str, size: int = 40) -> str:
+    """Text a client sent, short enough to quote in an error."""
+    return text if len(text) <= size else text[:size] + "..."
+
+
+def decoding_from_request(body: dict, default_max_tokens: int | None = None) -> Decoding:
+    """The OpenAI request fields the teacher honours; refuses the ones it would silently ignore.
+
+    Without max_tokens a reply gets `default_max_tokens`, or when that is None Decoding's own
+    default, which the teacher caps by the context that is left (as llama.cpp's server does).
+    """
     for name, harmless in _UNSUPPORTED.items():
         if body.get(name, harmless) not in (harmless, None):
             raise RequestError(400, f"{name}={body[name]!r} is not supported by this endpoint", name)
@@ -202,8 +347,9 @@ def decoding_from_request(body: dict) -> Decoding:
     if not isinstance(stop, (str, list)) or not all(isinstance(s, str) for s in ([stop] if isinstance(stop, str) else stop)):
         raise RequestError(400, "stop must be a string or a list of strings", "stop")
     fields: dict[str, Any] = {"stop": (stop,) if isinstance(stop, str) else tuple(stop), "seed": body.get("seed")}
-    # Without max_tokens the reply may use the context that is left, as llama.cpp's server does.
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = default_max_tokens
     if max_tokens is not None:
         fields["max_tokens"] = max_tokens
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
@@ -212,51 +358,72 @@ def decoding_from_request(body: dict) -> Decoding:
     return Decoding(**fields)
 
 
-def chat_prompt(messages: Any) -> str:
-    """The raw prompt for a chat request: the text of its messages, in order.
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """A chat request's messages as {role, content} with text content; refuses any other shape.
 
-    Example: chat_prompt([{"role": "user", "content": "1. Instruction:"}]) -> "1. Instruction:"
+    Example: chat_messages([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
+    -> [{"role": "user", "content": "Hi"}]
     """
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages must be a non-empty list", "messages")
-    texts = []
+    checked = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str):
-            raise RequestError(400, "each message needs a text content", "messages")
-        texts.append(content)
-    return "\n\n".join(texts)
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(content, str) or not isinstance(role, str):
+            raise RequestError(400, "each message needs a role and a text content", "messages")
+        checked.append({"role": role, "content": content})
+    return checked
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m self_instruct.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--local_model_path", default=None, help="a GGUF file (default: the bundled SmolLM2-135M)")
-    parser.add_argument("--n_threads", type=int, default=None, help="default: the cores this process may use")
-    parser.add_argument("--n_ctx", type=int, default=None, help="default: the model's own, at most 8192")
-    parser.add_argument("--allow_remote", action="store_true", help="listen on a non-loopback --host")
-    args = parser.parse_args(argv)
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The raw prompt for a teacher without a chat template: the messages' text, in order.
+
+    Example: chat_prompt([{"role": "user", "content": "1. Instruction:"}]) -> "1. Instruction:"
+    """
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def main(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    local_model_path: str | None = None,
+    n_threads: int | None = None,
+    n_ctx: int | None = None,
+    allow_remote: bool = False,
+    api_key: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
+) -> None:
+    """Serve the embedded model (or any GGUF file) over the OpenAI API until Ctrl-C.
+
+    Args:
+        host: address to listen on; loopback only unless --allow_remote
+        port: 0 picks a free port
+        local_model_path: a GGUF file (default the bundled SmolLM2-135M)
+        n_threads: default the cores this process may use
+        n_ctx: context size; default the model's own, at most 8192
+        allow_remote: listen on a non-loopback --host
+        api_key: when given, clients must send it (Authorization Bearer); never printed
+        request_timeout: seconds a client may take to send a request, or stay idle between two
+    """
     from .teachers.local import LocalTeacher
 
-    try:
-        check_host(args.host, args.allow_remote)  # before loading a model for nothing
-        teacher = LocalTeacher(args.local_model_path, n_threads=args.n_threads, n_ctx=args.n_ctx)
-        server = TeacherServer(teacher, args.host, args.port, args.allow_remote)
-    except SelfInstructError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"serving {teacher.model_id} at {server.url} (Ctrl-C stops)", file=sys.stderr)
+    check_host(host, allow_remote)  # before loading a model for nothing
+    teacher = LocalTeacher(local_model_path, n_threads=n_threads, n_ctx=n_ctx)
+    server = TeacherServer(teacher, host, port, allow_remote, request_timeout, api_key=api_key)
+    auth = "; clients must send the API key" if api_key else ""
+    print(f"serving {teacher.model_id} at {server.url} (Ctrl-C stops{auth})", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.close()
-    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    run(main, argv, name="self_instruct.serve", interrupted="stopped")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

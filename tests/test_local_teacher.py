@@ -273,19 +273,69 @@ def test_concurrent_calls_share_the_model_safely(teacher):
 
 
 @pytest.mark.slow
-def test_cancelling_a_call_frees_the_model_at_once(teacher):
-    async def cancel_soon():
-        task = asyncio.create_task(teacher.complete(["Once upon a time"] * 3, Decoding(max_tokens=2000, temperature=1.0)))
-        await asyncio.sleep(0.5)
+def test_cancelling_a_call_stops_the_model_at_its_next_token(teacher, monkeypatch):
+    """Checked by the order of events, not by time: once cancelled, the call decodes no more
+    than the tokens already under way, never starts its queued prompts, and the next call gets
+    the model."""
+    events: list[str] = []  # "token" per token decoded, "prompt" per prompt started
+    decoding_started = threading.Event()
+    is_eog, tokenize = teacher._is_eog, teacher._tokenize
+
+    def on_token(token):
+        events.append("token")
+        if events.count("token") == 5:
+            decoding_started.set()
+        return is_eog(token)
+
+    def on_prompt(text, bos):
+        events.append("prompt")
+        return tokenize(text, bos)
+
+    monkeypatch.setattr(teacher, "_is_eog", on_token)
+    monkeypatch.setattr(teacher, "_tokenize", on_prompt)
+
+    async def cancel_midway():
+        # min_p=0 and a high temperature: the model rambles on rather than ending its text.
+        decoding = Decoding(max_tokens=2000, temperature=2.0, seed=7)
+        task = asyncio.create_task(teacher.complete(["Once upon a time"] * 3, decoding))
+        assert await asyncio.to_thread(decoding_started.wait, 600)
         task.cancel()
+        events.append("cancel")
         with pytest.raises(asyncio.CancelledError):
             await task
-        started = time.monotonic()
-        [c] = await teacher.complete(["Hello"], Decoding(max_tokens=2, temperature=0.0))
-        return c, time.monotonic() - started
+        return await teacher.complete(["Hello"], Decoding(max_tokens=2, temperature=0.0))
 
-    c, waited = asyncio.run(cancel_soon())
-    assert c.ok and waited < 10  # not the minute three 2000-token replies would take
+    monkeypatch.setattr(teacher, "min_p", 0.0)
+    [c] = asyncio.run(cancel_midway())
+    assert c.ok
+    cancelled_call = events[: events.index("prompt", events.index("cancel"))]  # up to the next call's prompt
+    after_cancel = cancelled_call[cancelled_call.index("cancel") + 1:]
+    assert cancelled_call.count("prompt") == 1  # the two queued prompts were never started
+    assert len(after_cancel) < 50  # not the ~2000 tokens the reply had left
+
+
+@pytest.mark.slow
+def test_chat_ends_at_the_end_of_the_assistants_turn(teacher):
+    """The chat template is applied and the reply ends at the model's end-of-turn token: no
+    "###" list continuation, far below max_tokens."""
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    c = asyncio.run(teacher.chat(question, Decoding(max_tokens=512, temperature=0.0)))
+    assert c.ok and c.finish_reason == "stop", c
+    assert "###" not in c.text and c.completion_tokens < 100, c
+    assert "Paris" in c.text
+    # The same text as a raw completion: the model ends its text at once and, as the generate
+    # loop wants, is made to go on with a new "###" block.
+    [raw] = asyncio.run(teacher.complete([question[0]["content"]], Decoding(max_tokens=40, temperature=0.0)))
+    assert raw.text.startswith("\n###\n") and raw.finish_reason == "length", raw
+
+
+@pytest.mark.slow
+def test_chat_renders_the_models_own_template(teacher):
+    messages = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Say hi."}]
+    # SmolLM2's template (ChatML) from the GGUF file, with the turn left open for the assistant.
+    assert teacher._chat_prompt(messages) == (
+        "<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 @pytest.mark.slow
@@ -324,7 +374,7 @@ def test_readme_first_command(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "5",
          "--output_dir", str(tmp_path / "out")],
-        cwd=tmp_path, env=env, check=True, timeout=900,
+        cwd=tmp_path, env=env, check=True, timeout=3600,  # a hang guard: about 20x the usual time
     )
     records = [json.loads(line) for line in (tmp_path / "out" / "generated.jsonl").read_text().splitlines()]
     assert len(records) == 5

