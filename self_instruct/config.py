@@ -25,6 +25,7 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+    "decontaminate",
 )
 
 
@@ -51,6 +52,7 @@ class GenerateConfig:
     num_tasks: int | None = None
     max_tokens: int | None = None
     similarity_threshold: float = 0.7
+    decontaminate: str | None = None  # benchmark files, comma-separated: drop records sharing a 13-gram
     teacher: str | None = None
     local_model_path: str | None = None
     max_requests: int | None = None

@@ -24,7 +24,7 @@ from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError
-from .judge import Judge
+from .judge import Judge, extra_filters
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
     RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
@@ -39,7 +39,7 @@ from .types import Decoding, Example
 SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
-    "similarity_threshold", "sources", "template_sha256", "verify_template_sha256",
+    "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
 
@@ -72,6 +72,7 @@ class DocumentsConfig:
     max_tokens: int | None = None
     max_concurrency: int = 8
     similarity_threshold: float = 0.7
+    decontaminate: str | None = None
     max_requests: int | None = None
     max_total_tokens: int | None = None
     max_cost: float | None = None
@@ -171,7 +172,8 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
             for note in pool.notes:
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
-            judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold)
+            judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold,
+                          extra_filters=extra_filters(cfg.decontaminate))
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
                             max_concurrency=cfg.max_concurrency, target=None, total_units=pipeline.unit_count,
@@ -313,6 +315,7 @@ def main(
     max_tokens: int | None = None,
     max_concurrency: int = 8,
     similarity_threshold: float = 0.7,
+    decontaminate: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,

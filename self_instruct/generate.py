@@ -24,7 +24,7 @@ from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
 from .engine import Engine, Stats, StallError
 from .errors import ConfigError
-from .judge import Judge, normalize
+from .judge import Judge, extra_filters, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
 from .pool import InstructionPool
@@ -95,7 +95,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
             judge = Judge([s.instruction for s in seeds] + [r["instruction"] for r in pool.records],
-                          threshold=cfg.similarity_threshold)
+                          threshold=cfg.similarity_threshold, extra_filters=extra_filters(cfg.decontaminate))
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
                             max_concurrency=cfg.max_concurrency, target=cfg.num_instructions_to_generate,
@@ -188,6 +188,7 @@ def main(
     num_tasks: int | None = None,
     max_tokens: int | None = None,
     similarity_threshold: float = 0.7,
+    decontaminate: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
@@ -214,7 +215,8 @@ def main(
     preference, else Alpaca's 20 and 3072), budgets max_requests, max_total_tokens and max_cost
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
-    overwrite (start output_dir afresh), no_report (skip report.html at the end).
+    overwrite (start output_dir afresh), no_report (skip report.html at the end), decontaminate
+    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them).
     base_url may list several servers (comma-separated, or a file of URLs): requests go to the
     least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
     concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout

@@ -1,6 +1,7 @@
 """The whole loop against the fake OpenAI server on loopback (completions and chat)."""
 import importlib.util
 import json
+import random
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI, make_task
 from self_instruct.filters import first_rejection
 from self_instruct.generate import GenerateConfig, dry_run, generate
 from self_instruct.seeds import load_seed_tasks
@@ -218,3 +219,25 @@ def test_a_chat_teacher_that_talks_and_drifts_keeps_its_tasks(fake_server, tmp_p
     assert result.kept == 3
     outputs = [r["output"] for r in read_jsonl(tmp_path / "out" / "generated.jsonl")]
     assert outputs == ["The Sahara.", "1.5 hours.", "Thank you so much."]
+
+
+def test_decontaminate_drops_records_sharing_13_words_with_a_benchmark(fake_server, tmp_path):
+    """A benchmark line holding 13 words in a row of a reply's output makes its record contaminated;
+    12 shared words are not enough."""
+    leaked = "the quick brown fox jumps over the lazy dog while the farmer watches closely"  # 14 words
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": f"Q: {leaked}?"}) + "\n" + json.dumps({"question": "alpha beta gamma"}) + "\n")
+    outputs = iter([leaked, " ".join(leaked.split()[:12]) + " and nothing else"] * 50)
+    rng = random.Random(3)
+
+    def reply(prompt, body):
+        return (f" {make_task(rng, synthetic=True)[0]}\n4. Input:\n<noinput>\n"
+                f"4. Output:\nIn short, {next(outputs)}.\n")
+    fake_server.reply_fn = reply
+    result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", decontaminate=str(bench),
+                      num_instructions_to_generate=2, request_batch_size=1, max_concurrency=1, progress=False)
+    rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert result.kept == 2 and all("nothing else" in r["output"] for r in kept)
+    assert rejected and {r["reason"] for r in rejected} == {"contaminated"}
+    assert "bench.jsonl" in rejected[0]["detail"] and "quick brown fox" in rejected[0]["detail"]
