@@ -94,7 +94,9 @@ class DocumentsConfig:
                                 verify_prompt_path=self.verify_prompt_path)
 
     def decoding(self) -> Decoding:
-        return Decoding(max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature, top_p=self.top_p)
+        # JSON mode where the server has it (chat API); the parse stays tolerant of fences and preambles
+        return Decoding(max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature, top_p=self.top_p,
+                        json=True)
 
     def validate(self) -> None:
         if not self.paths:

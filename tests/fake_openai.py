@@ -108,6 +108,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.in_flight = self.max_in_flight = 0
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
         self.raw_chat = False  # True: a chat reply is reply_fn's text as is (no restated open number)
+        self.refuse_json_mode = False  # True: a request with response_format gets a 400 naming it
         # A short poll so that stop() returns at once (the default half second adds up over a test run).
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -255,6 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: dict, fault: str) -> None:
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        if self.server.refuse_json_mode and "response_format" in body:
+            return self._json(400, {"error": {"message": "response_format is not supported", "param": "response_format"}})
         if self._refused(body):
             name = "stream" if self.server.refuse_stream else "stream_options"
             return self._json(400, {"error": {"message": f"{name} is not supported by this endpoint", "param": name}})
