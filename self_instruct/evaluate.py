@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .errors import ConfigError, DataError
+from .cli import report_after_run
 from .jsonl import append_jsonl, iter_jsonl, read_json, repair_torn_tail, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .types import Completion, Decoding
 
@@ -646,7 +647,7 @@ def main(system: str = "", output_dir: str = "eval", questions: str | None = Non
          prompt_layout: str = "template", prompt_with_input: str | None = None, prompt_no_input: str | None = None,
          max_new_tokens: int = 256, batch_size: int = 8, judge: str | None = None, judge_api: str = "chat",
          api_key: str | None = None, max_requests: int | None = None, max_total_tokens: int | None = None,
-         overwrite: bool = False, quiet: bool = False):
+         overwrite: bool = False, quiet: bool = False, no_report: bool = False):
     """Answer a question set with several systems and score the answers against the references.
 
     Args:
@@ -676,6 +677,7 @@ def main(system: str = "", output_dir: str = "eval", questions: str | None = Non
         max_total_tokens: stop after this many tokens to and from servers, across resumes.
         overwrite: start output_dir afresh.
         quiet: no progress bars.
+        no_report: skip report.html (a bar per system and metric, with its interval).
     """
     if (questions is None) == (holdout is None):
         raise ConfigError("give one of --questions FILE and --holdout RUN_DIR")
@@ -689,6 +691,7 @@ def main(system: str = "", output_dir: str = "eval", questions: str | None = Non
                      overwrite=overwrite)
     summary = asyncio.run(run_evaluation(asked, cfg, api_key or os.environ.get("OPENAI_API_KEY"), progress=not quiet))
     print(render_results(summary), end="")
+    report_after_run(output_dir, no_report)
 
 
 LIST_FLAGS = ("system", "docs")

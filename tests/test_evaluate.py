@@ -5,6 +5,8 @@ Endpoint systems and the judge are models behind the fake OpenAI server (tests/f
 "judge" grades by whether the reference is in the answer. The slow tests build a tiny Llama,
 fine-tune a LoRA adapter on the planted facts with self_instruct.train, and compare them.
 """
+import base64
+import importlib.util
 import json
 import os
 import re
@@ -138,6 +140,16 @@ def test_table_rows_columns_judge_and_retrieval(study, capsys):
 
     retrieval = json.loads((out / "retrieval.json").read_text())
     assert retrieval["k"] == 3 and retrieval["questions"] == len(QUESTIONS) and 0 < retrieval["hit_at_k"] <= 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report needs the [export] extra")
+def test_the_evaluation_writes_a_report_with_a_bar_per_system(study):
+    run_cli(study["args"])
+    page = (study["out"] / "report.html").read_text()
+    assert page.count("<img") == 1 and "data:image/png;base64," in page
+    assert "hit@3" in page and "15 questions" in page
+    png = base64.b64decode(page.split("data:image/png;base64,", 1)[1].split('"', 1)[0])
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def test_every_system_gets_the_same_prompt_layout(study):
