@@ -3,12 +3,14 @@
 1. Throughput: the fake OpenAI server runs in its own process with a fixed latency per request
    and a fixed number of new tasks per reply (made-up words, so none is lost to similarity).
    No loop can keep more than  concurrency / latency * tasks_per_reply  instructions a second;
-   we print kept/s as a fraction of that bound.
+   we print kept/s as a fraction of that bound, at each --concurrency given, with the default
+   --request_batch_size of 5 (rounds are bookkeeping, not a barrier: the engine keeps
+   `concurrency` requests out whatever the round size).
 2. The loop's own CPU per candidate (parse, filters, exact duplicates, ROUGE-L top-10 and mean,
    pool append) as the pool grows to 20K instructions, with Alpaca's real instructions when
    ../shared/anchors is present.
 
-    python benchmarks/loop.py [--latency 0.25] [--concurrency 16] [--tasks 8] [--rounds 12]
+    python benchmarks/loop.py [--latency 1.0] [--concurrency 8,32,128] [--tasks 8] [--rounds 6]
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import make_task  # noqa: E402
-from self_instruct.generate import GenerateConfig, Generator, generate  # noqa: E402
+from self_instruct.generate import GenerateConfig, generate  # noqa: E402
+from self_instruct.judge import Judge  # noqa: E402
+from self_instruct.parse import parse_completion  # noqa: E402
 from self_instruct.pool import InstructionPool  # noqa: E402
 from self_instruct.seeds import load_seed_tasks  # noqa: E402
 from self_instruct.teachers import openai_compat  # noqa: E402,F401  (import the SDK before the clock starts)
@@ -36,7 +40,7 @@ from self_instruct.types import Completion  # noqa: E402
 ANCHOR = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
 
 
-def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> None:
+def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream: bool) -> None:
     server = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--tasks_per_reply", str(tasks), "--synthetic"],
         stdout=subprocess.PIPE, text=True,
@@ -48,14 +52,15 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> Non
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
-                              request_batch_size=concurrency, max_concurrency=concurrency, progress=False)
+                              max_concurrency=concurrency, stream=stream, progress=False)
             wall = time.perf_counter() - started
     finally:
         server.terminate()
         server.wait()
     bound = concurrency / latency * tasks
     rate = result.kept / wall
-    print(f"throughput: latency {latency}s, concurrency {concurrency}, {tasks} tasks/reply -> bound {bound:.0f} kept/s")
+    print(f"throughput ({'streamed' if stream else 'not streamed'}): latency {latency}s, concurrency {concurrency}, "
+          f"{tasks} tasks/reply -> bound {bound:.0f} kept/s")
     print(f"  kept {result.kept} in {wall:.2f}s = {rate:.0f} kept/s = {rate / bound:.1%} of the bound "
           f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected)")
     raw_rate = concurrency * rounds * tasks / raw_wall
@@ -65,7 +70,7 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> Non
 
 async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
     """What the server and the HTTP client allow with no loop at all: every request queued at once."""
-    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency)
+    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, stream=False)
     prompt = "###\n4. Instruction:"
     started = time.perf_counter()
     await teacher.complete([prompt] * requests, GenerateConfig().decoding())
@@ -101,38 +106,37 @@ def cpu_per_candidate(sizes: list[int], per_point: int = 400, per_reply: int = 1
     probes = texts[max(sizes):]
     print(f"loop CPU per candidate ({'Alpaca instructions' if ANCHOR.exists() else 'made-up instructions'}; "
           f"parse + filters + duplicates + ROUGE-L top-10/mean + append):")
-    with tempfile.TemporaryDirectory() as out:
-        cfg = GenerateConfig(output_dir=out, num_instructions_to_generate=10**9)
-        generator = Generator(cfg, _Teacher(), InstructionPool.open(out), load_seed_tasks(), "{tasks}", progress=False)
+    with tempfile.TemporaryDirectory() as out, InstructionPool.open(out, unit_key="round") as pool:
+        judge = Judge(t.instruction for t in load_seed_tasks())
         filled = 0
         for point, size in enumerate(sizes):
             for text in texts[filled:size]:  # grow the pool directly to the measured size
-                generator.index.add(text)
-                generator.pool.records.append({"instruction": text})
+                judge.remember(text)
+                pool.records.append({"instruction": text})
             filled = size
             batch = probes[point * per_point:(point + 1) * per_point]
             replies = [Completion(reply_for(batch[i:i + per_reply], 4)) for i in range(0, len(batch), per_reply)]
-            kept_before = len(generator.pool)
             started = time.process_time()
-            generator.process(replies, [3] * len(replies), point)
+            kept = []
+            for reply in replies:  # what the engine does with a unit's replies
+                examples, _ = parse_completion(reply.text, reply.finish_reason, 3)
+                kept += [v for v in map(judge, examples) if isinstance(v, dict)]
+            pool.append(point, kept, [])
             cpu = time.process_time() - started
-            kept = len(generator.pool) - kept_before
-            print(f"  pool {size:>6,}: {cpu / len(batch) * 1000:6.2f} ms CPU per candidate ({kept}/{len(batch)} kept)")
-
-
-class _Teacher:
-    model_id = "bench"
+            print(f"  pool {size:>6,}: {cpu / len(batch) * 1000:6.2f} ms CPU per candidate ({len(kept)}/{len(batch)} kept)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latency", type=float, default=0.25)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--concurrency", default="8,32,128")
     parser.add_argument("--tasks", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sizes", default="1000,5000,10000,20000")
+    parser.add_argument("--stream", action="store_true", help="stream replies (generate's default; costs client CPU per token)")
     args = parser.parse_args()
-    throughput(args.latency, args.concurrency, args.tasks, args.rounds)
+    for concurrency in (int(c) for c in args.concurrency.split(",")):
+        throughput(args.latency, concurrency, args.tasks, args.rounds, args.stream)
     cpu_per_candidate([int(s) for s in args.sizes.split(",")])
 
 

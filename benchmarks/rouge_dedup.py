@@ -1,6 +1,6 @@
 """Greedy ROUGE-L dedup: rouge-score 0.1.2 (Alpaca's way) against self_instruct's RougeIndex.
 
-    python benchmarks/rouge_dedup.py [--records 5000] [--large 50000]
+    python benchmarks/rouge_dedup.py [--records 5000] [--large 50000] [--scale 100000,1000000] [--shards 8]
 
 1. One process runs both on the same stream of --records instructions (Alpaca's 175 seed tasks
    count as kept): the reference scores pairs with ``rouge_scorer._score_lcs`` on cached tokens,
@@ -10,6 +10,10 @@
    (CPU is the steadier one on a shared machine).
 2. ``python -m self_instruct.dedup`` on --large records in a child process: wall time and peak RSS.
 3. The loop's cost per kept candidate once the pool holds --large instructions.
+4. --scale: ``greedy_keep`` alone on longer streams, CPU and wall seconds (no reference can run there).
+5. --shards N: the sharded plan on --large records, one shard after another in this process:
+   pairs found and written per shard, copies of each text sent, the greedy pass over the merged
+   graph; its decisions must equal ``greedy_keep``'s.
 
 Records are real Alpaca instructions (../shared/anchors, next to the repository) with dropped,
 swapped and inserted words, case, punctuation and non-ASCII changes, so the stream has both near
@@ -26,15 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from rouge_score import rouge_scorer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from self_instruct.dedup import greedy_keep  # noqa: E402
-from self_instruct.similarity import RougeIndex  # noqa: E402
+from self_instruct.dedup import greedy_keep, greedy_pass, write_shard_pairs  # noqa: E402
+from self_instruct.similarity import RougeIndex, key_shard  # noqa: E402
 
-ANCHORS = REPO.parent / "shared" / "anchors"
+# Beside the repository; a git worktree under wt/ has it one level further up.
+ANCHORS = next((path for path in (REPO.parent / "shared" / "anchors", REPO.parent.parent / "shared" / "anchors")
+                if path.is_dir()), REPO.parent / "shared" / "anchors")
 # Runs the dedup CLI and reports the peak RSS of its own address space: a child's ru_maxrss would
 # also count the parent's pages it held between fork and exec.
 CLI_WITH_PEAK = """
@@ -147,10 +154,50 @@ def loop_cost_at_scale(pool: list[str], queries: list[str]) -> None:
         print(f"{name:30s} {(time.process_time() - start) / len(fresh) * 1000:7.3f} ms CPU per candidate")
 
 
+def scale(originals: list[str], seeds: list[str], sizes: list[int]) -> None:
+    for size in sizes:
+        texts = stream(originals, size, seed=2)
+        flags, wall, cpu = timed(lambda: list(greedy_keep(texts, 0.7, seeds)))
+        print(f"== greedy_keep on {size} instructions: kept {sum(flags)}, {cpu:.1f} s CPU, {wall:.1f} s wall")
+
+
+def shards_simulation(originals: list[str], seeds: list[str], size: int, shards: int) -> None:
+    texts = stream(originals, size, seed=2)
+    expected, _, sequential_cpu = timed(lambda: list(greedy_keep(texts, 0.7, seeds)))
+    print(f"== {shards} shards on {size} instructions (sequential greedy: {sequential_cpu:.1f} s CPU)")
+    every = [*seeds, *texts]
+    encoded = RougeIndex()._encode_ranked(every)
+    first: dict[str, int] = {}
+    ids = [i for i, code in enumerate(encoded) if not code or first.setdefault(code, i) == i or i < len(seeds)]
+    print(f"distinct token sequences: {len(ids)} of {len(every)}")
+    with tempfile.TemporaryDirectory() as directory:
+        files, _, join_cpu = timed(write_shard_pairs, ids, encoded, 0.7, shards, directory)
+        sizes = [len(np.load(file)) for file in files]
+        disk = sum(file.stat().st_size for file in files)
+        print(f"pairs per shard: min {min(sizes)}, max {max(sizes)}, total {sum(sizes)} "
+              f"({sum(sizes) / len(ids):.1f} per text, {disk / 2**20:.1f} MiB on disk); "
+              f"joins {join_cpu:.1f} s CPU in all, {join_cpu / shards:.1f} s per shard")
+        pairs = np.concatenate([np.load(file) for file in files])
+    print(f"distinct pairs {len(np.unique(pairs, axis=0))} (a pair found in several shards is written by each)")
+    index = RougeIndex()
+    copies = sum(len({key_shard(key, shards) for key in index._prefix(encoded[i])}) for i in ids) / len(ids)
+    keep, _, pass_cpu = timed(greedy_pass, pairs, len(every), len(seeds))
+    duplicate = set(range(len(every))) - set(ids)
+    flags = [bool(keep[i]) and i not in duplicate for i in range(len(seeds), len(every))]
+    verdict = "identical decisions" if flags == expected else "DECISIONS DIFFER"
+    print(f"each text sent to {copies:.2f} shards on average; greedy pass over {len(pairs)} pairs "
+          f"{pass_cpu:.2f} s CPU; kept {sum(flags)}: {verdict}")
+    if flags != expected:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000, help="stream length for the comparison")
     parser.add_argument("--large", type=int, default=50000, help="records for the wall-time and memory run")
+    parser.add_argument("--scale", default="", help="comma-separated stream lengths for greedy_keep alone")
+    parser.add_argument("--shards", type=int, default=0, help="simulate the sharded plan with this many shards")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: compare,large,loop")
     args = parser.parse_args()
     if not ANCHORS.is_dir():
         sys.exit(f"skipped: {ANCHORS} is not present (it holds the Alpaca data this benchmark perturbs)")
@@ -158,13 +205,21 @@ def main() -> None:
     seeds_path = ANCHORS / "alpaca_seed_tasks.jsonl"
     seeds = [json.loads(line)["instruction"] for line in seeds_path.read_text(encoding="utf-8").splitlines()]
     originals = [record["instruction"] for record in data]
-    compare(stream(originals, args.records, seed=1), seeds)
-    rng = random.Random(2)
-    large = [dict(rng.choice(data), instruction=text) for text in stream(originals, args.large, seed=2)]
-    dedup_large(large, seeds_path)
-    # The loop's pool never holds near duplicates of what it is asked next: grow it from the first
-    # 4,000 instructions, ask about the last 1,000.
-    loop_cost_at_scale(stream(originals[:4000], args.large, seed=3), originals[4000:])
+    skip = set(args.skip.split(","))
+    if "compare" not in skip:
+        compare(stream(originals, args.records, seed=1), seeds)
+    if "large" not in skip:
+        rng = random.Random(2)
+        large = [dict(rng.choice(data), instruction=text) for text in stream(originals, args.large, seed=2)]
+        dedup_large(large, seeds_path)
+    if "loop" not in skip:
+        # The loop's pool never holds near duplicates of what it is asked next: grow it from the
+        # first 4,000 instructions, ask about the last 1,000.
+        loop_cost_at_scale(stream(originals[:4000], args.large, seed=3), originals[4000:])
+    if args.scale:
+        scale(originals, seeds, [int(size) for size in args.scale.split(",")])
+    if args.shards:
+        shards_simulation(originals, seeds, args.large, args.shards)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import functools
 import inspect
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -57,6 +58,10 @@ class FlagSpec:
 
     def __init__(self, main: Callable):
         self.params = inspect.signature(main).parameters
+        # Words without a dash fill main's positional parameters (INPUT..., OUTPUT_DIR), in order.
+        self.positional = [n for n, p in self.params.items() if p.kind is p.VAR_POSITIONAL
+                           or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty)]
+        self.variadic = any(p.kind is p.VAR_POSITIONAL for p in self.params.values())
         hints = typing.get_type_hints(main)
         self.types = {name: hints.get(name, type(p.default) if p.default is not None else str) for name, p in self.params.items()}
         self.switches = {name for name in self.params if self.types[name] is bool}
@@ -77,13 +82,16 @@ class FlagSpec:
     def check(self, argv: Sequence[str]) -> dict[str, str]:
         """Refuse unknown flags and stray words; return the raw text of each flag's value."""
         raw: dict[str, str] = {}
-        args, i = list(argv), 0
+        args, i, words = list(argv), 0, 0
         while i < len(args):
             arg, i = args[i], i + 1
             if arg == "--":
                 raise ConfigError(f"unexpected argument in position {i}: '--' (flags go before it; see --help)")
-            if not arg.startswith("-") or arg == "-":
-                raise ConfigError(f"unexpected argument in position {i}: every option is a flag, --name value (see --help)")
+            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+(\.\d*)?", arg):
+                if words < len(self.positional) or self.variadic:
+                    words += 1
+                    continue
+                raise ConfigError(f"unexpected argument in position {i}: {arg!r}; every option is a flag, --name value (see --help)")
             name, value = self.long_name(arg)
             negated = name.startswith("no") and name[2:] in self.switches
             if name in self.switches or negated:
@@ -129,7 +137,7 @@ def coerce(name: str, kind: Any, value: Any, raw: str | None) -> Any:
         raise ConfigError(f"--{name} must be a whole number (got {shown})")
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return value
         raise ConfigError(f"--{name} must be a number (got {shown})")
     return value
 
@@ -154,11 +162,12 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
     args = list(sys.argv[1:] if argv is None else argv)
     register_secret(os.environ.get("OPENAI_API_KEY"))
     try:
-        if any(a in HELP for a in args):
+        spec = FlagSpec(main)
+        # fire gives -h to a lone parameter starting with h (serve's --host); only then is it not help.
+        if any(a in (("--help",) if "h" in spec.short else HELP) for a in args):
             # Only --help reaches fire: with the other words fire would echo them, keys included.
             fire.Fire(main, command=["--help"], name=name)
             return
-        spec = FlagSpec(main)
         raw = spec.check(args)
         for flag, value in raw.items():
             if "key" in flag or "password" in flag:
@@ -167,8 +176,15 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         @functools.wraps(main)
         def checked(*a, **kwargs):
             # fire passes flags positionally or by name; bind them to see each by its name.
-            given = inspect.signature(main).bind(*a, **kwargs).arguments
-            return main(**{k: coerce(k, spec.types[k], v, raw.get(k)) for k, v in given.items()})
+            bound = inspect.signature(main).bind(*a, **kwargs)
+            for k, v in bound.arguments.items():
+                if k in spec.positional:
+                    # a word is a name or a path whatever it looks like ("7", "1e3")
+                    bound.arguments[k] = tuple(map(str, v)) if isinstance(v, tuple) and spec.variadic else (
+                        str(v) if spec.types[k] is str else v)
+                else:
+                    bound.arguments[k] = coerce(k, spec.types[k], v, raw.get(k))
+            return main(*bound.args, **bound.kwargs)
 
         fire.Fire(checked, command=args, name=name)
     except SelfInstructError as exc:
@@ -177,6 +193,32 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         fail(describe_os_error(exc))
     except (KeyboardInterrupt, asyncio.CancelledError):
         fail(interrupted, 130, prefix="")
+
+
+def run_stoppable(work: typing.Coroutine) -> Any:
+    """asyncio.run(work), with SIGTERM stopping it as Ctrl-C does: the engine writes what came
+    back in order, then regen.json and state.json, and the command exits with status 130."""
+    async def main() -> Any:
+        task = asyncio.current_task()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        except (NotImplementedError, RuntimeError):
+            pass
+        return await work
+    return asyncio.run(main())
+
+
+def report_after_run(output_dir: str, skip: bool) -> None:
+    """The run report at the end of a run (--no_report skips it); a missing extra is a note, not a failure."""
+    if skip:
+        return
+    try:
+        from .report import write_report
+        path = write_report(output_dir)
+    except (SelfInstructError, ImportError) as exc:
+        print(f"self_instruct: no report ({redact(str(exc))}; pip install 'self_instruct[export]')", file=sys.stderr)
+        return
+    print(f"self_instruct: report in {path}", file=sys.stderr)
 
 
 def fail(message: str, status: int = 2, prefix: str = "error: ") -> typing.NoReturn:
@@ -193,6 +235,7 @@ def describe_os_error(exc: BaseException) -> str:
         return f"text that is not valid UTF-8: {exc}"
     where = exc.filename if isinstance(exc, OSError) and exc.filename else ""
     hint = {28: "the disk is full: free space, then rerun the same command to resume",
+            27: "a file grew past the size limit (ulimit -f) or the disk is full: make room, then rerun to resume",
             30: "the file system is read-only: choose another --output_dir",
             40: "too many levels of symbolic links (a symlink loop)",
             13: "permission denied", 21: "is a directory, not a file", 20: "a path component is a file, not a directory"}

@@ -1,16 +1,17 @@
 """The settings of a generation run, and what is decided from them before anything is written:
-which teacher to use, what run.json records, and whether an output directory may be resumed.
+which teacher to use and what run.json records. A run reads them in one pass: the flags, then
+`resolved` once the teacher is known (its preferred options fill what the flags left unset),
+then the pool (pool.py checks that the directory may be resumed with them), then the engine.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import pool as pool_files
+from .cli import redact
 from .errors import ConfigError
 from .prompts import stop_sequences
 from .teachers.base import Teacher
@@ -24,6 +25,7 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+    "decontaminate",
 )
 
 
@@ -50,24 +52,33 @@ class GenerateConfig:
     num_tasks: int | None = None
     max_tokens: int | None = None
     similarity_threshold: float = 0.7
+    decontaminate: str | None = None  # benchmark files, comma-separated: drop records sharing a 13-gram
     teacher: str | None = None
     local_model_path: str | None = None
     max_requests: int | None = None
     max_total_tokens: int | None = None
+    max_cost: float | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
+    price_prompt: float | None = None
+    price_completion: float | None = None
     max_stall_rounds: int = 10
     request_timeout: float = 120.0
     max_attempts: int = 6
     retry_backoff: float = 1.0
     overwrite: bool = False
 
-    def apply_defaults(self, teacher_options: Mapping[str, Any]) -> None:
-        """Fill the options left unset: the teacher's preference first, then Alpaca's values.
+    def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
+        """The run's one configuration: options left unset take the teacher's preference, then
+        Alpaca's values; checked as a whole.
 
         Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that.
         """
-        for name, value in DEFAULTS.items():
-            if getattr(self, name) is None:
-                setattr(self, name, teacher_options.get(name, value))
+        filled = {name: teacher_options.get(name, value) for name, value in DEFAULTS.items() if getattr(self, name) is None}
+        cfg = dataclasses.replace(self, **filled)
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         positive = ("num_instructions_to_generate", "num_prompt_instructions", "request_batch_size", "max_concurrency",
@@ -82,6 +93,14 @@ class GenerateConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+                raise ConfigError(f"--{name} must be a positive number when given (got {value!r})")
+        for name in ("max_cost", "price_prompt", "price_completion"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value != value):
+                raise ConfigError(f"--{name} must be a number of dollars, 0 or more (got {value!r})")
         if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
             raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions ({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
         if self.num_tasks is not None and self.num_tasks <= self.num_prompt_instructions:
@@ -115,12 +134,12 @@ def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
         from .teachers.local import LocalTeacher
         return LocalTeacher(model_path=cfg.local_model_path)
     from .teachers.openai_compat import OpenAITeacher
-    if cfg.base_url and not re.match(r"https?://[^/\s]", cfg.base_url):
-        raise ConfigError(f"--base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {cfg.base_url!r})")
+    # base_url: one URL, a comma-separated fleet, or a file of URLs (the teacher checks each)
     return OpenAITeacher(
         cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
         max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
-        backoff_initial=cfg.retry_backoff,
+        backoff_initial=cfg.retry_backoff, requests_per_minute=cfg.requests_per_minute,
+        tokens_per_minute=cfg.tokens_per_minute, stream=cfg.stream,
     )
 
 
@@ -142,6 +161,7 @@ def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
 def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template: str) -> dict[str, Any]:
     config = dataclasses.asdict(cfg)
     config.pop("overwrite")
+    config["base_url"] = None if cfg.base_url is None else redact(cfg.base_url)
     config.update(
         seed_tasks_path=str(seeds_path),
         seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
@@ -157,23 +177,3 @@ def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template
 def _version() -> str:
     from . import __version__
     return __version__
-
-
-def check_resume(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over."""
-    previous = pool_files.read_json(output_dir / pool_files.RUN) if output_dir.exists() else None
-    if overwrite or not previous:
-        return
-    changed = [k for k in SHAPING if previous.get(k) != config.get(k)]
-    if changed:
-        detail = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed[:3])
-        raise ConfigError(
-            f"{output_dir / pool_files.RUN}: this output directory holds a run with other settings ({detail}); "
-            f"use another --output_dir, the same flags, or --overwrite to start again"
-        )
-
-
-def clear_outputs(output_dir: Path) -> None:
-    for name in (pool_files.GENERATED, pool_files.REJECTED, pool_files.RUN, pool_files.STATE, pool_files.REGEN):
-        (output_dir / name).unlink(missing_ok=True)
-

@@ -4,16 +4,21 @@ Keeps the decisions of Stanford Alpaca's generator, bit for bit: records are tak
 and one is dropped when the rouge-score 0.1.2 ``RougeScorer(["rougeL"], use_stemmer=False)``
 F-measure of its ``instruction`` against any kept instruction, or any instruction of the
 ``--against`` files, is greater than the threshold (0.7). Scoring goes through
-:class:`~self_instruct.similarity.RougeIndex`, so 50,000 records take seconds, not hours.
+:func:`~self_instruct.similarity.greedy_dedup`, so a million records take minutes, not days.
+
+With ``--ngram N`` the ``--against`` files are benchmarks instead: a record sharing an N-word
+n-gram of its instruction, input or output with any text in them is dropped as contaminated
+(:mod:`self_instruct.decontaminate`), before the ROUGE-L pass over the rest.
 
 INPUT is an Alpaca JSON list or a JSONL file of objects with an ``instruction`` field (seed task
 files qualify). Kept records are copied byte for byte, in the input's format, to OUTPUT, which
 defaults to the input's name with ``.dedup`` before the suffix (``data.json`` -> ``data.dedup.json``).
+Files follow :mod:`self_instruct.jsonl`'s policy: lines end at "\\n" only, UTF-8 without a byte
+order mark, every error names ``file:line``.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -21,22 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import fire
+import numpy as np
 from tqdm import tqdm
 
-from .errors import ConfigError, SeedFormatError, SelfInstructError
-from .rouge import tokenize
-from .similarity import RougeIndex
+from .cli import run
+from .decontaminate import Decontaminator
+from .errors import ConfigError, DataError
+from .jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
+from .similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+# The fields of a record that decontamination looks at.
+RECORD_TEXTS = ("instruction", "input", "output")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One input record: its instruction and its exact source text (a JSONL line or a list item)."""
+    """One input record: its line, instruction, other texts, and exact source text (a JSONL line or a list item)."""
 
+    line: int
     instruction: str
     raw: str
+    texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,42 +75,49 @@ def read_dataset(path: str | Path) -> Dataset:
     Errors name the file and line: ``data.jsonl:3: field "instruction" is missing``.
     """
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    if data.startswith(BOM):
+        raise DataError(f"{path}:1: the file starts with a byte order mark; save it as UTF-8 without BOM")
+    if data.lstrip(b" \t\r\n").startswith(b"["):
+        text = _decode(path, data)
+        del data  # a large file is held once as text, not also as bytes
+        return _read_json_list(path, text)
+    return Dataset(_read_jsonl(path, data), is_json_list=False)
+
+
+def _decode(path: str | Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SeedFormatError(f"{path}: not UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    start = _skip_space(text, 0)
-    if text.startswith("[", start):
-        return _read_json_list(path, text, start)
-    return Dataset(_read_jsonl(path, text), is_json_list=False)
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+                        "re-save the file as UTF-8") from None
 
 
-def _read_jsonl(path: str | Path, text: str) -> list[Record]:
+def _read_jsonl(path: str | Path, data: bytes) -> list[Record]:
     records = []
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SeedFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise SeedFormatError(f"{path}:{lineno}: JSON nested too deeply to be a record") from None
+        obj = loads_line(path, lineno, line)
         problem = _problem(obj)
         if problem:
-            raise SeedFormatError(f"{path}:{lineno}: {problem}")
-        records.append(Record(obj["instruction"], line))
+            raise DataError(f"{path}:{lineno}: {problem}")
+        records.append(_record(lineno, obj, line.decode("utf-8")))
     return records
 
 
-def _read_json_list(path: str | Path, text: str, start: int) -> Dataset:
-    """Parse the list opening at ``start`` item by item, so each record keeps its source text and line."""
+def _read_json_list(path: str | Path, text: str) -> Dataset:
+    """Parse the list item by item, so each record keeps its source text and line."""
     decoder = json.JSONDecoder()
     records, spans = [], []
-    position = _skip_space(text, start + 1)
+    line, counted = 1, 0
+    position = _skip_space(text, text.index("[") + 1)
     while text[position:position + 1] != "]":
         if records:
             if text[position:position + 1] != ",":
@@ -108,13 +126,15 @@ def _read_json_list(path: str | Path, text: str, start: int) -> Dataset:
         try:
             obj, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
-            raise SeedFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise _error(path, text, position, "JSON nested too deeply to be a record") from None
         problem = _problem(obj)
         if problem:
             raise _error(path, text, position, problem)
-        records.append(Record(obj["instruction"], text[position:end]))
+        # Lines are counted from the previous record on, so a one-line file costs no rescans.
+        line, counted = line + text.count("\n", counted, position), position
+        records.append(_record(line, obj, text[position:end]))
         spans.append((position, end))
         position = _skip_space(text, end)
     if text[position + 1:].strip():
@@ -123,6 +143,11 @@ def _read_json_list(path: str | Path, text: str, start: int) -> Dataset:
         return Dataset([], True, head="[", tail="]" + text[position + 1:])
     separator = text[spans[0][1]:spans[1][0]] if len(spans) > 1 else ", "
     return Dataset(records, True, text[:spans[0][0]], separator, text[spans[-1][1]:])
+
+
+def _record(line: int, obj: dict, raw: str) -> Record:
+    texts = tuple(obj[name] for name in RECORD_TEXTS if isinstance(obj.get(name), str))
+    return Record(line, obj["instruction"], raw, texts)
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -134,25 +159,24 @@ def _skip_space(text: str, position: int) -> int:
     return _JSON_SPACE.match(text, position).end()
 
 
-def _error(path: str | Path, text: str, position: int, problem: str) -> SeedFormatError:
-    # Lines are counted only here: counting them for every record is quadratic on one-line files.
-    return SeedFormatError(f"{path}:{text.count(chr(10), 0, position) + 1}: {problem}")
+def _error(path: str | Path, text: str, position: int, problem: str) -> DataError:
+    return DataError(f"{path}:{text.count(chr(10), 0, position) + 1}: {problem}")
 
 
 def _problem(obj: object) -> str | None:
     """What keeps ``obj`` from being a record with an instruction, or None.
 
     >>> _problem({"instruction": "Say hi."}), _problem({"instruction": 3})
-    (None, 'field "instruction" must be a string (got int)')
+    (None, 'field "instruction" must be a string (got number)')
     >>> _problem([])
     'expected a JSON object with an "instruction" field (got list)'
     """
     if not isinstance(obj, dict):
-        return f'expected a JSON object with an "instruction" field (got {type(obj).__name__})'
+        return f'expected a JSON object with an "instruction" field (got {type_name(obj)})'
     if "instruction" not in obj:
         return 'field "instruction" is missing'
     if not isinstance(obj["instruction"], str):
-        return f'field "instruction" must be a string (got {type(obj["instruction"]).__name__})'
+        return f'field "instruction" must be a string (got {type_name(obj["instruction"])})'
     return None
 
 
@@ -160,74 +184,174 @@ def greedy_keep(instructions: Sequence[str], threshold: float = 0.7, against: It
     """For each instruction in order, whether greedy dedup keeps it.
 
     One is dropped when it scores above ``threshold`` against an earlier kept one or any of
-    ``against``. Token frequencies over everything are counted first so the index probes rare
-    tokens first; that changes the speed, never a decision.
+    ``against`` (see :func:`~self_instruct.similarity.greedy_dedup`).
 
     >>> list(greedy_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"]))
     [True, False, False]
     """
-    against = list(against)
-    counts = Counter(token for text in (*against, *instructions) for token in tokenize(text))
-    index = RougeIndex(against, threshold, vocabulary=[token for token, _ in counts.most_common()])
-    for instruction in instructions:
-        keep = index.similar_to(instruction) is None
-        if keep:
-            index.add(instruction)
-        yield keep
+    for batch in greedy_dedup(instructions, threshold, list(against)):
+        yield from batch.tolist()
+
+
+def sharded_keep(instructions: Sequence[str], threshold: float = 0.7, against: Sequence[str] = (),
+                 shards: int = 4, directory: str | Path = ".") -> list[bool]:
+    """:func:`greedy_keep`'s decisions computed as a cluster would, here one shard after another.
+
+    1. Tokens are ranked by frequency over everything and texts encoded (a word count).
+    2. A text whose tokens equal an earlier one's is dropped (as in greedy_dedup); the first of
+       each goes on (a group-by).
+    3. Each text goes to the shards owning its prefix keys; each shard writes every pair above
+       the threshold that it finds (:func:`~self_instruct.similarity.shard_pairs`) to
+       ``directory/pairs-K-of-N.npy``.
+    4. One greedy pass over the merged pairs, sorted by their later text (:func:`greedy_pass`).
+
+    >>> import tempfile
+    >>> sharded_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"],
+    ...              shards=2, directory=tempfile.mkdtemp())
+    [True, False, False]
+    """
+    texts = [*against, *instructions]
+    if threshold >= 1:
+        return [True] * len(instructions)
+    encoded = RougeIndex(threshold=threshold)._encode_ranked(texts)
+    first: dict[str, int] = {}
+    duplicate = [bool(code) and first.setdefault(code, i) != i and i >= len(against) for i, code in enumerate(encoded)]
+    files = write_shard_pairs([i for i, dup in enumerate(duplicate) if not dup], encoded, threshold, shards, directory)
+    keep = greedy_pass(np.concatenate([np.load(file) for file in files]), len(texts), fixed=len(against))
+    return [bool(kept) and not dup for kept, dup in zip(keep[len(against):], duplicate[len(against):])]
+
+
+def write_shard_pairs(ids: Sequence[int], encoded: Sequence[str], threshold: float, shards: int,
+                      directory: str | Path) -> list[Path]:
+    """Send texts ``ids`` to the shards owning their prefix keys, join each shard, write its pairs (as ids)."""
+    members: list[list[int]] = [[] for _ in range(shards)]
+    index = RougeIndex(threshold=threshold)
+    for i in ids:
+        for shard in sorted({key_shard(key, shards) for key in index._prefix(encoded[i])}):
+            members[shard].append(i)
+    files = []
+    for shard, chosen in enumerate(members):
+        pairs = shard_pairs([encoded[i] for i in chosen], threshold, shard, shards)
+        files.append(Path(directory) / f"pairs-{shard:04d}-of-{shards:04d}.npy")
+        np.save(files[-1], np.asarray(chosen, dtype=np.int64)[pairs])
+    return files
+
+
+def greedy_pass(pairs: np.ndarray, size: int, fixed: int = 0) -> np.ndarray:
+    """Greedy decisions from a candidate graph: text j is kept unless an edge (i, j), i < j, comes
+    from a kept text i. The first ``fixed`` texts (the ``--against`` ones) are kept whatever their edges.
+
+    >>> greedy_pass(np.array([[0, 1], [1, 2], [0, 3], [2, 3]]), 5).tolist()
+    [True, False, True, False, True]
+    """
+    pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+    later, earlier = pairs[:, 1].tolist(), pairs[:, 0].tolist()
+    bounds = [0, *(np.flatnonzero(np.diff(pairs[:, 1])) + 1).tolist(), len(later)]
+    keep = bytearray(b"\x01") * size
+    for start, stop in zip(bounds, bounds[1:]):
+        j = later[start] if start < stop else 0
+        if j >= fixed and any(keep[i] for i in earlier[start:stop]):
+            keep[j] = 0
+    return np.frombuffer(bytes(keep), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a dedup run did: where the output went and why records were dropped."""
+
+    output: Path
+    read: int
+    kept: int
+    near_duplicates: int = 0
+    contaminated: Counter | None = None  # benchmark file -> records dropped for it
+
+    def __str__(self) -> str:
+        why = f"near duplicates {self.near_duplicates}"
+        if self.contaminated is not None:
+            files = ", ".join(f"{name} {count}" for name, count in self.contaminated.most_common())
+            why += f", contaminated {sum(self.contaminated.values())}" + (f" ({files})" if files else "")
+        return f"read {self.read}, kept {self.kept}, dropped {self.read - self.kept}: {why} -> {self.output}"
 
 
 def dedup_file(input: str | Path, output: str | Path | None = None, threshold: float = 0.7,
-               against: Sequence[str | Path] = ()) -> tuple[Path, int, int]:
-    """Dedup ``input`` into ``output``; returns (output path, records read, records kept)."""
+               against: Sequence[str | Path] = (), ngram: int | None = None, fields: Sequence[str] | None = None,
+               report: str | Path | None = None) -> Summary:
+    """Dedup ``input`` into ``output`` (and, with ``ngram``, decontaminate it against ``against``)."""
     input = Path(input)
     output = Path(output) if output else input.with_name(f"{input.stem}.dedup{input.suffix}")
-    if output.resolve() in {Path(path).resolve() for path in (input, *against)}:
-        raise ConfigError(f"{output}: the output would overwrite an input file; pass another --output")
+    _check_outputs([output, *([Path(report)] if report else [])], [input, *map(Path, against)])
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"--threshold must be between 0 and 1 (got {threshold})")
+    if fields is not None and ngram is None:
+        raise ConfigError("--fields chooses benchmark fields for --ngram; pass --ngram too")
     dataset = read_dataset(input)
-    seen = [record.instruction for path in against for record in read_dataset(path).records]
-    instructions = [record.instruction for record in dataset.records]
-    flags = greedy_keep(instructions, threshold, seen)
+    records = dataset.records
+    dropped: list[dict] = []
+    contaminated = None
+    if ngram is not None:
+        bench = Decontaminator(against, ngram, fields)
+        hits = _first_hits(bench, records)
+        contaminated = Counter(hit[0] for hit in hits if hit)
+        dropped = [dict(line=r.line, reason="contaminated", benchmark=hit[0], ngram=hit[1], instruction=r.instruction)
+                   for r, hit in zip(records, hits) if hit]
+        records = [r for r, hit in zip(records, hits) if not hit]
+        seen: list[str] = []
+    else:
+        seen = [record.instruction for path in against for record in read_dataset(path).records]
     kept = []
-    with tqdm(total=len(instructions), desc="dedup", unit="rec", file=sys.stderr) as progress:
-        for record, keep in zip(dataset.records, flags):
+    with tqdm(total=len(records), desc="dedup", unit="rec", file=sys.stderr) as progress:
+        flags = greedy_keep([record.instruction for record in records], threshold, seen)
+        for record, keep in zip(records, flags):
             if keep:
                 kept.append(record)
+            else:
+                dropped.append(dict(line=record.line, reason="near_duplicate", instruction=record.instruction))
             progress.update()
-            progress.set_postfix_str(f"kept={len(kept)}, dropped={progress.n - len(kept)}", refresh=False)
-    _write_atomically(output, dataset.render(kept))
-    return output, len(instructions), len(kept)
+    write_text_atomic(output, dataset.render(kept))
+    if report:
+        write_jsonl_atomic(report, sorted(dropped, key=lambda row: row["line"]))
+    near = len(records) - len(kept)
+    return Summary(output, len(dataset.records), len(kept), near, contaminated)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file and rename it, so a failure never leaves a partial file."""
-    # Not tempfile.mkstemp: its files are private (0600) and the result should follow the umask.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _first_hits(bench: Decontaminator, records: list[Record]) -> list[tuple[str, str] | None]:
+    """Each record's first benchmark n-gram over its instruction, input and output, or None."""
+    hits = bench.hits([text for record in records for text in record.texts])
+    first, start = [], 0
+    for record in records:
+        first.append(next((hit for hit in hits[start:start + len(record.texts)] if hit), None))
+        start += len(record.texts)
+    return first
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that is a directory, a symlink loop or one of the inputs."""
+    sources = {_resolve(path) for path in inputs}
+    for path in outputs:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory; name a file to write")
+        if _resolve(path) in sources:
+            raise ConfigError(f"{path}: the output would overwrite an input file; pass another --output")
+
+
+def _resolve(path: Path) -> Path:
     try:
-        file = open(temporary, "x", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write here: {exc.strerror}") from None
-    try:
-        with file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink()
-        raise
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a symlink loop
+        raise ConfigError(f"{path}: too many levels of symbolic links (a symlink loop)") from None
 
 
-def _paths(against) -> list[str]:
-    """``--against`` as a list: fire passes a list, or one value (comma-separated files; a name like
-    ``2024`` arrives as a number).
+def _split(names: str) -> list[str]:
+    """A comma-separated flag (``--against``, ``--fields``) as a list.
 
-    >>> _paths("seed.jsonl,test.json"), _paths(["a.json"]), _paths(()), _paths(2024)
-    (['seed.jsonl', 'test.json'], ['a.json'], [], ['2024'])
+    >>> _split("seed.jsonl,test.json"), _split("")
+    (['seed.jsonl', 'test.json'], [])
     """
-    if isinstance(against, (list, tuple)):
-        return [str(path) for path in against]
-    return [path for path in str(against).split(",") if path]
+    return [name for name in names.split(",") if name]
 
 
-def main(input, output=None, threshold=0.7, against=()):
+def main(input: str, output: str | None = None, threshold: float = 0.7, against: str = "",
+         ngram: int | None = None, fields: str | None = None, report: str | None = None):
     """Drop records whose instruction is a ROUGE-L near duplicate (F > threshold) of a kept one.
 
     Args:
@@ -235,20 +359,22 @@ def main(input, output=None, threshold=0.7, against=()):
         output: where kept records go, in the input's format (default: INPUT with .dedup before the suffix).
         threshold: ROUGE-L F-measure above which a record counts as a duplicate (Alpaca: 0.7).
         against: files whose instructions also count as kept, e.g. seed tasks or a test set;
-            several are separated by commas.
+            several are separated by commas. With --ngram: benchmark files (JSON, JSONL, CSV, Parquet).
+        ngram: drop records sharing this many consecutive words (13 is the usual choice) with any
+            --against file, before the ROUGE-L pass.
+        fields: with --ngram, the benchmark fields (columns) to read, separated by commas (default: every string field).
+        report: a JSONL file listing each dropped record (line, reason; benchmark and n-gram when contaminated).
     """
-    try:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ConfigError(f"--threshold must be a number between 0 and 1 (got {threshold!r})")
-        path, read, kept = dedup_file(str(input), output and str(output), threshold, _paths(against))
-    except SelfInstructError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
-    print(f"read {read}, kept {kept}, dropped {read - kept} -> {path}", file=sys.stderr)
+    summary = dedup_file(input, output, threshold, _split(against), ngram,
+                         _split(fields) if fields is not None else None, report)
+    print(summary, file=sys.stderr)
 
 
-def cli():
-    fire.Fire(main)
+def cli(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):  # INPUT first, as the README shows it
+        args = ["--input", *args]
+    run(main, args, name="self_instruct.dedup")
 
 
 if __name__ == "__main__":

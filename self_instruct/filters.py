@@ -15,10 +15,13 @@ from .types import Example
 Filter = Callable[[Example], "str | None"]
 
 MIN_WORDS, MAX_WORDS = 3, 150
-# Tasks a text-only model cannot do. Alpaca's 18 entries; matched as whole words, any case.
+# Tasks a text-only model cannot do: Alpaca's 18 entries and the plurals it lacked (a task about
+# "videos" is no more doable than one about a "video"). Matched as whole words, any case, so
+# "mapping", "imagery" and "filesystem" pass.
 BLACKLIST = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+    "draw", "draws", "plot", "plots", "go to", "video", "videos", "audio", "audios", "music", "musics",
+    "flowchart", "flowcharts", "diagram", "diagrams",
 )
 _BLACKLIST_RE = re.compile(r"\b(" + "|".join(map(re.escape, BLACKLIST)) + r")\b", re.IGNORECASE)
 

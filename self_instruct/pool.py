@@ -1,136 +1,178 @@
-"""The instruction pool on disk: what a run has kept and rejected, safe against any kill.
+"""The pool on disk: what a run has kept and rejected, one writer at a time, safe against any kill.
 
 Files in the output directory:
-- generated.jsonl  one kept record a line, appended, flushed and fsynced every round
+- generated.jsonl  one kept record a line, appended, flushed and fsynced every unit (a round)
 - rejected.jsonl   one rejected candidate a line with its reason, same discipline
 - run.json         the run's configuration (never the API key)
-- state.json       counters (rounds, requests, tokens, faults) for budgets and the summary
+- state.json       counters for people and the report; rebuilt from the other files when lost
 - regen.json       Alpaca-compatible JSON list, written to a temp file and renamed at the end
+- ledger.jsonl, responses.jsonl   what was spent and what came back (see ledger.py)
+- .lock            held (flock) by the run writing here; the kernel drops it when the process dies
 
-A kill can only leave a torn last line (a record is one write of one line); it is cut off and
-reported when the pool is opened again. Any other broken line is someone's edit: we stop and
-say which line rather than guess.
+The JSONL files are the truth. A kill can only leave a torn last line (a record is one write of
+one line); it is cut off and reported when the pool is opened again.
 """
 from __future__ import annotations
 
-import json
+import errno
+import fcntl
 import os
-import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .jsonl import (append_jsonl, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
+                    write_json_atomic)
 
 GENERATED, REJECTED, RUN, STATE, REGEN = "generated.jsonl", "rejected.jsonl", "run.json", "state.json", "regen.json"
+LEDGER, RESPONSES, LOCK = "ledger.jsonl", "responses.jsonl", ".lock"
+OUTPUTS = (GENERATED, REJECTED, RUN, STATE, REGEN, LEDGER, RESPONSES, "report.html")
 # The fields of Alpaca's regen.json, in its order.
 REGEN_FIELDS = ("instruction", "input", "output", "most_similar_instructions", "avg_similarity_score")
 
 
-def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    # A fixed temp name in the same directory (rename is atomic only within one file system);
-    # plain open() so the file gets the user's umask, not mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = (json.dumps(obj, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_pause_halfway_for_tests(f, payload, path.name))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+class DirectoryLock:
+    """An exclusive flock on `dir/.lock` for the life of a run; a second run is refused at once."""
 
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK
+        self.fd: int | None = None
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_jsonl_repairing(path: Path) -> tuple[list[dict], str | None]:
-    """Read a JSONL file we wrote; cut off a torn last line and say so.
-
-    Returns (records, repair note or None). A broken line that is not the last one raises.
-    """
-    if not path.exists():
-        return [], None
-    data = path.read_bytes()
-    note = None
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        note = f"{path.name}: cut off a torn last line of {len(data) - end} bytes (the run was killed while writing it)"
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        data = data[:end]
-    records = []
-    for lineno, line in enumerate(data.splitlines(), 1):
+    def acquire(self) -> None:
+        """Take the lock, or refuse naming the process that holds it. Writes nothing yet."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"{path}:{lineno}: not valid JSON; the file was edited or corrupted: fix or delete that line, or pass --overwrite to start again") from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path}:{lineno}: expected a JSON object; fix or delete that line, or pass --overwrite")
-        records.append(record)
-    return records, note
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise ConfigError(
+                    f"{self.path.parent}: another run (pid {holder}) is writing to this output directory; "
+                    f"wait for it to end or stop it, or pass another --output_dir") from None
+            raise
+        self.fd = fd
+
+    def sign(self) -> None:
+        """Say who holds the lock, for a second run to name (once this run may write here)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def check_output_dir(directory: Path) -> None:
+    """Refuse an --output_dir that can never be a directory, before anything is written."""
+    for parent in [directory, *directory.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == directory else f"lies under {parent}, which is a file"
+            raise ConfigError(f"--output_dir {directory} {what}, not a directory; pass another --output_dir")
+        if parent.exists():
+            break
 
 
 class InstructionPool:
-    """Kept and rejected records of one output directory."""
+    """Kept records and rejection counts of one output directory, held under its lock.
 
-    def __init__(self, output_dir: str | Path):
-        self.dir = Path(output_dir)
+    Kept records stay in memory (the similarity index and prompt sampling need them); rejected
+    ones are only counted, streaming, so a resume reads a 200 MB rejects file in constant memory.
+    """
+
+    def __init__(self, directory: Path, unit_key: str):
+        self.dir = directory
+        self.unit_key = unit_key
         self.records: list[dict] = []
-        self.rejected: list[dict] = []
+        self.reject_counts: Counter = Counter()
+        self.judged_rejects = 0  # rejected candidates that had an instruction (parsed, then judged)
         self.state: dict[str, Any] = {}
-        self.repairs: list[str] = []
+        self.notes: list[str] = []
+        self.next_unit = 0
+        self._lock = DirectoryLock(directory)
 
     @classmethod
-    def open(cls, output_dir: str | Path) -> "InstructionPool":
-        """Create the directory if needed and read back what an earlier run left."""
-        pool = cls(output_dir)
-        pool.dir.mkdir(parents=True, exist_ok=True)
-        for name in (RUN, STATE, REGEN):
-            for stale in pool.dir.glob(f".{name}.*.tmp"):
-                stale.unlink()  # a temp file of a write the last run was killed in
-        pool.records, note = read_jsonl_repairing(pool.dir / GENERATED)
-        pool.repairs += [note] if note else []
-        pool.rejected, note = read_jsonl_repairing(pool.dir / REJECTED)
-        pool.repairs += [note] if note else []
-        pool.state = read_json(pool.dir / STATE) or {}
+    def open(cls, directory: str | Path, *, config: dict | None = None, shaping: Sequence[str] = (),
+             overwrite: bool = False, unit_key: str = "unit") -> "InstructionPool":
+        """Lock the directory (creating it), check that `config` may resume what is there, and
+        read it back. Nothing is written before the lock is held and the check has passed."""
+        directory = Path(directory)
+        check_output_dir(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        pool = cls(directory, unit_key)
+        pool._lock.acquire()
+        try:
+            if config is not None:
+                check_resume(directory, config, shaping, overwrite)
+            pool._lock.sign()
+            if overwrite:
+                for name in OUTPUTS:
+                    (directory / name).unlink(missing_ok=True)
+            pool._read()
+            if config is not None:
+                write_json_atomic(directory / RUN, config)
+        except BaseException:
+            pool.close()
+            raise
         return pool
+
+    def _read(self) -> None:
+        remove_stale_temps(self.dir)
+        for name in (GENERATED, REJECTED):
+            note = repair_torn_tail(self.dir / name)
+            if note:
+                self.notes.append(note)
+        last = -1
+        generated, rejected = self.dir / GENERATED, self.dir / REJECTED
+        try:
+            if generated.exists():
+                for _, record in iter_jsonl(generated):
+                    self.records.append(record)
+                    last = max(last, _unit_of(record, self.unit_key))
+            if rejected.exists():
+                last = max(last, self._count_rejects(rejected))
+        except DataError as exc:
+            # Not a torn last line (that was cut above): someone's edit. Say which line, never guess.
+            raise DataError(f"{exc}; the file was edited or corrupted: fix or delete that line, "
+                            f"or pass --overwrite to start again") from None
+        try:
+            self.state = read_json(self.dir / STATE) or {}
+            if not isinstance(self.state, dict):
+                raise DataError(f"{self.dir / STATE}: not a JSON object")
+        except DataError:
+            self.notes.append(f"{STATE} was unreadable; its counters are rebuilt from the JSONL files")
+            self.state = {}
+        units_done = self.state.get("units_done")
+        self.next_unit = max(last + 1, units_done if isinstance(units_done, int) and not isinstance(units_done, bool) else 0)
+
+    def _count_rejects(self, path: Path) -> int:
+        """Count rejects by reason, one line in memory at a time; returns the last unit seen."""
+        last = -1
+        for _, record in iter_jsonl(path):
+            self.reject_counts[str(record.get("reason", "unknown"))] += 1
+            self.judged_rejects += "instruction" in record
+            last = max(last, _unit_of(record, self.unit_key))
+        return last
 
     def __len__(self) -> int:
         return len(self.records)
 
-    @property
-    def next_round(self) -> int:
-        """The first round number not yet used, so a resumed run samples fresh prompts."""
-        seen = [r.get("metadata", {}).get("round", -1) for r in self.records + self.rejected]
-        return max([self.state.get("rounds", 0)] + [r + 1 for r in seen if isinstance(r, int)])
-
-    def append(self, kept: Iterable[dict], rejected: Iterable[dict]) -> None:
-        """Append one round's records and make them durable before the round counts as done."""
+    def append(self, unit: int, kept: Iterable[dict], rejected: Iterable[dict]) -> None:
+        """Append one unit's records and make them durable before the unit counts as done."""
         kept, rejected = list(kept), list(rejected)
-        _append_lines(self.dir / GENERATED, kept)
-        _append_lines(self.dir / REJECTED, rejected)
+        append_jsonl(self.dir / GENERATED, kept)
+        append_jsonl(self.dir / REJECTED, rejected)
         self.records += kept
-        self.rejected += rejected
+        for record in rejected:
+            self.reject_counts[record["reason"]] += 1
+            self.judged_rejects += "instruction" in record
+        self.next_unit = max(self.next_unit, unit + 1)
 
     def save_state(self, state: dict[str, Any]) -> None:
-        self.state = state
-        write_json_atomic(self.dir / STATE, state)
-
-    def write_run(self, config: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / RUN, config)
+        self.state = dict(state, units_done=self.next_unit)
+        write_json_atomic(self.dir / STATE, self.state)
 
     def write_regen(self) -> Path:
         """regen.json as Alpaca writes it (a JSON list, indent 4), from generated.jsonl."""
@@ -138,46 +180,37 @@ class InstructionPool:
         write_json_atomic(self.dir / REGEN, rows, indent=4)
         return self.dir / REGEN
 
+    def close(self) -> None:
+        self._lock.release()
 
-def _append_lines(path: Path, records: list[dict]) -> None:
-    if not records:
+    def __enter__(self) -> "InstructionPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _unit_of(record: dict, key: str) -> int:
+    meta = record.get("metadata")
+    value = meta.get(key, -1) if isinstance(meta, dict) else -1
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def check_resume(directory: Path, config: dict, shaping: Sequence[str], overwrite: bool) -> None:
+    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over."""
+    path = directory / RUN
+    if overwrite or not path.exists():
         return
-    # One write of whole lines: a kill leaves at most one torn line, at the end.
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(_pause_halfway_for_tests(f, payload, path.name))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_json(path: Path) -> Any:
-    if not path.exists():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path}: not valid JSON; fix or delete it, or pass --overwrite to start again") from None
-
-
-_test_writes: Counter = Counter()
-
-
-def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
-    """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
-    of that file stops halfway through its last line, says so on stderr, and waits to be
-    SIGKILLed, so that a test's kill lands mid-write for certain. Returns the bytes still to write."""
-    spec = os.environ.get("SELF_INSTRUCT_TEST_PAUSE")
-    if not spec:
-        return payload
-    target, _, nth = spec.partition("@")
-    _test_writes[name] += 1
-    if name != target or _test_writes[name] != int(nth or 1):
-        return payload
-    last_line = payload.rfind(b"\n", 0, len(payload) - 1) + 1
-    cut = last_line + (len(payload) - last_line) // 2
-    f.write(payload[:cut])
-    f.flush()
-    os.fsync(f.fileno())
-    print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
-    time.sleep(600)
-    return payload[cut:]
+        previous = read_json(path)
+    except DataError as exc:
+        raise ConfigError(f"{exc}; run.json records the settings of the run in {directory}: restore it, "
+                          f"or pass --overwrite to start again") from None
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{path}: not a JSON object; restore it, or pass --overwrite to start again")
+    changed = [k for k in shaping if k in previous and previous.get(k) != config.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed[:3])
+        raise ConfigError(
+            f"{path}: this output directory holds a run with other settings ({detail}); "
+            f"use another --output_dir, the same flags, or --overwrite to start again")

@@ -13,16 +13,23 @@ How it avoids Alpaca's all-pairs Python LCS:
   least that many tokens in common. The prefix filter of similarity joins turns this into an
   inverted index: sort each text's tokens rarest first and index only the first
   ``prefix_length(t, n)`` of them; two texts sharing enough tokens always share one of those.
-  Only texts found through the query's own prefix are scored, exactly.
-* The bounds are lowered by ``MARGIN``, far above float rounding, so a pair is skipped only when
-  it provably scores below the threshold; every pair near it gets rouge-score's exact float.
+* The positional filter prunes most of what the prefix filter finds: where two sorted texts
+  first share a token, at ranks i and j, every common token lies at or after those ranks, so they
+  share at most ``min(m - i, n - j)`` tokens. Postings store each text's length and remaining
+  tokens, and a batch of queries is filtered in a few numpy operations over all its postings.
+* Only the pairs left are scored, exactly; the bounds are lowered by ``MARGIN``, far above float
+  rounding, so a pair is skipped only when it provably scores below the threshold.
+
+:func:`greedy_dedup` runs Alpaca's greedy pass over a whole dataset this way, a batch at a time.
 """
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from rapidfuzz import process
@@ -37,9 +44,13 @@ MARGIN = 1e-9
 
 _SURROGATES = range(0xD800, 0xE000)
 _MAX_TOKENS = 0x110000 - len(_SURROGATES)
+# A batch of greedy_dedup aims at this many texts left for the exact in-batch pass, and at most
+# this many postings entries (three int64 each) in memory at once.
+_SURVIVORS_PER_BATCH = 512
+_ENTRIES_PER_BATCH = 2_000_000
 
 
-def min_overlap(threshold: float, m: int, n: np.ndarray) -> np.ndarray:
+def min_overlap(threshold: float, m, n):
     """Fewest common tokens with which a text of ``m`` tokens might score above ``threshold``
     against texts of ``n`` tokens.
 
@@ -49,7 +60,7 @@ def min_overlap(threshold: float, m: int, n: np.ndarray) -> np.ndarray:
     >>> min_overlap(0.7, 7, np.array([13, 10, 3])).tolist()   # fmeasure(7, 7, 13) > 0.7
     [7, 6, 4]
     """
-    return np.maximum(1, np.ceil((threshold - MARGIN) * (m + n) / 2)).astype(np.int64)
+    return np.maximum(1, np.ceil((threshold - MARGIN) * (np.asarray(m) + n) / 2)).astype(np.int64)
 
 
 def prefix_length(threshold: float, n: int) -> int:
@@ -86,6 +97,16 @@ class Match:
     mean: float | None = None
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """Scored pairs, parallel arrays sorted by query then indexed position."""
+
+    query: np.ndarray
+    position: np.ndarray
+    score: np.ndarray
+    scanned: int = 0  # postings entries read to find them
+
+
 class RougeIndex:
     """Texts indexed for ROUGE-L queries; duplicates are allowed and kept.
 
@@ -98,13 +119,16 @@ class RougeIndex:
         if not 0 <= threshold <= 1:
             raise ConfigError(f"threshold must be between 0 and 1 (got {threshold})")
         self.threshold = threshold
-        self._codes: dict[str, str] = {}
+        self._codes = _Codes()
         self._texts: list[str] = []
         self._encoded: list[str] = []
         self._lengths = array("q")
-        # (token, occurrence) -> indices of the texts holding it in their prefix; the n-th
-        # occurrence of a token is keyed by its character repeated n times.
-        self._postings: dict[str, list[int]] = {}
+        # (token, occurrence) -> (position, length, tokens from this one on) of each text holding
+        # it in its prefix, flattened; the n-th occurrence of a token is keyed by its character
+        # repeated n times.
+        self._postings: dict[str, array] = {}
+        # (shard, shards) when this index is one shard of a join: it holds only the prefix keys the shard owns.
+        self._shard: tuple[int, int] | None = None
         for token in vocabulary:
             self._code(token)
         for text in texts:
@@ -114,19 +138,13 @@ class RougeIndex:
         return len(self._texts)
 
     def add(self, text: str) -> None:
-        encoded = self._encode(text)
-        position = len(self._texts)
-        self._texts.append(text)
-        self._encoded.append(encoded)
-        self._lengths.append(len(encoded))
-        for key in self._prefix(encoded):
-            self._postings.setdefault(key, []).append(position)
+        self._add(text, self._encode(text))
 
     def check(self, text: str, k: int = 10, with_mean: bool = True) -> Match:
         """Decide whether ``text`` is a near duplicate; for a text that is not, also its top ``k`` and mean.
 
         A text that is not similar costs one C-kernel pass over the whole index (the top-k and
-        the mean need every score); a similar one only the pairs the prefix filter leaves.
+        the mean need every score); a similar one only the pairs the filters leave.
         """
         encoded = self._encode(text)
         hit = self._best_above_threshold(encoded)
@@ -164,18 +182,24 @@ class RougeIndex:
     # -- encoding -------------------------------------------------------------------------
 
     def _code(self, token: str) -> str:
-        code = self._codes.get(token)
-        if code is None:
-            number = len(self._codes)
-            if number >= _MAX_TOKENS:
-                raise ConfigError(f"more than {_MAX_TOKENS} distinct tokens: split the data")
-            # Lone surrogates are legal in a Python str but skipped to keep the text well formed.
-            code = chr(number if number < _SURROGATES.start else number + len(_SURROGATES))
-            self._codes[token] = code
-        return code
+        return self._codes[token]
 
     def _encode(self, text: str) -> str:
-        return "".join([self._code(token) for token in tokenize(text)])
+        return "".join(map(self._codes.__getitem__, tokenize(text)))
+
+    def _encode_ranked(self, texts: Sequence[str]) -> list[str]:
+        """Encode ``texts`` with codes re-assigned by frequency over them, most frequent first.
+
+        Only for an empty index: with the whole dataset known, its own counts make the prefix
+        filter probe the truly rare tokens. Tokenizes each text once.
+        """
+        assert not self._texts, "codes may only be re-ranked before anything is indexed"
+        encoded = [self._encode(text) for text in texts]
+        counts = Counter("".join(encoded))
+        ranked = sorted(self._codes.values(), key=lambda code: (-counts[code], code))
+        table = {ord(old): _char(rank) for rank, old in enumerate(ranked)}
+        self._codes = _Codes((token, table[ord(code)]) for token, code in self._codes.items())
+        return [text.translate(table) for text in encoded]
 
     def _prefix(self, encoded: str) -> list[str]:
         """Posting keys of the rarest ``prefix_length`` tokens; rarer means a larger code."""
@@ -187,32 +211,101 @@ class RougeIndex:
             previous = char
         return keys
 
+    def _keys(self, encoded: str) -> list[tuple[int, str]]:
+        """(rank, posting key) of each prefix token; in a shard only the keys it owns, ranks unchanged."""
+        keys = list(enumerate(self._prefix(encoded)))
+        if self._shard is None:
+            return keys
+        shard, shards = self._shard
+        return [(rank, key) for rank, key in keys if key_shard(key, shards) == shard]
+
+    def _add(self, text: str, encoded: str) -> None:
+        position, n = len(self._texts), len(encoded)
+        self._texts.append(text)
+        self._encoded.append(encoded)
+        self._lengths.append(n)
+        for rank, key in self._keys(encoded):
+            posting = self._postings.get(key)
+            if posting is None:
+                posting = self._postings[key] = array("q")
+            posting.extend((position, n, n - rank))
+
     # -- queries --------------------------------------------------------------------------
+
+    def _pairs(self, queries: Sequence[str], keys: Sequence[list[tuple[int, str]]] | None = None) -> Pairs:
+        """Every (query number, indexed position, F) with F > threshold, for encoded ``queries``;
+        with ``keys``, only those found through these (rank, key) of each query."""
+        chunks, owners, ranks, sizes = [], [], [], []
+        for number, encoded in enumerate(queries):
+            for rank, key in self._keys(encoded) if keys is None else keys[number]:
+                posting = self._postings.get(key)
+                if posting:
+                    chunks.append(posting)
+                    owners.append(number)
+                    ranks.append(rank)
+                    sizes.append(len(posting) // 3)
+        if not chunks:
+            return Pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
+        entries = np.frombuffer(b"".join(chunks), dtype=np.int64).reshape(-1, 3)
+        query = np.repeat(np.array(owners), sizes)
+        query_lengths = np.array([len(encoded) for encoded in queries])
+        m = query_lengths[query]
+        n = entries[:, 1]
+        need = min_overlap(self.threshold, m, n)
+        # Positional filter: from the first shared token on, the query has m - rank tokens left
+        # and the indexed text entries[:, 2]. A later shared token leaves fewer on both sides, so
+        # a pair passes at some entry exactly when it passes at its first.
+        fits = (need <= n) & (need <= np.minimum(m - np.repeat(np.array(ranks), sizes), entries[:, 2]))
+        size = len(self._texts)
+        query, position = np.divmod(_distinct(query[fits] * size + entries[fits, 0]), size)
+        if not query.size:
+            return Pairs(query, position, np.zeros(0), len(entries))
+        lcs = process.cpdist(list(map(queries.__getitem__, query.tolist())),
+                             list(map(self._encoded.__getitem__, position.tolist())),
+                             scorer=LCSseq.similarity, dtype=np.int64, workers=_workers(len(query)))
+        lengths = np.frombuffer(self._lengths, dtype=np.int64)[position]
+        scores = _fmeasures(lcs, query_lengths[query], lengths)
+        above = scores > self.threshold
+        return Pairs(query[above], position[above], scores[above], len(entries))
 
     def _best_above_threshold(self, encoded: str) -> tuple[int, float] | None:
         """(position, F) of the best-scoring text with F > threshold, earliest on ties; or None."""
-        candidates: set[int] = set()
-        for key in self._prefix(encoded):
-            candidates.update(self._postings.get(key, ()))
-        if not candidates:
+        pairs = self._pairs([encoded])
+        if not pairs.score.size:
             return None
-        m = len(encoded)
-        positions = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-        positions.sort()
-        lengths = np.frombuffer(self._lengths, dtype=np.int64)[positions]
-        need = min_overlap(self.threshold, m, lengths)
-        fits = need <= np.minimum(m, lengths)
-        positions, lengths, need = positions[fits], lengths[fits], need[fits]
-        if not positions.size:
-            return None
-        others = [self._encoded[p] for p in positions.tolist()]
-        lcs = process.cdist([encoded], others, scorer=LCSseq.similarity, dtype=np.int64,
-                            score_cutoff=int(need.min()))[0]
-        scores = _fmeasures(lcs, m, lengths)
-        best = int(np.argmax(scores))  # the first of equal maxima: the earliest indexed
-        if scores[best] > self.threshold:
-            return int(positions[best]), float(scores[best])
-        return None
+        best = int(np.argmax(pairs.score))  # the first of equal maxima: the earliest indexed
+        return int(pairs.position[best]), float(pairs.score[best])
+
+    def _keep_batch(self, texts: Sequence[str], encoded: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Greedy decisions for a batch, in order, against the index and each other; adds what is kept.
+
+        Returns the decisions and how many postings entries were read.
+
+        The batch is first scored against the index as it stands: through each query's rarest
+        token alone, which finds most near duplicates for a fraction of the pairs, then fully for
+        the queries left. What survives is compared among itself, all pairs at once, and a
+        survivor is kept unless an earlier kept one of the batch matches it.
+        """
+        keep = np.ones(len(encoded), dtype=bool)
+        keys = [self._keys(text) for text in encoded]
+        quick = self._pairs(encoded, [found[:1] for found in keys])
+        keep[quick.query] = False
+        left = np.flatnonzero(keep).tolist()
+        pairs = self._pairs([encoded[i] for i in left], [keys[i] for i in left])
+        left = np.array(left, dtype=np.int64)
+        keep[left[pairs.query]] = False
+        survivors = np.flatnonzero(keep)
+        batch = [encoded[i] for i in survivors.tolist()]
+        lengths = np.array([len(text) for text in batch])
+        lcs = process.cdist(batch, batch, scorer=LCSseq.similarity, dtype=np.int64, workers=_workers(len(batch) ** 2))
+        earlier_match = np.tril(_fmeasures(lcs, lengths[:, None], lengths[None, :]) > self.threshold, -1)
+        kept = np.ones(len(batch), dtype=bool)
+        for row in np.flatnonzero(earlier_match.any(axis=1)).tolist():
+            kept[row] = not (earlier_match[row] & kept).any()
+        keep[survivors[~kept]] = False
+        for i in survivors[kept].tolist():
+            self._add(texts[i], encoded[i])
+        return keep, quick.scanned + pairs.scanned
 
     def _scores(self, encoded: str) -> np.ndarray:
         """Exact F of ``encoded`` against every indexed text, as float64 in insertion order."""
@@ -241,15 +334,128 @@ class RougeIndex:
         return float(scores[position])
 
 
-def _fmeasures(lcs: np.ndarray, m: int, lengths: np.ndarray) -> np.ndarray:
+def greedy_dedup(texts: Sequence[str], threshold: float = 0.7, against: Sequence[str] = ()) -> Iterator[np.ndarray]:
+    """Alpaca's greedy pass: for each text in order, whether it is kept, as one bool array per batch.
+
+    A text is dropped when it scores above ``threshold`` against an earlier kept one or any of
+    ``against``. Tokens are ranked by their frequency over everything first (the prefix filter
+    then probes truly rare ones), and a text whose tokens equal an earlier one's is dropped
+    without a query: it scores 1.0 against that one if it was kept, and whatever dropped that
+    one drops it too.
+
+    >>> [batch.tolist() for batch in greedy_dedup(["Name a fruit.", "name a FRUIT", "Sum 2 and 3."])]
+    [[True, False, True]]
+    """
+    index = RougeIndex(threshold=threshold)
+    encoded = index._encode_ranked([*against, *texts])
+    for text, code in zip(against, encoded):
+        index._add(text, code)
+    seen: set[str] = set()
+    start, size = len(against), 256
+    while start < len(encoded):
+        batch = range(start, min(start + size, len(encoded)))
+        keep = np.zeros(len(batch), dtype=bool)
+        fresh = []
+        for i, position in enumerate(batch):
+            code = encoded[position]
+            if not (code and threshold < 1 and code in seen):
+                seen.add(code)
+                fresh.append(i)
+        keep[fresh], scanned = index._keep_batch([texts[batch[i] - len(against)] for i in fresh],
+                                                 [encoded[batch[i]] for i in fresh])
+        yield keep
+        start = batch.stop
+        size = _next_batch_size(len(fresh), int(keep.sum()), scanned)
+
+
+def key_shard(key: str, shards: int) -> int:
+    """The shard owning a posting key: a stable hash (CRC-32 of its UTF-8), the same on every machine.
+
+    >>> key_shard("a", 4), key_shard("b", 4)
+    (3, 1)
+    """
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+def shard_pairs(encoded: Sequence[str], threshold: float, shard: int, shards: int, batch: int = 1024) -> np.ndarray:
+    """Pairs ``(i, j)``, i < j, of ``encoded`` texts (coded with one vocabulary) scoring above
+    ``threshold`` and sharing a prefix key that ``shard`` owns, as an int64 array of shape (pairs, 2).
+
+    Run for every shard on the texts holding a key it owns, the union is every pair above the
+    threshold: a pair's first shared prefix key belongs to some shard, and the positional filter
+    passes there (it may also turn up in other shards: dedupe when merging).
+
+    >>> shard_pairs(["ab", "abc", "xy", "ab"], 0.7, 0, 1).tolist()
+    [[0, 1], [0, 3], [1, 3]]
+    """
+    index = RougeIndex(threshold=threshold)
+    index._shard = (shard, shards)
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, len(encoded), batch):
+        texts = encoded[start:start + batch]
+        for text in texts:
+            index._add("", text)
+        pairs = index._pairs(texts)
+        later = pairs.query + start
+        earlier = pairs.position < later
+        found.append(np.stack([pairs.position[earlier], later[earlier]], axis=1))
+    return np.concatenate(found)
+
+
+def _next_batch_size(probed: int, kept: int, scanned: int) -> int:
+    """Size batches so about ``_SURVIVORS_PER_BATCH`` texts reach the all-pairs step, within a memory bound.
+
+    >>> _next_batch_size(probed=1000, kept=100, scanned=50_000)
+    5120
+    """
+    by_survivors = _SURVIVORS_PER_BATCH * max(1, probed) / max(1, kept)
+    by_memory = _ENTRIES_PER_BATCH * max(1, probed) / max(1, scanned)
+    return int(max(64, min(by_survivors, by_memory, 16384)))
+
+
+def _workers(pairs: int) -> int:
+    """rapidfuzz threads for scoring ``pairs`` pairs: every core for big calls; starting threads
+    costs more than a few thousand short pairs take."""
+    return -1 if pairs > 20_000 else 1
+
+
+class _Codes(dict):
+    """Token -> its one-character code; a new token gets the next code (C speed for known ones)."""
+
+    def __missing__(self, token: str) -> str:
+        code = self[token] = _char(len(self))
+        return code
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's hash table is slower on these arrays than a sort).
+
+    >>> _distinct(np.array([5, 1, 5, 3])).tolist()
+    [1, 3, 5]
+    """
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if values.size else values
+
+
+def _char(number: int) -> str:
+    """The character coding token number ``number``; lone surrogates are skipped to keep text well formed."""
+    if number >= _MAX_TOKENS:
+        raise ConfigError(f"more than {_MAX_TOKENS} distinct tokens: split the data")
+    return chr(number if number < _SURROGATES.start else number + len(_SURROGATES))
+
+
+def _fmeasures(lcs: np.ndarray, m, lengths: np.ndarray) -> np.ndarray:
     """:func:`~self_instruct.rouge.fmeasure` elementwise: the same float64 operations in the same order.
+
+    ``m`` (the query's length) and ``lengths`` broadcast against ``lcs``.
 
     >>> _fmeasures(np.array([7, 0]), 7, np.array([13, 5])).tolist()
     [0.7000000000000001, 0.0]
     """
-    scores = np.zeros(len(lcs))
-    hits = np.flatnonzero(lcs)
+    lcs, m, lengths = np.broadcast_arrays(lcs, m, lengths)
+    scores = np.zeros(lcs.shape)
+    hits = lcs > 0
     precision = lcs[hits] / lengths[hits]
-    recall = lcs[hits] / m
+    recall = lcs[hits] / m[hits]
     scores[hits] = 2 * precision * recall / (precision + recall)
     return scores

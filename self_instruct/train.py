@@ -4,8 +4,9 @@ Supervised fine-tuning in the manner of Stanford Alpaca's train.py: each record 
 (one template with input, one without) followed by the response and EOS; only the response and
 EOS carry a loss, every prompt token gets the label -100; a pad token is added when the tokenizer
 has none. Where we differ, and why:
-- prompt and response are tokenised separately and joined, so the prompt/response boundary is
-  exact (Alpaca tokenises the joined text and can be off by one where tokens merge across it);
+- the prompt mask is placed by character offsets in the jointly tokenized text (a token is
+  learned when it starts inside the response), not by counting the tokens of the prompt alone,
+  a count that is off where one token spans the boundary; this needs a fast tokenizer;
 - a record whose prompt alone fills model_max_length is dropped and counted, not kept with
   every label masked;
 - full fine-tuning, LoRA and QLoRA (peft, bitsandbytes) in one script, and optional packing;
@@ -25,8 +26,8 @@ position_ids at 0 for each; transformers (>= 4.56) turns those restarts into a b
 mask for sdpa/eager attention and flash-attention uses them natively, so packed examples do not
 attend to each other. Labels stay masked per example exactly as without packing.
 
-The torch, transformers and peft imports are needed only to train: the data functions and
---help work without them.
+torch, transformers and peft are imported only where they are used, so the data functions, --help
+and every refusal of bad flags or data work (at once) without them.
 """
 from __future__ import annotations
 
@@ -38,15 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
-from .errors import ConfigError, SeedFormatError, SelfInstructError
+from .cli import run
+from .errors import ConfigError, DataError
+from .jsonl import iter_records
 from .resources import bundled_path
-
-try:  # the [train] extra; checked with an install hint in main()
-    import torch
-except ImportError:
-    torch = None
 
 IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"
@@ -63,63 +59,21 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 def load_records(path: str | Path) -> list[dict]:
     """Read instruction records or chat records from a JSON list or a JSONL file.
 
-    Returns dicts {"instruction", "input", "output"} or {"messages": [...]}; raises
-    SeedFormatError naming file:line and the field of the first bad record.
+    Returns dicts {"instruction", "input", "output"} or {"messages": [...]}; raises DataError
+    naming file:line (and the field) of the first bad record.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"data_path {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        numbered = list(enumerate(_parse_json_list(text, path)))
-        line_of = lambda index: _item_line(text, index)  # only worked out to report an error
-    else:
-        numbered = _parse_jsonl(text, path)
-        line_of = lambda line: line
     records = []
-    for key, item in numbered:
+    for line, item in iter_records(path):
         try:
             records.append(_check_record(item))
         except ValueError as exc:
-            raise SeedFormatError(f"{path}:{line_of(key)}: {exc}") from None
+            raise DataError(f"{path}:{line}: {exc}") from None
     if not records:
-        raise SeedFormatError(f"{path}: no records")
+        raise DataError(f"{path}: no records")
     return records
 
 
-def _parse_json_list(text: str, path: Path) -> list:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SeedFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
-def _parse_jsonl(text: str, path: Path) -> list[tuple[int, object]]:
-    numbered = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                numbered.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SeedFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-    return numbered
-
-
-def _item_line(text: str, index: int) -> int:
-    """The line on which item `index` of a valid JSON list starts.
-
-    Example: '[\\n {"a": 1},\\n {"a": 2}\\n]', 1 -> 3
-    """
-    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
-    pos = text.index("[") + 1
-    for _ in range(index):
-        pos = decoder.raw_decode(text, gap.match(text, pos).end())[1]
-    return text.count("\n", 0, gap.match(text, pos).end()) + 1
-
-
-def _check_record(item) -> dict:
-    if not isinstance(item, dict):
-        raise ValueError(f"a record must be a JSON object (got {type(item).__name__})")
+def _check_record(item: dict) -> dict:
     if "messages" in item:
         return {"messages": _check_messages(item["messages"])}
     record = {}
@@ -185,30 +139,44 @@ def render_prompt(record: dict, templates: dict[str, str]) -> str:
 def build_example(tokenizer, record: dict, templates: dict[str, str], model_max_length: int) -> dict | None:
     """Token ids and labels for one record; labels are -100 except on what the model must say.
 
+    The whole text is tokenized at once, as the model will read it, and a token is learned when
+    it starts inside the response (for chat records: inside an assistant turn). The model then
+    learns exactly the tokens it sees at inference, for SentencePiece tokenizers too, which give
+    a response tokenized on its own a word-start piece ("▁Red") that the joined text does not.
     Returns None when truncation to model_max_length leaves no response token to learn from.
     """
     if "messages" in record and tokenizer.chat_template:
-        input_ids, labels = [], []
-        for text, trained in chat_pieces(tokenizer, record["messages"]):
-            ids = encode(tokenizer, text, add_special_tokens=False)
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        # The template writes the special tokens (BOS, end-of-turn) itself.
+        input_ids, labels = label_pieces(tokenizer, chat_pieces(tokenizer, record["messages"]), special_tokens=False)
     else:
         record = as_instruction(record) if "messages" in record else record
-        prompt = encode(tokenizer, render_prompt(record, templates), add_special_tokens=True)  # BOS where used
-        response = encode(tokenizer, record["output"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        input_ids = prompt + response
-        labels = [IGNORE_INDEX] * len(prompt) + response
+        # EOS as text, as Alpaca appends it: it is read back as the EOS token and learned.
+        pieces = [(render_prompt(record, templates), False), (record["output"] + tokenizer.eos_token, True)]
+        input_ids, labels = label_pieces(tokenizer, pieces, special_tokens=True)  # BOS where the tokenizer uses one
     input_ids, labels = input_ids[:model_max_length], labels[:model_max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+def label_pieces(tokenizer, pieces: list[tuple[str, bool]], special_tokens: bool) -> tuple[list[int], list[int]]:
+    """Tokenize the joined pieces once; label a token with its id when it starts inside a
+    trained piece, else -100 (special tokens the tokenizer adds itself start at 0).
+
+    Example (byte-level BPE): [("Q: hi\\nA:", False), (" Red", True)]
+             -> tokens "Q", ":", " hi", "\\n", "A", ":", " Red" with labels -100 x 6, id(" Red")
+    """
+    text, spans, end = "", [], 0
+    for piece, trained in pieces:
+        text, end = text + piece, end + len(piece)
+        if trained:
+            spans.append((end - len(piece), end))
     # verbose=False: the tokenizer would warn about texts longer than model_max_length, which
     # build_example cuts itself.
-    return tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
+    encoding = tokenizer(text, add_special_tokens=special_tokens, return_offsets_mapping=True, verbose=False)
+    labels = [token if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+              for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"])]
+    return encoding["input_ids"], labels
 
 
 def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
@@ -275,6 +243,8 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     mask (a 2D mask would hide their boundaries); their padding becomes one more segment with
     positions from 0, which no real token attends to.
     """
+    import torch
+
     width = max(len(example["input_ids"]) for example in batch)
 
     def padded(key, fill):
@@ -334,6 +304,13 @@ def load_model_and_tokenizer(model_name_or_path: str, mode: str, dtype, gguf_fil
         raise ConfigError(f"cannot load model {model_name_or_path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"tokenizer of {model_name_or_path} has no EOS token, so responses cannot end")
+    if tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"] != [tokenizer.eos_token_id]:
+        # build_example appends EOS as text; read back as pieces, the model would learn to spell it.
+        raise ConfigError(f"tokenizer of {model_name_or_path} does not read its EOS token {tokenizer.eos_token!r} "
+                          f"back as one token; is split_special_tokens set in its tokenizer_config.json?")
+    if not tokenizer.is_fast:  # only a fast tokenizer gives the character offsets the mask is placed by
+        raise ConfigError(f"tokenizer of {model_name_or_path} is a slow (Python) tokenizer; the trainer needs "
+                          f"a fast one: a tokenizer.json beside the model, or pip install sentencepiece to convert it")
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         resize_embeddings(model, tokenizer)
@@ -348,6 +325,8 @@ def resize_embeddings(model, tokenizer) -> None:
     adapter, call this on the base model with the saved tokenizer and get the same rows back.
     A vocabulary padded beyond the tokenizer (rows >= len(tokenizer)) is left as it is.
     """
+    import torch
+
     old_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old_rows:
         return
@@ -408,6 +387,8 @@ def merge_lora(model, mode: str, reload_base):
 
 def loss_sum(model, batch: dict):
     """Summed next-token cross-entropy over the labelled tokens of a batch."""
+    import torch
+
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     logits = model(**inputs, use_cache=False).logits
     return torch.nn.functional.cross_entropy(
@@ -421,6 +402,8 @@ def count_targets(batch: dict) -> int:
 
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, autocast, max_grad_norm: float) -> float:
     """One optimizer step over the micro-batches of gradient accumulation; returns the loss."""
+    import torch
+
     # Every response token weighs the same, however the tokens fall across micro-batches.
     targets = max(sum(count_targets(batch) for batch in micro_batches), 1)
     step_loss = 0.0
@@ -440,6 +423,8 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, a
 
 def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, device, autocast) -> float:
     """Mean loss per response token over held-out examples."""
+    import torch
+
     model.eval()
     total, targets = 0.0, 0
     with torch.no_grad():
@@ -453,6 +438,8 @@ def evaluate(model, examples: list[dict], batch_size: int, pad_token_id: int, de
 
 
 def make_optimizer(model, learning_rate: float, weight_decay: float):
+    import torch
+
     # Decay matrices and embeddings only; biases and norm weights (1-D) are left alone, as in
     # nanoGPT and transformers.Trainer.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -516,8 +503,10 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     check_flags(args)
     records = load_records(data_path)
     templates = load_templates(prompt_with_input, prompt_no_input)
-    if torch is None or not all(_importable(name) for name in ("transformers", "peft")):
+    if not all(_importable(name) for name in ("torch", "transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
+    check_model_path(model_name_or_path, gguf_file)
+    import torch
     from transformers import get_scheduler
 
     # ---- device and precision
@@ -562,7 +551,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     model.train()
 
     # ---- optimizer and schedule
-    learning_rate = learning_rate or (2e-5 if mode == "full" else 2e-4)
+    learning_rate = learning_rate if learning_rate is not None else 2e-5 if mode == "full" else 2e-4
     optimizer = make_optimizer(model, learning_rate, weight_decay)
     scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -614,7 +603,28 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
          f"({summary['tokens_per_second']:,.0f} tokens/s); saved to {output}")
 
 
+# What each numeric flag must be, checked before anything is loaded: a rate of 0 or a rank of 0
+# would otherwise train nothing, or fail deep inside peft with a traceback.
+FLAG_RULES = {
+    "learning_rate": (lambda v: v is None or v > 0, "a positive number (leave it out for the default)"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "a positive whole number, or -1 to train for --num_train_epochs"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "max_grad_norm": (lambda v: v > 0, "a positive number"),
+    "eval_fraction": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "eval_steps": (lambda v: v >= 0, "0 (evaluate at the end only) or more"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    **{name: (lambda v: v >= 1, "a positive whole number") for name in (
+        "model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
+        "lora_r", "lora_alpha")},
+}
+
+
 def check_flags(args: dict) -> None:
+    """Refuse a flag value that cannot work, with one line naming the flag.
+
+    Example: {"learning_rate": 0, ...} -> ConfigError("--learning_rate must be a positive number ... (got 0)")
+    """
     if args["mode"] not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {args['mode']!r})")
     if args["bf16"] and args["fp16"]:
@@ -623,15 +633,38 @@ def check_flags(args: dict) -> None:
         raise ConfigError("--merge applies to lora and qlora; full mode already saves a whole model")
     if args["lr_scheduler_type"] not in SCHEDULERS:
         raise ConfigError(f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {args['lr_scheduler_type']!r})")
-    if args["max_steps"] < 1 and args["num_train_epochs"] <= 0:
-        raise ConfigError("give --max_steps or a positive --num_train_epochs")
-    if not 0 <= args["eval_fraction"] < 1:
-        raise ConfigError(f"--eval_fraction must be in [0, 1) (got {args['eval_fraction']})")
-    for name in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
-        if not isinstance(args[name], int) or args[name] < 1:
-            raise ConfigError(f"--{name} must be a positive integer (got {args[name]!r})")
+    for name, (ok, what) in FLAG_RULES.items():
+        if not ok(args[name]):
+            raise ConfigError(f"--{name} must be {what} (got {args[name]!r})")
+    if args["max_steps"] == -1 and not args["num_train_epochs"] > 0:
+        raise ConfigError(f"--num_train_epochs must be a positive number when --max_steps is -1 (got {args['num_train_epochs']!r})")
     if Path(args["output_dir"]).is_file():
         raise ConfigError(f"output_dir {args['output_dir']} is a file")
+
+
+def check_model_path(model_name_or_path: str, gguf_file: str | None) -> None:
+    """Refuse at once a model that is neither a local directory nor a possible hub id.
+
+    transformers would take a missing path for a hub id and fail only after its retries.
+    Example: "./models/llama" (missing) -> ConfigError; "meta-llama/Llama-2-7b-hf" -> left to transformers
+    """
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(model_name_or_path).expanduser()
+    if path.is_file():
+        raise ConfigError(f"model_name_or_path {model_name_or_path} is a file; pass its directory "
+                          f"(and --gguf_file NAME for a GGUF file)")
+    if path.is_dir():
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ConfigError(f"gguf_file {gguf_file}: no such file in {model_name_or_path}")
+        return
+    path_like = model_name_or_path.startswith((".", "~"))
+    try:
+        validate_repo_id(model_name_or_path)  # at most one "/", no "..": "org/name"
+    except ValueError:
+        path_like = True
+    if path_like:
+        raise ConfigError(f"model_name_or_path {model_name_or_path}: no such directory")
 
 
 def _check_qlora(device) -> None:
@@ -672,12 +705,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def cli() -> None:
-    try:
-        fire.Fire(main)
-    except SelfInstructError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def cli(argv=None) -> None:
+    run(main, argv, name="self_instruct.train")
 
 
 if __name__ == "__main__":

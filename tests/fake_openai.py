@@ -3,14 +3,26 @@ writes plausible self-instruct replies, and injects the faults real endpoints th
 
 Faults are scripted per request: `server.script(["429", "ok", "reset"])` answers the next three
 requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script. Besides
-FAULTS, scripts may use "400" (a refusal), "echo_key" (a 500 whose message repeats the
-Authorization header, as careless servers do) and "html" (HTTP 200 with an HTML page).
+FAULTS, scripts may use "400" (a refusal), "404" (no such model), "echo_key" (a 500 whose message repeats the
+Authorization header, as careless servers do), "html" (HTTP 200 with an HTML page) and "stall"
+(a streamed reply that goes silent for `timeout_sleep` seconds halfway).
+
+Replies are streamed as server-sent events when the request says `stream: true`, one word a chunk,
+`token_delay` seconds apart, with a usage chunk when `stream_options.include_usage` asks (unless
+`stream_usage` is off). `refuse_stream` / `refuse_stream_options` answer such requests with a 400,
+as servers without streaming do. `slots=n` serves n requests at a time: the rest wait, silent, as
+llama.cpp's server and Ollama queue them; `interrupt=True` also cuts a stream short (a bare
+[DONE], no finish_reason) as soon as another request waits, as llama-cpp-python's server does.
+
+Every request's arrival time and answered tokens are kept (`arrivals`, `charges`), so a test can
+count what the server saw in any window (`most_in_window`).
 """
 from __future__ import annotations
 
 import json
 import random
 import re
+import select
 import socket
 import threading
 import time
@@ -30,6 +42,8 @@ WORDS = (
 VERBS = ("Explain", "Describe", "Compare", "Summarize", "List", "Suggest", "Classify", "Rewrite", "Evaluate", "Outline")
 FAULTS = ("429", "429-retry-after", "500", "502", "503", "reset", "timeout", "malformed", "empty_choices",
           "length", "zero_tasks", "wrong_numbering", "context_length")
+# Faults answered with an error status at once, before the request would wait for a slot.
+_REFUSALS = ("429", "429-retry-after", "500", "502", "503", "context_length", "400", "404", "echo_key")
 
 
 def make_task(rng: random.Random, synthetic: bool = False) -> tuple[str, str, str]:
@@ -60,7 +74,6 @@ class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default backlog of 5 drops connections when 64 clients open at once.
     request_queue_size = 256
-    request_queue_size = 256  # socketserver's default backlog of 5 drops bursts of connections
 
     def handle_error(self, request, client_address) -> None:
         # Clients hang up on purpose (cancelled rounds, timeouts); that is not a server failure.
@@ -69,8 +82,17 @@ class FakeOpenAI(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
     def __init__(self, latency: float = 0.0, tasks_per_reply: int | None = None, seed: int = 0, api_key: str | None = None,
-                 synthetic: bool = False, port: int = 0):
+                 synthetic: bool = False, port: int = 0, slots: int | None = None, token_delay: float = 0.0,
+                 interrupt: bool = False):
         super().__init__(("127.0.0.1", port), _Handler)
+        self.slots = threading.Semaphore(slots) if slots else None
+        self.waiting = 0  # requests queued for a slot
+        self.interrupt = interrupt
+        self.token_delay = token_delay
+        self.stream_usage = True
+        self.refuse_stream = self.refuse_stream_options = False
+        self.arrivals: list[tuple[float, int]] = []  # (time, requests in flight then, this one included)
+        self.charges: list[tuple[float, int]] = []  # (arrival time, tokens of the answered request)
         self.synthetic = synthetic
         self.latency = latency
         self.tasks_per_reply = tasks_per_reply
@@ -78,12 +100,15 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.required_key = api_key
         self.fault_rate = 0.0
         self.timeout_sleep = 3.0
+        self.retry_after = "0.05"  # seconds a "429-retry-after" asks the client to wait
         self.lock = threading.Lock()
         self.scripted: list[str] = []
         self.requests: list[dict] = []
         self.faults_sent: list[str] = []
         self.in_flight = self.max_in_flight = 0
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
+        self.raw_chat = False  # True: a chat reply is reply_fn's text as is (no restated open number)
+        self.refuse_json_mode = False  # True: a request with response_format gets a 400 naming it
         # A short poll so that stop() returns at once (the default half second adds up over a test run).
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -114,6 +139,19 @@ class FakeOpenAI(ThreadingHTTPServer):
             if fault != "ok":
                 self.faults_sent.append(fault)
             return fault
+
+    def most_in_window(self, period: float, tokens: bool = False) -> int:
+        """The most requests (or answered tokens) that arrived within any `period` seconds."""
+        with self.lock:
+            events = sorted(self.charges if tokens else [(t, 1) for t, _ in self.arrivals])
+        most, total, start = 0, 0, 0
+        for t, amount in events:
+            total += amount
+            while events[start][0] <= t - period:
+                total -= events[start][1]
+                start += 1
+            most = max(most, total)
+        return most
 
     def reply_text(self, prompt: str, body: dict) -> str:
         if self.reply_fn:
@@ -160,13 +198,53 @@ class _Handler(BaseHTTPRequestHandler):
             server.requests.append(body)
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            self.arrived = time.monotonic()
+            server.arrivals.append((self.arrived, server.in_flight))
         try:
-            if server.latency:
-                time.sleep(server.latency)
-            self._answer(body, server.next_fault())
+            fault = server.next_fault()
+            if fault in _REFUSALS or self._refused(body):
+                return self._answer(body, fault)  # refusals need no slot, as on real servers
+            if not self._take_slot():
+                return
+            try:
+                if server.latency:
+                    time.sleep(server.latency)
+                self._answer(body, fault)
+            finally:
+                if server.slots:
+                    server.slots.release()
         finally:
             with server.lock:
                 server.in_flight -= 1
+
+    def _refused(self, body: dict) -> bool:
+        return bool(body.get("stream")) and (self.server.refuse_stream or (self.server.refuse_stream_options and "stream_options" in body))
+
+    def _take_slot(self) -> bool:
+        """Wait, silent, for a free slot; False when the client hung up meanwhile."""
+        server = self.server
+        if not server.slots:
+            return True
+        with server.lock:
+            server.waiting += 1
+        try:
+            while not server.slots.acquire(timeout=0.01):
+                if self._client_gone():
+                    self.close_connection = True
+                    return False
+            return True
+        finally:
+            with server.lock:
+                server.waiting -= 1
+
+    def _client_gone(self) -> bool:
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _authorized(self) -> bool:
         key = self.server.required_key
@@ -178,12 +256,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: dict, fault: str) -> None:
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        if self.server.refuse_json_mode and "response_format" in body:
+            return self._json(400, {"error": {"message": "response_format is not supported", "param": "response_format"}})
+        if self._refused(body):
+            name = "stream" if self.server.refuse_stream else "stream_options"
+            return self._json(400, {"error": {"message": f"{name} is not supported by this endpoint", "param": name}})
         if fault in ("429", "429-retry-after"):
-            headers = {"Retry-After": "0.05"} if fault == "429-retry-after" else {}
+            headers = {"Retry-After": self.server.retry_after} if fault == "429-retry-after" else {}
             return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers)
         if fault in ("500", "502", "503"):
             return self._json(int(fault), {"error": {"message": f"server error {fault}"}})
-        if fault == "reset":
+        stream = bool(body.get("stream"))
+        if fault == "reset" and not stream:
             return self._reset()
         if fault == "context_length":
             # OpenAI's wording, numbers consistent with what was asked.
@@ -194,6 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "type": "invalid_request_error", "code": "context_length_exceeded"}})
         if fault == "400":  # a refusal no retry can fix
             return self._json(400, {"error": {"message": "Unsupported parameter: 'top_p'", "type": "invalid_request_error"}})
+        if fault == "404":  # the model is not served here
+            return self._json(404, {"error": {"message": f"The model '{body.get('model')}' does not exist", "code": "model_not_found"}})
         if fault == "echo_key":
             return self._json(500, {"error": {"message": f"upstream failed for credentials {self.headers.get('Authorization')}"}})
         if fault == "html":
@@ -206,24 +292,73 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "timeout":
             time.sleep(self.server.timeout_sleep)
         if fault == "malformed":
-            return self._raw(200, b'{"id": "cmpl-1", "choices": [{"text": "unterminated')
+            return self._raw(200, b'{"id": "cmpl-1", "choices": [{"text": "unterminated', stream=stream)
         text, finish = self.server.reply_text(prompt, body), "stop"
         if fault == "empty_choices":
-            return self._json(200, {"id": "x", "object": "text_completion", "created": 0, "model": body.get("model"), "choices": []})
+            empty = {"id": "x", "object": "text_completion", "created": 0, "model": body.get("model"), "choices": []}
+            return self._stream([empty]) if stream else self._json(200, empty)
         if fault == "length":
             text, finish = text[: max(1, len(text) * 2 // 3)], "length"
         elif fault == "zero_tasks":
             text = " Sorry, I cannot help with that request."
         elif fault == "wrong_numbering":
             text = re.sub(r"(\d+)\. (Instruction|Input|Output):", lambda m: f"{int(m.group(1)) + 7}. {m.group(2)}:", text)
-        if chat:
+        if chat and not self.server.raw_chat:
             m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
             text = f"{m.group(1) if m else 4}. Instruction:{text}"  # chat models restate the open number
-        self._json(200, self._completion(body, text, finish, chat, prompt))
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": len(prompt.split()) + len(text.split())}
+        with self.server.lock:
+            self.server.charges.append((self.arrived, usage["total_tokens"]))
+        if stream:
+            return self._stream(self._chunks(body, text, finish, chat, usage), fault)
+        self._json(200, self._completion(body, text, finish, chat, usage))
+
+    def _chunks(self, body: dict, text: str, finish: str, chat: bool, usage: dict):
+        """The reply as stream chunks: one word each, then the finish_reason, then usage if asked."""
+        head = {"id": "cmpl-1", "created": 0, "model": body.get("model"), "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        def chunk(piece, finish_reason=None):
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece, "logprobs": None}
+            return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
+        if chat:
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        for piece in re.findall(r"\s*\S+\s*", text) or [text]:
+            yield chunk(piece)
+        yield chunk("", finish)
+        if self.server.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
+            yield {**head, "choices": [], "usage": usage}
+
+    def _stream(self, chunks, fault: str = "ok") -> None:
+        """Server-sent events, chunked; cut, stalled or interrupted as the fault says."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunks = list(chunks)
+        for i, chunk in enumerate(chunks):
+            if i and self.server.token_delay:
+                time.sleep(self.server.token_delay)
+            if i == len(chunks) // 2 and fault == "reset":
+                return self._cut()
+            if i == len(chunks) // 2 and fault == "stall":
+                time.sleep(self.server.timeout_sleep)
+            self._event(json.dumps(chunk).encode())
+            if self.server.interrupt and self.server.waiting:
+                break  # another request is queued: end this one early, as llama-cpp-python does
+        self._event(b"[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _event(self, data: bytes) -> None:
+        payload = b"data: " + data + b"\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+    def _cut(self) -> None:
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
-    def _completion(body: dict, text: str, finish: str, chat: bool, prompt: str) -> dict:
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": len(prompt.split()) + len(text.split())}
+    def _completion(body: dict, text: str, finish: str, chat: bool, usage: dict) -> dict:
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
             return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model"), "choices": [choice], "usage": usage}
@@ -233,7 +368,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: dict, headers: dict | None = None) -> None:
         self._raw(status, json.dumps(obj).encode(), headers)
 
-    def _raw(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+    def _raw(self, status: int, payload: bytes, headers: dict | None = None, stream: bool = False) -> None:
+        if stream:  # the same bytes as one server-sent event: not JSON either way
+            self.send_response(status)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._event(payload)
+            return self.wfile.write(b"0\r\n\r\n")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -249,9 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "1000")
         self.end_headers()
         self.wfile.write(b'{"id": "cmpl-1", "choi')
-        self.wfile.flush()
-        self.close_connection = True
-        self.connection.shutdown(2)
+        self._cut()
 
 
 if __name__ == "__main__":
@@ -263,8 +403,11 @@ if __name__ == "__main__":
     parser.add_argument("--tasks_per_reply", type=int, default=None)
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--fault_rate", type=float, default=0.0)
+    parser.add_argument("--slots", type=int, default=None)
+    parser.add_argument("--token_delay", type=float, default=0.0)
     args = parser.parse_args()
-    server = FakeOpenAI(latency=args.latency, tasks_per_reply=args.tasks_per_reply, synthetic=args.synthetic)
+    server = FakeOpenAI(latency=args.latency, tasks_per_reply=args.tasks_per_reply, synthetic=args.synthetic,
+                        slots=args.slots, token_delay=args.token_delay)
     server.fault_rate = args.fault_rate
     print(server.base_url, flush=True)
     server.serve_forever()

@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fire
 import pytest
 from rouge_score import rouge_scorer
 
 from self_instruct import dedup
-from self_instruct.dedup import greedy_keep, main, read_dataset
+from self_instruct.dedup import cli, greedy_keep, main, read_dataset
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 RECORDS = [
@@ -37,9 +36,9 @@ def reference_keep(instructions, threshold=0.7, against=()):
 
 
 def run(capsys, *args):
-    """The command line parsed by fire as the console script does, in this process; returns (exit status, stderr)."""
+    """The command line as the console script runs it, in this process; returns (exit status, stderr)."""
     try:
-        fire.Fire(main, command=[str(arg) for arg in args])
+        cli([str(arg) for arg in args])
         status = 0
     except SystemExit as exit:
         status = exit.code
@@ -65,7 +64,7 @@ def test_json_list_round_trip_keeps_records_and_layout(tmp_path, capsys):
     main(str(source))
     out = tmp_path / "data.dedup.json"
     assert out.read_text(encoding="utf-8") == json.dumps(KEPT, indent=4, ensure_ascii=False)
-    assert capsys.readouterr().err.splitlines()[-1] == f"read 5, kept 3, dropped 2 -> {out}"
+    assert capsys.readouterr().err.splitlines()[-1] == f"read 5, kept 3, dropped 2: near duplicates 2 -> {out}"
 
 
 def test_one_line_json_list_is_copied_unchanged_when_nothing_is_dropped(tmp_path):
@@ -109,10 +108,12 @@ def test_threshold_flag(tmp_path):
      'bad.jsonl:2: field "instruction" is missing'),
     ("bad.jsonl", '{"instruction": "ok"}\n{"instruction": \n', "bad.jsonl:2: not valid JSON"),
     ("bad.json", '[\n  {"instruction": "ok"},\n  {"instruction": 7}\n]',
-     'bad.json:3: field "instruction" must be a string (got int)'),
+     'bad.json:3: field "instruction" must be a string (got number)'),
     ("bad.json", '[\n  {"instruction": "ok"}\n  {"instruction": "b"}\n]', "bad.json:3: not valid JSON"),
     ("bad.json", '[{"instruction": "ok"}, "text"]',
-     'bad.json:1: expected a JSON object with an "instruction" field (got str)'),
+     'bad.json:1: expected a JSON object with an "instruction" field (got string)'),
+    ("bom.jsonl", '\ufeff{"instruction": "ok"}\n', "bom.jsonl:1: the file starts with a byte order mark"),
+    ("split.jsonl", '{"instruction": "a\u2028b"}\n{"instruction": 1}\n', 'split.jsonl:2: field "instruction" must be'),
     ("deep.json", "[" * 100_000 + "]" * 100_000, "deep.json:1: JSON nested too deeply"),
     ("deep.jsonl", '{"instruction": "ok"}\n' + "[" * 100_000, "deep.jsonl:2: JSON nested too deeply"),
 ])
@@ -120,20 +121,39 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, name, text
     source = tmp_path / name
     source.write_text(text)
     status, err = run(capsys, source)
-    assert status == 2 and len(err.splitlines()) == 1 and err.startswith(f"{source.parent}/{message}")
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith(f"self_instruct: error: {source.parent}/{message}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     source = tmp_path / "data.jsonl"
     source.write_text(json.dumps(RECORDS[0]) + "\n")
-    for kwargs, message in [({"threshold": 2}, "threshold must be between 0 and 1"),
-                            ({"against": str(tmp_path / "missing.jsonl")}, "missing.jsonl: no such file"),
-                            ({"output": str(source)}, "would overwrite an input file")]:
-        with pytest.raises(SystemExit) as exit:
-            main(str(source), **kwargs)
-        assert exit.value.code == 2 and message in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "outdir").mkdir()
+    for args, message in [(["--threshold", "2"], "threshold must be between 0 and 1"),
+                          (["--threshold", "abc"], "--threshold must be a number (got 'abc')"),
+                          (["--against", tmp_path / "missing.jsonl"], "missing.jsonl: no such file"),
+                          (["--output", source], "would overwrite an input file"),
+                          (["--output", tmp_path / "outdir"], "outdir: is a directory; name a file to write"),
+                          (["--output", tmp_path / "loop"], "loop: too many levels of symbolic links"),
+                          (["--report", tmp_path / "outdir"], "outdir: is a directory"),
+                          (["--ngram", "0", "--against", source], "--ngram must be a whole number of words, 1 or more"),
+                          (["--ngram", "x"], "--ngram must be a whole number"),
+                          (["--fields", "question"], "--fields chooses benchmark fields for --ngram"),
+                          (["--thresold", "0.5"], "unknown flag --thresold; did you mean --threshold?")]:
+        status, err = run(capsys, source, *args)
+        assert status == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "loop", "outdir"]
+    assert not any((tmp_path / "outdir").iterdir())
+
+
+def test_input_that_is_a_symlink_loop_or_a_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    status, err = run(capsys, tmp_path / "loop.jsonl", "--output", tmp_path / "out.jsonl")
+    assert status == 2 and len(err.splitlines()) == 1 and "symbolic links" in err
+    status, err = run(capsys, tmp_path, "--output", tmp_path / "out.jsonl")
+    assert status == 2 and len(err.splitlines()) == 1 and "is a directory" in err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_read_dataset_reads_alpaca_data(anchors):
@@ -149,3 +169,29 @@ def test_module_entry_point_runs(tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "data.dedup.json").read_text()) == KEPT
+
+
+@pytest.mark.parametrize("threshold, shards", [(0.7, 1), (0.7, 5), (0.4, 3), (0.0, 2)])
+def test_sharded_pairs_and_one_greedy_pass_decide_like_the_sequential_greedy(tmp_path, threshold, shards):
+    rng = random.Random(int(threshold * 10) + shards)
+    words = ["name", "a", "fruit", "colour", "the", "red", "give", "three", "tips", "Über", "x1"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(400)]
+    against = texts[:10]
+    flags = dedup.sharded_keep(texts, threshold, against, shards=shards, directory=tmp_path)
+    assert flags == reference_keep(texts, threshold, against) == list(greedy_keep(texts, threshold, against))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pairs-{k:04d}-of-{shards:04d}.npy" for k in range(shards)]
+
+
+def test_sharded_decisions_on_perturbed_alpaca_equal_the_sequential_ones(tmp_path, anchors):
+    records = json.loads((anchors / "alpaca_data_5000_sample.json").read_text())
+    rng = random.Random(5)
+    stream = []
+    for record in rng.choices(records, k=3000):
+        words = record["instruction"].split()
+        for _ in range(rng.randint(0, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(["please", "the", "new", "café"]))
+        stream.append(" ".join(words))
+    seeds = [json.loads(line)["instruction"] for line in open(anchors / "alpaca_seed_tasks.jsonl")]
+    sequential = list(greedy_keep(stream, 0.7, seeds))
+    assert dedup.sharded_keep(stream, 0.7, seeds, shards=4, directory=tmp_path) == sequential
+    assert 0 < sum(sequential) < len(stream)

@@ -3,16 +3,19 @@
 and stalls, which must stop a run cleanly and say why.
 
 Runs go through the library (generate) with a short backoff, so each takes a fraction of a second.
+Replies are streamed (the teacher's default); the last tests ask the teacher directly about
+what streaming adds: a limit on silence rather than length, servers without it, budgets.
 """
+import asyncio
 import json
 import time
 
-import openai
 import pytest
 
 from self_instruct.errors import TeacherError
-from self_instruct.generate import PIPELINE_DEPTH, StallError, cli, generate
-from self_instruct.teachers.openai_compat import BadReply, _retryable
+from self_instruct.generate import StallError, cli, generate
+from self_instruct.teachers.openai_compat import BadReply, OpenAITeacher, _retryable
+from self_instruct.types import Decoding
 
 TARGET = 12
 
@@ -133,8 +136,9 @@ def test_bad_reply_is_dropped_with_a_reason(fake_server, tmp_path, fault, reason
     rejected = [r for r in read_jsonl(tmp_path / "out" / "rejected.jsonl") if r["reason"] == reason]
     assert len(rejected) >= 2 and all(r["raw"] for r in rejected)
     if fault == "length":
-        # Only the cut block is lost: the whole blocks before it were judged like any other.
-        assert result.stats.parsed > TARGET
+        # Only the cut block is lost: the whole blocks before it were parsed like any other
+        # (those past the target are counted apart, as left unjudged).
+        assert result.stats.parsed + result.stats.unjudged > TARGET
     if fault == "zero_tasks":
         assert any("Sorry" in r["raw"] for r in rejected)
     assert_complete(tmp_path / "out")
@@ -197,10 +201,14 @@ def test_max_requests_stops_exactly_and_resumes(fake_server, tmp_path):
 
 def test_max_total_tokens_stops_and_resumes(fake_server, tmp_path):
     out = tmp_path / "out"
-    result = grow(fake_server, out, target=500, max_total_tokens=3000)
-    assert result.stopped_by == "max_total_tokens" and result.stats.tokens >= 3000
+    result = grow(fake_server, out, target=500, max_total_tokens=12000, max_tokens=500)
+    # Each request reserves its prompt's bytes (+32) and max_tokens, so the cap is never passed,
+    # not even by the requests in flight when it is reached.
     state = json.loads((out / "state.json").read_text())
-    assert state["prompt_tokens"] + state["completion_tokens"] == result.stats.tokens
+    used = state["prompt_tokens"] + state["completion_tokens"]
+    assert result.stopped_by == "max_total_tokens" and 0 < used <= result.stats.tokens <= 12000
+    reserved = sum(len(b["prompt"].encode()) + 32 + b["max_tokens"] for b in completion_requests(fake_server))
+    assert reserved <= 12000
     kept = len(read_jsonl(out / "generated.jsonl"))
     grow(fake_server, out, target=kept + 5)
     assert_complete(out, kept + 5)
@@ -221,8 +229,9 @@ def test_rounds_keeping_nothing_stop_the_run_with_the_cause(fake_server, tmp_pat
     message = str(info.value)
     assert "3 rounds in a row kept no instruction" in message and "missing_field" in message
     assert "--prompt_path" in message and "rerun" in message
-    # The stalled rounds, plus the rounds already in flight when the third came back.
-    assert len(completion_requests(fake_server)) <= (3 + PIPELINE_DEPTH) * 2
+    # The stalled rounds, plus what was out when the third came back: at most 8 requests in
+    # flight (--max_concurrency) and a bounded queue of rounds behind the oldest (2 * 8/2 + 2).
+    assert len(completion_requests(fake_server)) <= (3 + 2 * 8 // 2 + 2) * 2
 
 
 def test_a_teacher_that_repeats_itself_is_told_apart(fake_server, tmp_path):
@@ -246,3 +255,89 @@ def test_an_endpoint_failing_every_request_stops_with_the_last_error(fake_server
     # The stop leaves a run that resumes.
     fake_server.scripted.clear()
     assert grow(fake_server, out, target=5, model_name="m", num_tasks=20, max_stall_rounds=2).kept == 5
+
+
+# --- streamed replies: silence, length, servers without streaming, budgets ---
+
+PROMPT = "Come up with tasks.\n###\n4. Instruction:"
+DECODING = Decoding(max_tokens=300, stop=("6. Instruction:",))
+
+
+def ask(teacher, *batches):
+    """The replies to batches of prompts sent one batch after the other (one prompt by default)."""
+    async def run():
+        try:
+            return [r for n in batches or (1,) for r in await teacher.complete([PROMPT] * n, DECODING)]
+        finally:
+            await teacher.aclose()
+    return asyncio.run(run())
+
+
+def test_a_long_reply_is_not_a_timeout_while_tokens_keep_coming(fake_server):
+    # About 40 tokens 50 ms apart: 2 s in all, four times the limit, which bounds only silence.
+    fake_server.tasks_per_reply, fake_server.token_delay = 1, 0.05
+    (reply,) = ask(OpenAITeacher("fake-model", base_url=fake_server.base_url, request_timeout=0.5))
+    assert reply.ok and reply.finish_reason == "stop" and not reply.faults
+    assert "4. Output:" in reply.text and reply.completion_tokens == len(reply.text.split())
+
+
+def test_silence_mid_stream_times_out_and_is_retried(fake_server):
+    fake_server.tasks_per_reply, fake_server.timeout_sleep = 1, 1.0
+    fake_server.script(["stall"])
+    (reply,) = ask(OpenAITeacher("fake-model", base_url=fake_server.base_url, request_timeout=0.3, backoff_initial=0.01))
+    assert reply.ok and reply.faults == ("timeout",)
+    assert "4. Output:" in reply.text  # the retry's whole reply, nothing of the stalled one
+
+
+def test_a_reply_still_streaming_at_the_total_cap_is_a_timeout(fake_server):
+    fake_server.tasks_per_reply, fake_server.token_delay = 1, 0.05
+    teacher = OpenAITeacher("fake-model", base_url=fake_server.base_url, request_timeout=0.5, total_timeout=0.5, max_attempts=1)
+    (reply,) = ask(teacher)
+    assert not reply.ok and reply.error.startswith("timeout: the reply was still streaming after 0.5 s")
+
+
+def test_a_server_without_streaming_is_asked_without_it(fake_server):
+    fake_server.refuse_stream = True
+    replies = ask(OpenAITeacher("fake-model", base_url=fake_server.base_url), 3, 3)
+    assert all(r.ok and not r.faults for r in replies)
+    # The first three went out streamed, were refused and asked again; the rest went out plain.
+    assert [bool(b.get("stream")) for b in completion_requests(fake_server)] == [True] * 3 + [False] * 6
+
+
+def test_a_server_without_stream_usage_is_streamed_and_counted_by_chunks(fake_server):
+    fake_server.refuse_stream_options = True
+    fake_server.tasks_per_reply = 1
+    replies = ask(OpenAITeacher("fake-model", base_url=fake_server.base_url), 1, 2)
+    assert all(r.ok and not r.faults for r in replies)
+    sent = completion_requests(fake_server)
+    assert "stream_options" in sent[0] and all(b.get("stream") and "stream_options" not in b for b in sent[1:])
+    assert len(sent) == 4
+    # No usage reported: one token a chunk (the fake sends a word a chunk), the prompt estimated.
+    assert all(r.completion_tokens == len(r.text.split()) and r.prompt_tokens > 0 for r in replies)
+
+
+def test_usage_reported_at_the_end_of_the_stream_is_taken(fake_server):
+    (reply,) = ask(OpenAITeacher("fake-model", base_url=fake_server.base_url))
+    assert reply.prompt_tokens == len(PROMPT.split()) and reply.completion_tokens == len(reply.text.split())
+
+
+def test_no_retry_once_the_budget_says_no(fake_server):
+    fake_server.script(["503", "503", "503"])
+    asked = []
+
+    async def allow_one_retry():
+        asked.append(1)
+        return len(asked) <= 1
+    teacher = OpenAITeacher("fake-model", base_url=fake_server.base_url, backoff_initial=0.01)
+    teacher.before_retry = allow_one_retry
+    (reply,) = ask(teacher)
+    assert not reply.ok and reply.error.startswith("budget: ") and reply.faults == ("503", "503")
+    assert len(completion_requests(fake_server)) == 2 and len(asked) == 2
+
+
+def test_the_teacher_works_unstreamed_as_before(fake_server):
+    fake_server.script(["429", "reset", "malformed"])
+    teacher = OpenAITeacher("fake-model", base_url=fake_server.base_url, stream=False, backoff_initial=0.01)
+    (reply,) = ask(teacher)
+    assert reply.ok and reply.faults == ("429", "connection", "malformed")
+    assert not any(b.get("stream") for b in completion_requests(fake_server))

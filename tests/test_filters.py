@@ -38,6 +38,17 @@ def test_every_blacklist_word_is_caught():
         assert blacklist_word(f"Please consider the {word.upper()} here") == word
 
 
+@pytest.mark.parametrize("plural", ["videos", "plots", "diagrams", "flowcharts", "draws", "audios", "musics"])
+def test_plurals_alpaca_missed_are_blacklisted(plural):
+    assert reason(f"Summarize the {plural} from the last meeting") == "blacklist"
+    assert blacklist_word(f"Summarize the {plural.capitalize()} here") == plural
+
+
+@pytest.mark.parametrize("word", ["mapping", "imagery", "filesystem", "plotting", "videography", "diagrammatic", "drawer"])
+def test_longer_words_holding_a_blacklisted_one_pass(word):
+    assert reason(f"Explain the {word} in a short paragraph") is None
+
+
 def test_order_is_alpacas():
     # A short blacklisted instruction reports the first filter in Alpaca's order.
     assert reason("Draw a map") == "too_short"

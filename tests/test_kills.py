@@ -155,23 +155,26 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
 
 def test_torn_last_line_is_cut_and_reported(tmp_path):
     out = tmp_path / "out"
-    pool = InstructionPool.open(out)
-    pool.append([{"instruction": f"Task {i}", "metadata": {"round": 0}} for i in range(3)], [{"reason": "similar"}])
+    pool = InstructionPool.open(out, unit_key="round")
+    pool.append(0, [{"instruction": f"Task {i}", "metadata": {"round": 0}} for i in range(3)], [{"reason": "similar"}])
+    pool.close()
     with open(out / "generated.jsonl", "ab") as f:
         f.write(b'{"instruction": "Task 3", "meta')
     with open(out / "rejected.jsonl", "ab") as f:
         f.write(b'{"reason": "too_short"}')  # whole JSON, but no newline: the write was not finished
 
-    again = InstructionPool.open(out)
+    again = InstructionPool.open(out, unit_key="round")
+    again.close()
     assert [r["instruction"] for r in again.records] == ["Task 0", "Task 1", "Task 2"]
-    assert again.rejected == [{"reason": "similar"}]
-    assert again.repairs == [
+    assert dict(again.reject_counts) == {"similar": 1}
+    assert again.notes == [
         "generated.jsonl: cut off a torn last line of 31 bytes (the run was killed while writing it)",
         "rejected.jsonl: cut off a torn last line of 23 bytes (the run was killed while writing it)",
     ]
     assert (out / "generated.jsonl").read_bytes().endswith(b'"round": 0}}\n')
     # Cut once: the next open finds nothing to repair, and appends start on a fresh line.
-    assert InstructionPool.open(out).repairs == []
+    with InstructionPool.open(out) as pool:
+        assert pool.notes == []
 
 
 def test_a_broken_line_inside_the_file_is_not_guessed_at(tmp_path):

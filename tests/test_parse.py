@@ -2,6 +2,8 @@ import pytest
 
 from self_instruct.parse import is_noinput, parse_completion
 
+import chat_replies
+
 
 def block(i, instruction, inp, out, open_=False):
     head = f" {instruction}" if open_ else f"{i}. Instruction: {instruction}"
@@ -73,3 +75,133 @@ def test_output_keeps_inner_newlines_and_strips_edges():
     text = block(4, "List two fruits on lines.", "<noinput>", "apple\nbanana\n\n", open_=True)
     examples, _ = parse_completion(text, "stop", 3)
     assert examples[0].output == "apple\nbanana"
+
+
+# Chat teachers: replies written in the styles of today's chat models (tests/chat_replies.py).
+
+def triples(examples):
+    return [(e.instruction, e.input, e.output) for e in examples]
+
+
+def test_chat_preamble_and_closing_remark_are_ignored():
+    examples, rejections = parse_completion(chat_replies.PREAMBLE_AND_REMARK, "stop", 3)
+    assert triples(examples) == [
+        ("Name the largest planet in the solar system.", "", "Jupiter is the largest planet in the solar system."),
+        ("Rewrite the sentence in the passive voice.", "The committee approved the new budget.",
+         "The new budget was approved by the committee."),
+    ]
+    assert rejections == []
+
+
+def test_bold_labels_and_a_multi_paragraph_last_output():
+    examples, rejections = parse_completion(chat_replies.BOLD_LABELS, "stop", 3)
+    assert triples(examples) == [
+        ("Classify the sentiment of the review as positive or negative.",
+         "The battery died after two days and support never answered.", "Negative"),
+        ("Explain why leaves change color in autumn.", "",
+         "As days shorten, trees stop making chlorophyll, the green pigment.\n\n"
+         "The yellow and orange pigments that were there all along then show through."),
+    ]
+    assert rejections == []
+
+
+def test_headings_and_code_fences_inside_outputs_stay_whole():
+    examples, rejections = parse_completion(chat_replies.MARKDOWN_OUTPUTS, "stop", 3)
+    assert triples(examples) == chat_replies.MARKDOWN_OUTPUTS_EXPECTED and rejections == []
+
+
+def test_completion_output_with_a_heading_keeps_the_tasks_after_it():
+    text = block(4, "Outline a weekly study plan.", "<noinput>", "### Monday\nRead.\n### Tuesday\nPractise.", open_=True)
+    text += "###\n" + block(5, "Name three prime numbers below ten.", "<noinput>", "2, 3 and 5")
+    examples, rejections = parse_completion(text, "stop", 3)
+    assert triples(examples) == [
+        ("Outline a weekly study plan.", "", "### Monday\nRead.\n### Tuesday\nPractise."),
+        ("Name three prime numbers below ten.", "", "2, 3 and 5"),
+    ]
+    assert rejections == []
+
+
+@pytest.mark.parametrize("remark", [
+    "\n###\nThese tasks cover several kinds of work.",
+    "\n\n---\n\nFeel free to ask for more examples.",
+    "\n\nI hope this helps! Let me know if you need anything else.\n\nHappy training!",
+    "\n\n**Would you like me to continue the list?**",
+    "\n\nThese 2 new tasks cover vocabulary.\n\nHappy training!",
+])
+def test_closing_remarks_are_cut_from_the_last_output(remark):
+    text = chat_replies.numbered((4, 5)) + remark
+    examples, rejections = parse_completion(text, "stop", 3)
+    assert [e.output for e in examples] == ["fast", "fast"] and rejections == []
+
+
+@pytest.mark.parametrize("output", [
+    "Hi team,\n\nThe picnic moves to Saturday.\n\nI hope to see you all there.\n\nBest,\nDana",
+    "Step one.\n\nStep two.\n\nLet the dough rest for an hour.",
+    '```python\ndef hello():\n    """Say hello."""\n\n    Let me know if you need more\n```',
+    "These tasks cover a lot.",  # a remark's words as the whole output: never cut to nothing
+    "Plan:\n### Steps\n1. Pack.\n\n### Then\n2. Go.",
+    "```python\n###\n# helpers\n###\n\nThese tasks cover the helpers.\n```",
+    "Chores for the week.\n\nThese tasks should be done in order.",
+])
+def test_multi_paragraph_outputs_are_not_taken_for_remarks(output):
+    text = chat_replies.numbered((4,)) + "###\n" + block(5, "Write a short note to the team.", "<noinput>", output)
+    examples, _ = parse_completion(text, "stop", 3)
+    assert examples[-1].output == output
+
+
+def test_truncated_chat_reply_drops_only_the_cut_task():
+    text = chat_replies.numbered((4, 5)) + "###\n6. Instruction: Give one synonym for the word"
+    examples, rejections = parse_completion(text, "length", 3)
+    assert len(examples) == 2 and [r.reason for r in rejections] == ["truncated"]
+
+
+def test_drifting_numbers_are_rejected_by_default():
+    examples, rejections = parse_completion(chat_replies.numbered((4, 5, 7, 8)), "stop", 3)
+    assert len(examples) == 2
+    assert [(r.reason, r.detail) for r in rejections] == [
+        ("wrong_number", "expected 6, found 7"), ("wrong_number", "expected 7, found 8")]
+
+
+@pytest.mark.parametrize("numbers", [(4, 5, 7, 8), (1, 2, 3, 4), (4, 4, 5, 6)])
+def test_renumber_keeps_blocks_whose_own_labels_agree(numbers):
+    examples, rejections = parse_completion(chat_replies.numbered(numbers), "stop", 3, renumber=True)
+    assert [e.instruction for e in examples] == [f"Give one synonym for the word number {k}." for k in numbers]
+    assert rejections == []
+
+
+def test_renumber_still_rejects_a_block_whose_labels_disagree():
+    text = chat_replies.numbered((4,)) + "###\n7. Instruction: Give an antonym of cold.\n8. Input:\n<noinput>\n8. Output:\nhot\n"
+    text += "###\n" + block(9, "Give an antonym of light.", "<noinput>", "dark")
+    examples, rejections = parse_completion(text, "stop", 3, renumber=True)
+    assert [e.output for e in examples] == ["fast", "dark"]
+    assert [r.reason for r in rejections] == ["wrong_number"]
+
+
+def test_preamble_before_a_restated_open_number_with_hashes():
+    text = "Certainly! Continuing the list.\n\n###\n" + block(4, "Convert 3 kilometres to metres.", "<noinput>", "3000 metres")
+    examples, rejections = parse_completion(text, "stop", 3)
+    assert triples(examples) == [("Convert 3 kilometres to metres.", "", "3000 metres")] and rejections == []
+
+
+def test_completion_whose_open_task_lost_its_fields_keeps_the_rest():
+    # The text before the first restated label holds a `###`: it is the open task, not a preamble.
+    text = " Say something nice.\n###\n" + block(5, "Name a colour of the rainbow.", "<noinput>", "Red")
+    examples, rejections = parse_completion(text, "stop", 3)
+    assert [e.instruction for e in examples] == ["Name a colour of the rainbow."]
+    assert [r.reason for r in rejections] == ["missing_field"]
+
+
+def test_labels_of_other_numbers_inside_an_output_are_text():
+    output = "1. Input: read the numbers.\n2. Output: print their sum."
+    text = block(4, "Describe the steps of a tiny adder program.", "<noinput>", output, open_=True)
+    text += "###\n" + block(5, "Name a colour of the rainbow.", "<noinput>", "Red")
+    for renumber in (False, True):
+        examples, rejections = parse_completion(text, "stop", 3, renumber=renumber)
+        assert [e.output for e in examples] == [output, "Red"] and rejections == []
+
+
+def test_a_doubled_separator_leaves_no_hashes_in_the_output():
+    text = block(4, "Name a large ocean of the world.", "<noinput>", "The Pacific", open_=True) + "###\n\n###\n"
+    text += block(5, "Name a colour of the rainbow.", "<noinput>", "Red") + "###\n"
+    examples, rejections = parse_completion(text, "stop", 3)
+    assert [e.output for e in examples] == ["The Pacific", "Red"] and rejections == []

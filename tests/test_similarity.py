@@ -168,3 +168,36 @@ def test_tokens_past_the_surrogate_range_and_the_basic_plane_score_exactly():
     index, ref = RougeIndex(texts, 0.5, vocabulary=vocabulary), Reference(texts, 0.5)
     for text in ["v55296 v55297 v1", "v69999 v65536 v55296 v3", "v55295 v2"]:
         assert_same(index.check(text), ref, text)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.5])
+def test_shard_pairs_over_all_shards_are_every_pair_above_the_threshold(threshold):
+    rng = random.Random(21)
+    words = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    texts = [random_text(rng, words) for _ in range(250)]
+    index = RougeIndex(threshold=threshold)
+    encoded = index._encode_ranked(texts)
+    tokens = [SCORER._tokenizer.tokenize(t) for t in texts]
+    expected = {(i, j) for j in range(len(texts)) for i in range(j)
+                if rouge_scorer._score_lcs(tokens[i], tokens[j]).fmeasure > threshold}
+    for shards in (1, 4):
+        found = np.concatenate([similarity.shard_pairs(encoded, threshold, k, shards) for k in range(shards)])
+        assert set(map(tuple, found.tolist())) == expected and expected
+
+
+def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score():
+    # Enough texts for several batches of growing size; repeats (same tokens, other case and
+    # punctuation) take the shortcut that skips the query.
+    rng = random.Random(8)
+    words = [f"w{i}" for i in range(40)]
+    base = [random_text(rng, words) for _ in range(120)]
+    texts = [rng.choice(base).upper() + rng.choice(["", "!", " ?"]) for _ in range(1000)]
+    against = base[:5]
+    flags = np.concatenate(list(similarity.greedy_dedup(texts, 0.7, against))).tolist()
+    ref, expected = Reference(against, 0.7), []
+    for text in texts:
+        keep = not any(score > 0.7 for score in ref.scores(text))
+        if keep:
+            ref.add(text)
+        expected.append(keep)
+    assert flags == expected and 0 < sum(flags) < len(texts)

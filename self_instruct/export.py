@@ -1,0 +1,525 @@
+"""Export instruction records to what trainers and reviewers read, and read reviewed sheets back.
+
+    python -m self_instruct.export out/generated.jsonl --format messages --output train.jsonl
+    python -m self_instruct.export out --format xlsx --output review.xlsx        # a run's directory
+    python -m self_instruct.export review.xlsx --format jsonl --output reviewed.jsonl
+
+Inputs are generate's or documents' output (generated.jsonl, regen.json, or the output directory,
+which means its generated.jsonl), any Alpaca JSON list or JSONL, or a sheet this command wrote
+(.csv/.xlsx, or named with --from csv|xlsx). Several inputs (separated by spaces or commas) are
+concatenated in order. A record needs a non-empty instruction and output; input is optional.
+
+Formats, and what reads them:
+- alpaca             JSON list of {instruction, input, output} (Alpaca's train.py, LLaMA-Factory)
+- jsonl              the same, one record a line
+- messages           JSONL of {"messages": [system?, user, assistant]}: OpenAI chat fine-tuning,
+                     TRL's SFTTrainer, axolotl's chat_template; user = instruction, a blank line, input
+- prompt-completion  JSONL of {"prompt", "completion"}: OpenAI's legacy fine-tuning, TRL; the prompt
+                     is laid out with the training template (prompts/train_*.txt), as train.py does
+- sharegpt           JSON list of {"conversations": [{"from", "value"}], "system"?}, and its entry in
+                     dataset_info.json beside it, for LLaMA-Factory
+- csv, xlsx          a row a record for people to review, with the columns similarity, source,
+                     round and score; edited rows come back as records (cells edited, rows deleted
+                     or added)
+- hf                 a datasets.Dataset saved with save_to_disk (a DatasetDict with --split)
+
+A record whose metadata.holdout is true is never exported: it is held out for evaluation.
+Every output is written to a temp file and renamed, so a failed export leaves no partial file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .cli import HELP, run
+from .errors import ConfigError, DataError
+from .jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
+
+FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "csv", "xlsx", "hf")
+SHEETS = ("csv", "xlsx")
+TEXT_COLUMNS = ("instruction", "input", "output")
+# Review columns: the sheet's name for each, where it lives in a record, and its type.
+META_COLUMNS = {"similarity": ("avg_similarity_score", float), "source": ("metadata.source", str),
+                "round": ("metadata.round", int), "score": ("metadata.score", float)}
+SHEET_COLUMNS = TEXT_COLUMNS + tuple(META_COLUMNS)
+INSTALL_HINT = "pip install 'self_instruct[export]'"
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's CSV injection list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+XLSX_CELL_LIMIT = 32767  # characters: Excel refuses longer cells
+
+
+# -----------------------------------------------------------------------------
+# reading: any input, as checked records
+
+
+def read_inputs(paths: Sequence[str | Path], sheet: str | None = None) -> tuple[list[dict], int]:
+    """Records of every input in order, and how many were held out (metadata.holdout) and skipped."""
+    records, held_out = [], 0
+    for path in paths:
+        for record in read_input(Path(path), sheet):
+            if (record.get("metadata") or {}).get("holdout"):
+                held_out += 1
+            else:
+                records.append(record)
+    return records, held_out
+
+
+def read_input(path: Path, sheet: str | None = None) -> Iterator[dict]:
+    """Records of one input: a run's directory, a JSON list or JSONL file, or a sheet."""
+    if path.is_dir():
+        if not (path / "generated.jsonl").is_file():
+            raise DataError(f"{path}: a directory without generated.jsonl; pass a run's output directory or a file")
+        path = path / "generated.jsonl"
+    kind = sheet or {".csv": "csv", ".xlsx": "xlsx"}.get(path.suffix.lower())
+    if kind:
+        yield from read_sheet(path, kind)
+        return
+    for lineno, item in iter_records(path):
+        try:
+            yield check_record(item)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: {exc}") from None
+
+
+def check_record(item: dict) -> dict:
+    """The record itself when it has what every format needs, else ValueError naming the field.
+
+    >>> check_record({"instruction": "Name a colour.", "output": "Red."})["input"]
+    ''
+    """
+    for field in TEXT_COLUMNS:
+        if field not in item and field != "input":
+            raise ValueError(f'field "{field}" is missing')
+        value = item.get(field, "")
+        if not isinstance(value, str):
+            raise ValueError(f'field "{field}" must be text (got {type_name(value)})')
+        if field != "input" and not value.strip():
+            raise ValueError(f'field "{field}" is empty')
+    if not isinstance(item.get("metadata", {}), dict):
+        raise ValueError('field "metadata" must be an object')
+    return {"input": "", **item}
+
+
+# -----------------------------------------------------------------------------
+# one record in each format
+
+
+def to_alpaca(record: dict) -> dict:
+    return {field: record[field] for field in TEXT_COLUMNS}
+
+
+def user_text(record: dict) -> str:
+    """What the user says: the instruction, then the input after a blank line when there is one."""
+    return f"{record['instruction']}\n\n{record['input']}" if record["input"] else record["instruction"]
+
+
+def to_messages(record: dict, system: str | None) -> dict:
+    """OpenAI's chat fine-tuning record.
+
+    >>> to_messages({"instruction": "Add.", "input": "2, 3", "output": "5"}, None)["messages"][0]
+    {'role': 'user', 'content': 'Add.\\n\\n2, 3'}
+    """
+    turns = [{"role": "system", "content": system}] if system else []
+    turns += [{"role": "user", "content": user_text(record)}, {"role": "assistant", "content": record["output"]}]
+    return {"messages": turns}
+
+
+def to_sharegpt(record: dict, system: str | None) -> dict:
+    conversation = {"conversations": [{"from": "human", "value": user_text(record)}, {"from": "gpt", "value": record["output"]}]}
+    return {**conversation, "system": system} if system else conversation
+
+
+def prompt_completion(templates: dict[str, str]) -> Callable[[dict], dict]:
+    """The record laid out as train.py lays it out: the prompt template, then the output."""
+    from .train import render_prompt
+    return lambda record: {"prompt": render_prompt(record, templates), "completion": record["output"]}
+
+
+def to_row(record: dict) -> dict:
+    """The sheet row of a record: its texts and review columns (None where a record has no value,
+    numbers to 4 decimals)."""
+    row = {field: record[field] for field in TEXT_COLUMNS}
+    for column, (where, _) in META_COLUMNS.items():
+        value = record
+        for key in where.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        # A reviewer's precision; Excel keeps only 15 digits anyway, and this way both sheets agree.
+        row[column] = round(value, 4) if isinstance(value, float) else value
+    return row
+
+
+def from_row(row: dict) -> dict:
+    """The record of a sheet row (the inverse of to_row for what a sheet holds)."""
+    record = {field: row.get(field) or "" for field in TEXT_COLUMNS}
+    for column, (where, _) in META_COLUMNS.items():
+        if row.get(column) is not None:
+            *parents, key = where.split(".")
+            target = record
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[key] = row[column]
+    return record
+
+
+# -----------------------------------------------------------------------------
+# sheets: cells that survive spreadsheets, and the way back
+
+
+def escape_cell(text: str) -> str:
+    """Text a spreadsheet shows and does not run: a leading apostrophe before formula-like text.
+
+    One apostrophe is also added before text that already starts with one followed by a formula
+    character or another apostrophe, so unescape_cell gives back exactly what went in.
+    >>> escape_cell("=SUM(A1:A3)"), unescape_cell(escape_cell("=SUM(A1:A3)"))
+    ("'=SUM(A1:A3)", '=SUM(A1:A3)')
+    """
+    if text.startswith(FORMULA_START) or (text.startswith("'") and text[1:].startswith(FORMULA_START + ("'",))):
+        return "'" + text
+    return text
+
+
+def unescape_cell(text: str) -> str:
+    if text.startswith("'") and text[1:].startswith(FORMULA_START + ("'",)):
+        return text[1:]
+    return text
+
+
+_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|_(?=x[0-9A-Fa-f]{4}_)")
+_XML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def escape_xlsx(text: str) -> str:
+    """Characters XML cannot hold as OOXML's _xHHHH_ escapes, which Excel reads back; a literal
+    "_x0041_" keeps its underscore as _x005F_ (openpyxl leaves both to the caller).
+
+    >>> escape_xlsx("page\\x0cbreak _x0041_"), unescape_xlsx(escape_xlsx("page\\x0cbreak _x0041_"))
+    ('page_x000C_break _x005F_x0041_', 'page\\x0cbreak _x0041_')
+    """
+    return _XML_ILLEGAL.sub(lambda m: f"_x{ord(m.group()):04X}_", text)
+
+
+def unescape_xlsx(text: str) -> str:
+    return _XML_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def write_csv(path: Path, rows: Iterable[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)  # RFC 4180 quoting: commas, quotes and newlines stay inside a cell
+    writer.writerow(SHEET_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row[c] is None else escape_cell(row[c]) if isinstance(row[c], str) else repr(row[c])
+                         for c in SHEET_COLUMNS])
+    # The BOM tells Excel the file is UTF-8; without it Excel reads emoji and Hebrew as Latin-1.
+    write_text_atomic(path, "\ufeff" + buffer.getvalue())
+
+
+def write_xlsx(path: Path, rows: Iterable[dict]) -> None:
+    openpyxl = require("openpyxl")
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.styles import Alignment, Font
+
+    rows = list(rows)
+    check_cell_lengths(rows)  # before the workbook exists: openpyxl cannot abandon a half-written one cleanly
+    book = openpyxl.Workbook(write_only=True)  # streams rows instead of holding a cell object each
+    sheet = book.create_sheet("records")
+    sheet.freeze_panes = "A2"
+    for letter, width in zip("ABCDEFG", (50, 30, 60, 11, 24, 7, 7)):
+        sheet.column_dimensions[letter].width = width
+    header = [WriteOnlyCell(sheet, value=name) for name in SHEET_COLUMNS]
+    for cell in header:
+        cell.font = Font(bold=True)
+    sheet.append(header)
+    wrap = Alignment(wrap_text=True, vertical="top")
+    for row in rows:
+        cells = []
+        for column in SHEET_COLUMNS:
+            value = row[column]
+            if isinstance(value, str):
+                cell = WriteOnlyCell(sheet, value=escape_xlsx(value))
+                # A string cell, never a formula, and marked so Excel keeps it text when edited.
+                cell.data_type, cell.quotePrefix, cell.alignment = "s", value.startswith(FORMULA_START), wrap
+            else:
+                cell = WriteOnlyCell(sheet, value=value)
+            cells.append(cell)
+        sheet.append(cells)
+    buffer = io.BytesIO()
+    book.save(buffer)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def check_cell_lengths(rows: Sequence[dict]) -> None:
+    for number, row in enumerate(rows, 1):
+        for column in TEXT_COLUMNS:
+            if len(row[column]) > XLSX_CELL_LIMIT:
+                raise DataError(f"record {number}: its {column} has {len(row[column]):,} characters, more than an xlsx "
+                                f"cell holds ({XLSX_CELL_LIMIT:,}); export it as csv")
+
+
+def read_sheet(path: Path, kind: str) -> Iterator[dict]:
+    """Records of a sheet this command wrote and people edited; a bad row is one error naming it.
+
+    The header row names the columns (in any order; instruction and output are required, unknown
+    columns are ignored); blank rows are skipped.
+    """
+    rows = csv_rows(path) if kind == "csv" else xlsx_rows(path)
+    header = [str(name).strip() if name is not None else "" for name in next(rows, [])]
+    missing = [name for name in ("instruction", "output") if name not in header]
+    if missing:
+        raise DataError(f"{path}: row 1: the header lacks {' and '.join(map(repr, missing))} "
+                        f"(a sheet needs the columns {', '.join(SHEET_COLUMNS)})")
+    positions = {name: header.index(name) for name in SHEET_COLUMNS if name in header}
+    for number, cells in enumerate(rows, 2):
+        if all(cell is None or cell == "" for cell in cells):
+            continue
+        try:
+            if len(cells) > len(header) and any(cell not in (None, "") for cell in cells[len(header):]):
+                raise ValueError(f"{len(cells)} cells, but the header names {len(header)} columns")
+            row = {name: sheet_value(name, cells[i] if i < len(cells) else None, kind) for name, i in positions.items()}
+            yield check_record(from_row(row))
+        except ValueError as exc:
+            raise DataError(f"{path}: row {number}: {exc}") from None
+
+
+def sheet_value(column: str, cell, kind: str):
+    """A cell as the record holds it: text unescaped, review columns as numbers, empty as None."""
+    if cell is None or cell == "":
+        return None
+    if column in TEXT_COLUMNS:
+        if isinstance(cell, bool) or not isinstance(cell, (str, int, float)):
+            raise ValueError(f'column "{column}" must be text (got {cell!r})')
+        text = str(cell)  # a number typed into a text cell is the text of that number
+        return unescape_cell(text) if kind == "csv" else unescape_xlsx(text)
+    kind_of = META_COLUMNS[column][1]
+    try:
+        if kind_of is int:
+            number = float(cell)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return kind_of(cell)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind_of is int else "a number" if kind_of is float else "text"
+        raise ValueError(f'column "{column}" must be {what} (got {cell!r})') from None
+
+
+def csv_rows(path: Path) -> Iterator[list]:
+    # The csv module refuses cells over 128 KiB by default; a long document chunk is one cell.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    try:
+        # newline="": line breaks inside quoted cells are the csv module's to read, not the file's.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            yield from csv.reader(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        f"save it as 'CSV UTF-8'") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a CSV file ({exc})") from None
+
+
+def xlsx_rows(path: Path) -> Iterator[tuple]:
+    openpyxl = require("openpyxl")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:  # a file object: openpyxl refuses names not ending in .xlsx
+        try:
+            # The first sheet, values as stored: a cell someone turned into a formula gives its formula text.
+            book = openpyxl.load_workbook(f, read_only=True)
+        except Exception as exc:  # openpyxl raises zipfile, KeyError and XML errors for a file that is not xlsx
+            raise DataError(f"{path}: not an xlsx workbook ({type(exc).__name__}: {exc})") from None
+        try:
+            yield from book.worksheets[0].iter_rows(values_only=True)
+        finally:
+            book.close()
+
+
+# -----------------------------------------------------------------------------
+# writing: files of each format, a seeded split, LLaMA-Factory's dataset_info.json
+
+
+def dumps_line(obj) -> str:
+    """A JSONL line for other tools: UTF-8 as is, but U+2028, U+2029 and U+0085 escaped, because
+    readers that split lines with str.splitlines (or JavaScript before ES2019) break a record there.
+
+    >>> dumps_line({"text": "a\\u2028b é"})
+    '{"text": "a\\\\u2028b é"}'
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    jsonlines = require("jsonlines")
+    buffer = io.StringIO()
+    with jsonlines.Writer(buffer, dumps=dumps_line) as writer:
+        writer.write_all(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_json_list(path: Path, rows: Iterable[dict]) -> None:
+    write_json_atomic(path, list(rows))
+
+
+SAVERS = {"alpaca": write_json_list, "jsonl": write_jsonl, "messages": write_jsonl, "prompt-completion": write_jsonl,
+          "sharegpt": write_json_list, "csv": write_csv, "xlsx": write_xlsx}
+
+
+def write_hf(output: Path, parts: dict[str, list[dict]]) -> None:
+    """A datasets.Dataset (or a DatasetDict of the parts) saved with save_to_disk at output."""
+    datasets = require("datasets")
+    if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / "dataset_info.json").exists()
+                                                      or (output / "dataset_dict.json").exists())):
+        raise ConfigError(f"--output {output} exists and is not a saved dataset; choose a new path")
+    features = datasets.Features({field: datasets.Value("string") for field in TEXT_COLUMNS})
+    made = {name: datasets.Dataset.from_list(rows, features=features) for name, rows in parts.items()}
+    dataset = made[""] if "" in made else datasets.DatasetDict(made)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dataset.save_to_disk(str(tmp))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(output.parent)
+
+
+def split_records(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded train/test split: `fraction` of the records train; each part keeps the input order.
+
+    >>> split_records([{"n": i} for i in range(10)], 0.8, seed=1)[1]
+    [{'n': 1}, {'n': 2}]
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--split must be between 0 and 1, the fraction that trains (got {fraction})")
+    if len(records) < 2:
+        raise ConfigError(f"--split needs at least 2 records (got {len(records)})")
+    size = min(len(records) - 1, max(1, round(len(records) * (1 - fraction))))
+    test = set(random.Random(seed).sample(range(len(records)), size))
+    return ([r for i, r in enumerate(records) if i not in test], [r for i, r in enumerate(records) if i in test])
+
+
+def part_path(output: Path, part: str) -> Path:
+    """data.jsonl -> data.train.jsonl for the part "train"; the path itself for the whole."""
+    return output.with_name(f"{output.stem}.{part}{output.suffix}") if part else output
+
+
+def add_dataset_info(paths: Sequence[Path], system: bool) -> Path:
+    """Add (or replace) each sharegpt file's entry in dataset_info.json beside it, LLaMA-Factory's
+    list of datasets; the entry is named after the file (data.train.json -> data_train)."""
+    info_path = paths[0].parent / "dataset_info.json"
+    info = read_json(info_path) or {}
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected a JSON object of datasets")
+    columns = {"messages": "conversations", **({"system": "system"} if system else {})}
+    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+    for path in paths:
+        info[path.stem.replace(".", "_")] = {"file_name": path.name, "formatting": "sharegpt", "columns": columns, "tags": tags}
+    write_json_atomic(info_path, info)
+    return info_path
+
+
+def export(records: Sequence[dict], format: str, output: str | Path, *, system: str | None = None,
+           split: float | None = None, seed: int = 42, templates: dict[str, str] | None = None) -> list[Path]:
+    """Write records in `format` to output (two files, or a DatasetDict, with a split); returns what was written."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {format!r})")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts = {"": list(records)} if split is None else dict(zip(("train", "test"), split_records(records, split, seed)))
+    convert = {"messages": lambda r: to_messages(r, system), "sharegpt": lambda r: to_sharegpt(r, system),
+               "csv": to_row, "xlsx": to_row}.get(format, to_alpaca)
+    if format == "prompt-completion":
+        from .train import load_templates
+        convert = prompt_completion(templates or load_templates())
+    if format == "hf":
+        write_hf(output, {name: [convert(r) for r in rows] for name, rows in parts.items()})
+        return [output]
+    written = []
+    for name, rows in parts.items():
+        path = part_path(output, name)
+        SAVERS[format](path, (convert(r) for r in rows))
+        written.append(path)
+    if format == "sharegpt":
+        written.append(add_dataset_info(written, system=bool(system)))
+    return written
+
+
+def require(module: str):
+    """Import a library of the [export] extra, or say how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this export needs {module}: {INSTALL_HINT}") from None
+
+
+# -----------------------------------------------------------------------------
+# the command
+
+
+def main(input: str, format: str = "jsonl", output: str | None = None, system: str | None = None,
+         split: float | None = None, seed: int = 42, from_: str | None = None,
+         prompt_with_input: str | None = None, prompt_no_input: str | None = None) -> None:
+    """Export instruction records to a trainer's format or a sheet for review, or read a sheet back.
+
+    INPUT: files or run directories (several: separated by spaces or commas), concatenated in order. --format one
+    of alpaca, jsonl, messages, prompt-completion, sharegpt, csv, xlsx, hf; --output the file
+    (a directory for hf). --system: a system message for messages and sharegpt. --split 0.95:
+    a seeded train/test split (--seed) into OUTPUT's .train and .test files. --from csv|xlsx:
+    read the inputs as sheets (implied by a .csv or .xlsx name). --prompt_with_input and
+    --prompt_no_input: the training templates for prompt-completion (default prompts/train_*.txt).
+    Records whose metadata.holdout is true are skipped and counted.
+    """
+    if output is None:
+        raise ConfigError("--output is required: the file to write (a directory for --format hf)")
+    if from_ is not None and from_ not in SHEETS:
+        raise ConfigError(f"--from must be csv or xlsx (got {from_!r}); JSON and JSONL inputs need no --from")
+    paths = [Path(p) for p in input.split(",") if p]
+    records, held_out = read_inputs(paths, from_)
+    if not records:
+        raise DataError(f"{input}: no records to export" + (f" ({held_out} held out)" if held_out else ""))
+    templates = None
+    if format == "prompt-completion" and (prompt_with_input or prompt_no_input):
+        from .train import load_templates
+        templates = load_templates(prompt_with_input, prompt_no_input)
+    written = export(records, format, output, system=system, split=split, seed=seed, templates=templates)
+    skipped = f"; skipped {held_out} held out for evaluation (metadata.holdout)" if held_out else ""
+    print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)
+
+
+def words_as_flag(flag: str, argv: Sequence[str]) -> list[str]:
+    """The words that are not flags or their values, as one --flag of comma-separated values
+    (cli.run reads flags only), and --from, a Python keyword, as main's from_. Every flag of
+    export and report takes a value (neither has a switch), so the word after a flag is its value.
+
+    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "b.json", "--from=csv"])
+    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--from_=csv']
+    """
+    flags, words, args = [], [], iter(argv)
+    for arg in args:
+        if not arg.startswith("-") or arg == "-":
+            words.append(arg)
+            continue
+        flags.append(re.sub(r"^--from(?==|$)", "--from_", arg))
+        if "=" not in arg and arg not in HELP:
+            flags += [value for value in [next(args, None)] if value is not None]
+    return ([f"--{flag}", ",".join(words)] if words else []) + flags
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    run(main, words_as_flag("input", sys.argv[1:] if argv is None else argv), name="self_instruct.export")
+
+
+if __name__ == "__main__":
+    cli()

