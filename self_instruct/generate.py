@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .judge import Judge, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
+from .pipelines.self_instruct import SelfInstructPipeline, Templates
 from .pool import InstructionPool
 from .prompts import load_template
 from .resources import default_seed_tasks_path
@@ -54,12 +55,22 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     return path, seeds
 
 
-def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline:
+def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline | SelfInstructPipeline:
+    if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
+        return SelfInstructPipeline(seeds, Templates.load(cfg.prompt_path), cfg.decoding(),
+                                    request_batch_size=cfg.request_batch_size, seed=cfg.seed)
     return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
                           request_batch_size=cfg.request_batch_size, seed=cfg.seed,
                           # chat models drift in their numbering; a completion continues it exactly
                           renumber=cfg.api == "chat")
+
+
+def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
+    """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
+    if cfg.pipeline == "self_instruct":
+        return Templates.load(cfg.prompt_path).instructions
+    return load_template(cfg.prompt_path, alpaca_default)
 
 
 def price_for(cfg: GenerateConfig, model: str, local: bool):
@@ -84,7 +95,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     teacher = teacher or make_teacher(cfg, api_key)
     try:
         cfg = cfg.resolved(teacher.default_options)
-        template = load_template(cfg.prompt_path, teacher.default_template)
+        template = load_template_for(cfg, teacher.default_template)
         local = teacher.describe().get("backend") == "local"
         price = price_for(cfg, teacher.model_id, local)
         config = run_config(cfg, teacher, seeds_path, template)
@@ -133,7 +144,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
         from .teachers.local import LocalTeacher
         teacher_class = LocalTeacher
     cfg = cfg.resolved(teacher_class.default_options)
-    template = load_template(cfg.prompt_path, teacher_class.default_template)
+    template = load_template_for(cfg, teacher_class.default_template)
     pipeline = make_pipeline(cfg, seeds, template)
     prompt = pipeline.unit(0, types.SimpleNamespace(records=[])).prompts[0]  # round 0 shows no pool record
     model = "local" if kind == "local" else (cfg.model_name or DEFAULT_OPENAI_MODEL)
@@ -169,6 +180,7 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
 
 def main(
     output_dir: str = "out",
+    pipeline: str = "alpaca",
     seed_tasks_path: str | None = None,
     num_instructions_to_generate: int = 100,
     model_name: str | None = None,
@@ -203,6 +215,8 @@ def main(
 ):
     """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
 
+    pipeline alpaca|self_instruct: Alpaca's numbered lists (default), or Wang et al.'s instructions,
+    classification check and instances (8 instructions shown per prompt, 2 from the pool).
     Writes generated.jsonl, rejected.jsonl, run.json, state.json and regen.json to output_dir;
     rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
     base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
