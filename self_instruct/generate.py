@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .judge import Judge, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
-from .pipelines.self_instruct import SelfInstructPipeline, Templates
+from .pipelines.self_instruct import NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates
 from .pool import InstructionPool
 from .prompts import load_template
 from .resources import default_seed_tasks_path
@@ -156,15 +156,18 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
-    new_tasks = cfg.num_tasks - cfg.num_prompt_instructions
-    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2))
+    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, ""
+    if cfg.pipeline == "self_instruct":  # a list, then a classification and an instance call per task
+        new_tasks = NUM_TASKS - 1 - PROMPT_INSTRUCTIONS
+        calls, asks = 1 + 2 * new_tasks, " (then 2 requests for each task)"
+    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2)) * calls
     if cfg.max_requests is not None:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
     tokens = requests * per_request
     if cfg.max_total_tokens is not None:
         tokens = min(tokens, cfg.max_total_tokens)
-    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks",
+    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks{asks}",
              f"requests: about {requests} (if half of the new tasks are kept)",
              f"tokens: at most {per_request} a request, at most {tokens} for those requests"]
     if price is not None:

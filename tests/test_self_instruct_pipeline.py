@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAI
 
 from self_instruct.generate import cli, generate
 from self_instruct.jsonl import read_jsonl
 from self_instruct.pipelines.self_instruct import check_instances, parse_instances, parse_instructions
 
 LABELS = ("red", "green", "blue")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_seeds(path, classification: int = 5, other: int = 5):
@@ -159,6 +166,37 @@ def test_budget_stop_and_resume_make_the_same_pool(fake_server, tmp_path):
     straight = read_jsonl(tmp_path / "straight" / "generated.jsonl")
     assert read_jsonl(tmp_path / "resumed" / "generated.jsonl") == straight
     assert max(r["metadata"]["round"] for r in straight) > 4  # later rounds sampled grown instructions
+
+
+def test_sigkill_and_resume_make_the_same_pool(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server = FakeOpenAI(latency=0.05).start()
+    try:
+        run(server, tmp_path / "straight", seeds)
+        cmd = [sys.executable, "-m", "self_instruct.generate", "--pipeline", "self_instruct", "--output_dir",
+               str(tmp_path / "killed"), "--base_url", server.base_url, "--model_name", "fake", "--seed_tasks_path",
+               str(seeds), "--num_instructions_to_generate", "30", "--request_batch_size", "1", "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        before = len(server.requests)
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(server.requests) < before + 25 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        proc.kill()
+        assert proc.wait(timeout=60) == -9  # killed mid-run, not finished
+        subprocess.run(cmd, env=env, check=True, timeout=300)
+    finally:
+        server.stop()
+    assert read_jsonl(tmp_path / "killed" / "generated.jsonl") == read_jsonl(tmp_path / "straight" / "generated.jsonl")
+
+
+def test_dry_run_shows_the_open_list_and_what_it_may_take(tmp_path, capsys):
+    cli(["--pipeline", "self_instruct", "--dry_run", "--base_url", "http://127.0.0.1:9/v1",
+         "--seed_tasks_path", str(write_seeds(tmp_path / "seeds.jsonl"))])
+    out, err = capsys.readouterr()
+    lines = out.rstrip().splitlines()
+    assert lines[-1] == "9." and [line.split(". ")[0] for line in lines[-9:-1]] == [str(i) for i in range(1, 9)]
+    assert "7 new tasks (then 2 requests for each task)" in err
 
 
 def test_cli_flag_and_resume_with_another_pipeline_refused(fake_server, tmp_path, capsys):

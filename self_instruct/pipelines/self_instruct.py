@@ -32,6 +32,7 @@ import re
 from collections import Counter, defaultdict
 from itertools import zip_longest
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
@@ -63,14 +64,15 @@ _FIELD = re.compile(r"^[ \t*]*(Input|Output|Class label)[ \t*]*:[ \t*]*", re.MUL
 
 def load_self_instruct_template(name: str, path: str | None = None) -> str:
     """A bundled prompts/self_instruct_{name}.txt, or the user's file, checked for its placeholders."""
-    source = path or bundled_path("prompts", f"self_instruct_{name}.txt")
+    source = Path(path) if path else bundled_path("prompts", f"self_instruct_{name}.txt")
+    where = f"--prompt_path {source}" if path else str(source)
     try:
-        text = open(source, encoding="utf-8").read()
+        text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the {name} template ({exc})") from None
+        raise ConfigError(f"{where}: cannot read the {name} template ({exc})") from None
     missing = [p for p in PLACEHOLDERS[name] if p not in text]
     if missing:
-        raise ConfigError(f"{source}: the self_instruct {name} template must hold {', '.join(missing)}")
+        raise ConfigError(f"{where}: the self_instruct {name} template must hold {', '.join(missing)}")
     return text.rstrip()  # the prompt ends where the teacher goes on
 
 
