@@ -28,7 +28,8 @@ from .errors import ConfigError
 from .judge import Judge, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
-from .pipelines.self_instruct import NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates
+from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
+                                      load_self_instruct_template)
 from .pool import InstructionPool
 from .prompts import load_template
 from .resources import default_seed_tasks_path
@@ -57,7 +58,7 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
 
 def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline | SelfInstructPipeline:
     if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
-        return SelfInstructPipeline(seeds, Templates.load(cfg.prompt_path), cfg.decoding(),
+        return SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
                                     request_batch_size=cfg.request_batch_size, seed=cfg.seed)
     return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
@@ -69,7 +70,7 @@ def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipe
 def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
     """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
     if cfg.pipeline == "self_instruct":
-        return Templates.load(cfg.prompt_path).instructions
+        return load_self_instruct_template("instructions", cfg.prompt_path)
     return load_template(cfg.prompt_path, alpaca_default)
 
 

@@ -12,8 +12,9 @@ A unit is one round:
      other task it writes inputs, then outputs (input-first), up to `num_instances` of them.
 3. The instances are checked (reasons in rejected.jsonl): `instance_empty`, `instance_too_long`,
    `output_copies_input`, `instance_conflict` (one input, different outputs: all of them go),
-   `instance_duplicate`, `label_surplus` (a label given more inputs than the rarest label), and
-   `truncated` (the last instance of a reply cut by max_tokens).
+   `instance_duplicate`, `label_surplus` (a label given more inputs than the rarest label),
+   `truncated` (the last instance of a reply cut by max_tokens), and `no_instances` (a reply
+   with none to read). An instruction with no valid instance makes no record.
 
 One record per instruction: the engine dedups by instruction, so sibling instances as records of
 their own would be dropped as duplicates. The record's input/output is one valid instance (for
@@ -41,7 +42,7 @@ from ..judge import normalize
 from ..parse import Rejection, is_noinput
 from ..prompts import clean_instruction
 from ..resources import bundled_path
-from ..types import Completion, Decoding, Example, SeedTask
+from ..types import Decoding, Example, SeedTask
 from .alpaca import MACHINE_LAG, AlpacaPipeline
 from .documents import fill
 
@@ -221,8 +222,9 @@ class Templates:
     output_first: str
 
     @classmethod
-    def load(cls, instructions_path: str | None = None) -> "Templates":
-        return cls(load_self_instruct_template("instructions", instructions_path),
+    def load(cls, instructions: str | None = None) -> "Templates":
+        """The bundled templates; `instructions`, when given, is the text of the list template."""
+        return cls(instructions or load_self_instruct_template("instructions"),
                    *(load_self_instruct_template(name) for name in ("classify", "input_first", "output_first")))
 
 
@@ -309,7 +311,7 @@ class SelfInstructPipeline:
         return Example(instruction, inp, out, meta), rejections
 
 
-async def _all(calls) -> list[Completion]:
+async def _all(calls) -> list:
     """Await every call; any failure (a spent budget) is raised once all have finished, so the
     unit is recorded whole or not at all."""
     results = await asyncio.gather(*calls, return_exceptions=True)
