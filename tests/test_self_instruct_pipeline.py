@@ -117,7 +117,8 @@ DEFECT_REASONS = {"instance_conflict": 2, "output_copies_input": 1, "instance_em
 def defective_teacher(prompt: str, body: dict) -> str:
     """Lists the five instructions above; answers each with its defect plus one good instance."""
     if "Task: " not in prompt:
-        return " " + "\n".join(text if k == 0 else f"{k + 9}. {text}" for k, text in enumerate(DEFECTS))
+        listed = [*DEFECTS, next(iter(DEFECTS))]  # one twice: the repeat costs no call
+        return " " + "\n".join(text if k == 0 else f"{k + 9}. {text}" for k, text in enumerate(listed))
     if prompt.endswith("Classification task?"):
         return teacher(prompt, body)
     task = _task(prompt)
@@ -137,12 +138,15 @@ def test_each_instance_defect_is_rejected_with_its_reason(fake_server, tmp_path)
             if instruction.startswith("Sort") else [{"input": "fine", "output": "A fine answer."}]
         assert record["metadata"]["instances"] == good
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
-    assert Counter(r["reason"] for r in rejected) == DEFECT_REASONS
+    assert Counter(r["reason"] for r in rejected) == {**DEFECT_REASONS, "duplicate": 1}
     by_reason = {r["reason"]: r for r in rejected}
     assert by_reason["output_copies_input"]["output"] == "Echo this"
     assert by_reason["label_surplus"]["input"] == "cherry" and by_reason["label_surplus"]["metadata"]["is_classification"]
+    assert by_reason["duplicate"]["instruction"] == next(iter(DEFECTS))
     state = json.loads((tmp_path / "out" / "state.json").read_text())
-    assert state["rejects"] == DEFECT_REASONS
+    assert state["rejects"] == {**DEFECT_REASONS, "duplicate": 1}
+    asked = Counter(_task(b["prompt"]).splitlines()[0] for b in fake_server.requests if b["prompt"].endswith("Classification task?"))
+    assert asked == {instruction: 1 for instruction in DEFECTS}
 
 
 def test_parsers_read_replies_and_cut_truncated_tails():
@@ -151,6 +155,8 @@ def test_parsers_read_replies_and_cut_truncated_tails():
     assert found == ["Add 2 and 3."] and rejections[0].reason == "truncated"
     pairs, _ = parse_instances("Example 1\nInput: <noinput>\nOutput: Hi.\n\nExample 2\nInput: x\nOutput: y", "stop", False)
     assert pairs == [("", "Hi."), ("x", "y")]
+    pairs, _ = parse_instances("Example 1\nInput: ...\nOutput: ...\nExample 2\nInput: -\nOutput: 42", "stop", False)
+    assert pairs == [("", ""), ("", "42")]  # a layout placeholder copied by a small model is no text
     pairs, rejections = parse_instances("Class label: yes\nInput: a\nClass label: no\nInput: b", "length", True)
     assert pairs == [("a", "yes")] and rejections[0].reason == "truncated"
     kept, rejections = check_instances("t", [("a", "x"), ("a", "x"), ("b", "")], False)

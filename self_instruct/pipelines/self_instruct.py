@@ -149,7 +149,8 @@ def _fields(block: str) -> dict[str, str]:
     fields = {}
     for label, value in zip(parts[1::2], parts[2::2]):
         value = value.strip()
-        fields.setdefault(label.casefold(), "" if is_noinput(value) else value)
+        # "<noinput>", and a layout's placeholder copied as is ("...", "-"), are no text at all
+        fields.setdefault(label.casefold(), "" if is_noinput(value) or not re.search(r"\w", value) else value)
     return fields
 
 
@@ -263,7 +264,7 @@ class SelfInstructPipeline:
         from ..engine import UnitResult
 
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
-        result, instructions = UnitResult(), []
+        result, instructions, seen = UnitResult(), [], set()
         for completion in replies:
             if not completion.ok:
                 result.rejections.append(Rejection("request_failed", detail=completion.error or ""))
@@ -273,10 +274,12 @@ class SelfInstructPipeline:
             if not found and not rejections:
                 result.rejections.append(Rejection("empty_reply", raw=completion.text[:500]))
             for text in found:
-                reason = first_rejection(Example(text, "", "-"))  # spend no call on what the judge drops anyway
+                # spend no call on what the judge would drop anyway
+                reason = first_rejection(Example(text, "", "-")) or ("duplicate" if normalize(text) in seen else None)
                 if reason:
                     result.rejections.append(Rejection(reason, Example(text)))
                 else:
+                    seen.add(normalize(text))
                     instructions.append(text)
         outcomes = await _all(self.instruct(unit.index + place, text, ask) for place, text in enumerate(instructions))
         for example, rejections in outcomes:
