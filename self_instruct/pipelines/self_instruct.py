@@ -208,11 +208,7 @@ def balance_labels(instruction: str, pairs: list[tuple[str, str]], rejections: l
 class Round:
     index: int
     prompts: tuple[str, ...]
-    expected: int  # requests the round will likely make, for the engine's concurrency estimate
-
-    @property
-    def requests(self) -> int:
-        return self.expected
+    requests: int  # what the round makes if every list is full, for the engine's concurrency estimate
 
 
 @dataclass(frozen=True)
