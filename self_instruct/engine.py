@@ -78,6 +78,7 @@ class Stats:
     kept: int = 0
     cached: int = 0      # replies answered from responses.jsonl, not sent
     rejects: Counter = field(default_factory=Counter)
+    endpoints: Callable[[], dict] | None = None  # a fleet teacher's per-server counts
 
     @property
     def requests(self) -> int:
@@ -113,9 +114,14 @@ class Stats:
         rate = f"{self.kept / self.parsed:.0%}" if self.parsed else "n/a"
         cost = f"; cost {format_cost(self.cost)}" if self.cost is not None else ""
         unjudged = f", {self.unjudged} left unjudged at the target" if self.unjudged else ""
+        servers = ""
+        if self.endpoints and len(self.endpoints()) > 1:
+            servers = "; endpoints: " + ", ".join(
+                f"{url} {s['requests']} requests ({s['failures']} failed, benched {s['benched']})"
+                for url, s in self.endpoints().items())
         return (f"kept {self.kept} of {self.parsed} judged ({rate}{unjudged}) from {self.requests} requests "
                 f"({self.failed_requests} failed); tokens {self.prompt_tokens} prompt + {self.completion_tokens} "
-                f"completion{cost}; rejected: {rejects}; faults met: {faults}")
+                f"completion{cost}; rejected: {rejects}; faults met: {faults}{servers}")
 
     def to_state(self, extra: dict | None = None) -> dict:
         spend = self.ledger.spend
@@ -124,7 +130,8 @@ class Stats:
             "prompt_tokens": spend.prompt_tokens, "completion_tokens": spend.completion_tokens,
             "reserved_tokens": spend.reserved_tokens, "cost": None if self.cost is None else round(self.cost, 6),
             "parsed": self.parsed, "kept": self.kept, "unjudged": self.unjudged, "cached_replies": self.cached,
-            "rejects": dict(self.rejects), "faults": dict(spend.faults), **(extra or {}),
+            "rejects": dict(self.rejects), "faults": dict(spend.faults),
+            **({"endpoints": self.endpoints()} if self.endpoints else {}), **(extra or {}),
         }
 
 
@@ -141,6 +148,7 @@ class Engine:
         self.slots = asyncio.Semaphore(max_concurrency)
         self.stats = Stats(ledger, units=pool.next_unit, kept=len(pool), rejects=Counter(pool.reject_counts),
                            parsed=len(pool) + pool.judged_rejects, unjudged=int(pool.state.get("unjudged", 0) or 0))
+        self.stats.endpoints = getattr(teacher, "endpoint_stats", None)
         self.outstanding: dict[int, int] = {}  # unit -> requests it is expected still to make
         self.wake = asyncio.Event()
         self.exhausted: str | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
 import sys
 import types
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
 from .engine import Engine, Stats, StallError
 from .errors import ConfigError
-from .judge import Judge, normalize
+from .judge import Judge, extra_filters, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
 from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
@@ -108,7 +107,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
             judge = Judge([s.instruction for s in seeds] + [r["instruction"] for r in pool.records],
-                          threshold=cfg.similarity_threshold)
+                          threshold=cfg.similarity_threshold, extra_filters=extra_filters(cfg.decontaminate))
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
                             max_concurrency=cfg.max_concurrency, target=cfg.num_instructions_to_generate,
@@ -205,17 +204,22 @@ def main(
     num_tasks: int | None = None,
     max_tokens: int | None = None,
     similarity_threshold: float = 0.7,
+    decontaminate: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
     price_prompt: float | None = None,
     price_completion: float | None = None,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     max_stall_rounds: int = 10,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
     retry_backoff: float = 1.0,
     overwrite: bool = False,
     quiet: bool = False,
+    no_report: bool = False,
 ):
     """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
 
@@ -229,38 +233,34 @@ def main(
     preference, else Alpaca's 20 and 3072), budgets max_requests, max_total_tokens and max_cost
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
-    overwrite (start output_dir afresh).
+    overwrite (start output_dir afresh), no_report (skip report.html at the end), decontaminate
+    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them).
+    base_url may list several servers (comma-separated, or a file of URLs): requests go to the
+    least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
+    concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
+    is the silence (seconds without a token) after which a request is given up and retried, as
+    replies are streamed (no_stream: plain requests, request_timeout limits their whole length).
     A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
     that keep nothing stop the run with the likely cause.
     """
-    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet")}
-    cfg = GenerateConfig(**options)
+    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report", "no_stream")}
+    cfg = GenerateConfig(stream=not no_stream, **options)
     if dry_run:
         prompt, cost = _dry_run(cfg)
         print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(cost, file=sys.stderr)
         return None
-    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    result = cli_edge.run_stoppable(agenerate(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {result.kept} instructions in {result.output_dir} "
           f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    cli_edge.report_after_run(cfg.output_dir, no_report)
     return None
 
 
 _dry_run = dry_run
-
-
-async def _run_cancellable(cfg: GenerateConfig, api_key: str | None, progress: bool) -> GenerateResult:
-    # SIGTERM stops like Ctrl-C: the round in hand is already on disk, regen.json gets written.
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return await agenerate(cfg, api_key=api_key, progress=progress)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
