@@ -163,6 +163,25 @@ def test_parsers_read_replies_and_cut_truncated_tails():
     assert kept == [("a", "x")] and [r.reason for r in rejections] == ["instance_empty", "instance_duplicate"]
 
 
+def test_a_chat_reply_restating_the_list_spends_no_call_on_shown_tasks(fake_server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+
+    def restating(prompt: str, body: dict) -> str:
+        if "Task: " in prompt:
+            return teacher(prompt, body)
+        shown = re.findall(r"^\d+\. (.*)$", prompt, re.MULTILINE)
+        return "Sure! Here is the list:\n" + "".join(f"{k}. {text}\n" for k, text in enumerate(shown, 1)) + \
+            teacher(prompt, body).replace(" ", "9. ", 1)
+
+    run(fake_server, tmp_path / "out", seeds, reply_fn=restating, api="chat", num_instructions_to_generate=6)
+    records = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    seed_texts = {json.loads(line)["instruction"] for line in seeds.read_text().splitlines()}
+    assert len(records) == 6 and not {r["instruction"] for r in records} & seed_texts
+    asked = {_task(b["messages"][-1]["content"]).splitlines()[0] for b in fake_server.requests
+             if b["messages"][-1]["content"].endswith("Classification task?")}
+    assert asked and not asked & seed_texts  # the restated seeds cost no classification call
+
+
 def test_budget_stop_and_resume_make_the_same_pool(fake_server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     run(fake_server, tmp_path / "straight", seeds)

@@ -16,6 +16,9 @@ A unit is one round:
    `truncated` (the last instance of a reply cut by max_tokens), and `no_instances` (a reply
    with none to read). An instruction with no valid instance makes no record.
 
+An instruction that the default filters drop, or that repeats one the round's prompts show (chat
+models restate the list) or one earlier in the round, is rejected before any call is spent on it.
+
 One record per instruction: the engine dedups by instruction, so sibling instances as records of
 their own would be dropped as duplicates. The record's input/output is one valid instance (for
 classification tasks the label rotates with the record's place, so the records' labels spread
@@ -209,6 +212,7 @@ class Round:
     index: int
     prompts: tuple[str, ...]
     requests: int  # what the round makes if every list is full, for the engine's concurrency estimate
+    shown: frozenset[str] = frozenset()  # normalized instructions its prompts show (a chat model may restate them)
 
 
 @dataclass(frozen=True)
@@ -246,21 +250,24 @@ class SelfInstructPipeline:
     def unit(self, index: int, pool) -> Round:
         rng = random.Random(f"{self.seed}:{index}")
         records = self.sampleable(pool.records, index)
-        prompts = tuple(self.draw_prompt(rng, records) for _ in range(self.batch))
-        return Round(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)))
+        drawn = [self.draw_instructions(rng, records) for _ in range(self.batch)]
+        prompts = tuple(encode_instructions(shown, self.templates.instructions, self.num_tasks) for shown in drawn)
+        return Round(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
+                     frozenset(normalize(text) for shown in drawn for text in shown))
 
-    def draw_prompt(self, rng: random.Random, records: Sequence[dict]) -> str:
+    def draw_instructions(self, rng: random.Random, records: Sequence[dict]) -> list[str]:
+        """The instructions one prompt shows: seeds and up to `m` pool records, shuffled."""
         m = min(self.m, len(records))
         shown = [s.instruction for s in rng.sample(self.seeds, min(self.n - m, len(self.seeds)))]
         shown += [r["instruction"] for r in rng.sample(records, m)]
         rng.shuffle(shown)
-        return encode_instructions(shown, self.templates.instructions, self.num_tasks)
+        return shown
 
     async def run_unit(self, unit: Round, ask) -> "UnitResult":
         from ..engine import UnitResult
 
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
-        result, instructions, seen = UnitResult(), [], set()
+        result, instructions, seen = UnitResult(), [], set(unit.shown)
         for completion in replies:
             if not completion.ok:
                 result.rejections.append(Rejection("request_failed", detail=completion.error or ""))
