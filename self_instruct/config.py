@@ -25,8 +25,9 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate",
+    "decontaminate", "pipeline",
 )
+PIPELINES = ("alpaca", "self_instruct")
 
 
 
@@ -35,6 +36,7 @@ class GenerateConfig:
     """Every option of a run (the CLI flags). The API key is deliberately not a field."""
 
     output_dir: str = "out"
+    pipeline: str = "alpaca"
     seed_tasks_path: str | None = None
     num_instructions_to_generate: int = 100
     model_name: str | None = None
@@ -107,6 +109,8 @@ class GenerateConfig:
             raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
         if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
             raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"--pipeline must be one of {', '.join(PIPELINES)} (got {self.pipeline!r})")
         if self.api not in ("completions", "chat"):
             raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
         if self.teacher not in (None, "openai", "local"):

@@ -27,6 +27,8 @@ from .errors import ConfigError
 from .judge import Judge, extra_filters, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
+from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
+                                      load_self_instruct_template)
 from .pool import InstructionPool
 from .prompts import load_template
 from .resources import default_seed_tasks_path
@@ -53,12 +55,22 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     return path, seeds
 
 
-def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline:
+def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline | SelfInstructPipeline:
+    if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
+        return SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
+                                    request_batch_size=cfg.request_batch_size, seed=cfg.seed)
     return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
                           request_batch_size=cfg.request_batch_size, seed=cfg.seed,
                           # chat models drift in their numbering; a completion continues it exactly
                           renumber=cfg.api == "chat")
+
+
+def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
+    """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
+    if cfg.pipeline == "self_instruct":
+        return load_self_instruct_template("instructions", cfg.prompt_path)
+    return load_template(cfg.prompt_path, alpaca_default)
 
 
 def price_for(cfg: GenerateConfig, model: str, local: bool):
@@ -83,7 +95,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     teacher = teacher or make_teacher(cfg, api_key)
     try:
         cfg = cfg.resolved(teacher.default_options)
-        template = load_template(cfg.prompt_path, teacher.default_template)
+        template = load_template_for(cfg, teacher.default_template)
         local = teacher.describe().get("backend") == "local"
         price = price_for(cfg, teacher.model_id, local)
         config = run_config(cfg, teacher, seeds_path, template)
@@ -132,7 +144,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
         from .teachers.local import LocalTeacher
         teacher_class = LocalTeacher
     cfg = cfg.resolved(teacher_class.default_options)
-    template = load_template(cfg.prompt_path, teacher_class.default_template)
+    template = load_template_for(cfg, teacher_class.default_template)
     pipeline = make_pipeline(cfg, seeds, template)
     prompt = pipeline.unit(0, types.SimpleNamespace(records=[])).prompts[0]  # round 0 shows no pool record
     model = "local" if kind == "local" else (cfg.model_name or DEFAULT_OPENAI_MODEL)
@@ -144,15 +156,18 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
-    new_tasks = cfg.num_tasks - cfg.num_prompt_instructions
-    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2))
+    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, ""
+    if cfg.pipeline == "self_instruct":  # a list, then a classification and an instance call per task
+        new_tasks = NUM_TASKS - 1 - PROMPT_INSTRUCTIONS
+        calls, asks = 1 + 2 * new_tasks, " (then 2 requests for each task)"
+    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2)) * calls
     if cfg.max_requests is not None:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
     tokens = requests * per_request
     if cfg.max_total_tokens is not None:
         tokens = min(tokens, cfg.max_total_tokens)
-    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks",
+    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks{asks}",
              f"requests: about {requests} (if half of the new tasks are kept)",
              f"tokens: at most {per_request} a request, at most {tokens} for those requests"]
     if price is not None:
@@ -168,6 +183,7 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
 
 def main(
     output_dir: str = "out",
+    pipeline: str = "alpaca",
     seed_tasks_path: str | None = None,
     num_instructions_to_generate: int = 100,
     model_name: str | None = None,
@@ -207,6 +223,8 @@ def main(
 ):
     """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
 
+    pipeline alpaca|self_instruct: Alpaca's numbered lists (default), or Wang et al.'s instructions,
+    classification check and instances (8 instructions shown per prompt, 2 from the pool).
     Writes generated.jsonl, rejected.jsonl, run.json, state.json and regen.json to output_dir;
     rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
     base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
