@@ -6,9 +6,9 @@
    the sentence splitting alone; the ratio says what loading, chunking and windows add to it
    (below 1: we split faster than pysbd's own entry point, whose mapping of sentences back to
    the text is quadratic).
-2. qa against the fake OpenAI server (in this process, a fixed latency per request): how many
-   requests are in flight at the server, against --max_concurrency, and chunks a second
-   against the bound  concurrency / latency / requests per chunk.
+2. qa against the fake OpenAI server (in its own process, a fixed latency per request),
+   streamed and with --no_stream: how many requests are in flight at the server, against
+   --max_concurrency, and requests a second against the bound  concurrency / latency.
 
     python benchmarks/documents.py [--pages 300] [--latency 0.25] [--concurrency 16] [--chunks 96]
 """
@@ -153,7 +153,7 @@ def serve(latency: float) -> None:
     server.stop()
 
 
-def bench_qa(latency: float, concurrency: int, chunks: int) -> None:
+def bench_qa(latency: float, concurrency: int, chunks: int, stream: bool) -> None:
     from self_instruct.documents import documents
 
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(latency)], stdin=subprocess.PIPE,
@@ -166,13 +166,13 @@ def bench_qa(latency: float, concurrency: int, chunks: int) -> None:
             path.write_text(book_text(pages=chunks, rng=random.Random(1)), encoding="utf-8")
             result = documents([str(path)], str(Path(tmp) / "out"), mode="qa", chunk_size=400, chunk_overlap=40,
                                base_url=base_url, api_key="sk-bench", model_name="fake", max_concurrency=concurrency,
-                               progress=False)
+                               stream=stream, progress=False)
         seen = json.loads(server.communicate("", timeout=60)[0])
     finally:
         server.kill()
     rate, bound = seen["requests"] / seen["span"], concurrency / latency
-    print(f"qa: {result.chunks} chunks, {seen['requests']} requests (write and check), latency {latency}s, "
-          f"--max_concurrency {concurrency}; kept {result.kept}")
+    print(f"qa{'' if stream else ' --no_stream'}: {result.chunks} chunks, {seen['requests']} requests (write and check), "
+          f"latency {latency}s, --max_concurrency {concurrency}; kept {result.kept}")
     print(f"  from the first request to the last reply: {seen['span']:.2f} s, {rate:.1f} requests/s = "
           f"{rate / bound:.0%} of the bound {bound:.0f}/s; in flight: at most {seen['max']}, mean {seen['mean']:.1f}")
 
@@ -191,7 +191,8 @@ def main() -> None:
     if args.only != "qa":
         bench_windows(args.pages)
     if args.only != "windows":
-        bench_qa(args.latency, args.concurrency, args.chunks)
+        for stream in (True, False):  # streamed replies cost the client CPU per token
+            bench_qa(args.latency, args.concurrency, args.chunks, stream)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from self_instruct.types import Completion  # noqa: E402
 ANCHOR = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
 
 
-def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> None:
+def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream: bool) -> None:
     server = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--tasks_per_reply", str(tasks), "--synthetic"],
         stdout=subprocess.PIPE, text=True,
@@ -52,14 +52,15 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> Non
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
-                              max_concurrency=concurrency, progress=False)
+                              max_concurrency=concurrency, stream=stream, progress=False)
             wall = time.perf_counter() - started
     finally:
         server.terminate()
         server.wait()
     bound = concurrency / latency * tasks
     rate = result.kept / wall
-    print(f"throughput: latency {latency}s, concurrency {concurrency}, {tasks} tasks/reply -> bound {bound:.0f} kept/s")
+    print(f"throughput ({'streamed' if stream else 'not streamed'}): latency {latency}s, concurrency {concurrency}, "
+          f"{tasks} tasks/reply -> bound {bound:.0f} kept/s")
     print(f"  kept {result.kept} in {wall:.2f}s = {rate:.0f} kept/s = {rate / bound:.1%} of the bound "
           f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected)")
     raw_rate = concurrency * rounds * tasks / raw_wall
@@ -69,7 +70,7 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int) -> Non
 
 async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
     """What the server and the HTTP client allow with no loop at all: every request queued at once."""
-    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency)
+    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, stream=False)
     prompt = "###\n4. Instruction:"
     started = time.perf_counter()
     await teacher.complete([prompt] * requests, GenerateConfig().decoding())
@@ -132,9 +133,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sizes", default="1000,5000,10000,20000")
+    parser.add_argument("--stream", action="store_true", help="stream replies (generate's default; costs client CPU per token)")
     args = parser.parse_args()
     for concurrency in (int(c) for c in args.concurrency.split(",")):
-        throughput(args.latency, concurrency, args.tasks, args.rounds)
+        throughput(args.latency, concurrency, args.tasks, args.rounds, args.stream)
     cpu_per_candidate([int(s) for s in args.sizes.split(",")])
 
 

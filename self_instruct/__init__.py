@@ -1,11 +1,15 @@
 """self_instruct: grow instruction-tuning data from seed tasks with a teacher LLM.
 
 The stages, left to right: load_seed_tasks -> encode_prompt -> Teacher.complete ->
-parse_completion -> filters -> RougeIndex -> InstructionPool; `generate` wires them together.
+parse_completion -> Judge (filters, duplicates, RougeIndex) -> InstructionPool; every pipeline
+(pipelines/alpaca.py, pipelines/documents.py) runs on one Engine; `generate` and `documents`
+set a run up.
 Importing this module is light: the teacher SDK loads only when a teacher is made.
 """
 from .errors import ConfigError, SeedFormatError, SelfInstructError, TeacherError
+from .engine import Engine, UnitResult
 from .filters import DEFAULT_FILTERS, first_rejection
+from .judge import Judge
 from .parse import Rejection, parse_completion
 from .pool import InstructionPool
 from .prompts import encode_prompt, load_template
@@ -27,5 +31,5 @@ __all__ = [
     "ConfigError", "SeedFormatError", "SelfInstructError", "TeacherError", "DEFAULT_FILTERS", "first_rejection",
     "Rejection", "parse_completion", "InstructionPool", "encode_prompt", "load_template", "load_seed_tasks",
     "seed_examples", "Match", "RougeIndex", "Teacher", "Completion", "Decoding", "Example", "Instance", "SeedTask",
-    "generate",
+    "generate", "Engine", "UnitResult", "Judge",
 ]

@@ -18,6 +18,7 @@ import functools
 import inspect
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -161,11 +162,12 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
     args = list(sys.argv[1:] if argv is None else argv)
     register_secret(os.environ.get("OPENAI_API_KEY"))
     try:
-        if any(a in HELP for a in args):
+        spec = FlagSpec(main)
+        # fire gives -h to a lone parameter starting with h (serve's --host); only then is it not help.
+        if any(a in (("--help",) if "h" in spec.short else HELP) for a in args):
             # Only --help reaches fire: with the other words fire would echo them, keys included.
             fire.Fire(main, command=["--help"], name=name)
             return
-        spec = FlagSpec(main)
         raw = spec.check(args)
         for flag, value in raw.items():
             if "key" in flag or "password" in flag:
@@ -191,6 +193,32 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         fail(describe_os_error(exc))
     except (KeyboardInterrupt, asyncio.CancelledError):
         fail(interrupted, 130, prefix="")
+
+
+def run_stoppable(work: typing.Coroutine) -> Any:
+    """asyncio.run(work), with SIGTERM stopping it as Ctrl-C does: the engine writes what came
+    back in order, then regen.json and state.json, and the command exits with status 130."""
+    async def main() -> Any:
+        task = asyncio.current_task()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        except (NotImplementedError, RuntimeError):
+            pass
+        return await work
+    return asyncio.run(main())
+
+
+def report_after_run(output_dir: str, skip: bool) -> None:
+    """The run report at the end of a run (--no_report skips it); a missing extra is a note, not a failure."""
+    if skip:
+        return
+    try:
+        from .report import write_report
+        path = write_report(output_dir)
+    except (SelfInstructError, ImportError) as exc:
+        print(f"self_instruct: no report ({redact(str(exc))}; pip install 'self_instruct[export]')", file=sys.stderr)
+        return
+    print(f"self_instruct: report in {path}", file=sys.stderr)
 
 
 def fail(message: str, status: int = 2, prefix: str = "error: ") -> typing.NoReturn:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .cli import redact_url
+from .cli import redact
 from .errors import ConfigError
 from .prompts import stop_sequences
 from .teachers.base import Teacher
@@ -26,7 +25,9 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+    "decontaminate", "pipeline",
 )
+PIPELINES = ("alpaca", "self_instruct")
 
 
 
@@ -35,6 +36,7 @@ class GenerateConfig:
     """Every option of a run (the CLI flags). The API key is deliberately not a field."""
 
     output_dir: str = "out"
+    pipeline: str = "alpaca"
     seed_tasks_path: str | None = None
     num_instructions_to_generate: int = 100
     model_name: str | None = None
@@ -52,11 +54,15 @@ class GenerateConfig:
     num_tasks: int | None = None
     max_tokens: int | None = None
     similarity_threshold: float = 0.7
+    decontaminate: str | None = None  # benchmark files, comma-separated: drop records sharing a 13-gram
     teacher: str | None = None
     local_model_path: str | None = None
     max_requests: int | None = None
     max_total_tokens: int | None = None
     max_cost: float | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
     price_prompt: float | None = None
     price_completion: float | None = None
     max_stall_rounds: int = 10
@@ -89,6 +95,10 @@ class GenerateConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+                raise ConfigError(f"--{name} must be a positive number when given (got {value!r})")
         for name in ("max_cost", "price_prompt", "price_completion"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value != value):
@@ -99,6 +109,8 @@ class GenerateConfig:
             raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
         if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
             raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"--pipeline must be one of {', '.join(PIPELINES)} (got {self.pipeline!r})")
         if self.api not in ("completions", "chat"):
             raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
         if self.teacher not in (None, "openai", "local"):
@@ -126,12 +138,12 @@ def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
         from .teachers.local import LocalTeacher
         return LocalTeacher(model_path=cfg.local_model_path)
     from .teachers.openai_compat import OpenAITeacher
-    if cfg.base_url and not re.match(r"https?://[^/\s]", cfg.base_url):
-        raise ConfigError(f"--base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {cfg.base_url!r})")
+    # base_url: one URL, a comma-separated fleet, or a file of URLs (the teacher checks each)
     return OpenAITeacher(
         cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
         max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
-        backoff_initial=cfg.retry_backoff,
+        backoff_initial=cfg.retry_backoff, requests_per_minute=cfg.requests_per_minute,
+        tokens_per_minute=cfg.tokens_per_minute, stream=cfg.stream,
     )
 
 
@@ -153,7 +165,7 @@ def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
 def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template: str) -> dict[str, Any]:
     config = dataclasses.asdict(cfg)
     config.pop("overwrite")
-    config["base_url"] = redact_url(cfg.base_url)
+    config["base_url"] = None if cfg.base_url is None else redact(cfg.base_url)
     config.update(
         seed_tasks_path=str(seeds_path),
         seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),

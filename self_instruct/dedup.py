@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .cli import run
 from .decontaminate import Decontaminator
 from .errors import ConfigError, DataError
-from .jsonl import BOM, dumps, loads_line, type_name, write_jsonl_atomic, write_text_atomic
+from .jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
 from .similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -83,7 +83,9 @@ def read_dataset(path: str | Path) -> Dataset:
     if data.startswith(BOM):
         raise DataError(f"{path}:1: the file starts with a byte order mark; save it as UTF-8 without BOM")
     if data.lstrip(b" \t\r\n").startswith(b"["):
-        return _read_json_list(path, _decode(path, data))
+        text = _decode(path, data)
+        del data  # a large file is held once as text, not also as bytes
+        return _read_json_list(path, text)
     return Dataset(_read_jsonl(path, data), is_json_list=False)
 
 
@@ -280,6 +282,8 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
     _check_outputs([output, *([Path(report)] if report else [])], [input, *map(Path, against)])
     if not 0 <= threshold <= 1:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {threshold})")
+    if fields is not None and ngram is None:
+        raise ConfigError("--fields chooses benchmark fields for --ngram; pass --ngram too")
     dataset = read_dataset(input)
     records = dataset.records
     dropped: list[dict] = []

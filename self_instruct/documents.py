@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError
-from .judge import Judge
+from .judge import Judge, extra_filters
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
     RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
@@ -40,7 +39,7 @@ from .types import Decoding, Example
 SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
-    "similarity_threshold", "sources", "template_sha256", "verify_template_sha256",
+    "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
 
@@ -73,9 +72,13 @@ class DocumentsConfig:
     max_tokens: int | None = None
     max_concurrency: int = 8
     similarity_threshold: float = 0.7
+    decontaminate: str | None = None
     max_requests: int | None = None
     max_total_tokens: int | None = None
     max_cost: float | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
     price_prompt: float | None = None
     price_completion: float | None = None
     max_stall_chunks: int = 10
@@ -91,7 +94,9 @@ class DocumentsConfig:
                                 verify_prompt_path=self.verify_prompt_path)
 
     def decoding(self) -> Decoding:
-        return Decoding(max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature, top_p=self.top_p)
+        # JSON mode where the server has it (chat API); the parse stays tolerant of fences and preambles
+        return Decoding(max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature, top_p=self.top_p,
+                        json=True)
 
     def validate(self) -> None:
         if not self.paths:
@@ -169,7 +174,8 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
             for note in pool.notes:
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
-            judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold)
+            judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold,
+                          extra_filters=extra_filters(cfg.decontaminate))
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
                             max_concurrency=cfg.max_concurrency, target=None, total_units=pipeline.unit_count,
@@ -311,9 +317,13 @@ def main(
     max_tokens: int | None = None,
     max_concurrency: int = 8,
     similarity_threshold: float = 0.7,
+    decontaminate: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     price_prompt: float | None = None,
     price_completion: float | None = None,
     max_stall_chunks: int = 10,
@@ -323,6 +333,7 @@ def main(
     overwrite: bool = False,
     dry_run: bool = False,
     quiet: bool = False,
+    no_report: bool = False,
 ):
     """Make instruction data from documents: .txt .md .pdf .html .epub .docx .srt .vtt files, or
     directories of them.
@@ -338,33 +349,24 @@ def main(
     flags are generate's. --dry_run prints the first prompt and the most the run can take.
     Rerun the same command to resume.
     """
-    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify")}
-    cfg = DocumentsConfig(paths=paths, verify=not no_verify, **options)
+    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report", "no_stream")}
+    cfg = DocumentsConfig(paths=paths, verify=not no_verify, stream=not no_stream, **options)
     if dry_run:
         prompt, bound = _dry_run(cfg)
         if prompt:
             print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(bound, file=sys.stderr)
         return None
-    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    result = cli_edge.run_stoppable(adocuments(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {result.kept} examples from {result.chunks} chunks in {result.output_dir} "
           f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    cli_edge.report_after_run(cfg.output_dir, no_report)
     return None
 
 
 _dry_run = dry_run
-
-
-async def _run_cancellable(cfg: DocumentsConfig, api_key: str | None, progress: bool) -> DocumentsResult:
-    # SIGTERM stops like Ctrl-C: the chunks done are on disk, regen.json gets written.
-    task = asyncio.current_task()
-    try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return await adocuments(cfg, api_key=api_key, progress=progress)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -78,6 +78,7 @@ class Stats:
     kept: int = 0
     cached: int = 0      # replies answered from responses.jsonl, not sent
     rejects: Counter = field(default_factory=Counter)
+    endpoints: Callable[[], dict] | None = None  # a fleet teacher's per-server counts
 
     @property
     def requests(self) -> int:
@@ -113,9 +114,14 @@ class Stats:
         rate = f"{self.kept / self.parsed:.0%}" if self.parsed else "n/a"
         cost = f"; cost {format_cost(self.cost)}" if self.cost is not None else ""
         unjudged = f", {self.unjudged} left unjudged at the target" if self.unjudged else ""
+        servers = ""
+        if self.endpoints and len(self.endpoints()) > 1:
+            servers = "; endpoints: " + ", ".join(
+                f"{url} {s['requests']} requests ({s['failures']} failed, benched {s['benched']})"
+                for url, s in self.endpoints().items())
         return (f"kept {self.kept} of {self.parsed} judged ({rate}{unjudged}) from {self.requests} requests "
                 f"({self.failed_requests} failed); tokens {self.prompt_tokens} prompt + {self.completion_tokens} "
-                f"completion{cost}; rejected: {rejects}; faults met: {faults}")
+                f"completion{cost}; rejected: {rejects}; faults met: {faults}{servers}")
 
     def to_state(self, extra: dict | None = None) -> dict:
         spend = self.ledger.spend
@@ -124,7 +130,8 @@ class Stats:
             "prompt_tokens": spend.prompt_tokens, "completion_tokens": spend.completion_tokens,
             "reserved_tokens": spend.reserved_tokens, "cost": None if self.cost is None else round(self.cost, 6),
             "parsed": self.parsed, "kept": self.kept, "unjudged": self.unjudged, "cached_replies": self.cached,
-            "rejects": dict(self.rejects), "faults": dict(spend.faults), **(extra or {}),
+            "rejects": dict(self.rejects), "faults": dict(spend.faults),
+            **({"endpoints": self.endpoints()} if self.endpoints else {}), **(extra or {}),
         }
 
 
@@ -141,6 +148,7 @@ class Engine:
         self.slots = asyncio.Semaphore(max_concurrency)
         self.stats = Stats(ledger, units=pool.next_unit, kept=len(pool), rejects=Counter(pool.reject_counts),
                            parsed=len(pool) + pool.judged_rejects, unjudged=int(pool.state.get("unjudged", 0) or 0))
+        self.stats.endpoints = getattr(teacher, "endpoint_stats", None)
         self.outstanding: dict[int, int] = {}  # unit -> requests it is expected still to make
         self.wake = asyncio.Event()
         self.exhausted: str | None = None
@@ -181,6 +189,8 @@ class Engine:
             if self.outstanding.get(unit, 0) > 0:
                 self.outstanding[unit] -= 1
             self.wake.set()
+            if getattr(self, "running", None) is not None:
+                self._launch()
 
     async def _admit_retry(self) -> bool:
         current = _REQUEST.get()
@@ -197,50 +207,60 @@ class Engine:
     async def run(self, pipeline: Pipeline) -> str:
         """Run until the target, the budget, the stall limit or the last unit; returns which."""
         self.pipeline = pipeline
-        next_launch = next_commit = self.pool.next_unit
-        running: dict[int, asyncio.Task] = {}
-        finished: dict[int, UnitResult | BaseException] = {}
-        no_more_units = False
+        self.next_launch = self.next_commit = self.pool.next_unit
+        self.running: dict[int, asyncio.Task] = {}
+        self.finished: dict[int, UnitResult | BaseException] = {}
+        self.no_more_units, self.stopping = False, False
         try:
+            self._launch()
             while True:
-                while not no_more_units and self._may_launch(next_launch, next_commit, running, finished):
-                    unit = pipeline.unit(next_launch, self.pool)
-                    if unit is None:
-                        no_more_units = True
-                        break
-                    self.outstanding[next_launch] = max(1, int(getattr(unit, "requests", 1)))
-                    running[next_launch] = asyncio.create_task(self._run_unit(pipeline, next_launch, unit))
-                    next_launch += 1
-                if not running and next_commit not in finished:
-                    return self._why_stopped(no_more_units)
-                self.wake.clear()
-                if not any(task.done() for task in running.values()):
-                    await self.wake.wait()
-                for index in [i for i, task in running.items() if task.done()]:
-                    task = running.pop(index)
-                    finished[index] = task.exception() or task.result()
+                for index in [i for i, task in self.running.items() if task.done()]:
+                    task = self.running.pop(index)
+                    self.finished[index] = task.exception() or task.result()
                     self.outstanding.pop(index, None)
-                while next_commit in finished:
-                    result = finished.pop(next_commit)
-                    if isinstance(result, BudgetExhausted):
-                        return self.exhausted or result.reason
-                    if isinstance(result, BaseException):
-                        raise result
-                    await self._commit(next_commit, result)
-                    next_commit += 1
-                    if self.target is not None and len(self.pool) >= self.target:
-                        return "target"
+                if self.next_commit not in self.finished:
+                    if not self.running:
+                        return self._why_stopped(self.no_more_units)
+                    self.wake.clear()
+                    if not any(task.done() for task in self.running.values()):
+                        await self.wake.wait()
+                    continue
+                result = self.finished.pop(self.next_commit)
+                if isinstance(result, BudgetExhausted):
+                    return self.exhausted or result.reason
+                if isinstance(result, BaseException):
+                    raise result
+                await self._commit(self.next_commit, result)
+                self.next_commit += 1
+                if self.target is not None and len(self.pool) >= self.target:
+                    return "target"
+                self._launch()  # the pool grew: units waiting on it (lag, the target) may go
         except asyncio.CancelledError:
             # Ctrl-C or SIGTERM: what came back in order is judged and written before we go.
-            while next_commit in finished and isinstance(finished[next_commit], UnitResult):
-                await self._commit(next_commit, finished.pop(next_commit))
-                next_commit += 1
+            self.stopping = True
+            while self.next_commit in self.finished and isinstance(self.finished[self.next_commit], UnitResult):
+                await self._commit(self.next_commit, self.finished.pop(self.next_commit))
+                self.next_commit += 1
             raise
         finally:
-            for task in running.values():
+            self.stopping = True
+            for task in self.running.values():
                 task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
             self.bar.close()
+
+    def _launch(self) -> None:
+        """Start units while there is room. Called whenever room may have opened (a request came
+        back, a unit was recorded), so a commit's fsyncs never leave the teacher idle."""
+        while not self.stopping and not self.no_more_units and self._may_launch(
+                self.next_launch, self.next_commit, self.running, self.finished):
+            unit = self.pipeline.unit(self.next_launch, self.pool)
+            if unit is None:
+                self.no_more_units = True
+                return
+            self.outstanding[self.next_launch] = max(1, int(getattr(unit, "requests", 1)))
+            self.running[self.next_launch] = asyncio.create_task(self._run_unit(self.pipeline, self.next_launch, unit))
+            self.next_launch += 1
 
     async def _run_unit(self, pipeline: Pipeline, index: int, unit: Any) -> UnitResult:
         try:
@@ -295,7 +315,24 @@ class Engine:
         return "done" if no_more_units else "stopped"
 
     async def _commit(self, index: int, result: UnitResult) -> None:
-        """Judge one unit's candidates, in order, and make the outcome durable."""
+        """Judge one unit's candidates, in order, and make the outcome durable. Both happen in a
+        worker thread: the event loop keeps sending and reading requests meanwhile (the ROUGE-L
+        kernel and the fsyncs run without the GIL); units are committed one at a time, in order."""
+        try:
+            kept, rejected = await finish_despite_cancel(asyncio.to_thread(self._judge_and_append, index, result))
+        except asyncio.CancelledError:
+            self._count(*self._last_commit)  # on disk: it counts in the state written on the way out
+            raise
+        self._count(kept, rejected)
+        await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+
+    def _judge_and_append(self, index: int, result: UnitResult) -> tuple[list[dict], list[dict]]:
+        kept, rejected = self._judge_unit(index, result)
+        self.pool.append(index, kept, rejected)
+        self._last_commit = (kept, rejected)
+        return kept, rejected
+
+    def _judge_unit(self, index: int, result: UnitResult) -> tuple[list[dict], list[dict]]:
         meta = {self.pipeline.unit_key: index, "model": self.teacher.model_id}
         kept: list[dict] = []
         rejected = [reject_record(r, meta) for r in result.rejections]
@@ -310,14 +347,7 @@ class Engine:
             else:
                 verdict["metadata"] = {**meta, **verdict["metadata"]}
                 kept.append(verdict)
-        # fsyncs take milliseconds; in a thread they do not hold up the replies
-        try:
-            await finish_despite_cancel(asyncio.to_thread(self.pool.append, index, kept, rejected))
-        except asyncio.CancelledError:
-            self._count(kept, rejected)  # on disk: it counts in the state written on the way out
-            raise
-        self._count(kept, rejected)
-        await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+        return kept, rejected
 
     def _count(self, kept: list[dict], rejected: list[dict]) -> None:
         self.stats.units += 1

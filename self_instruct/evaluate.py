@@ -5,7 +5,9 @@ systems and scores every answer against its reference.
         --system base=hf:models/base base+rag=hf:models/base \\
                  tuned=hf:models/base:runs/lora tuned+rag=hf:models/base:runs/lora
 
-A system is `hf:PATH` (a local causal LM), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
+Questions are JSONL (`question`, `answer`, optional `source`), or `--holdout RUN`: the records a
+generate or documents run held out (metadata.holdout), which export never writes.
+A system is `hf:PATH` (a local causal LM or a .gguf file), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
 self_instruct.train) or `openai:MODEL@BASE_URL` (any OpenAI-compatible server, e.g. vLLM serving
 the fine-tune); a name ending in `+rag` puts the top `k` snippets retrieved from `--docs` into its
 prompt (self_instruct.retrieval: embeddings and BM25 fused by reciprocal rank). Every system gets
@@ -39,6 +41,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .errors import ConfigError, DataError
+from .cli import report_after_run
 from .jsonl import append_jsonl, iter_jsonl, read_json, repair_torn_tail, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .types import Completion, Decoding
 
@@ -334,7 +337,9 @@ class Judge:
     async def grade(self, records: Sequence[dict]) -> tuple[list[dict | None], list[Completion]]:
         """A verdict (or None when the judge's reply held none) per record, and the requests sent."""
         keys = [self.key(r) for r in records]
-        ask = [i for i, key in enumerate(keys) if key not in self.cache]
+        # One request per distinct answer: systems often give the same one ("I do not know.").
+        first = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.cache}
+        ask = sorted(first.values())
         prompts = [RUBRIC.format(question=records[i]["question"], reference=records[i]["reference"],
                                  answer=records[i]["answer"]) for i in ask]
         replies = await self.teacher.complete(prompts, Decoding(max_tokens=200, temperature=0.0)) if prompts else []
@@ -384,6 +389,9 @@ class EvalConfig:
         for name in ("k", "max_new_tokens", "batch_size", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be a positive whole number (got {getattr(self, name)})")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"--chunk_overlap must be from 0 to below --chunk_tokens ({self.chunk_tokens}) "
+                              f"(got {self.chunk_overlap})")
         rag = [s.name for s in self.systems if s.rag]
         if rag and not self.docs:
             raise ConfigError(f"--system {rag[0]} retrieves from documents: pass --docs PATH ...")
@@ -632,14 +640,14 @@ def render_results(summary: dict) -> str:
 # command line
 
 
-def main(system: str, output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
+def main(system: str = "", output_dir: str = "eval", questions: str | None = None, holdout: str | None = None,
          docs: str | None = None, k: int = 3,
          embedder: str | None = None, retrieval: str = "hybrid", similarity: str = "cosine",
          chunk_tokens: int = 300, chunk_overlap: int = 50, system_message: str = SYSTEM_MESSAGE,
          prompt_layout: str = "template", prompt_with_input: str | None = None, prompt_no_input: str | None = None,
          max_new_tokens: int = 256, batch_size: int = 8, judge: str | None = None, judge_api: str = "chat",
          api_key: str | None = None, max_requests: int | None = None, max_total_tokens: int | None = None,
-         overwrite: bool = False, quiet: bool = False):
+         overwrite: bool = False, quiet: bool = False, no_report: bool = False):
     """Answer a question set with several systems and score the answers against the references.
 
     Args:
@@ -669,6 +677,7 @@ def main(system: str, output_dir: str = "eval", questions: str | None = None, ho
         max_total_tokens: stop after this many tokens to and from servers, across resumes.
         overwrite: start output_dir afresh.
         quiet: no progress bars.
+        no_report: skip report.html (a bar per system and metric, with its interval).
     """
     if (questions is None) == (holdout is None):
         raise ConfigError("give one of --questions FILE and --holdout RUN_DIR")
@@ -682,6 +691,7 @@ def main(system: str, output_dir: str = "eval", questions: str | None = None, ho
                      overwrite=overwrite)
     summary = asyncio.run(run_evaluation(asked, cfg, api_key or os.environ.get("OPENAI_API_KEY"), progress=not quiet))
     print(render_results(summary), end="")
+    report_after_run(output_dir, no_report)
 
 
 LIST_FLAGS = ("system", "docs")

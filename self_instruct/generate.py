@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
 import sys
 import types
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
 from .engine import Engine, Stats, StallError
 from .errors import ConfigError
-from .judge import Judge, normalize
+from .judge import Judge, extra_filters, normalize
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
+from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
+                                      load_self_instruct_template)
 from .pool import InstructionPool
 from .prompts import load_template
 from .resources import default_seed_tasks_path
@@ -54,12 +55,22 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     return path, seeds
 
 
-def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline:
+def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline | SelfInstructPipeline:
+    if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
+        return SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
+                                    request_batch_size=cfg.request_batch_size, seed=cfg.seed)
     return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
                           request_batch_size=cfg.request_batch_size, seed=cfg.seed,
                           # chat models drift in their numbering; a completion continues it exactly
                           renumber=cfg.api == "chat")
+
+
+def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
+    """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
+    if cfg.pipeline == "self_instruct":
+        return load_self_instruct_template("instructions", cfg.prompt_path)
+    return load_template(cfg.prompt_path, alpaca_default)
 
 
 def price_for(cfg: GenerateConfig, model: str, local: bool):
@@ -84,7 +95,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
     teacher = teacher or make_teacher(cfg, api_key)
     try:
         cfg = cfg.resolved(teacher.default_options)
-        template = load_template(cfg.prompt_path, teacher.default_template)
+        template = load_template_for(cfg, teacher.default_template)
         local = teacher.describe().get("backend") == "local"
         price = price_for(cfg, teacher.model_id, local)
         config = run_config(cfg, teacher, seeds_path, template)
@@ -96,7 +107,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
                 print(f"self_instruct: {note}", file=sys.stderr)
             ledger = Ledger(pool.dir, price, pool.next_unit)
             judge = Judge([s.instruction for s in seeds] + [r["instruction"] for r in pool.records],
-                          threshold=cfg.similarity_threshold)
+                          threshold=cfg.similarity_threshold, extra_filters=extra_filters(cfg.decontaminate))
             engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
                             budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
                             max_concurrency=cfg.max_concurrency, target=cfg.num_instructions_to_generate,
@@ -133,7 +144,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
         from .teachers.local import LocalTeacher
         teacher_class = LocalTeacher
     cfg = cfg.resolved(teacher_class.default_options)
-    template = load_template(cfg.prompt_path, teacher_class.default_template)
+    template = load_template_for(cfg, teacher_class.default_template)
     pipeline = make_pipeline(cfg, seeds, template)
     prompt = pipeline.unit(0, types.SimpleNamespace(records=[])).prompts[0]  # round 0 shows no pool record
     model = "local" if kind == "local" else (cfg.model_name or DEFAULT_OPENAI_MODEL)
@@ -145,15 +156,18 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
-    new_tasks = cfg.num_tasks - cfg.num_prompt_instructions
-    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2))
+    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, ""
+    if cfg.pipeline == "self_instruct":  # a list, then a classification and an instance call per task
+        new_tasks = NUM_TASKS - 1 - PROMPT_INSTRUCTIONS
+        calls, asks = 1 + 2 * new_tasks, " (then 2 requests for each task)"
+    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2)) * calls
     if cfg.max_requests is not None:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
     tokens = requests * per_request
     if cfg.max_total_tokens is not None:
         tokens = min(tokens, cfg.max_total_tokens)
-    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks",
+    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks{asks}",
              f"requests: about {requests} (if half of the new tasks are kept)",
              f"tokens: at most {per_request} a request, at most {tokens} for those requests"]
     if price is not None:
@@ -169,6 +183,7 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
 
 def main(
     output_dir: str = "out",
+    pipeline: str = "alpaca",
     seed_tasks_path: str | None = None,
     num_instructions_to_generate: int = 100,
     model_name: str | None = None,
@@ -189,20 +204,27 @@ def main(
     num_tasks: int | None = None,
     max_tokens: int | None = None,
     similarity_threshold: float = 0.7,
+    decontaminate: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
     price_prompt: float | None = None,
     price_completion: float | None = None,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     max_stall_rounds: int = 10,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
     retry_backoff: float = 1.0,
     overwrite: bool = False,
     quiet: bool = False,
+    no_report: bool = False,
 ):
     """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
 
+    pipeline alpaca|self_instruct: Alpaca's numbered lists (default), or Wang et al.'s instructions,
+    classification check and instances (8 instructions shown per prompt, 2 from the pool).
     Writes generated.jsonl, rejected.jsonl, run.json, state.json and regen.json to output_dir;
     rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
     base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
@@ -211,38 +233,34 @@ def main(
     preference, else Alpaca's 20 and 3072), budgets max_requests, max_total_tokens and max_cost
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
-    overwrite (start output_dir afresh).
+    overwrite (start output_dir afresh), no_report (skip report.html at the end), decontaminate
+    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them).
+    base_url may list several servers (comma-separated, or a file of URLs): requests go to the
+    least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
+    concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
+    is the silence (seconds without a token) after which a request is given up and retried, as
+    replies are streamed (no_stream: plain requests, request_timeout limits their whole length).
     A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
     doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
     that keep nothing stop the run with the likely cause.
     """
-    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet")}
-    cfg = GenerateConfig(**options)
+    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report", "no_stream")}
+    cfg = GenerateConfig(stream=not no_stream, **options)
     if dry_run:
         prompt, cost = _dry_run(cfg)
         print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(cost, file=sys.stderr)
         return None
-    result = asyncio.run(_run_cancellable(cfg, api_key, progress=not quiet))
+    result = cli_edge.run_stoppable(agenerate(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {result.kept} instructions in {result.output_dir} "
           f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
+    cli_edge.report_after_run(cfg.output_dir, no_report)
     return None
 
 
 _dry_run = dry_run
-
-
-async def _run_cancellable(cfg: GenerateConfig, api_key: str | None, progress: bool) -> GenerateResult:
-    # SIGTERM stops like Ctrl-C: the round in hand is already on disk, regen.json gets written.
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return await agenerate(cfg, api_key=api_key, progress=progress)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -201,16 +201,26 @@ def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True
     payload = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
     if not payload:
         return
-    with open(path, "ab") as f:
-        before = f.tell()
+    # Unbuffered: a buffered file would try again to write what is left when it is closed, after
+    # the file was cut back.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.fstat(fd).st_size
         try:
-            f.write(_pause_halfway_for_tests(f, payload, Path(path).name))
-            f.flush()
+            _write_all(fd, _pause_halfway_for_tests(fd, payload, Path(path).name))
             if fsync:
-                os.fsync(f.fileno())
+                os.fsync(fd)
         except BaseException:
-            f.truncate(before)
+            os.ftruncate(fd, before)
             raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_text_atomic(path: str | Path, text: str | bytes) -> None:
@@ -222,7 +232,7 @@ def write_text_atomic(path: str | Path, text: str | bytes) -> None:
     payload = text.encode("utf-8") if isinstance(text, str) else text
     try:
         with open(tmp, "wb") as f:
-            f.write(_pause_halfway_for_tests(f, payload, path.name))
+            f.write(_pause_halfway_for_tests(f.fileno(), payload, path.name))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -257,7 +267,7 @@ def fsync_dir(directory: str | Path) -> None:
 _test_writes: Counter = Counter()
 
 
-def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
+def _pause_halfway_for_tests(fd: int, payload: bytes, name: str) -> bytes:
     """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
     of that file stops halfway through its last line, says so on stderr, and waits to be
     SIGKILLed, so that a test's kill lands mid-write for certain. Returns the bytes still to write."""
@@ -270,9 +280,8 @@ def _pause_halfway_for_tests(f, payload: bytes, name: str) -> bytes:
         return payload
     last_line = payload.rfind(b"\n", 0, len(payload) - 1) + 1
     cut = last_line + (len(payload) - last_line) // 2
-    f.write(payload[:cut])
-    f.flush()
-    os.fsync(f.fileno())
+    _write_all(fd, payload[:cut])
+    os.fsync(fd)
     print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
     time.sleep(600)
     return payload[cut:]

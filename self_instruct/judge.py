@@ -1,8 +1,9 @@
 """The judge every pipeline's candidates go through: a filter chain, then exact duplicates, then
 ROUGE-L against the seeds and every kept instruction (Alpaca's > 0.7 rule, bit for bit).
 
-A filter is any callable taking an Example and returning a reason to drop it, or None; users
-extend the chain with their own (`Judge(extra_filters=[no_urls])`).
+A filter is any callable taking an Example and returning a reason to drop it (or a pair of the
+reason and a detail for rejected.jsonl), or None; users extend the chain with their own
+(`Judge(extra_filters=[no_urls])`).
 
     judge = Judge(["Name three primary colors."])
     judge(Example("Name three primary colours.", "", "Red, blue, yellow."))  # -> a Rejection("similar")
@@ -49,7 +50,9 @@ class Judge:
         for check in self.filters:
             reason = check(example)
             if reason:
-                detail = (blacklist_word(example.instruction) or "") if reason == "blacklist" else ""
+                reason, detail = reason if isinstance(reason, tuple) else (reason, "")
+                if reason == "blacklist":
+                    detail = blacklist_word(example.instruction) or ""
                 return Rejection(reason, example, detail=detail)
         if normalize(example.instruction) in self.seen:
             return Rejection("duplicate", example)
@@ -74,3 +77,25 @@ def reject_record(rejection: Rejection, meta: dict) -> dict:
         record["raw"] = rejection.raw
     record["metadata"] = {**(ex.metadata if ex is not None else {}), **meta}
     return record
+
+
+def decontamination_filter(files: Sequence[str], n: int = 13) -> Filter:
+    """A filter dropping examples that share an n-gram with a benchmark file (`--decontaminate`),
+    with the benchmark and the n-gram as the detail."""
+    from .decontaminate import Decontaminator
+
+    found = Decontaminator(list(files), n=n)
+
+    def contaminated(example: Example):
+        for text in (example.instruction, example.input, example.output):  # an n-gram never spans two fields
+            hit = found.hit(text)
+            if hit is not None:
+                return "contaminated", f"{hit[0]}: {hit[1]!r}"
+        return None
+    return contaminated
+
+
+def extra_filters(decontaminate: str | None) -> list[Filter]:
+    """The filters a command adds to the defaults: --decontaminate's benchmark files (comma-separated)."""
+    files = [f.strip() for f in (decontaminate or "").split(",") if f.strip()]
+    return [decontamination_filter(files)] if files else []

@@ -402,11 +402,55 @@ h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.5em; }
 
 
 def write_report(output_dir: str | Path, seed: int = 0) -> Path:
-    """Write output_dir/report.html (replacing it whole) and return its path."""
-    summary = summarize(output_dir, seed)
-    path = Path(output_dir) / REPORT
-    write_text_atomic(path, render(summary))
+    """Write output_dir/report.html (replacing it whole) and return its path: a run's report, or
+    for an evaluate directory (results.json, no generated.jsonl) the evaluation's."""
+    directory = Path(output_dir)
+    path = directory / REPORT
+    if (directory / "results.json").is_file() and not (directory / "generated.jsonl").is_file():
+        write_text_atomic(path, render_evaluation(directory, read_json(directory / "results.json")))
+    else:
+        write_text_atomic(path, render(summarize(output_dir, seed)))
     return path
+
+
+def evaluation_chart(results: dict) -> str:
+    """Per metric, a bar per system at its mean with its 95% bootstrap interval; `X` and `X+rag`
+    share a colour, the +rag bar hatched."""
+    systems = results.get("systems") or []
+    metrics = [m for m in results.get("metrics", []) if any(m in (row.get("metrics") or {}) for row in systems)]
+    if not systems or not metrics:
+        raise DataError("results.json holds no system with a metric; run the evaluation first")
+    fig, axes = figure(3.2 * len(metrics), 0.9 + 0.45 * len(systems), columns=len(metrics))
+    axes = axes if isinstance(axes, (list, tuple)) or hasattr(axes, "__len__") else [axes]
+    bases = list(dict.fromkeys(row["name"].removesuffix("+rag") for row in systems))
+    colours = {base: f"C{i % 10}" for i, base in enumerate(bases)}
+    for ax, metric in zip(axes, metrics):
+        for y, row in enumerate(systems):
+            cell = (row.get("metrics") or {}).get(metric)
+            if not cell:
+                continue
+            mean, low, high = cell["mean"], cell.get("low", cell["mean"]), cell.get("high", cell["mean"])
+            ax.barh(y, mean, xerr=[[mean - low], [high - mean]], capsize=3,
+                    color=colours[row["name"].removesuffix("+rag")], hatch="//" if row["name"].endswith("+rag") else None)
+        ax.set_yticks(range(len(systems)), [f"{row['name']} ({row.get('answered', '?')}/{results.get('questions', '?')})"
+                                            for row in systems])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(metric)
+    return data_uri(fig)
+
+
+def render_evaluation(directory: Path, results: dict) -> str:
+    retrieval = results.get("retrieval")
+    note = (f"Retrieval ({esc(retrieval.get('retrieval', ''))}): hit@{retrieval.get('k')} {retrieval.get('hit_at_k', 0):.3f}, "
+            f"MRR {retrieval.get('mrr', 0):.3f} over {retrieval.get('questions')} questions with a source."
+            if retrieval else "No retrieval in this evaluation.")
+    stopped = f"<p>Stopped by {esc(results['stopped_by'])}: not every answer is in.</p>" if results.get("stopped_by") else ""
+    body = [f"<h1>Evaluation: {esc(directory.resolve().name)}</h1>",
+            f"<p>{results.get('questions', '?')} questions; means with {int(100 * results.get('confidence', 0.95))}% "
+            f"bootstrap intervals.</p>{stopped}",
+            f'<h2>Systems</h2><img alt="Systems" src="{evaluation_chart(results)}">', f"<p>{note}</p>"]
+    return PAGE.format(title=esc(f"self_instruct evaluation: {directory.resolve().name}"), body="\n".join(body))
 
 
 def main(output_dir: str, seed: int = 0) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -36,6 +37,9 @@ INSTALL_HINT = "pip install 'self_instruct[eval]'"
 MODES = ("hybrid", "dense", "bm25")
 SIMILARITIES = ("cosine", "dot")
 RRF_K = 60  # Cormack et al.'s constant: damps the top ranks so no single list dominates
+# Each list contributes its best RANK_DEPTH chunks to the fusion (as search engines fuse top-100
+# lists): deeper ranks add under 1/160 each and would cost a sort of the whole collection per query.
+RANK_DEPTH = 100
 DEFAULT_EMBEDDER = "packaged:all-MiniLM-L6-v2"
 
 
@@ -75,48 +79,18 @@ def as_chunks(items: Iterable) -> list[Chunk]:
 
 
 def chunk_documents(paths: Sequence[str | Path], max_tokens: int = 300, overlap: int = 50) -> list[Chunk]:
-    """Chunks of the documents at `paths` (files, or directories searched recursively).
+    """Chunks of the documents at `paths` (files, or directories searched recursively), by the
+    documents pipeline's loaders and chunker (self_instruct.sources: text, Markdown, PDF, HTML,
+    EPUB, DOCX, captions; sentence-aligned chunks of `max_tokens` words sharing `overlap` words
+    of whole sentences). A file that cannot be read is named on stderr and skipped."""
+    from .sources import chunk_documents as chunk_sources, load_paths, token_counter
 
-    Uses the documents pipeline's chunker (self_instruct.sources.chunking) when it is installed.
-    Until then, plain-text files are cut into runs of whole paragraphs of at most `max_tokens`
-    words, with no overlap.
-    """
-    files = _document_files(paths)
-    try:
-        from .sources import chunking  # the documents pipeline, when present
-    except ImportError:
-        chunking = None
-    if chunking is not None:
-        return as_chunks(chunking.chunk_files(files, max_tokens=max_tokens, overlap=overlap))
-    return [chunk for path in files for chunk in _paragraph_chunks(path, max_tokens)]
-
-
-def _document_files(paths: Sequence[str | Path]) -> list[Path]:
-    files = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"--docs {path}: no such file or directory")
-    if not files:
-        raise ConfigError(f"--docs {' '.join(map(str, paths))}: no documents found")
-    return files
-
-
-def _paragraph_chunks(path: Path, max_tokens: int) -> list[Chunk]:
-    paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    chunks, current = [], []
-    for paragraph in paragraphs:
-        if current and len(" ".join(current + [paragraph]).split()) > max_tokens:
-            chunks.append(Chunk("\n\n".join(current), str(path)))
-            current = []
-        current.append(paragraph)
-    if current:
-        chunks.append(Chunk("\n\n".join(current), str(path)))
-    return chunks
+    documents, problems = load_paths(paths)
+    for problem in problems:
+        print(f"self_instruct: {problem}", file=sys.stderr)
+    if not documents:
+        raise ConfigError(f"--docs {' '.join(map(str, paths))}: no readable documents")
+    return as_chunks(chunk_sources(documents, token_counter(None), size=max_tokens, overlap=overlap))
 
 
 # -----------------------------------------------------------------------------
@@ -216,32 +190,44 @@ class Index:
 
     def search_many(self, queries: Sequence[str], k: int = 3) -> list[list[Snippet]]:
         """The top k chunks for each query, best first."""
-        dense = self._dense_rankings(queries) if self.mode != "bm25" else None
+        depth = max(k, RANK_DEPTH)
+        dense = self._dense_rankings(queries, depth) if self.mode != "bm25" else None
         results = []
         for i, query in enumerate(queries):
             rankings = []
             if dense is not None:
                 rankings.append(dense[i])
             if self.bm25 is not None:
-                rankings.append(self._bm25_ranking(query))
+                rankings.append(self._bm25_ranking(query, depth))
             scores = dict(rankings[0]) if len(rankings) == 1 else fuse(ranking for ranking in rankings)
             best = sorted(scores, key=lambda j: -scores[j])[:k]
             results.append([Snippet(self.chunks[j].text, self.chunks[j].source, rank, float(scores[j]))
                             for rank, j in enumerate(best, 1)])
         return results
 
-    def _dense_rankings(self, queries: Sequence[str]) -> list[list[tuple[int, float]]]:
+    def _dense_rankings(self, queries: Sequence[str], depth: int) -> list[list[tuple[int, float]]]:
         query_vectors = _prepared(self.embedder.embed(list(queries)), self.similarity)
-        scores = query_vectors @ self.vectors.T
-        return [[(int(j), float(row[j])) for j in np.argsort(-row, kind="stable")] for row in scores]
+        return [ranking(row, depth) for row in query_vectors @ self.vectors.T]
 
-    def _bm25_ranking(self, query: str) -> list[tuple[int, float]]:
+    def _bm25_ranking(self, query: str, depth: int) -> list[tuple[int, float]]:
         import bm25s
 
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
         scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.chunks))
         # Chunks sharing no term with the query are not ranked at all: their order would be arbitrary.
-        return [(int(j), float(scores[j])) for j in np.argsort(-scores, kind="stable") if scores[j] > 0]
+        return [(j, score) for j, score in ranking(scores, depth) if score > 0]
+
+
+def ranking(scores: np.ndarray, depth: int) -> list[tuple[int, float]]:
+    """The `depth` best (index, score) pairs, best first, ties by index.
+
+    >>> ranking(np.array([0.2, 0.9, 0.5, 0.9]), 3)
+    [(1, 0.9), (3, 0.9), (2, 0.5)]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    top = np.argpartition(-scores, depth - 1)[:depth] if depth < len(scores) else np.arange(len(scores))
+    top = top[np.lexsort((top, -scores[top]))]
+    return [(int(j), float(scores[j])) for j in top]
 
 
 def check_settings(mode: str, similarity: str) -> None:

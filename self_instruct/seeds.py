@@ -6,12 +6,12 @@ is_classification. Every problem is reported as one line `file:line: field "x" .
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import SeedFormatError
+from .errors import DataError, SeedFormatError
+from .jsonl import loads_line, type_name as _json_type
 from .resources import default_seed_tasks_path
 from .types import Example, Instance, SeedTask
 
@@ -30,8 +30,6 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
         raise SeedFormatError(f"{path}: seed task file does not exist (--seed_tasks_path)") from None
     except OSError as exc:
         raise SeedFormatError(f"{path}: cannot read the seed task file: {exc.strerror}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise SeedFormatError(f"{path}:1: the file starts with a byte order mark; save it as UTF-8 without BOM")
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
@@ -54,18 +52,12 @@ def _parse_line(path: Path, lineno: int, line: bytes) -> SeedTask:
     where = f"{path}:{lineno}"
     if len(line) > MAX_LINE_BYTES:
         raise SeedFormatError(f"{where}: line is {len(line):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit for one task; is this a seed task file?")
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SeedFormatError(f"{where}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8") from None
-    if not text.strip():
+    if not line.strip():
         raise SeedFormatError(f"{where}: blank line; remove it (one JSON object a line)")
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SeedFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one task as one JSON object a line") from None
-    except RecursionError:
-        raise SeedFormatError(f"{where}: JSON nested too deeply to be a seed task; write one task as one JSON object a line") from None
+        obj = loads_line(path, lineno, line)  # the project's one policy: UTF-8, no BOM, file:line
+    except DataError as exc:
+        raise SeedFormatError(f"{exc}; write one task as one JSON object a line") from None
     if not isinstance(obj, dict):
         raise SeedFormatError(f"{where}: expected a JSON object, got {_json_type(obj)}; write one task as one JSON object a line")
     _check_fields(where, obj, FIELDS)
@@ -98,10 +90,6 @@ def _check_fields(where: str, obj: dict, spec: dict[str, type], prefix: str = ""
     extra = sorted(set(obj) - set(spec))
     if extra:
         raise SeedFormatError(f'{where}: unknown field "{prefix}{extra[0]}"; expected only {", ".join(spec)}')
-
-
-def _json_type(value: Any) -> str:
-    return {str: "string", bool: "bool", int: "number", float: "number", list: "list", dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def seed_examples(tasks: Sequence[SeedTask], rng: random.Random | None = None) -> list[Example]:

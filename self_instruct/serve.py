@@ -64,8 +64,8 @@ def check_host(host: str, allow_remote: bool) -> None:
         loopback = False
     if not loopback:
         raise ConfigError(
-            f"--host {host}: the endpoint has no authentication, so it listens on loopback "
-            "(127.0.0.1) only; pass --allow_remote to expose it"
+            f"--host {host}: anyone who reaches the endpoint can use it, so it listens on loopback "
+            "(127.0.0.1) only; pass --allow_remote to expose it (and --api_key to require a key)"
         )
 
 
@@ -94,7 +94,8 @@ class TeacherServer(ThreadingHTTPServer):
         self.teacher = teacher
         self.request_timeout = request_timeout
         self.api_key = api_key
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one teacher call at a time
+        self._state = threading.Lock()  # guards _running and _closing
         self._running: concurrent.futures.Future | None = None
         self._closing = False
         self._loop = asyncio.new_event_loop()
@@ -125,11 +126,12 @@ class TeacherServer(ThreadingHTTPServer):
     def _call(self, coroutine: Callable[[], Awaitable[Any]]) -> Any:
         """Run one teacher call on the loop, after the one before it; close() cancels it."""
         with self._lock:
-            if self._closing:
-                raise RequestError(503, "the server is shutting down")
-            self._running = asyncio.run_coroutine_threadsafe(coroutine(), self._loop)
+            with self._state:  # close() must see this call, or this call must see close()
+                if self._closing:
+                    raise RequestError(503, "the server is shutting down")
+                self._running = future = asyncio.run_coroutine_threadsafe(coroutine(), self._loop)
             try:
-                return self._running.result()
+                return future.result()
             except concurrent.futures.CancelledError:
                 raise RequestError(503, "the server is shutting down") from None
             finally:
@@ -142,10 +144,10 @@ class TeacherServer(ThreadingHTTPServer):
 
     def close(self) -> None:
         """Stop listening, stop the reply in progress at its next token, release the teacher."""
-        self._closing = True
-        running = self._running
-        if running is not None:
-            running.cancel()
+        with self._state:
+            self._closing = True
+            if self._running is not None:
+                self._running.cancel()
         self.server_close()
         asyncio.run_coroutine_threadsafe(self.teacher.aclose(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)

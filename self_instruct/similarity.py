@@ -42,6 +42,10 @@ from .rouge import tokenize
 # a pair whose bound misses the threshold by more than this cannot score above it.
 MARGIN = 1e-9
 
+# Below this many texts one C-kernel pass over all of them (needed anyway for a kept text's top-k
+# and mean) is cheaper than the filtered search first: check() then decides from the full scores.
+FULL_SCAN_BELOW = 5000
+
 _SURROGATES = range(0xD800, 0xE000)
 _MAX_TOKENS = 0x110000 - len(_SURROGATES)
 # A batch of greedy_dedup aims at this many texts left for the exact in-batch pass, and at most
@@ -147,13 +151,16 @@ class RougeIndex:
         the mean need every score); a similar one only the pairs the filters leave.
         """
         encoded = self._encode(text)
-        hit = self._best_above_threshold(encoded)
-        if hit is not None:
-            return Match(True, hit[1], self._texts[hit[0]])
         if not self._texts:
             return Match(False, 0, None, [], 0.0 if with_mean else None)
+        if len(self._texts) > FULL_SCAN_BELOW:
+            hit = self._best_above_threshold(encoded)
+            if hit is not None:
+                return Match(True, hit[1], self._texts[hit[0]])
         scores = self._scores(encoded)
-        best = int(np.argmax(scores))
+        best = int(np.argmax(scores))  # the first of equal maxima: the earliest indexed
+        if scores[best] > self.threshold:
+            return Match(True, float(scores[best]), self._texts[best])
         return Match(
             similar=False,
             max_score=self._value(scores, best, encoded),

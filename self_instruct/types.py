@@ -55,6 +55,8 @@ class Decoding:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # Ask for a JSON reply (response_format json_object on the chat API, where the server has it).
+    json: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:

@@ -100,12 +100,15 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.required_key = api_key
         self.fault_rate = 0.0
         self.timeout_sleep = 3.0
+        self.retry_after = "0.05"  # seconds a "429-retry-after" asks the client to wait
         self.lock = threading.Lock()
         self.scripted: list[str] = []
         self.requests: list[dict] = []
         self.faults_sent: list[str] = []
         self.in_flight = self.max_in_flight = 0
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
+        self.raw_chat = False  # True: a chat reply is reply_fn's text as is (no restated open number)
+        self.refuse_json_mode = False  # True: a request with response_format gets a 400 naming it
         # A short poll so that stop() returns at once (the default half second adds up over a test run).
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -253,11 +256,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: dict, fault: str) -> None:
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        if self.server.refuse_json_mode and "response_format" in body:
+            return self._json(400, {"error": {"message": "response_format is not supported", "param": "response_format"}})
         if self._refused(body):
             name = "stream" if self.server.refuse_stream else "stream_options"
             return self._json(400, {"error": {"message": f"{name} is not supported by this endpoint", "param": name}})
         if fault in ("429", "429-retry-after"):
-            headers = {"Retry-After": "0.05"} if fault == "429-retry-after" else {}
+            headers = {"Retry-After": self.server.retry_after} if fault == "429-retry-after" else {}
             return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers)
         if fault in ("500", "502", "503"):
             return self._json(int(fault), {"error": {"message": f"server error {fault}"}})
@@ -298,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             text = " Sorry, I cannot help with that request."
         elif fault == "wrong_numbering":
             text = re.sub(r"(\d+)\. (Instruction|Input|Output):", lambda m: f"{int(m.group(1)) + 7}. {m.group(2)}:", text)
-        if chat:
+        if chat and not self.server.raw_chat:
             m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
             text = f"{m.group(1) if m else 4}. Instruction:{text}"  # chat models restate the open number
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": len(prompt.split()) + len(text.split())}

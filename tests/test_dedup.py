@@ -139,6 +139,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
                           (["--report", tmp_path / "outdir"], "outdir: is a directory"),
                           (["--ngram", "0", "--against", source], "--ngram must be a whole number of words, 1 or more"),
                           (["--ngram", "x"], "--ngram must be a whole number"),
+                          (["--fields", "question"], "--fields chooses benchmark fields for --ngram"),
                           (["--thresold", "0.5"], "unknown flag --thresold; did you mean --threshold?")]:
         status, err = run(capsys, source, *args)
         assert status == 2 and len(err.splitlines()) == 1 and message in err, err

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
+from self_instruct.engine import UnitResult
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
@@ -171,6 +172,7 @@ def test_windows_over_a_document_place_every_body_sentence_in_one_pair(tmp_path)
     windows, index = [], 0
     while (unit := pipeline.unit(index)) is not None:
         result = asyncio.run(pipeline.run_unit(unit, ask=None))  # windows never asks
+        assert isinstance(result, UnitResult)  # the engine's own type: it commits these on Ctrl-C
         windows += [e for e in result.examples if e.metadata["kind"] == "window"]
         index += 1
     assert index == 1  # the sections of a short text are one unit

@@ -5,6 +5,8 @@ Endpoint systems and the judge are models behind the fake OpenAI server (tests/f
 "judge" grades by whether the reference is in the answer. The slow tests build a tiny Llama,
 fine-tune a LoRA adapter on the planted facts with self_instruct.train, and compare them.
 """
+import base64
+import importlib.util
 import json
 import os
 import re
@@ -56,7 +58,7 @@ def study(tmp_path, fake_server):
     docs = write_documents(tmp_path / "docs")
     questions = write_questions(tmp_path / "questions.jsonl")
     url = fake_server.base_url
-    args = ["--questions", questions, "--docs", docs, "--retrieval", "bm25", "--chunk_tokens", 25,
+    args = ["--questions", questions, "--docs", docs, "--retrieval", "bm25", "--chunk_tokens", 25, "--chunk_overlap", 5,
             "--system", f"base=openai:reader@{url}", f"base+rag=openai:reader@{url}",
             "--judge", f"openai:judge@{url}", "--output_dir", tmp_path / "out", "--quiet"]
     return {"args": args, "out": tmp_path / "out", "server": fake_server, "tmp": tmp_path}
@@ -86,6 +88,19 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
     assert metrics.bootstrap_interval(values) == (mean, low, high)
     wide = metrics.bootstrap_interval([1.0, 0.0])
     assert wide[1] == 0.0 and wide[2] == 1.0
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ('{"verdict": "correct", "reason": "Same city."}', {"verdict": "correct", "reason": "Same city."}),
+    ('Here it is:\n{"verdict": "Partly",\n "reason": "Right city,\nwrong year."}\nDone.',
+     {"verdict": "partly", "reason": "Right city, wrong year."}),
+    ('{"verdict": "WRONG"}', {"verdict": "wrong", "reason": ""}),
+    ('{"verdict": "maybe", "reason": "?"}', None),
+    ("The answer is correct.", None),
+    ('{"verdict": "correct", "reason": ', None),
+])
+def test_judge_replies_are_read_as_json_or_refused(reply, verdict):
+    assert evaluate.parse_verdict(reply) == verdict
 
 
 # --------------------------------------------------------------------------- the study, with endpoints
@@ -127,6 +142,16 @@ def test_table_rows_columns_judge_and_retrieval(study, capsys):
     assert retrieval["k"] == 3 and retrieval["questions"] == len(QUESTIONS) and 0 < retrieval["hit_at_k"] <= 1
 
 
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report needs the [export] extra")
+def test_the_evaluation_writes_a_report_with_a_bar_per_system(study):
+    run_cli(study["args"])
+    page = (study["out"] / "report.html").read_text()
+    assert page.count("<img") == 1 and "data:image/png;base64," in page
+    assert "hit@3" in page and "15 questions" in page
+    png = base64.b64decode(page.split("data:image/png;base64,", 1)[1].split('"', 1)[0])
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
 def test_every_system_gets_the_same_prompt_layout(study):
     run_cli(study["args"])
     prompts = [r["prompt"] for r in study["server"].requests if r["model"] == "reader"]
@@ -143,6 +168,18 @@ def test_every_system_gets_the_same_prompt_layout(study):
         assert request.get("temperature") == 0.0
 
 
+def test_chat_layout_sends_the_same_text_as_one_user_turn(study):
+    run_cli(study["args"] + ["--prompt_layout", "chat"])
+    chats = [r["messages"] for r in study["server"].requests if r["model"] == "reader"]
+    assert all(len(m) == 1 and m[0]["role"] == "user" for m in chats)
+    question = PARAPHRASES[0]["question"]
+    plain, with_snippets = [m[0]["content"] for m in chats if question in m[0]["content"]]
+    assert plain == f"{evaluate.SYSTEM_MESSAGE}\n\nQuestion: {question}"
+    snippets = next(r["snippets"] for r in answers(study["out"]) if r["system"] == "base+rag" and r["question"] == question)
+    context = "\n\n".join(f"[{s['rank']}] {s['text']}" for s in snippets)
+    assert with_snippets == f"{evaluate.SYSTEM_MESSAGE}\n\nContext:\n{context}\n\nQuestion: {question}"
+
+
 def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
     run_cli(study["args"])
     server, out = study["server"], study["out"]
@@ -157,6 +194,22 @@ def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
     asked = server.requests[sent:]
     assert len(asked) == 2 * len(QUESTIONS) and all(r["model"] == "reader" for r in asked)
     assert (out / "results.json").read_text() == first
+
+
+def test_a_judge_reply_without_a_verdict_is_asked_again_on_rerun(study, capsys):
+    study["server"].reply_fn = lambda prompt, body: "Looks fine to me." if body["model"] == "judge" \
+        else reader_and_judge(prompt, body)
+    err = run_cli(study["args"], capsys).err
+    assert all("judge" not in r["scores"] for r in answers(study["out"]))
+    assert "the judge gave no usable verdict for 30 answers; rerun to ask again" in err
+
+    study["server"].reply_fn = reader_and_judge
+    sent = len(study["server"].requests)
+    run_cli(study["args"])
+    asked = study["server"].requests[sent:]
+    distinct = {(r["question"], r["answer"]) for r in answers(study["out"])}  # equal answers are graded once
+    assert len(asked) == len(distinct) < 2 * len(QUESTIONS) and all(r["model"] == "judge" for r in asked)
+    assert all("judge" in r["scores"] for r in answers(study["out"]))
 
 
 def test_budget_stops_and_a_rerun_goes_on(study):
@@ -223,6 +276,16 @@ def test_bad_question_file_is_one_line_and_writes_nothing(tmp_path, capsys, text
     assert not (tmp_path / "out").exists()
 
 
+def test_chunk_overlap_must_be_below_the_chunk_size(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["--questions", write_questions(tmp_path / "q.jsonl"), "--output_dir", tmp_path / "out",
+                 "--docs", write_documents(tmp_path / "docs"), "--chunk_tokens", 40,
+                 "--system", "a+rag=openai:m@http://127.0.0.1:9/v1"])
+    assert capsys.readouterr().err == ("self_instruct: error: --chunk_overlap must be from 0 to below "
+                                       "--chunk_tokens (40) (got 50)\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("systems, message", [
     (["base"], "--system base: expected NAME=hf:PATH"),
     (["base=gguf:model.gguf"], "--system base=gguf:model.gguf: the model must be hf:PATH"),
@@ -246,7 +309,8 @@ def test_unreachable_server_or_refused_key_stops_before_anything_is_written(tmp_
     with pytest.raises(SystemExit) as exit:
         run_cli(["--questions", questions, "--output_dir", tmp_path / "out", "--system", "a=openai:m@http://127.0.0.1:9/v1"])
     assert exit.value.code == 2
-    assert capsys.readouterr().err == "self_instruct: error: --system a: the server at http://127.0.0.1:9/v1 cannot be reached: start it or fix the URL\n"
+    assert capsys.readouterr().err == ("self_instruct: error: --system a: the server at http://127.0.0.1:9/v1 "
+                                       "cannot be reached: start it or fix the URL\n")
 
     from fake_openai import FakeOpenAI
 
@@ -360,7 +424,8 @@ def test_base_vs_lora_fine_tune_on_planted_facts(tiny_models, tmp_path, capsys):
     root = tiny_models
     questions = write_questions(tmp_path / "q.jsonl", PARAPHRASES)
     write_documents(tmp_path / "docs")
-    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--chunk_tokens", 25, "--k", 1,
+    run_cli(["--questions", questions, "--docs", tmp_path / "docs", "--retrieval", "bm25", "--k", 1,
+             "--chunk_tokens", 25, "--chunk_overlap", 5,
              "--system_message", "", "--prompt_with_input", root / "with_input.txt", "--prompt_no_input", root / "no_input.txt",
              "--max_new_tokens", 16, "--batch_size", 4, "--output_dir", tmp_path / "out", "--quiet",
              "--system", f"base=hf:{root / 'base'}", f"tuned=hf:{root / 'base'}:{root / 'lora'}",

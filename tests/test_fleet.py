@@ -114,6 +114,17 @@ def test_a_retry_goes_to_another_endpoint(servers):
     assert teacher.endpoint_stats()[first.base_url]["failures"] == 1
 
 
+def test_an_endpoint_that_asks_to_wait_gets_nothing_new_meanwhile(servers):
+    first, second = servers[:2]
+    first.retry_after = "600"
+    first.script(["429-retry-after"])
+    teacher = OpenAITeacher("fake-model", base_url=[first.base_url, second.base_url], max_concurrency=1)
+    replies = ask(teacher, 10)
+    assert all(r.ok for r in replies) and replies[0].faults == ("429",)
+    # Its retry and every later request went to the other endpoint (none waited the 10 minutes).
+    assert (len(completions(first)), len(completions(second))) == (1, 10)
+
+
 def test_a_failing_endpoint_is_benched_and_comes_back(servers):
     healthy, failing, other = servers
     failing.script(["503"] * 100_000)

@@ -1,5 +1,7 @@
 """The whole loop against the fake OpenAI server on loopback (completions and chat)."""
+import importlib.util
 import json
+import random
 import os
 import subprocess
 import sys
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI, make_task
 from self_instruct.filters import first_rejection
 from self_instruct.generate import GenerateConfig, dry_run, generate
 from self_instruct.seeds import load_seed_tasks
@@ -189,3 +191,53 @@ def test_library_api(fake_server, tmp_path):
     assert prompt.endswith("###\n4. Instruction:")
     index = self_instruct.RougeIndex(t.instruction for t in tasks)
     assert index.check(tasks[0].instruction).similar
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report needs the [export] extra")
+def test_the_command_writes_the_report_unless_told_not_to(fake_server, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "10",
+            "--base_url", fake_server.base_url, "--model_name", "m", "--quiet"]
+    proc = subprocess.run(base + ["--output_dir", "a"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0 and "report in" in proc.stderr, proc.stderr
+    assert "<img" in (tmp_path / "a" / "report.html").read_text()
+    proc = subprocess.run(base + ["--output_dir", "b", "--no_report"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0 and not (tmp_path / "b" / "report.html").exists()
+
+
+def test_a_chat_teacher_that_talks_and_drifts_keeps_its_tasks(fake_server, tmp_path):
+    """A preamble, numbers that skip (4, 5, 7) and a closing remark: all three tasks are kept."""
+    reply = ("Sure! Here are more tasks:\n\n"
+             "4. Instruction: Name the largest desert on the continent of Africa.\n4. Input:\n<noinput>\n4. Output:\nThe Sahara.\n###\n"
+             "5. Instruction: Convert ninety minutes into hours and explain the step.\n5. Input:\n<noinput>\n5. Output:\n1.5 hours.\n###\n"
+             "7. Instruction: Suggest a polite way to decline a wedding invitation.\n7. Input:\n<noinput>\n7. Output:\nThank you so much.\n\n"
+             "Let me know if you need more tasks!")
+    fake_server.reply_fn = lambda prompt, body: reply
+    fake_server.raw_chat = True
+    result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", api="chat",
+                      num_instructions_to_generate=3, request_batch_size=1, max_concurrency=1, progress=False)
+    assert result.kept == 3
+    outputs = [r["output"] for r in read_jsonl(tmp_path / "out" / "generated.jsonl")]
+    assert outputs == ["The Sahara.", "1.5 hours.", "Thank you so much."]
+
+
+def test_decontaminate_drops_records_sharing_13_words_with_a_benchmark(fake_server, tmp_path):
+    """A benchmark line holding 13 words in a row of a reply's output makes its record contaminated;
+    12 shared words are not enough."""
+    leaked = "the quick brown fox jumps over the lazy dog while the farmer watches closely"  # 14 words
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": f"Q: {leaked}?"}) + "\n" + json.dumps({"question": "alpha beta gamma"}) + "\n")
+    outputs = iter([leaked, " ".join(leaked.split()[:12]) + " and nothing else"] * 50)
+    rng = random.Random(3)
+
+    def reply(prompt, body):
+        return (f" {make_task(rng, synthetic=True)[0]}\n4. Input:\n<noinput>\n"
+                f"4. Output:\nIn short, {next(outputs)}.\n")
+    fake_server.reply_fn = reply
+    result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", decontaminate=str(bench),
+                      num_instructions_to_generate=2, request_batch_size=1, max_concurrency=1, progress=False)
+    rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert result.kept == 2 and all("nothing else" in r["output"] for r in kept)
+    assert rejected and {r["reason"] for r in rejected} == {"contaminated"}
+    assert "bench.jsonl" in rejected[0]["detail"] and "quick brown fox" in rejected[0]["detail"]

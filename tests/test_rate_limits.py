@@ -136,8 +136,26 @@ def test_the_server_never_sees_more_than_the_set_rates(fake_server, rpm, tpm):
     if rpm:
         assert fake_server.most_in_window(period) == rpm
     else:
-        # Estimated at 73 tokens before sending, settled at the usage reported after.
-        assert 200 < fake_server.most_in_window(period, tokens=True) <= tpm
+        # Estimated at 73 tokens before sending, settled at the usage reported after; all of them
+        # in one window would have been more than the limit.
+        assert fake_server.most_in_window(period, tokens=True) <= tpm < sum(t for _, t in fake_server.charges)
+
+
+def test_a_cancelled_request_leaves_the_window_in_time(fake_server):
+    # A request cancelled before its answer began must not hold its place in the window for ever.
+    fake_server.latency, fake_server.tasks_per_reply = 5.0, 1
+    teacher = OpenAITeacher("fake-model", base_url=fake_server.base_url, requests_per_minute=1, rate_period=0.5)
+
+    async def main():
+        first = asyncio.create_task(teacher.complete([PROMPT], DECODING))
+        while not fake_server.requests:
+            await asyncio.sleep(0.01)
+        first.cancel()
+        fake_server.latency = 0.0
+        replies = await asyncio.wait_for(teacher.complete([PROMPT], DECODING), timeout=60)  # a hang guard
+        await teacher.aclose()
+        return replies
+    assert asyncio.run(main())[0].ok
 
 
 # --- concurrency that adapts ---

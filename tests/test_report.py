@@ -99,7 +99,9 @@ def test_report_of_a_real_run(run_dir, capsys):
     assert all(row[0] in instructions for row in shown)  # fake-server text has nothing to escape
     shown_rejected = page.split("random rejected records, every reason shown", 1)[1]
     assert all(f"<b>{reason}</b>" in shown_rejected for reason in reasons)
-    assert "This run has no ledger.jsonl" in page
+    # The engine writes ledger.jsonl: tokens and cost are drawn over time from its replies.
+    done = [e for e in jsonl(run_dir / "ledger.jsonl") if e["event"] == "done"]
+    assert f"From ledger.jsonl: {len(done)} replies." in page
 
 
 def test_samples_are_seeded_and_show_every_reason(run_dir):

@@ -183,3 +183,21 @@ def test_shard_pairs_over_all_shards_are_every_pair_above_the_threshold(threshol
     for shards in (1, 4):
         found = np.concatenate([similarity.shard_pairs(encoded, threshold, k, shards) for k in range(shards)])
         assert set(map(tuple, found.tolist())) == expected and expected
+
+
+def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score():
+    # Enough texts for several batches of growing size; repeats (same tokens, other case and
+    # punctuation) take the shortcut that skips the query.
+    rng = random.Random(8)
+    words = [f"w{i}" for i in range(40)]
+    base = [random_text(rng, words) for _ in range(120)]
+    texts = [rng.choice(base).upper() + rng.choice(["", "!", " ?"]) for _ in range(1000)]
+    against = base[:5]
+    flags = np.concatenate(list(similarity.greedy_dedup(texts, 0.7, against))).tolist()
+    ref, expected = Reference(against, 0.7), []
+    for text in texts:
+        keep = not any(score > 0.7 for score in ref.scores(text))
+        if keep:
+            ref.add(text)
+        expected.append(keep)
+    assert flags == expected and 0 < sum(flags) < len(texts)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
+from ..engine import UnitResult
 from ..errors import ConfigError
 from ..parse import Rejection
 from ..resources import bundled_path
@@ -305,12 +306,6 @@ class ChunkUnit:
 
 
 @dataclass
-class UnitResult:
-    examples: list[Example] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-
-
-@dataclass
 class DocumentSettings:
     """The mode's options (the command's flags of the same names)."""
 
@@ -407,8 +402,8 @@ class DocumentsPipeline:
 
     @staticmethod
     def check_decoding(count: int) -> Decoding:
-        """Greedy, and room for `count` short verdicts."""
-        return Decoding(max_tokens=32 + 16 * count, temperature=0.0)
+        """Greedy, in JSON mode where the server has one, and room for `count` short verdicts."""
+        return Decoding(max_tokens=32 + 16 * count, temperature=0.0, json=True)
 
     def _example(self, chunk: Chunk, item: dict[str, str]) -> Example:
         meta = chunk.provenance() | {"mode": self.settings.mode}

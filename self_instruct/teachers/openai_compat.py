@@ -353,6 +353,7 @@ class Endpoint:
         self.probing = False  # back from the bench: one request decides
         self.first_token: float | None = None  # the quickest first token seen, seconds
         self.stream = self.stream_usage = True
+        self.json_mode = True  # response_format, until the server refuses it
 
     def can_take(self, now: float) -> bool:
         return now >= self.resume_at and self.in_flight < (1 if self.probing else self.limit.value)
@@ -657,6 +658,10 @@ class OpenAITeacher(Teacher):
             endpoint.requests += 1
             try:
                 completion = await self._send(endpoint, prompt, decoding, job)
+            except asyncio.CancelledError:
+                if self._rates:  # it may have been counted: it leaves the window a period from now
+                    self._rates.answered(job.ticket)
+                raise
             except Exception as exc:
                 self._settle(job, 0)
                 if isinstance(exc, _Downgrade):
@@ -703,6 +708,8 @@ class OpenAITeacher(Teacher):
             options["seed"] = decoding.seed
         if self.api == "chat":
             options["messages"] = [{"role": "user", "content": prompt}]
+            if decoding.json and endpoint.json_mode:
+                options["response_format"] = {"type": "json_object"}
         else:
             options["prompt"] = prompt
         streamed, with_usage = endpoint.stream, endpoint.stream_usage  # other requests may change them meanwhile
@@ -714,8 +721,8 @@ class OpenAITeacher(Teacher):
             except asyncio.TimeoutError:
                 raise SlowReply(f"the reply was still streaming after {self.total_timeout:g} s") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if streamed and not is_context_error(exc):
-                self._downgrade(endpoint, exc, with_usage)
+            if not is_context_error(exc):
+                self._downgrade(endpoint, exc, with_usage, streamed, "response_format" in options)
             raise
 
     def _create(self, endpoint: Endpoint, options: dict):
@@ -723,11 +730,16 @@ class OpenAITeacher(Teacher):
         return create(**options)
 
     @staticmethod
-    def _downgrade(endpoint: Endpoint, exc: Exception, with_usage: bool) -> None:
-        """Servers without streaming (or without its usage option) refuse the request with a 400
-        naming the parameter: ask them again without it."""
+    def _downgrade(endpoint: Endpoint, exc: Exception, with_usage: bool, streamed: bool, json_mode: bool) -> None:
+        """Servers without streaming (or without its usage option, or without JSON mode) refuse
+        the request with a 400 naming the parameter: ask them again without it."""
         body = getattr(exc, "body", None)
         said = f"{_server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
+        if "response_format" in said and json_mode:
+            endpoint.json_mode = False  # the prompt asks for JSON too; the reply is parsed tolerantly
+            raise _Downgrade() from None
+        if not streamed:
+            return
         if "stream_options" in said and with_usage:
             endpoint.stream_usage = False
             raise _Downgrade() from None
