@@ -60,6 +60,9 @@ class EvolveConfig:
     request_timeout: float = 120.0
     max_attempts: int = 6
     retry_backoff: float = 1.0
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
     overwrite: bool = False
 
     def run_dir(self) -> Path:
@@ -177,6 +180,9 @@ def main(
     request_timeout: float = 120.0,
     max_attempts: int = 6,
     retry_backoff: float = 1.0,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ):
@@ -186,8 +192,8 @@ def main(
     go to rejected.jsonl (evolve_no_change, evolve_refusal, evolve_copied, evolve_too_long).
     Writes --output (JSON list, or JSONL by suffix). Rerun the same command to resume.
     """
-    options = {k: v for k, v in locals().items() if k not in ("input", "rounds", "output", "api_key", "quiet")}
-    cfg = EvolveConfig(input=input, rounds=rounds, output=output, **options)
+    options = {k: v for k, v in locals().items() if k not in ("input", "rounds", "output", "api_key", "quiet", "no_stream")}
+    cfg = EvolveConfig(input=input, rounds=rounds, output=output, stream=not no_stream, **options)
     result = asyncio.run(aevolve(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {len(result.records)} evolved records from {result.rounds_done} of {rounds} rounds "
           f"in {result.output_dir} (stopped by {result.stopped_by}; {result.requests} requests)", file=sys.stderr)

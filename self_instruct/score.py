@@ -57,6 +57,9 @@ class ScoreConfig:
     request_timeout: float = 120.0
     max_attempts: int = 6
     retry_backoff: float = 1.0
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
     overwrite: bool = False
 
     def run_dir(self) -> str:
@@ -191,6 +194,9 @@ def main(
     request_timeout: float = 120.0,
     max_attempts: int = 6,
     retry_backoff: float = 1.0,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    no_stream: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ):
@@ -200,8 +206,8 @@ def main(
     metadata.score and metadata.score_reason; --min_score drops lower ones (rejected.jsonl, reason
     low_score). Rerun the same command to resume; a finished run sends no request again.
     """
-    options = {k: v for k, v in locals().items() if k not in ("input", "output", "api_key", "quiet")}
-    cfg = ScoreConfig(input=input, output=output, **options)
+    options = {k: v for k, v in locals().items() if k not in ("input", "output", "api_key", "quiet", "no_stream")}
+    cfg = ScoreConfig(input=input, output=output, stream=not no_stream, **options)
     result = asyncio.run(ascore(cfg, api_key=api_key, progress=not quiet))
     where = cfg.output if result.stopped_by == "done" and cfg.output else result.output_dir
     print(f"self_instruct: kept {len(result.kept)} of {result.records} records in {where} "
