@@ -336,6 +336,8 @@ class Engine:
         meta = {self.pipeline.unit_key: index, "model": self.teacher.model_id}
         kept: list[dict] = []
         rejected = [reject_record(r, meta) for r in result.rejections]
+        # a pipeline's own verdicts on a candidate (low_score, ungrounded) count as judged, as on resume
+        self.stats.parsed += sum(r.example is not None for r in result.rejections)
         for example in result.examples:
             if self.target is not None and len(self.pool) + len(kept) >= self.target:
                 self.stats.unjudged += 1  # exactly the target: the rest is left unjudged
