@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -124,6 +125,23 @@ class InstructionPool:
             note = repair_torn_tail(self.dir / name)
             if note:
                 self.notes.append(note)
+        try:
+            self.state = read_json(self.dir / STATE) or {}
+            if not isinstance(self.state, dict):
+                raise DataError(f"{self.dir / STATE}: not a JSON object")
+        except DataError:
+            self.notes.append(f"{STATE} was unreadable; its counters are rebuilt from the JSONL files")
+            self.state = {}
+        units_done = self.state.get("units_done")
+        if isinstance(units_done, int) and not isinstance(units_done, bool) and units_done >= 0:
+            # state.json is written after both appends of a unit: a unit found past it was cut
+            # short by a kill (its kept records on disk, its rejects not). It is cut off here
+            # and runs again, from the reply cache.
+            for name in (GENERATED, REJECTED):
+                if cut_units_from(self.dir / name, units_done, self.unit_key):
+                    self.notes.append(f"{name}: cut off the records of a unit the run was killed while writing")
+        else:
+            units_done = 0
         last = -1
         generated, rejected = self.dir / GENERATED, self.dir / REJECTED
         try:
@@ -137,15 +155,7 @@ class InstructionPool:
             # Not a torn last line (that was cut above): someone's edit. Say which line, never guess.
             raise DataError(f"{exc}; the file was edited or corrupted: fix or delete that line, "
                             f"or pass --overwrite to start again") from None
-        try:
-            self.state = read_json(self.dir / STATE) or {}
-            if not isinstance(self.state, dict):
-                raise DataError(f"{self.dir / STATE}: not a JSON object")
-        except DataError:
-            self.notes.append(f"{STATE} was unreadable; its counters are rebuilt from the JSONL files")
-            self.state = {}
-        units_done = self.state.get("units_done")
-        self.next_unit = max(last + 1, units_done if isinstance(units_done, int) and not isinstance(units_done, bool) else 0)
+        self.next_unit = max(last + 1, units_done)
 
     def _count_rejects(self, path: Path) -> int:
         """Count rejects by reason, one line in memory at a time; returns the last unit seen."""
@@ -188,6 +198,26 @@ class InstructionPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def cut_units_from(path: Path, unit: int, key: str) -> bool:
+    """Cut the records of units >= `unit` off the end of a pool file (units are appended in
+    order, so they are its tail). The unit is read from each line's metadata key without parsing
+    the line: inside a JSON string a quote is escaped, so `"round": 7` can only be the key."""
+    if not path.exists():
+        return False
+    pattern = re.compile(rb'"' + re.escape(key.encode()) + rb'": (-?\d+)')
+    with open(path, "r+b") as f:
+        offset = 0
+        for line in f:
+            found = pattern.findall(line)
+            if found and int(found[-1]) >= unit:
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+                return True
+            offset += len(line)
+    return False
 
 
 def _unit_of(record: dict, key: str) -> int:

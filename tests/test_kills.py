@@ -183,3 +183,19 @@ def test_a_broken_line_inside_the_file_is_not_guessed_at(tmp_path):
     (out / "generated.jsonl").write_text('{"instruction": "a"}\nnot json\n{"instruction": "b"}\n')
     with pytest.raises(Exception, match=r"generated.jsonl:2: not valid JSON.*--overwrite"):
         InstructionPool.open(out)
+
+
+def test_a_unit_killed_between_its_two_appends_is_cut_and_run_again(tmp_path):
+    """generated.jsonl is appended before rejected.jsonl: a kill between the two leaves a unit
+    with its kept records and without its rejects. state.json (written after both) says which
+    units are whole; the rest are cut off, so the unit runs again from the reply cache."""
+    out = tmp_path / "out"
+    with InstructionPool.open(out, unit_key="round") as pool:
+        pool.append(0, [{"instruction": "Task 0", "metadata": {"round": 0}}], [{"reason": "similar", "metadata": {"round": 0}}])
+        pool.save_state({"kept": 1})
+        # unit 1: its kept record reached the disk, then the process died
+        pool.append(1, [{"instruction": "Task 1 with a \\"round\\": 0 inside", "metadata": {"round": 1}}], [])
+    with InstructionPool.open(out, unit_key="round") as again:
+        assert [r["instruction"] for r in again.records] == ["Task 0"]
+        assert again.next_unit == 1 and dict(again.reject_counts) == {"similar": 1}
+        assert again.notes == ["generated.jsonl: cut off the records of a unit the run was killed while writing"]
