@@ -194,7 +194,7 @@ def test_a_unit_killed_between_its_two_appends_is_cut_and_run_again(tmp_path):
         pool.append(0, [{"instruction": "Task 0", "metadata": {"round": 0}}], [{"reason": "similar", "metadata": {"round": 0}}])
         pool.save_state({"kept": 1})
         # unit 1: its kept record reached the disk, then the process died
-        pool.append(1, [{"instruction": "Task 1 with a \\"round\\": 0 inside", "metadata": {"round": 1}}], [])
+        pool.append(1, [{"instruction": "Task 1 with a \"round\": 0 inside", "metadata": {"round": 1}}], [])
     with InstructionPool.open(out, unit_key="round") as again:
         assert [r["instruction"] for r in again.records] == ["Task 0"]
         assert again.next_unit == 1 and dict(again.reject_counts) == {"similar": 1}
