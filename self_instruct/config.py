@@ -55,6 +55,11 @@ class GenerateConfig:
     max_tokens: int | None = None
     similarity_threshold: float = 0.7
     decontaminate: str | None = None  # benchmark files, comma-separated: drop records sharing a 13-gram
+    # --judge: score the pool at the end (self_instruct.score), with the run's teacher or another
+    judge: bool = False
+    min_score: float | None = None
+    judge_model: str | None = None
+    judge_base_url: str | None = None
     teacher: str | None = None
     local_model_path: str | None = None
     max_requests: int | None = None

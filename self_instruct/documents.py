@@ -73,6 +73,10 @@ class DocumentsConfig:
     max_concurrency: int = 8
     similarity_threshold: float = 0.7
     decontaminate: str | None = None
+    judge: bool = False
+    min_score: float | None = None
+    judge_model: str | None = None
+    judge_base_url: str | None = None
     max_requests: int | None = None
     max_total_tokens: int | None = None
     max_cost: float | None = None
@@ -188,6 +192,9 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
                 pool.write_regen()
                 pool.save_state(engine.stats.to_state())
                 ledger.forget_before(pool.next_unit)
+            if cfg.judge and settings.uses_teacher:
+                from .score import judge_pool
+                await judge_pool(cfg, pool.dir, teacher, api_key, progress)
             return DocumentsResult(pool.dir, len(chunks), len(pool), engine.stats, stopped_by)
     finally:
         if own_teacher:
@@ -318,6 +325,10 @@ def main(
     max_concurrency: int = 8,
     similarity_threshold: float = 0.7,
     decontaminate: str | None = None,
+    judge: bool = False,
+    min_score: float | None = None,
+    judge_model: str | None = None,
+    judge_base_url: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,

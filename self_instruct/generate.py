@@ -118,6 +118,9 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_
                 pool.write_regen()
                 pool.save_state(engine.stats.to_state())
                 ledger.forget_before(pool.next_unit)
+            if cfg.judge:
+                from .score import judge_pool
+                await judge_pool(cfg, pool.dir, teacher, api_key, progress)
             return GenerateResult(pool.dir, len(pool), engine.stats, stopped_by)
     finally:
         if own_teacher:
@@ -205,6 +208,10 @@ def main(
     max_tokens: int | None = None,
     similarity_threshold: float = 0.7,
     decontaminate: str | None = None,
+    judge: bool = False,
+    min_score: float | None = None,
+    judge_model: str | None = None,
+    judge_base_url: str | None = None,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
     max_cost: float | None = None,
@@ -234,7 +241,9 @@ def main(
     (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
     per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
     overwrite (start output_dir afresh), no_report (skip report.html at the end), decontaminate
-    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them).
+    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them),
+    judge (rate every kept record 1-5 at the end into output_dir/scored.json; min_score drops
+    those below it there; judge_model and judge_base_url name another teacher for it).
     base_url may list several servers (comma-separated, or a file of URLs): requests go to the
     least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
     concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout

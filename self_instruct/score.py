@@ -156,6 +156,23 @@ async def ascore_run(run_dir: str | Path, teacher: Teacher, *, min_score: float 
     return await ascore(cfg, teacher=teacher, progress=progress)
 
 
+async def judge_pool(cfg, run_dir: Path, teacher: Teacher, api_key: str | None, progress: bool) -> None:
+    """--judge: rate every kept record 1-5 (self_instruct.score) into RUN_DIR/scored.json, with the
+    run's teacher or --judge_model/--judge_base_url; a rerun sends only records not yet rated."""
+    separate = cfg.judge_model or cfg.judge_base_url
+    judge = make_teacher(dataclasses.replace(cfg, model_name=cfg.judge_model or cfg.model_name,
+                                             base_url=cfg.judge_base_url or cfg.base_url, teacher="openai"), api_key) \
+        if separate else teacher
+    try:
+        result = await ascore_run(run_dir, judge, min_score=cfg.min_score, api=cfg.api,
+                                  max_concurrency=cfg.max_concurrency, progress=progress)
+    finally:
+        if separate:
+            await judge.aclose()
+    print(f"self_instruct: judge: {len(result.kept)} of {result.records} records rated"
+          f"{f' {cfg.min_score} or more' if cfg.min_score is not None else ''} in {run_dir / 'scored.json'}", file=sys.stderr)
+
+
 def write_dataset(path: str, records: list[dict]) -> None:
     """A JSONL file when the name ends in .jsonl, else a JSON list."""
     if path.endswith(".jsonl"):

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import random
+import re
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from fake_openai import FakeOpenAI, make_task
+from fake_openai import FakeOpenAI, make_task, self_instruct_reply
 from self_instruct.filters import first_rejection
 from self_instruct.generate import GenerateConfig, dry_run, generate
 from self_instruct.seeds import load_seed_tasks
@@ -241,3 +242,23 @@ def test_decontaminate_drops_records_sharing_13_words_with_a_benchmark(fake_serv
     assert result.kept == 2 and all("nothing else" in r["output"] for r in kept)
     assert rejected and {r["reason"] for r in rejected} == {"contaminated"}
     assert "bench.jsonl" in rejected[0]["detail"] and "quick brown fox" in rejected[0]["detail"]
+
+
+def test_judge_rates_the_pool_at_the_end_and_a_rerun_sends_nothing_new(fake_server, tmp_path):
+    """--judge: the run's teacher rates every kept record; --min_score keeps the 4s and 5s in scored.json."""
+    def reply(prompt, body):
+        if "### Record 1" in prompt:  # the rubric prompt of self_instruct.score
+            count = len(re.findall(r"### Record \d+", prompt))
+            return "```json\n" + json.dumps([{"index": i, "score": 5 if i % 2 else 2, "reason": "r"} for i in range(1, count + 1)]) + "\n```"
+        return self_instruct_reply(prompt, 20, random.Random(prompt), synthetic=True)
+    fake_server.reply_fn = reply
+    options = dict(base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, judge=True,
+                   min_score=4, progress=False)
+    generate(str(tmp_path / "out"), **options)
+    scored = json.loads((tmp_path / "out" / "scored.json").read_text())
+    kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert len(kept) == 10 and 0 < len(scored) < 10
+    assert all(r["metadata"]["score"] == 5 and r["metadata"]["score_reason"] == "r" for r in scored)
+    asked = len(fake_server.requests)
+    generate(str(tmp_path / "out"), **options)
+    assert len(fake_server.requests) == asked  # the pool is at its target and every record is rated
