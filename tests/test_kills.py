@@ -59,10 +59,10 @@ class Run:
         assert "Traceback" not in self.stderr
 
     def wait_paused(self) -> None:
-        assert self.paused.wait(timeout=30), f"the run never reached its pause point: {self.stderr}"
+        assert self.paused.wait(timeout=180), f"the run never reached its pause point: {self.stderr}"
 
 
-def wait_for(condition, timeout=30.0) -> None:
+def wait_for(condition, timeout=180.0) -> None:  # hang guards, many times the expected
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
