@@ -19,6 +19,7 @@ count what the server saw in any window (`most_in_window`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -109,6 +110,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.reply_fn = None  # optional: fn(prompt, body) -> text, replaces the generated reply
         self.raw_chat = False  # True: a chat reply is reply_fn's text as is (no restated open number)
         self.refuse_json_mode = False  # True: a request with response_format gets a 400 naming it
+        self.tickets = itertools.count(1)  # numbers each refusal, as a real one carries its request id
         # A short poll so that stop() returns at once (the default half second adds up over a test run).
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -300,7 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "length":
             text, finish = text[: max(1, len(text) * 2 // 3)], "length"
         elif fault == "zero_tasks":
-            text = " Sorry, I cannot help with that request."
+            # numbered like a real refusal's request id: two refusals are two different replies
+            text = f" Sorry, I cannot help with that request (ticket {next(self.server.tickets)})."
         elif fault == "wrong_numbering":
             text = re.sub(r"(\d+)\. (Instruction|Input|Output):", lambda m: f"{int(m.group(1)) + 7}. {m.group(2)}:", text)
         if chat and not self.server.raw_chat:
