@@ -19,11 +19,13 @@ A retry goes to another endpoint at once when one is healthy.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -42,6 +44,7 @@ _CONTEXT_ERROR = re.compile(r"context length|context size|context window|reduce 
 _NUMBERS = re.compile(r"\d+")
 _URL = re.compile(r"https?://[^/\s]")
 MAX_RETRY_AFTER = 120.0
+CONNECTIONS_PER_CLIENT = 16  # an endpoint's requests share one HTTP client per this many (see Endpoint)
 # Failures in a row that bench an endpoint (while another one is healthy).
 BENCH_AFTER = 3
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
@@ -339,10 +342,18 @@ class AdaptiveLimit:
 
 
 class Endpoint:
-    """One server of the fleet: its client, its limit, its health and its counters."""
+    """One server of the fleet: its clients, its limit, its health and its counters.
 
-    def __init__(self, url: str | None, client: openai.AsyncOpenAI, maximum: int):
-        self.url, self.client = url, client
+    Requests take the endpoint's clients in turn. One HTTP connection pool probes every idle
+    socket of its own each time a request starts or ends, so a pool of 128 connections spent a
+    quarter of the event loop's time on those probes (benchmarks/loop.py); pools of at most
+    CONNECTIONS_PER_CLIENT keep that cost flat whatever --max_concurrency is.
+    """
+
+    def __init__(self, url: str | None, make_client: Callable[[], openai.AsyncOpenAI], maximum: int):
+        self.url = url
+        self.clients = [make_client() for _ in range(-(-maximum // CONNECTIONS_PER_CLIENT))]
+        self._turn = itertools.cycle(self.clients)
         self.name = redact_url(url) or "api.openai.com"
         self.limit = AdaptiveLimit(maximum)
         self.in_flight = self.streaming = 0
@@ -354,6 +365,11 @@ class Endpoint:
         self.first_token: float | None = None  # the quickest first token seen, seconds
         self.stream = self.stream_usage = True
         self.json_mode = True  # response_format, until the server refuses it
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The client for the next request."""
+        return next(self._turn)
 
     def can_take(self, now: float) -> bool:
         return now >= self.resume_at and self.in_flight < (1 if self.probing else self.limit.value)
@@ -541,8 +557,8 @@ class OpenAITeacher(Teacher):
         urls = parse_base_urls(base_url)
         # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one. The
         # timeout bounds each wait for bytes, so on a stream it is a limit on silence.
-        endpoints = [Endpoint(url, openai.AsyncOpenAI(base_url=url, api_key=api_key or "not-needed", max_retries=0,
-                                                      timeout=request_timeout), max_concurrency) for url in urls]
+        endpoints = [Endpoint(url, partial(openai.AsyncOpenAI, base_url=url, api_key=api_key or "not-needed",
+                                           max_retries=0, timeout=request_timeout), max_concurrency) for url in urls]
         for endpoint in endpoints:
             endpoint.stream = stream
         self._fleet = Fleet(endpoints, max_concurrency, bench_initial, bench_max)
@@ -823,7 +839,8 @@ class OpenAITeacher(Teacher):
 
     async def aclose(self) -> None:
         for endpoint in self._fleet.endpoints:
-            await endpoint.client.close()
+            for client in endpoint.clients:
+                await client.close()
 
 
 def _read_reply(response, chat: bool) -> tuple[str, str | None]:
