@@ -84,7 +84,7 @@ class FakeOpenAI(ThreadingHTTPServer):
 
     def __init__(self, latency: float = 0.0, tasks_per_reply: int | None = None, seed: int = 0, api_key: str | None = None,
                  synthetic: bool = False, port: int = 0, slots: int | None = None, token_delay: float = 0.0,
-                 interrupt: bool = False):
+                 interrupt: bool = False, jitter: float = 0.0):
         super().__init__(("127.0.0.1", port), _Handler)
         self.slots = threading.Semaphore(slots) if slots else None
         self.waiting = 0  # requests queued for a slot
@@ -96,6 +96,9 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.charges: list[tuple[float, int]] = []  # (arrival time, tokens of the answered request)
         self.synthetic = synthetic
         self.latency = latency
+        # Each request waits latency * U(1 - jitter, 1 + jitter): real servers do not answer a
+        # burst all at once, and a fixed latency keeps the client's work in bursts forever.
+        self.jitter = jitter
         self.tasks_per_reply = tasks_per_reply
         self.rng = random.Random(seed)
         self.required_key = api_key
@@ -125,6 +128,12 @@ class FakeOpenAI(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def next_latency(self) -> float:
+        if not self.jitter:
+            return self.latency
+        with self.lock:
+            return self.latency * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
     def script(self, faults) -> None:
         with self.lock:
@@ -210,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             try:
                 if server.latency:
-                    time.sleep(server.latency)
+                    time.sleep(server.next_latency())
                 self._answer(body, fault)
             finally:
                 if server.slots:
@@ -408,9 +417,10 @@ if __name__ == "__main__":
     parser.add_argument("--fault_rate", type=float, default=0.0)
     parser.add_argument("--slots", type=int, default=None)
     parser.add_argument("--token_delay", type=float, default=0.0)
+    parser.add_argument("--jitter", type=float, default=0.0)
     args = parser.parse_args()
     server = FakeOpenAI(latency=args.latency, tasks_per_reply=args.tasks_per_reply, synthetic=args.synthetic,
-                        slots=args.slots, token_delay=args.token_delay)
+                        slots=args.slots, token_delay=args.token_delay, jitter=args.jitter)
     server.fault_rate = args.fault_rate
     print(server.base_url, flush=True)
     server.serve_forever()
