@@ -149,7 +149,10 @@ class Engine:
         self.stats = Stats(ledger, units=pool.next_unit, kept=len(pool), rejects=Counter(pool.reject_counts),
                            parsed=len(pool) + pool.judged_rejects, unjudged=int(pool.state.get("unjudged", 0) or 0))
         self.stats.endpoints = getattr(teacher, "endpoint_stats", None)
-        self.outstanding: dict[int, int] = {}  # unit -> requests it is expected still to make
+        self.width: dict[int, int] = {}  # running unit -> requests it makes at once (what it declares)
+        self.active: dict[int, int] = {}  # unit that has asked -> its asks now waiting or in flight
+        self.asks: Counter = Counter()  # unit -> asks it made (answered, cached or failed)
+        self.yield_seen = [0, 0]  # candidates and asks of the units back in this run: candidates per ask
         self.wake = asyncio.Event()
         self.exhausted: str | None = None
         self.stall_reasons: Counter = Counter()
@@ -167,6 +170,7 @@ class Engine:
     async def ask(self, unit: int, prompt: str, decoding: Decoding | None = None) -> Completion:
         decoding = decoding or self.decoding
         key = cache_key(self.teacher.model_id, self.api, prompt, decoding)
+        self.active[unit] = self.active.get(unit, 0) + 1
         try:
             hit = self.ledger.cached(key)
             if hit is not None:
@@ -186,8 +190,8 @@ class Engine:
             self.exhausted = self.exhausted or exc.reason
             raise
         finally:
-            if self.outstanding.get(unit, 0) > 0:
-                self.outstanding[unit] -= 1
+            self.active[unit] -= 1
+            self.asks[unit] += 1
             self.wake.set()
             if getattr(self, "running", None) is not None:
                 self._launch()
@@ -208,6 +212,7 @@ class Engine:
         """Run until the target, the budget, the stall limit or the last unit; returns which."""
         self.pipeline = pipeline
         self.next_launch = self.next_commit = self.pool.next_unit
+        self.requests_before = self.ledger.spend.requests  # a resumed run's earlier requests
         self.running: dict[int, asyncio.Task] = {}
         self.finished: dict[int, UnitResult | BaseException] = {}
         self.no_more_units, self.stopping = False, False
@@ -216,8 +221,13 @@ class Engine:
             while True:
                 for index in [i for i, task in self.running.items() if task.done()]:
                     task = self.running.pop(index)
-                    self.finished[index] = task.exception() or task.result()
-                    self.outstanding.pop(index, None)
+                    self.finished[index] = result = task.exception() or task.result()
+                    self.width.pop(index, None)
+                    self.active.pop(index, None)
+                    if isinstance(result, UnitResult):
+                        self.yield_seen[0] += len(result.examples)
+                        self.yield_seen[1] += self.asks[index]
+                    self.asks.pop(index, None)
                 if self.next_commit not in self.finished:
                     if not self.running:
                         return self._why_stopped(self.no_more_units)
@@ -258,7 +268,7 @@ class Engine:
             if unit is None:
                 self.no_more_units = True
                 return
-            self.outstanding[self.next_launch] = max(1, int(getattr(unit, "requests", 1)))
+            self.width[self.next_launch] = max(1, int(getattr(unit, "requests", 1)))
             self.running[self.next_launch] = asyncio.create_task(self._run_unit(self.pipeline, self.next_launch, unit))
             self.next_launch += 1
 
@@ -279,30 +289,37 @@ class Engine:
         if not running:
             return True
         concurrency = min(self.max_concurrency, getattr(self.teacher, "concurrency", self.max_concurrency))
-        in_flight = sum(self.outstanding.values())
+        in_flight = self._in_flight()
         if in_flight >= concurrency:
             return False
         # Units wait for the oldest one to be recorded in order; a slow request (retries, a
         # timeout) must not let an unbounded queue of finished units build up behind it.
-        per_unit = max(1, max(self.outstanding.values(), default=1))
+        per_unit = max(self.width.values(), default=1)
         if index - next_commit >= 2 * -(-concurrency // per_unit) + 2:
             return False
         if self.budget.refusal(self.ledger.spend, self.ledger.in_flight_cost(), self.decoding.max_tokens, 0.0):
             return False
         return not self._enough_coming(in_flight, finished)
 
+    def _in_flight(self) -> int:
+        """Requests out or about to go: a unit that has asked counts its asks in progress (a unit
+        asking one question after another holds one slot, not all it will use); one not yet
+        started counts what it declared."""
+        return sum(self.active.get(unit, width) for unit, width in self.width.items())
+
     def _enough_coming(self, in_flight: int, finished: dict) -> bool:
         """Whether the candidates already back and the requests out should reach the target at
-        the rates seen so far: tokens asked for past the target are money thrown away."""
+        the rates seen so far: tokens asked for past the target are money thrown away. The rate
+        is taken over whole units back (a unit's first replies are not candidates until it ends)."""
+        candidates, asks = self.yield_seen
         if self.target is None:
             return False
-        answered = self.ledger.spend.requests - len(self.ledger.in_flight)
-        if answered <= 0:
-            return False
+        if asks <= 0:  # nothing back yet tells what a reply holds: one full wave, no more
+            return self.ledger.spend.requests - self.requests_before >= self.max_concurrency
         waiting = sum(len(r.examples) for r in finished.values() if isinstance(r, UnitResult))
-        per_request = (self.stats.parsed + self.stats.unjudged + waiting) / answered
+        answered = sum(self.asks[unit] for unit in self.width)  # replies held by units not yet back
         keep = self.stats.kept / self.stats.parsed if self.stats.parsed else 1.0
-        return len(self.pool) + keep * (waiting + per_request * in_flight) >= self.target
+        return len(self.pool) + keep * (waiting + candidates / asks * (in_flight + answered)) >= self.target
 
     def _why_stopped(self, no_more_units: bool) -> str:
         if self.target is not None and len(self.pool) >= self.target:
@@ -338,12 +355,12 @@ class Engine:
         rejected = [reject_record(r, meta) for r in result.rejections]
         # a pipeline's own verdicts on a candidate (low_score, ungrounded) count as judged, as on resume
         self.stats.parsed += sum(r.example is not None for r in result.rejections)
-        for example in result.examples:
-            if self.target is not None and len(self.pool) + len(kept) >= self.target:
+        limit = None if self.target is None else max(0, self.target - len(self.pool))
+        for verdict in self.judge.judge_many(result.examples, limit):
+            if verdict is None:
                 self.stats.unjudged += 1  # exactly the target: the rest is left unjudged
                 continue
             self.stats.parsed += 1
-            verdict = self.judge(example)
             if isinstance(verdict, Rejection):
                 rejected.append(reject_record(verdict, meta))
             else:

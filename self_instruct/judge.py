@@ -47,6 +47,40 @@ class Judge:
 
     def __call__(self, example: Example) -> dict | Rejection:
         """The pool record for a kept example (with Alpaca's similarity fields), or why not."""
+        return self.judge_many([example])[0]
+
+    def judge_many(self, examples: Sequence[Example], limit: int | None = None) -> list[dict | Rejection | None]:
+        """Each example's verdict, as calling the judge on each in turn would give, with one
+        ROUGE-L kernel call for all of them. After ``limit`` kept, the rest are left unjudged (None)."""
+        verdicts: list[dict | Rejection | None] = [None] * len(examples)
+        batch = self.index.batch([example.instruction for example in examples], k=self.top_k, with_mean=True)
+        kept = 0
+        for i, example in enumerate(examples):
+            if limit is not None and kept >= limit:
+                break
+            verdicts[i] = self._filtered(example)
+            if verdicts[i] is not None:
+                continue
+            key = normalize(example.instruction)
+            if key in self.seen:
+                verdicts[i] = Rejection("duplicate", example)
+                continue
+            match = batch.decide(i)
+            if match is not None:
+                verdicts[i] = Rejection("similar", example, detail=f"{match.max_score:.4f} vs {match.nearest!r}")
+                continue
+            self.seen.add(key)
+            kept += 1
+        for i, match in batch.finish().items():
+            example = examples[i]
+            verdicts[i] = {
+                "instruction": example.instruction, "input": example.input, "output": example.output,
+                "most_similar_instructions": dict(match.most_similar), "avg_similarity_score": match.mean,
+                "metadata": dict(example.metadata),
+            }
+        return verdicts
+
+    def _filtered(self, example: Example) -> Rejection | None:
         for check in self.filters:
             reason = check(example)
             if reason:
@@ -54,17 +88,7 @@ class Judge:
                 if reason == "blacklist":
                     detail = blacklist_word(example.instruction) or ""
                 return Rejection(reason, example, detail=detail)
-        if normalize(example.instruction) in self.seen:
-            return Rejection("duplicate", example)
-        match = self.index.check(example.instruction, k=self.top_k, with_mean=True)
-        if match.similar:
-            return Rejection("similar", example, detail=f"{match.max_score:.4f} vs {match.nearest!r}")
-        self.remember(example.instruction)
-        return {
-            "instruction": example.instruction, "input": example.input, "output": example.output,
-            "most_similar_instructions": dict(match.most_similar), "avg_similarity_score": match.mean,
-            "metadata": dict(example.metadata),
-        }
+        return None
 
 
 def reject_record(rejection: Rejection, meta: dict) -> dict:

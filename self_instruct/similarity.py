@@ -169,6 +169,12 @@ class RougeIndex:
             mean=float(np.mean(scores)) if with_mean else None,
         )
 
+    def batch(self, texts: Sequence[str], k: int = 10, with_mean: bool = True) -> "Batch":
+        """Checks of several texts in order, each against the index as the ones before it left it
+        (see :class:`Batch`): what :meth:`check` then :meth:`add` do one text at a time, with one
+        kernel call for the scores of all of them."""
+        return Batch(self, texts, k, with_mean)
+
     def similar_to(self, text: str) -> tuple[str, float] | None:
         """The indexed text scoring highest against ``text`` if that is above the threshold, else None.
 
@@ -339,6 +345,83 @@ class RougeIndex:
         if not encoded or not self._lengths[position]:
             return 0
         return float(scores[position])
+
+
+class Batch:
+    """Several texts checked in order against one index, adding each that is kept.
+
+    ``decide(n)`` says whether text ``n`` is similar to the index as it stands (the texts kept
+    before it included) and, when it is not, adds it; ``finish()`` then gives each kept text's
+    :class:`Match` as :meth:`RougeIndex.check` would have given it just before its add, bit for
+    bit. A caller may skip texts (an exact duplicate needs no score). Scores against the index as
+    it stood are one kernel call for the whole batch; those against texts this batch added, one
+    small call. Below FULL_SCAN_BELOW the decisions read those scores; above it the filtered
+    search decides and only the kept texts are scored in full.
+
+        batch = index.batch(["Name a color.", "Name a colour."])
+        batch.decide(0), batch.decide(1)   # -> (None, Match(similar=True, ...)) when 0 is new
+        batch.finish()                     # -> {0: Match(similar=False, most_similar=..., mean=...)}
+    """
+
+    def __init__(self, index: RougeIndex, texts: Sequence[str], k: int, with_mean: bool):
+        self.index, self.texts, self.k, self.with_mean = index, list(texts), k, with_mean
+        self.encoded = [index._encode(text) for text in self.texts]
+        self.start = len(index)
+        self.added: list[int] = []  # batch numbers of the texts kept, in the order they were added
+        self._inner = process.cdist(self.encoded, self.encoded, scorer=LCSseq.similarity, dtype=np.int64)
+        self._outer = self._against_start(self.encoded) if 0 < self.start <= FULL_SCAN_BELOW else None
+
+    def decide(self, n: int) -> Match | None:
+        """The Match of a similar text ``n``; None for one that is not, which joins the index."""
+        index, encoded = self.index, self.encoded[n]
+        if self._outer is None and self.start:
+            hit = index._best_above_threshold(encoded)
+            if hit is not None:
+                return Match(True, hit[1], index._texts[hit[0]])
+        elif len(index):
+            scores = self._scores(n, self._start_lcs(self._outer, n))
+            best = int(np.argmax(scores))
+            if scores[best] > index.threshold:
+                return Match(True, float(scores[best]), index._texts[best])
+        index._add(self.texts[n], encoded)
+        self.added.append(n)
+        return None
+
+    def finish(self) -> dict[int, Match]:
+        """Each kept text's Match (top k, mean), by batch number."""
+        outer = self._outer
+        if outer is None and self.start and self.added:
+            outer = dict(zip(self.added, self._against_start([self.encoded[n] for n in self.added])))
+        matches = {}
+        for place, n in enumerate(self.added):
+            scores = self._scores(n, self._start_lcs(outer, n), before=self.added[:place])
+            matches[n] = self._match(scores, self.encoded[n])
+        return matches
+
+    @staticmethod
+    def _start_lcs(outer, n: int) -> np.ndarray:
+        return outer[n] if outer is not None else np.zeros(0, dtype=np.int64)  # None: the index began empty
+
+    def _against_start(self, encoded: Sequence[str]) -> np.ndarray:
+        """LCS of each of ``encoded`` with every text the index held when the batch began."""
+        return process.cdist(encoded, self.index._encoded[:self.start], scorer=LCSseq.similarity, dtype=np.int64)
+
+    def _scores(self, n: int, start_lcs: np.ndarray, before: Sequence[int] | None = None) -> np.ndarray:
+        """F of text n against the index's texts in insertion order: those it held at the start,
+        then the ones this batch added before n (all added so far, when deciding n)."""
+        before = self.added if before is None else before
+        lcs = np.concatenate([start_lcs, self._inner[n, before]]) if before else start_lcs
+        lengths = np.frombuffer(self.index._lengths, dtype=np.int64)[:len(lcs)].copy()
+        if not self.encoded[n]:
+            return np.zeros(len(lcs))
+        return _fmeasures(lcs, len(self.encoded[n]), lengths)
+
+    def _match(self, scores: np.ndarray, encoded: str) -> Match:
+        if not scores.size:
+            return Match(False, 0, None, [], 0.0 if self.with_mean else None)
+        index, best = self.index, int(np.argmax(scores))
+        return Match(False, index._value(scores, best, encoded), index._texts[best],
+                     index._top(scores, self.k, encoded), float(np.mean(scores)) if self.with_mean else None)
 
 
 def greedy_dedup(texts: Sequence[str], threshold: float = 0.7, against: Sequence[str] = ()) -> Iterator[np.ndarray]:

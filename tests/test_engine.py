@@ -1,6 +1,7 @@
 """The engine's promises, from outside: one writer per output directory, budgets that hold across
 stops and kills, prompts that are the same whether a run was killed or not, and one line (never a
 traceback) for a corrupt state file, a full disk or a path that cannot be used."""
+import asyncio
 import hashlib
 import json
 import os
@@ -11,15 +12,21 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fake_openai import FakeOpenAI, self_instruct_reply
+from self_instruct.engine import Engine, UnitResult
 from self_instruct.generate import generate
+from self_instruct.judge import Judge
+from self_instruct.ledger import Ledger
 from self_instruct.pipelines.alpaca import AlpacaPipeline
 from self_instruct.pool import InstructionPool
 from self_instruct.prompts import load_template
 from self_instruct.seeds import load_seed_tasks
+from self_instruct.teachers.openai_compat import OpenAITeacher
+from self_instruct.types import Decoding, Example
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -224,3 +231,57 @@ def test_resume_reads_a_large_rejects_file_in_constant_memory(tmp_path):
     tracemalloc.stop()
     assert pool.reject_counts["similar"] == 20_000 and pool.next_unit == 4
     assert peak < 5_000_000, f"peak {peak} bytes"
+
+
+class AskTwiceInTurn:
+    """A pipeline whose every unit asks a question, then a second one after the first answer
+    (as documents' qa asks for pairs, then checks them), declaring both requests."""
+
+    unit_key, lag = "unit", None
+
+    def unit(self, index, pool):
+        return SimpleNamespace(index=index, requests=2) if index < 24 else None
+
+    async def run_unit(self, unit, ask):
+        first = await ask(f"### first question of unit {unit.index}\n4. Instruction:")
+        second = await ask(f"### second question of unit {unit.index}, after {len(first.text)} chars\n4. Instruction:")
+        return UnitResult([Example(f"Unit {unit.index} answer {second.text[:40]}", "", "out")], [])
+
+
+def test_units_asking_in_turn_keep_every_slot_busy(tmp_path):
+    """A unit counts the requests it has out, not all it declared: units asking one thing after
+    another still fill --max_concurrency (they reached half of it when each counted both)."""
+    server = FakeOpenAI(latency=0.3, tasks_per_reply=1, synthetic=True).start()
+    teacher = OpenAITeacher("m", base_url=server.base_url, max_concurrency=8, stream=False)
+
+    async def run():
+        with InstructionPool.open(tmp_path / "out", unit_key="unit") as pool:
+            engine = Engine(teacher, pool, Judge(), Ledger(pool.dir, None, pool.next_unit),
+                            decoding=Decoding(max_tokens=64), max_concurrency=8, max_stall_units=None,
+                            progress=False)
+            try:
+                return await engine.run(AskTwiceInTurn())
+            finally:
+                await teacher.aclose()
+    try:
+        assert asyncio.run(asyncio.wait_for(run(), timeout=120)) == "done"
+    finally:
+        server.stop()
+    assert len(server.requests) == 48
+    assert server.max_in_flight == 8
+
+
+def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
+    """Replies already back in units still running count toward the target: the run asks for
+    about what the target needs, not a wave more (tokens past the target are money thrown away)."""
+    server = FakeOpenAI(latency=0.2, tasks_per_reply=8, synthetic=True).start()
+    try:
+        result = generate(str(tmp_path / "out"), base_url=server.base_url, model_name="m",
+                          num_instructions_to_generate=480, request_batch_size=5, max_concurrency=40,
+                          stream=False, progress=False)
+    finally:
+        server.stop()
+    assert result.kept == 480
+    # 8 kept a reply: 60 replies, in rounds of 5 sent whole; a round started before the first
+    # one came back may be the only surplus.
+    assert len(server.requests) <= 60 + 5

@@ -201,3 +201,36 @@ def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score():
             ref.add(text)
         expected.append(keep)
     assert flags == expected and 0 < sum(flags) < len(texts)
+
+
+@pytest.mark.parametrize("full_scan_below", [5000, 10], ids=["scores-decide", "filtered-search-decides"])
+@pytest.mark.parametrize("seeded", [True, False], ids=["seeded", "empty-index"])
+def test_a_batch_checks_each_text_as_rouge_score_would_in_turn(monkeypatch, full_scan_below, seeded):
+    """The judge checks a unit's candidates in one batch: each one against the index and the
+    batch's texts kept before it, exactly as rouge-score in turn, skipped texts never added."""
+    monkeypatch.setattr(similarity, "FULL_SCAN_BELOW", full_scan_below)
+    rng = random.Random(full_scan_below + seeded)
+    words = ["a", "b", "c", "d", "e", "f", "g", "h", "İ", "é", "!"]
+    seeds = [random_text(rng, words) for _ in range(30)] + ["", "a b"] if seeded else []
+    index, ref = RougeIndex(seeds), Reference(seeds, 0.7)
+    for _ in range(40):
+        texts = [random_text(rng, words) for _ in range(rng.randint(1, 12))]
+        texts += rng.sample(texts, min(2, len(texts)))  # the same text twice in one batch
+        batch, kept = index.batch(texts), []
+        for n, text in enumerate(texts):
+            if rng.random() < 0.2:
+                continue  # what the judge skips (a filter, an exact duplicate) is never added
+            match = batch.decide(n)
+            if match is not None:
+                assert_same(match, ref, text)
+            else:
+                kept.append((n, text, ref.expected(text) if ref.texts else ([], None, [])))
+                ref.add(text)
+        finished = batch.finish()
+        assert sorted(finished) == [n for n, _, _ in kept]
+        for n, text, (scores, best, top) in kept:
+            match = finished[n]
+            assert not match.similar and match.nearest == (ref.texts[best] if scores else None)
+            assert [(t, s, type(s)) for t, s in match.most_similar] == [(t, s, type(s)) for t, s in top]
+            assert match.mean == (float(np.mean(scores)) if scores else 0.0)
+    assert len(index) == len(ref.texts)

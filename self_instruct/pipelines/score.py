@@ -193,7 +193,14 @@ class ScorePipeline:
         return UnitResult(kept, rejections)
 
 
-def keep_all(example: Example) -> dict:
+class KeepAll:
     """The judge for scoring: existing data is rated, never deduplicated (self_instruct.dedup does that)."""
-    return {"instruction": example.instruction, "input": example.input, "output": example.output,
-            "metadata": dict(example.metadata)}
+
+    @staticmethod
+    def judge_many(examples, limit: int | None = None) -> list[dict | None]:
+        records = [{"instruction": example.instruction, "input": example.input, "output": example.output,
+                    "metadata": dict(example.metadata)} for example in examples]
+        return records if limit is None else records[:limit] + [None] * (len(records) - limit)
+
+
+keep_all = KeepAll()
