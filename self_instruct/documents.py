@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .judge import Judge, extra_filters
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
-    RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
+    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
 )
 from .pool import InstructionPool
 from .sources.chunking import Chunk, chunk_documents, token_counter
@@ -39,6 +39,7 @@ from .types import Decoding, Example
 SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
+    "backtranslate_unit", "min_paragraph_words",
     "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
@@ -60,6 +61,8 @@ class DocumentsConfig:
     open_book: bool = False
     verify: bool = True
     window: int = 5
+    backtranslate_unit: str = "chunk"
+    min_paragraph_words: int = MIN_PARAGRAPH_WORDS
     prompt_path: str | None = None
     verify_prompt_path: str | None = None
     model_name: str | None = None
@@ -94,7 +97,8 @@ class DocumentsConfig:
     def settings(self) -> DocumentSettings:
         return DocumentSettings(mode=self.mode, questions_per_chunk=self.questions_per_chunk,
                                 questions_per_1k_tokens=self.questions_per_1k_tokens, open_book=self.open_book,
-                                verify=self.verify, window=self.window, prompt_path=self.prompt_path,
+                                verify=self.verify, window=self.window, backtranslate_unit=self.backtranslate_unit,
+                                min_paragraph_words=self.min_paragraph_words, prompt_path=self.prompt_path,
                                 verify_prompt_path=self.verify_prompt_path)
 
     def decoding(self) -> Decoding:
@@ -250,15 +254,15 @@ class Bound:
 
 
 def bounds(pipeline: DocumentsPipeline, max_tokens: int, verify_template: str) -> tuple[Bound, Bound]:
-    """What writing every chunk (retried once) and checking every chunk's answers can take at
-    most. A check quotes the answers, so its prompt holds at most one reply: max_tokens tokens
-    of at most 4 bytes each."""
+    """What writing every chunk (each request retried once) and checking every chunk's answers
+    can take at most. A check quotes the answers, so its prompt holds at most one reply:
+    max_tokens tokens of at most 4 bytes each."""
     writing, checks = Bound(), Bound()
     for index in range(len(pipeline.chunks)):
         unit = pipeline.unit(index)
-        prompt = pipeline.prompt(unit)
-        writing.add(prompt, max_tokens)
-        writing.add(prompt + RETRY_NOTE, max_tokens)
+        for prompt in pipeline.prompts(unit):
+            writing.add(prompt, max_tokens)
+            writing.add(prompt + RETRY_NOTE, max_tokens)
         blank = [Example("", "", "")] * unit.count
         checks.add(verify_prompt(unit.chunk, blank, verify_template), pipeline.check_decoding(unit.count).max_tokens,
                    extra_prompt_tokens=4 * max_tokens)
@@ -281,7 +285,12 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
                        local=cfg.teacher == "local")
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
-    lines = [head, f"writing, each chunk asked once and retried once at most: {writing.describe(price)}"]
+    asked = "each chunk"
+    if settings.by_paragraph:
+        answers = sum(pipeline.unit(i).count for i in range(len(chunks)))
+        head += f", {answers} paragraphs of at least {cfg.min_paragraph_words} words (short ones joined) as answers"
+        asked = "each paragraph"
+    lines = [head, f"writing, {asked} asked once and retried once at most: {writing.describe(price)}"]
     if settings.verifies:
         lines.append(f"grounding checks, one a chunk: {checks.describe(price)}")
     elif settings.mode in ("qa", "instruct"):
@@ -311,6 +320,8 @@ def main(
     open_book: bool = False,
     no_verify: bool = False,
     window: int = 5,
+    backtranslate_unit: str = "chunk",
+    min_paragraph_words: int = MIN_PARAGRAPH_WORDS,
     prompt_path: str | None = None,
     verify_prompt_path: str | None = None,
     model_name: str | None = None,
@@ -351,7 +362,8 @@ def main(
 
     Modes: qa (question/answer pairs grounded in each chunk; --open_book puts the chunk in the
     input), instruct (Dolly-style tasks with the chunk as context), backtranslate (the chunk is the
-    answer, the teacher writes the instruction), windows (no teacher: every --window-th sentence
+    answer, the teacher writes the instruction; --backtranslate_unit paragraph: each paragraph of
+    at least --min_paragraph_words words is an answer, shorter ones join the next), windows (no teacher: every --window-th sentence
     is an instruction and the sentences after it its output). Chunks hold --chunk_size tokens
     (words, or --tokenizer's tokens: 'local', a .gguf file or a local Hugging Face tokenizer)
     and share --chunk_overlap tokens of whole sentences. qa asks --questions_per_chunk questions,
