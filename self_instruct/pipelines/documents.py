@@ -520,8 +520,8 @@ class DocumentsPipeline:
             result.examples += [Example(item["instruction"], "", self.answer_text(unit.chunk, answer), dict(meta))
                                 for item in items]
             # a reply that failed or did not parse names its paragraph and where it lies in the source
-            result.rejections += [replace(r, detail=f"paragraphs {first}-{last - 1} ({start}:{end}): {r.detail}")
-                                  for r in rejections]
+            where = f"paragraph {first}" if last - first == 1 else f"paragraphs {first}-{last - 1}"
+            result.rejections += [replace(r, detail=f"{where} ({start}:{end}): {r.detail}") for r in rejections]
         return result
 
     @staticmethod
