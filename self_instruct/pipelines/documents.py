@@ -6,7 +6,9 @@ Modes (a unit is one chunk, in the order of `chunk_documents`):
 - instruct: Dolly-style tasks (closed QA, summarization, information extraction,
   classification, brainstorming, creative writing) with the chunk as their context.
 - backtranslate: the chunk is the answer; the teacher writes the instruction it answers
-  (instruction backtranslation, for text that is already good output).
+  (instruction backtranslation, for text that is already good output). With
+  `backtranslate_unit="paragraph"` each paragraph of the chunk is an answer of its own, asked
+  for at once (see `answer_spans`).
 - windows: no teacher. Every n-th sentence of a section is an instruction and the n-1
   sentences after it its output; each heading with its whole section is a coarser pair.
   Here a unit is a whole section.
@@ -18,9 +20,10 @@ by pure functions below; `DocumentsPipeline.run_unit` only wires them through th
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
@@ -41,6 +44,10 @@ PLACEHOLDERS = {
     "backtranslate": ("{chunk}",),
     "verify": ("{chunk}", "{items}"),
 }
+UNITS = ("chunk", "paragraph")  # what one backtranslated answer is
+# Words a paragraph needs to be an answer by itself; shorter ones join the next (a heading-like
+# line or a one-sentence transition is no answer to anything).
+MIN_PARAGRAPH_WORDS = 40
 # Characters of sections in one windows unit: about 30 pages.
 WINDOW_UNIT_CHARS = 100_000
 # Appended to a prompt whose first reply did not parse: it nudges the teacher, and a prompt
@@ -113,8 +120,9 @@ def instruct_prompt(chunk: Chunk, categories: Sequence[str], template: str) -> s
                 source=source_label(chunk))
 
 
-def backtranslate_prompt(chunk: Chunk, template: str) -> str:
-    return fill(template, chunk=chunk.text, source=source_label(chunk))
+def backtranslate_prompt(chunk: Chunk, template: str, text: str | None = None) -> str:
+    """`text`: a paragraph of the chunk to backtranslate instead of the whole chunk."""
+    return fill(template, chunk=chunk.text if text is None else text, source=source_label(chunk))
 
 
 def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> str:
@@ -224,6 +232,64 @@ def meta_reference(question: str) -> str | None:
     return match.group(0) if match else None
 
 
+# --- backtranslated paragraphs ---
+
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def chunk_paragraphs(chunk: Chunk, since: int) -> list[tuple[int, int]]:
+    """Source spans of the chunk's paragraphs that start at or after `since` (the end of the
+    chunk before it, so the sentences it repeats as overlap are left to that one). Sentences
+    never cross a blank line, so a paragraph is a run of sentences with no blank line between.
+
+    Example: for a chunk "A b. C d.\\n\\nE f." at offset 100, since 100 -> [(100, 109), (111, 115)]
+    """
+    spans: list[tuple[int, int]] = []
+    for start, end in chunk.sentences:
+        if start < since:
+            continue
+        if spans and not _BLANK_LINE.search(chunk.text, spans[-1][1] - chunk.start, start - chunk.start):
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def merge_short(spans: Sequence[tuple[int, int]], words: Sequence[int], minimum: int) -> list[tuple[int, int, int]]:
+    """Join consecutive spans until each holds `minimum` words: a short one joins the next; a
+    short last one joins the one before it; if all together are short, they are one. Returns
+    (start, end, how many spans joined); nothing is dropped.
+
+    Example: merge_short([(0, 9), (11, 60), (62, 70)], [3, 45, 2], 40) -> [(0, 70, 3)]
+    """
+    merged: list[tuple[int, int, int]] = []
+    first, total = 0, 0
+    for k, n in enumerate(words):
+        total += n
+        if total >= minimum:
+            merged.append((spans[first][0], spans[k][1], k + 1 - first))
+            first, total = k + 1, 0
+    if first < len(spans):  # a short tail
+        if merged:
+            start, _, joined = merged.pop()
+            merged.append((start, spans[-1][1], joined + len(spans) - first))
+        else:
+            merged.append((spans[first][0], spans[-1][1], len(spans) - first))
+    return merged
+
+
+def answer_spans(chunk: Chunk, since: int, minimum: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The answers of a chunk backtranslated by paragraph: (start, end) in the source and the
+    range [i, j) of the chunk's new paragraphs each one holds."""
+    spans = chunk_paragraphs(chunk, since)
+    words = [len(chunk.text[a - chunk.start:b - chunk.start].split()) for a, b in spans]
+    answers, first = [], 0
+    for start, end, joined in merge_short(spans, words, minimum):
+        answers.append((start, end, first, first + joined))
+        first += joined
+    return tuple(answers)
+
+
 # --- windows ---
 
 def window_ranges(count: int, n: int) -> list[tuple[int, int]]:
@@ -296,13 +362,14 @@ def group_sections(sections: Sequence[Chunk], chars: int) -> list[tuple[Chunk, .
 
 @dataclass(frozen=True, slots=True)
 class ChunkUnit:
-    """One chunk's work: what to ask for (`count` questions or tasks) and the teacher calls it
-    has in flight at once."""
+    """One chunk's work: what to ask for (`count` questions or tasks, or in backtranslate by
+    paragraph the `answers` of `answer_spans`) and the teacher calls it has in flight at once."""
 
     index: int
     chunk: Chunk
     count: int
     requests: int
+    answers: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass
@@ -315,12 +382,20 @@ class DocumentSettings:
     open_book: bool = False
     verify: bool = True
     window: int = 5
+    backtranslate_unit: str = "chunk"
+    min_paragraph_words: int = MIN_PARAGRAPH_WORDS
     prompt_path: str | None = None
     verify_prompt_path: str | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        if self.backtranslate_unit not in UNITS:
+            raise ConfigError(f"--backtranslate_unit must be one of {', '.join(UNITS)} (got {self.backtranslate_unit!r})")
+        if self.by_paragraph and self.mode != "backtranslate":
+            raise ConfigError(f"--backtranslate_unit paragraph needs --mode backtranslate (got --mode {self.mode})")
+        if not isinstance(self.min_paragraph_words, int) or isinstance(self.min_paragraph_words, bool) or self.min_paragraph_words < 1:
+            raise ConfigError(f"--min_paragraph_words must be a positive whole number (got {self.min_paragraph_words!r})")
         if self.questions_per_chunk is not None and (not isinstance(self.questions_per_chunk, int) or self.questions_per_chunk < 1):
             raise ConfigError(f"--questions_per_chunk must be a positive whole number (got {self.questions_per_chunk!r})")
         if not isinstance(self.questions_per_1k_tokens, (int, float)) or self.questions_per_1k_tokens <= 0:
@@ -331,6 +406,10 @@ class DocumentSettings:
     @property
     def uses_teacher(self) -> bool:
         return self.mode != "windows"
+
+    @property
+    def by_paragraph(self) -> bool:
+        return self.backtranslate_unit == "paragraph"
 
     @property
     def verifies(self) -> bool:
@@ -364,6 +443,10 @@ class DocumentsPipeline:
         if not self.settings.uses_teacher:
             return SectionsUnit(index, self.groups[index])
         chunk = self.chunks[index]
+        if self.settings.by_paragraph:
+            # every paragraph's request goes at once, so all of them are in flight together
+            answers = answer_spans(chunk, self.new_text_start(index), self.settings.min_paragraph_words)
+            return ChunkUnit(index, chunk, len(answers), requests=len(answers), answers=answers)
         count = 1 if self.settings.mode == "backtranslate" else count_for(
             chunk.tokens, self.settings.questions_per_chunk, self.settings.questions_per_1k_tokens)
         # The engine counts `requests` as in flight until each returns; a chunk's calls go one
@@ -372,18 +455,39 @@ class DocumentsPipeline:
         # the bound).
         return ChunkUnit(index, chunk, count, requests=1)
 
-    def prompt(self, unit: ChunkUnit) -> str:
-        """The first prompt a chunk sends (what --dry_run shows)."""
+    def new_text_start(self, index: int) -> int:
+        """Where chunk `index`'s own text starts: after the sentences it shares with the chunk
+        before it (the overlap), which that chunk answers for."""
+        chunk = self.chunks[index]
+        before = self.chunks[index - 1] if index else None
+        if before is not None and before.source == chunk.source and before.start <= chunk.start < before.end:
+            return before.end
+        return chunk.start
+
+    def prompts(self, unit: ChunkUnit) -> list[str]:
+        """The first prompt of each request a chunk makes: one, or one a paragraph."""
         mode, chunk = self.settings.mode, unit.chunk
         if mode == "qa":
-            return qa_prompt(chunk, unit.count, self.template)
+            return [qa_prompt(chunk, unit.count, self.template)]
         if mode == "instruct":
-            return instruct_prompt(chunk, categories_for(chunk.index, unit.count), self.template)
-        return backtranslate_prompt(chunk, self.template)
+            return [instruct_prompt(chunk, categories_for(chunk.index, unit.count), self.template)]
+        if unit.answers:
+            return [backtranslate_prompt(chunk, self.template, text=self.answer_text(chunk, a)) for a in unit.answers]
+        return [backtranslate_prompt(chunk, self.template)]
+
+    def prompt(self, unit: ChunkUnit) -> str:
+        """The first prompt a chunk sends (what --dry_run shows)."""
+        return self.prompts(unit)[0]
+
+    @staticmethod
+    def answer_text(chunk: Chunk, answer: tuple[int, int, int, int]) -> str:
+        return chunk.text[answer[0] - chunk.start:answer[1] - chunk.start]
 
     async def run_unit(self, unit: ChunkUnit | SectionsUnit, ask: Ask) -> UnitResult:
         if isinstance(unit, SectionsUnit):
             return UnitResult([e for section in unit.sections for e in window_examples(section, self.settings.window)])
+        if unit.answers:
+            return await self._backtranslate_paragraphs(unit, ask)
         fields = {"qa": ("question", "answer"), "instruct": ("instruction", "response"),
                   "backtranslate": ("instruction",)}[self.settings.mode]
         items, rejections = await self._ask_items(self.prompt(unit), fields, ask)
@@ -399,6 +503,26 @@ class DocumentsPipeline:
             examples, ungrounded = await self._check_grounding(unit.chunk, examples, ask)
             rejections += ungrounded
         return UnitResult(examples, rejections)
+
+    async def _backtranslate_paragraphs(self, unit: ChunkUnit, ask: Ask) -> UnitResult:
+        """One request a paragraph, all at once. Every request is waited for before an error
+        (the budget's refusal) is passed on, so none is left running behind the unit."""
+        replies = await asyncio.gather(*(self._ask_items(p, ("instruction",), ask) for p in self.prompts(unit)),
+                                       return_exceptions=True)
+        errors = [r for r in replies if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        result = UnitResult()
+        for answer, (items, rejections) in zip(unit.answers, replies):
+            start, end, first, last = answer
+            meta = unit.chunk.provenance() | {"mode": "backtranslate", "unit": "paragraph", "start": start, "end": end,
+                                              "paragraphs": [first, last]}
+            result.examples += [Example(item["instruction"], "", self.answer_text(unit.chunk, answer), dict(meta))
+                                for item in items]
+            # a reply that failed or did not parse names its paragraph and where it lies in the source
+            where = f"paragraph {first}" if last - first == 1 else f"paragraphs {first}-{last - 1}"
+            result.rejections += [replace(r, detail=f"{where} ({start}:{end}): {r.detail}") for r in rejections]
+        return result
 
     @staticmethod
     def check_decoding(count: int) -> Decoding:

@@ -207,21 +207,12 @@ def pack(tokens: Sequence[int], paragraph_starts: Sequence[bool], size: int | No
     """
     n, ranges, i = len(tokens), [], 0
     while i < n:
-        j, total = i + 1, tokens[i]
-        while j < n and size is not None and total + tokens[j] <= size:
-            total += tokens[j]
-            j += 1
-        if size is None:
-            j = n
-        if j < n:
-            # Prefer the last paragraph break that still leaves the chunk at least half full.
-            running = 0
-            breaks = []
-            for k in range(i + 1, j + 1):
-                running += tokens[k - 1]
-                if paragraph_starts[k] and running * 2 >= size:
-                    breaks.append(k)
-            j = breaks[-1] if breaks else j
+        j = _chunk_end(tokens, paragraph_starts, i, size)
+        if ranges and j <= ranges[-1][1]:
+            # Nothing new fits after the shared sentences (a long sentence follows): this chunk
+            # would repeat part of the one before and add nothing, so it starts after it instead.
+            i = ranges[-1][1]
+            j = _chunk_end(tokens, paragraph_starts, i, size)
         ranges.append((i, j))
         if j >= n:
             break
@@ -231,6 +222,27 @@ def pack(tokens: Sequence[int], paragraph_starts: Sequence[bool], size: int | No
             shared += tokens[back]
         i = back
     return ranges
+
+
+def _chunk_end(tokens: Sequence[int], paragraph_starts: Sequence[bool], i: int, size: int | None) -> int:
+    """Where a chunk starting at sentence i ends: as many sentences as fit in `size`, cut back
+    to the last paragraph break that still leaves it at least half full."""
+    n = len(tokens)
+    if size is None:
+        return n
+    j, total = i + 1, tokens[i]
+    while j < n and total + tokens[j] <= size:
+        total += tokens[j]
+        j += 1
+    if j < n:
+        running = 0
+        breaks = []
+        for k in range(i + 1, j + 1):
+            running += tokens[k - 1]
+            if paragraph_starts[k] and running * 2 >= size:
+                breaks.append(k)
+        j = breaks[-1] if breaks else j
+    return j
 
 
 def chunk_document(document: Document, counter: TokenCounter, size: int | None, overlap: int, first_index: int = 0,
