@@ -1,16 +1,18 @@
 """How fast the generation loop runs, against the bound the teacher sets.
 
-1. Throughput: the fake OpenAI server runs in its own process with a fixed latency per request
-   and a fixed number of new tasks per reply (made-up words, so none is lost to similarity).
-   No loop can keep more than  concurrency / latency * tasks_per_reply  instructions a second;
-   we print kept/s as a fraction of that bound, at each --concurrency given, with the default
+1. Throughput: the fake OpenAI server runs in its own process with a latency per request drawn
+   from latency * U(1 - jitter, 1 + jitter) (a real server does not answer a burst all at once;
+   with jitter 0 every wave of replies lands together and is read one after another) and a fixed
+   number of new tasks per reply (made-up words, so none is lost to similarity). No loop can keep
+   more than  concurrency / latency * tasks_per_reply  instructions a second; we print kept/s as
+   a fraction of that bound for each CONCURRENCY@LATENCY given, with the default
    --request_batch_size of 5 (rounds are bookkeeping, not a barrier: the engine keeps
-   `concurrency` requests out whatever the round size).
+   `concurrency` requests out whatever the round size), and the same for the bare HTTP client.
 2. The loop's own CPU per candidate (parse, filters, exact duplicates, ROUGE-L top-10 and mean,
    pool append) as the pool grows to 20K instructions, with Alpaca's real instructions when
    ../shared/anchors is present.
 
-    python benchmarks/loop.py [--latency 1.0] [--concurrency 8,32,128] [--tasks 8] [--rounds 6]
+    python benchmarks/loop.py [--runs 8@1,32@1,128@2] [--jitter 0.5] [--tasks 8] [--rounds 12]
 """
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ from self_instruct.types import Completion  # noqa: E402
 ANCHOR = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
 
 
-def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream: bool) -> None:
+def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream: bool, jitter: float) -> None:
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--tasks_per_reply", str(tasks), "--synthetic"],
+        [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--tasks_per_reply", str(tasks),
+         "--synthetic", "--jitter", str(jitter)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -59,7 +62,7 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream
         server.wait()
     bound = concurrency / latency * tasks
     rate = result.kept / wall
-    print(f"throughput ({'streamed' if stream else 'not streamed'}): latency {latency}s, concurrency {concurrency}, "
+    print(f"throughput ({'streamed' if stream else 'not streamed'}): latency {latency}s (jitter {jitter:.0%}), concurrency {concurrency}, "
           f"{tasks} tasks/reply -> bound {bound:.0f} kept/s")
     print(f"  kept {result.kept} in {wall:.2f}s = {rate:.0f} kept/s = {rate / bound:.1%} of the bound "
           f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected)")
@@ -120,7 +123,7 @@ def cpu_per_candidate(sizes: list[int], per_point: int = 400, per_reply: int = 1
             kept = []
             for reply in replies:  # what the engine does with a unit's replies
                 examples, _ = parse_completion(reply.text, reply.finish_reason, 3)
-                kept += [v for v in map(judge, examples) if isinstance(v, dict)]
+                kept += [v for v in judge.judge_many(examples) if isinstance(v, dict)]
             pool.append(point, kept, [])
             cpu = time.process_time() - started
             print(f"  pool {size:>6,}: {cpu / len(batch) * 1000:6.2f} ms CPU per candidate ({len(kept)}/{len(batch)} kept)")
@@ -128,15 +131,16 @@ def cpu_per_candidate(sizes: list[int], per_point: int = 400, per_reply: int = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--concurrency", default="8,32,128")
+    parser.add_argument("--runs", default="8@1,32@1,128@2", help="CONCURRENCY@LATENCY,... (seconds a request)")
+    parser.add_argument("--jitter", type=float, default=0.5)
     parser.add_argument("--tasks", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=12, help="requests a slot (the pool reaches concurrency*tasks*rounds)")
     parser.add_argument("--sizes", default="1000,5000,10000,20000")
     parser.add_argument("--stream", action="store_true", help="stream replies (generate's default; costs client CPU per token)")
     args = parser.parse_args()
-    for concurrency in (int(c) for c in args.concurrency.split(",")):
-        throughput(args.latency, concurrency, args.tasks, args.rounds, args.stream)
+    for run in args.runs.split(","):
+        concurrency, _, latency = run.partition("@")
+        throughput(float(latency or 1), int(concurrency), args.tasks, args.rounds, args.stream, args.jitter)
     cpu_per_candidate([int(s) for s in args.sizes.split(",")])
 
 

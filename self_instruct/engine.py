@@ -6,6 +6,7 @@ It hands out numbered *units* (a round of prompts, a document chunk) and runs on
     class Pipeline:
         unit_key = "unit"          # metadata key holding the unit's number in every record
         lag = None                 # unit r reads pool records of units < r - lag (None: reads none)
+        candidates_per_request = None  # optional: the most candidates a reply holds (a target's first guess)
         def unit(self, index, pool): ...          # the unit's work, or None when there is no more
         async def run_unit(self, unit, ask): ...  # -> UnitResult(examples, rejections)
 
@@ -152,6 +153,7 @@ class Engine:
         self.width: dict[int, int] = {}  # running unit -> requests it makes at once (what it declares)
         self.active: dict[int, int] = {}  # unit that has asked -> its asks now waiting or in flight
         self.asks: Counter = Counter()  # unit -> asks it made (answered, cached or failed)
+        self.committing = 0  # candidates of the unit being judged and written now
         self.yield_seen = [0, 0]  # candidates and asks of the units back in this run: candidates per ask
         self.wake = asyncio.Event()
         self.exhausted: str | None = None
@@ -286,8 +288,8 @@ class Engine:
         lag = getattr(self.pipeline, "lag", None)
         if lag is not None and index - next_commit > lag:
             return False  # unit `index` samples from units < index - lag: they must be in the pool
-        if not running:
-            return True
+        if not running:  # nothing out: only replies already back may hold a unit back
+            return not self._enough_coming(0, finished)
         concurrency = min(self.max_concurrency, getattr(self.teacher, "concurrency", self.max_concurrency))
         in_flight = self._in_flight()
         if in_flight >= concurrency:
@@ -314,12 +316,15 @@ class Engine:
         candidates, asks = self.yield_seen
         if self.target is None:
             return False
-        if asks <= 0:  # nothing back yet tells what a reply holds: one full wave, no more
-            return self.ledger.spend.requests - self.requests_before >= self.max_concurrency
-        waiting = sum(len(r.examples) for r in finished.values() if isinstance(r, UnitResult))
+        if asks <= 0:  # nothing back yet: the pipeline's most per reply, or else one full wave
+            candidates, asks = getattr(self.pipeline, "candidates_per_request", None), 1
+            if candidates is None:
+                return self.ledger.spend.requests - self.requests_before >= self.max_concurrency
+        waiting = self.committing + sum(len(r.examples) for r in finished.values() if isinstance(r, UnitResult))
         answered = sum(self.asks[unit] for unit in self.width)  # replies held by units not yet back
         keep = self.stats.kept / self.stats.parsed if self.stats.parsed else 1.0
-        return len(self.pool) + keep * (waiting + candidates / asks * (in_flight + answered)) >= self.target
+        # stats.kept, not len(pool): the pool grows in the commit's thread while `committing` still holds its unit
+        return self.stats.kept + keep * (waiting + candidates / asks * (in_flight + answered)) >= self.target
 
     def _why_stopped(self, no_more_units: bool) -> str:
         if self.target is not None and len(self.pool) >= self.target:
@@ -335,11 +340,14 @@ class Engine:
         """Judge one unit's candidates, in order, and make the outcome durable. Both happen in a
         worker thread: the event loop keeps sending and reading requests meanwhile (the ROUGE-L
         kernel and the fsyncs run without the GIL); units are committed one at a time, in order."""
+        self.committing = len(result.examples)  # neither waiting nor counted kept while in the thread
         try:
             kept, rejected = await finish_despite_cancel(asyncio.to_thread(self._judge_and_append, index, result))
         except asyncio.CancelledError:
             self._count(*self._last_commit)  # on disk: it counts in the state written on the way out
             raise
+        finally:
+            self.committing = 0
         self._count(kept, rejected)
         await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
 

@@ -368,7 +368,10 @@ class Batch:
         self.encoded = [index._encode(text) for text in self.texts]
         self.start = len(index)
         self.added: list[int] = []  # batch numbers of the texts kept, in the order they were added
-        self._inner = process.cdist(self.encoded, self.encoded, scorer=LCSseq.similarity, dtype=np.int64)
+        lengths = np.array([len(encoded) for encoded in self.encoded], dtype=np.int64)
+        # F of every pair within the batch, and against the start when every score is needed anyway.
+        self._inner = _fmeasures(process.cdist(self.encoded, self.encoded, scorer=LCSseq.similarity, dtype=np.int64),
+                                 lengths[:, None], lengths[None, :])
         self._outer = self._against_start(self.encoded) if 0 < self.start <= FULL_SCAN_BELOW else None
 
     def decide(self, n: int) -> Match | None:
@@ -379,7 +382,7 @@ class Batch:
             if hit is not None:
                 return Match(True, hit[1], index._texts[hit[0]])
         elif len(index):
-            scores = self._scores(n, self._start_lcs(self._outer, n))
+            scores = self._scores(n, self._start_scores(self._outer, n))
             best = int(np.argmax(scores))
             if scores[best] > index.threshold:
                 return Match(True, float(scores[best]), index._texts[best])
@@ -394,27 +397,26 @@ class Batch:
             outer = dict(zip(self.added, self._against_start([self.encoded[n] for n in self.added])))
         matches = {}
         for place, n in enumerate(self.added):
-            scores = self._scores(n, self._start_lcs(outer, n), before=self.added[:place])
+            scores = self._scores(n, self._start_scores(outer, n), before=self.added[:place])
             matches[n] = self._match(scores, self.encoded[n])
         return matches
 
     @staticmethod
-    def _start_lcs(outer, n: int) -> np.ndarray:
-        return outer[n] if outer is not None else np.zeros(0, dtype=np.int64)  # None: the index began empty
+    def _start_scores(outer, n: int) -> np.ndarray:
+        return outer[n] if outer is not None else np.zeros(0)  # None: the index began empty
 
     def _against_start(self, encoded: Sequence[str]) -> np.ndarray:
-        """LCS of each of ``encoded`` with every text the index held when the batch began."""
-        return process.cdist(encoded, self.index._encoded[:self.start], scorer=LCSseq.similarity, dtype=np.int64)
+        """F of each of ``encoded`` against every text the index held when the batch began."""
+        lcs = process.cdist(encoded, self.index._encoded[:self.start], scorer=LCSseq.similarity, dtype=np.int64)
+        lengths = np.frombuffer(self.index._lengths, dtype=np.int64)[:self.start].copy()
+        return _fmeasures(lcs, np.array([len(e) for e in encoded], dtype=np.int64)[:, None], lengths[None, :])
 
-    def _scores(self, n: int, start_lcs: np.ndarray, before: Sequence[int] | None = None) -> np.ndarray:
+    def _scores(self, n: int, start_scores: np.ndarray, before: Sequence[int] | None = None) -> np.ndarray:
         """F of text n against the index's texts in insertion order: those it held at the start,
-        then the ones this batch added before n (all added so far, when deciding n)."""
+        then the ones this batch added before n (all added so far, when deciding n). Elementwise
+        the same float operations as RougeIndex._scores, so the same bits."""
         before = self.added if before is None else before
-        lcs = np.concatenate([start_lcs, self._inner[n, before]]) if before else start_lcs
-        lengths = np.frombuffer(self.index._lengths, dtype=np.int64)[:len(lcs)].copy()
-        if not self.encoded[n]:
-            return np.zeros(len(lcs))
-        return _fmeasures(lcs, len(self.encoded[n]), lengths)
+        return np.concatenate([start_scores, self._inner[n, before]]) if before else start_scores
 
     def _match(self, scores: np.ndarray, encoded: str) -> Match:
         if not scores.size:

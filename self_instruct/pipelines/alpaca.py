@@ -44,6 +44,9 @@ class AlpacaPipeline:
         self.n, self.m, self.num_tasks = num_prompt_instructions, num_machine_instructions, num_tasks
         self.batch, self.seed, self.renumber = request_batch_size, seed, renumber
         self.lag = MACHINE_LAG if num_machine_instructions else None
+        # The most tasks a reply can hold (the list runs to num_tasks): the engine's guess of a
+        # reply's worth until replies come back.
+        self.candidates_per_request = max(1, num_tasks - num_prompt_instructions)
 
     def unit(self, index: int, pool) -> Round:
         rng = random.Random(f"{self.seed}:{index}")
