@@ -8,7 +8,8 @@
    the text is quadratic).
 2. qa against the fake OpenAI server (in its own process, a fixed latency per request),
    streamed and with --no_stream: how many requests are in flight at the server, against
-   --max_concurrency, and requests a second against the bound  concurrency / latency.
+   --max_concurrency (over the whole run, and while chunks were left to start, before the
+   final drain), and requests a second against the bound  concurrency / latency.
 
     python benchmarks/documents.py [--pages 300] [--latency 0.25] [--concurrency 16] [--chunks 96]
 """
@@ -126,6 +127,10 @@ def qa_reply(prompt: str, body: dict) -> str:
                        for k in (0, 20, 40)])
 
 
+def _prompt(body: dict) -> str:
+    return body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
+
+
 def serve(latency: float) -> None:
     """The fake server with qa_reply, in its own process (so its threads do not compete with the
     run for this process's GIL): prints its URL, then, when stdin closes, what it saw from the
@@ -140,7 +145,7 @@ def serve(latency: float) -> None:
 
     def sample() -> None:
         while not done.wait(0.005):
-            samples.append((time.perf_counter(), server.in_flight))
+            samples.append((time.monotonic(), server.in_flight))
     threading.Thread(target=sample, daemon=True).start()
     print(server.base_url, flush=True)
     sys.stdin.read()
@@ -148,8 +153,13 @@ def serve(latency: float) -> None:
     busy = [k for k, (_, n) in enumerate(samples) if n]
     span = samples[busy[-1]][0] - samples[busy[0]][0] if busy else 0.0
     window = [n for _, n in samples[busy[0]:busy[-1] + 1]] if busy else [0]
+    # Until the last chunk's first request came in, chunks were left to start; after it the run
+    # drains (a chunk's check follows its answer), with fewer than --max_concurrency to send.
+    last_start = max((arrived for (arrived, _), body in zip(server.arrivals, server.requests)
+                      if not _prompt(body).startswith("Check each answer")), default=0.0)
+    filling = [n for t, n in samples[busy[0]:] if t <= last_start] if busy else [0]
     print(json.dumps({"max": server.max_in_flight, "mean": sum(window) / len(window), "span": span,
-                      "requests": len(server.requests)}))
+                      "filling": sum(filling) / max(1, len(filling)), "requests": len(server.requests)}))
     server.stop()
 
 
@@ -174,7 +184,8 @@ def bench_qa(latency: float, concurrency: int, chunks: int, stream: bool) -> Non
     print(f"qa{'' if stream else ' --no_stream'}: {result.chunks} chunks, {seen['requests']} requests (write and check), "
           f"latency {latency}s, --max_concurrency {concurrency}; kept {result.kept}")
     print(f"  from the first request to the last reply: {seen['span']:.2f} s, {rate:.1f} requests/s = "
-          f"{rate / bound:.0%} of the bound {bound:.0f}/s; in flight: at most {seen['max']}, mean {seen['mean']:.1f}")
+          f"{rate / bound:.0%} of the bound {bound:.0f}/s; in flight: at most {seen['max']}, mean {seen['mean']:.1f}, "
+          f"mean {seen['filling']:.1f} while chunks were left to start")
 
 
 def main() -> None:

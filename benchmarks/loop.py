@@ -51,12 +51,14 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream
     try:
         base_url = server.stdout.readline().strip()
         target = concurrency * tasks * rounds
-        raw_wall = asyncio.run(raw_client(base_url, concurrency, concurrency * rounds))
+        raw_wall, raw_done = asyncio.run(raw_client(base_url, concurrency, concurrency * rounds))
         with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
                               max_concurrency=concurrency, stream=stream, progress=False)
-            wall = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            done = [json.loads(line)["t"] for line in (Path(out) / "ledger.jsonl").read_text().splitlines()
+                    if '"event": "done"' in line]
     finally:
         server.terminate()
         server.wait()
@@ -65,21 +67,37 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream
     print(f"throughput ({'streamed' if stream else 'not streamed'}): latency {latency}s (jitter {jitter:.0%}), concurrency {concurrency}, "
           f"{tasks} tasks/reply -> bound {bound:.0f} kept/s")
     print(f"  kept {result.kept} in {wall:.2f}s = {rate:.0f} kept/s = {rate / bound:.1%} of the bound "
-          f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected)")
+          f"({result.stats.requests} requests, {result.stats.rejects.total()} rejected; "
+          f"{cpu / result.stats.requests * 1000:.1f} ms of loop CPU a request, judging included)")
     raw_rate = concurrency * rounds * tasks / raw_wall
     print(f"  reference: the bare client, {concurrency * rounds} requests always {concurrency} in flight, no loop: "
           f"{raw_rate:.0f} tasks/s = {raw_rate / bound:.1%} of the bound; the loop reaches {rate / raw_rate:.1%} of it")
+    replies = concurrency / latency
+    print(f"  steady state (replies 10% to 90% of the run, no first wave or last stragglers): the loop "
+          f"{steady(done) / replies:.1%} of the bound {replies:.0f} replies/s, the bare client {steady(raw_done) / replies:.1%}")
+
+
+def steady(times: list[float]) -> float:
+    """Replies a second between the 10th and the 90th percentile of their arrival times."""
+    times = sorted(times)
+    first, last = len(times) // 10, len(times) * 9 // 10
+    return (last - first) / (times[last] - times[first])
 
 
 async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
-    """What the server and the HTTP client allow with no loop at all: every request queued at once."""
+    """What the server and the HTTP client allow with no loop at all: every request queued at
+    once. Returns the wall time and when each reply came back."""
     teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, stream=False)
-    prompt = "###\n4. Instruction:"
+    prompt, decoding, done = "###\n4. Instruction:", GenerateConfig().decoding(), []
+
+    async def one() -> None:
+        await teacher.complete([prompt], decoding)
+        done.append(time.time())
     started = time.perf_counter()
-    await teacher.complete([prompt] * requests, GenerateConfig().decoding())
+    await asyncio.gather(*(one() for _ in range(requests)))
     wall = time.perf_counter() - started
     await teacher.aclose()
-    return wall
+    return wall, done
 
 
 def candidate_texts(n: int, rng: random.Random) -> list[str]:
