@@ -2,12 +2,16 @@
 pages and offsets; a corrupt or unreadable file is one line and the others still load."""
 from __future__ import annotations
 
+import posixpath
+import re
+import zipfile
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
 from self_instruct.errors import ConfigError
-from self_instruct.sources.loaders import Document, load_document, load_paths, markdown_sections
+from self_instruct.sources.loaders import Document, UnreadableFile, load_document, load_paths, markdown_sections
 
 pytest.importorskip("pysbd", reason="needs the [docs] extra")
 
@@ -34,25 +38,60 @@ def make_pdf(path: Path, pages: list[tuple[str, list[str]]]) -> Path:
     return path
 
 
-def make_epub(path: Path, chapters: list[str]) -> Path:
-    """An EPUB whose chapters are the given XHTML bodies, with a navigation document in its spine."""
-    epub = pytest.importorskip("ebooklib.epub")
-    book = epub.EpubBook()
-    book.set_identifier("test-book")
-    book.set_title("Garden Book")
-    book.set_language("en")
-    items = []
+def make_epub(path: Path, chapters: list[str], *, version: int = 3, folder: str = "",
+              spine: list[int] | None = None, replace: dict[str, bytes | None] | None = None) -> Path:
+    """An EPUB written with zipfile, its chapters the given XHTML bodies (manifest ids c0, c1, ...)
+    in OEBPS/`folder` beside OEBPS/content.opf (hrefs percent-encoded), read in the order of `spine` (indexes; default as given).
+    Version 3 puts a navigation document first in the spine; version 2 has an NCX instead, named by
+    the spine's toc. `replace` swaps a member's bytes, or leaves it out (None), to damage the book."""
+    hrefs = [quote(posixpath.join(folder, f"c{i}.xhtml")) for i in range(len(chapters))]
+    members = {"META-INF/container.xml": CONTAINER}
+    manifest = "".join(f'<item id="c{i}" href="{hrefs[i]}" media-type="application/xhtml+xml"/>' for i in range(len(chapters)))
+    itemrefs = "".join(f'<itemref idref="c{i}"/>' for i in (range(len(chapters)) if spine is None else spine))
+    links = "".join(f'<li><a href="{hrefs[i]}">Chapter {i + 1}</a></li>' for i in range(len(chapters)))
+    if version == 3:
+        manifest += '<item id="nav" href="nav.xhtml" media-type="application/xhtml+xml" properties="nav"/>'
+        itemrefs = '<itemref idref="nav"/>' + itemrefs
+        members["OEBPS/nav.xhtml"] = XHTML.format(f'<nav epub:type="toc"><ol>{links}</ol></nav>')
+        toc = ""
+    else:
+        manifest += '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/>'
+        members["OEBPS/toc.ncx"] = NCX.format("".join(
+            f'<navPoint id="n{i}"><navLabel><text>Chapter {i + 1}</text></navLabel><content src="{hrefs[i]}"/></navPoint>'
+            for i in range(len(chapters))))
+        toc = ' toc="ncx"'
+    members["OEBPS/content.opf"] = OPF.format(version=version, manifest=manifest, toc=toc, itemrefs=itemrefs)
     for i, html in enumerate(chapters):
-        item = epub.EpubHtml(title=f"Chapter {i + 1}", file_name=f"c{i}.xhtml", lang="en")
-        item.content = f"<html><body>{html}</body></html>"
-        book.add_item(item)
-        items.append(item)
-    book.toc = tuple(items)
-    book.add_item(epub.EpubNcx())
-    book.add_item(epub.EpubNav())
-    book.spine = ["nav", *items]
-    epub.write_epub(str(path), book)
+        members[posixpath.join("OEBPS", unquote(hrefs[i]))] = XHTML.format(html)
+    members.update(replace or {})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as book:
+        book.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)  # first, stored: the OCF rule
+        for name, content in members.items():
+            if content is not None:
+                book.writestr(name, content)
     return path
+
+
+CONTAINER = """<?xml version="1.0"?>
+<container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">
+<rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles>
+</container>"""
+
+OPF = """<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://www.idpf.org/2007/opf" version="{version}.0" unique-identifier="id">
+<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:identifier id="id">test-book</dc:identifier>
+<dc:title>Garden Book</dc:title><dc:language>en</dc:language></metadata>
+<manifest>{manifest}</manifest>
+<spine{toc}>{itemrefs}</spine>
+</package>"""
+
+XHTML = """<?xml version="1.0" encoding="utf-8"?>
+<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><head><title>Garden Book</title></head>
+<body>{}</body></html>"""
+
+NCX = """<?xml version="1.0" encoding="utf-8"?>
+<ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><head/><docTitle><text>Garden Book</text></docTitle>
+<navMap>{}</navMap></ncx>"""
 
 
 def make_docx(path: Path, blocks: list[tuple[str, str]]) -> Path:
@@ -147,17 +186,49 @@ def test_html_keeps_the_main_text_and_drops_navigation_and_footer(tmp_path):
         assert boilerplate not in doc.text
 
 
-def test_epub_follows_the_spine_and_carries_headings_across_chapters(tmp_path):
+@pytest.mark.parametrize("version", [3, 2])
+def test_epub_follows_the_spine_and_carries_headings_across_chapters(tmp_path, version):
     path = make_epub(tmp_path / "book.epub", [
         "<h1>Part One</h1><h2>Soil</h2><p>Loam is best. Add compost.</p><div><p>Mulch helps.</p></div>",
         "<h2>Water</h2><p>Water deeply twice a week.</p><ul><li>Morning is best.</li></ul>",
-    ])
+    ], version=version)
     doc = load_document(path)
     assert body(doc) == [
         (("Part One", "Soil"), "Loam is best. Add compost.\n\nMulch helps."),
         (("Part One", "Water"), "Water deeply twice a week.\n\nMorning is best."),
     ]
-    assert "Chapter 1" not in doc.text  # the table of contents is not text of the book
+    assert "Chapter 1" not in doc.text  # the table of contents (nav or NCX) is not text of the book
+
+
+def test_epub_reads_in_spine_order_from_a_percent_encoded_subfolder(tmp_path):
+    chapters = ["<h1>Seeds</h1><p>Sow in spring.</p>", "<h1>Harvest</h1><p>Pick when ripe.</p>",
+                "<h1>Preface</h1><p>Why we garden.</p>"]
+    path = make_epub(tmp_path / "book.epub", chapters, folder="Text files é", spine=[2, 0, 1])
+    with zipfile.ZipFile(path) as book:
+        assert "OEBPS/Text files é/c2.xhtml" in book.namelist()
+    doc = load_document(path)
+    assert [h for h, _ in body(doc)] == [("Preface",), ("Seeds",), ("Harvest",)]
+
+
+@pytest.mark.parametrize("replace, why", [
+    ({"META-INF/container.xml": None}, "META-INF/container.xml is missing"),
+    ({"META-INF/container.xml": b"<container/>"}, "container.xml names no package file"),
+    ({"OEBPS/content.opf": None}, "OEBPS/content.opf is missing"),
+    ({"OEBPS/c1.xhtml": None}, "OEBPS/c1.xhtml is missing"),
+    ({"OEBPS/content.opf": b"<package><manifest>"}, "bad XML in OEBPS/content.opf"),
+])
+def test_a_damaged_epub_is_unreadable_and_says_why(tmp_path, replace, why):
+    path = make_epub(tmp_path / "book.epub", ["<p>One.</p>", "<p>Two.</p>"], replace=replace)
+    with pytest.raises(UnreadableFile, match=f"^not a readable EPUB \\({re.escape(why)}"):
+        load_document(path)
+
+
+def test_an_epub_without_text_is_unreadable(tmp_path):
+    # An empty chapter (only a comment here) is skipped, not an error; a book of them has no text.
+    path = make_epub(tmp_path / "book.epub", ["<p> </p>", "<div><img src='x.png' alt=''/></div>", ""],
+                     replace={"OEBPS/c2.xhtml": b'<?xml version="1.0"?>\n<!-- empty -->\n'})
+    with pytest.raises(UnreadableFile, match="^the EPUB holds no text$"):
+        load_document(path)
 
 
 def test_docx_headings_paragraphs_and_levels(tmp_path):
