@@ -40,32 +40,33 @@ def make_pdf(path: Path, pages: list[tuple[str, list[str]]]) -> Path:
 
 def make_epub(path: Path, chapters: list[str], *, version: int = 3, folder: str = "",
               spine: list[int] | None = None, replace: dict[str, bytes | None] | None = None) -> Path:
-    """An EPUB written with zipfile, its chapters the given XHTML bodies (manifest ids c0, c1, ...)
-    in OEBPS/`folder` beside OEBPS/content.opf (hrefs percent-encoded), read in the order of `spine` (indexes; default as given).
-    Version 3 puts a navigation document first in the spine; version 2 has an NCX instead, named by
-    the spine's toc. `replace` swaps a member's bytes, or leaves it out (None), to damage the book."""
+    """An EPUB written with zipfile: the chapters are the given XHTML bodies (manifest ids c0, c1,
+    ...) in OEBPS/`folder`, their hrefs percent-encoded, read in the order of `spine` (indexes;
+    default as given). Version 3 puts a navigation document first in the spine; version 2 has an
+    NCX instead, named by the spine's toc. `replace` adds or swaps members, or (None) leaves one out."""
     hrefs = [quote(posixpath.join(folder, f"c{i}.xhtml")) for i in range(len(chapters))]
-    members = {"META-INF/container.xml": CONTAINER}
-    manifest = "".join(f'<item id="c{i}" href="{hrefs[i]}" media-type="application/xhtml+xml"/>' for i in range(len(chapters)))
+    manifest = "".join(f'<item id="c{i}" href="{href}" media-type="application/xhtml+xml"/>'
+                       for i, href in enumerate(hrefs))
     itemrefs = "".join(f'<itemref idref="c{i}"/>' for i in (range(len(chapters)) if spine is None else spine))
-    links = "".join(f'<li><a href="{hrefs[i]}">Chapter {i + 1}</a></li>' for i in range(len(chapters)))
+    members = {"META-INF/container.xml": CONTAINER}
     if version == 3:
         manifest += '<item id="nav" href="nav.xhtml" media-type="application/xhtml+xml" properties="nav"/>'
-        itemrefs = '<itemref idref="nav"/>' + itemrefs
+        itemrefs, toc = '<itemref idref="nav"/>' + itemrefs, ""
+        links = "".join(f'<li><a href="{href}">Chapter {i + 1}</a></li>' for i, href in enumerate(hrefs))
         members["OEBPS/nav.xhtml"] = XHTML.format(f'<nav epub:type="toc"><ol>{links}</ol></nav>')
-        toc = ""
     else:
         manifest += '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/>'
-        members["OEBPS/toc.ncx"] = NCX.format("".join(
-            f'<navPoint id="n{i}"><navLabel><text>Chapter {i + 1}</text></navLabel><content src="{hrefs[i]}"/></navPoint>'
-            for i in range(len(chapters))))
         toc = ' toc="ncx"'
+        points = "".join(f'<navPoint id="n{i}"><navLabel><text>Chapter {i + 1}</text></navLabel>'
+                         f'<content src="{href}"/></navPoint>' for i, href in enumerate(hrefs))
+        members["OEBPS/toc.ncx"] = NCX.format(points)
     members["OEBPS/content.opf"] = OPF.format(version=version, manifest=manifest, toc=toc, itemrefs=itemrefs)
-    for i, html in enumerate(chapters):
-        members[posixpath.join("OEBPS", unquote(hrefs[i]))] = XHTML.format(html)
+    for href, html in zip(hrefs, chapters):
+        members["OEBPS/" + unquote(href)] = XHTML.format(html)
     members.update(replace or {})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as book:
-        book.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)  # first, stored: the OCF rule
+        # The OCF rule: "mimetype" first and stored, so a reader can sniff the type at a fixed offset.
+        book.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
         for name, content in members.items():
             if content is not None:
                 book.writestr(name, content)
@@ -86,8 +87,8 @@ OPF = """<?xml version="1.0" encoding="utf-8"?>
 </package>"""
 
 XHTML = """<?xml version="1.0" encoding="utf-8"?>
-<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><head><title>Garden Book</title></head>
-<body>{}</body></html>"""
+<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops">
+<head><title>Garden Book</title></head><body>{}</body></html>"""
 
 NCX = """<?xml version="1.0" encoding="utf-8"?>
 <ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><head/><docTitle><text>Garden Book</text></docTitle>
@@ -221,6 +222,24 @@ def test_a_damaged_epub_is_unreadable_and_says_why(tmp_path, replace, why):
     path = make_epub(tmp_path / "book.epub", ["<p>One.</p>", "<p>Two.</p>"], replace=replace)
     with pytest.raises(UnreadableFile, match=f"^not a readable EPUB \\({re.escape(why)}"):
         load_document(path)
+
+
+def encryption_xml(*uris: str) -> bytes:
+    """META-INF/encryption.xml listing the given members as encrypted."""
+    refs = "".join(f'<enc:EncryptedData><enc:CipherData><enc:CipherReference URI="{uri}"/>'
+                   f'</enc:CipherData></enc:EncryptedData>' for uri in uris)
+    return (f'<encryption xmlns="urn:oasis:names:tc:opendocument:xmlns:container" '
+            f'xmlns:enc="http://www.w3.org/2001/04/xmlenc#">{refs}</encryption>').encode()
+
+
+def test_an_epub_with_encrypted_chapters_is_unreadable_but_obfuscated_fonts_are_fine(tmp_path):
+    fonts = make_epub(tmp_path / "fonts.epub", ["<p>One.</p>"],
+                      replace={"META-INF/encryption.xml": encryption_xml("OEBPS/font.otf")})
+    assert load_document(fonts).text == "One."
+    drm = make_epub(tmp_path / "drm.epub", ["<p>One.</p>"],
+                    replace={"META-INF/encryption.xml": encryption_xml("OEBPS/c0.xhtml")})
+    with pytest.raises(UnreadableFile, match=r"^the EPUB's chapters are encrypted \(DRM\)$"):
+        load_document(drm)
 
 
 def test_an_epub_without_text_is_unreadable(tmp_path):

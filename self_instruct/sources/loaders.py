@@ -246,7 +246,10 @@ def load_epub(path: Path) -> Document:
         raise UnreadableFile("not a readable EPUB (not a zip file)") from None
     builder = _Builder()
     with book:
-        for name in epub_spine(book):
+        names = epub_spine(book)
+        if _epub_encrypted(book) & set(names):
+            raise UnreadableFile("the EPUB's chapters are encrypted (DRM)")
+        for name in names:
             try:
                 _html_blocks(html.fromstring(_epub_read(book, name)), builder)
             except etree.ParserError:  # "Document is empty": a chapter of whitespace or comments
@@ -284,6 +287,15 @@ def epub_spine(book: zipfile.ZipFile) -> list[str]:
         href = unquote(item.get("href", "").partition("#")[0])
         names.append(posixpath.normpath(posixpath.join(posixpath.dirname(opf_name), href)))
     return names
+
+
+def _epub_encrypted(book: zipfile.ZipFile) -> set[str]:
+    """The members META-INF/encryption.xml lists. Fonts alone are common (obfuscation, harmless);
+    encrypted chapters mean DRM, whose bytes would read as no text or as noise."""
+    if "META-INF/encryption.xml" not in book.namelist():
+        return set()
+    listing = _epub_xml(book, "META-INF/encryption.xml")
+    return {unquote(ref.get("URI", "")) for ref in listing.iter("{*}CipherReference")}
 
 
 def _epub_xml(book: zipfile.ZipFile, name: str):
