@@ -24,7 +24,7 @@ from .config import make_teacher, sha256_of
 from .engine import Engine
 from .errors import ConfigError
 from .judge import Judge
-from .ledger import Budget, Ledger, find_price
+from .ledger import Budget, Ledger, find_price, format_cost
 from .pipelines.evolve import EvolvePipeline
 from .pool import InstructionPool
 from .score import read_examples, write_dataset
@@ -57,6 +57,9 @@ class EvolveConfig:
     max_concurrency: int = 8
     max_requests: int | None = None
     max_total_tokens: int | None = None
+    max_cost: float | None = None
+    price_prompt: float | None = None
+    price_completion: float | None = None
     request_timeout: float = 120.0
     max_attempts: int = 6
     retry_backoff: float = 1.0
@@ -89,9 +92,11 @@ class EvolveResult:
     records: list[dict]  # the evolved records of every round done, in order
     stopped_by: str
     requests: int
+    cost: float | None = None  # dollars, when the teacher's price is known
 
 
-def _left(limit: int | None, spent: int) -> int | None:
+def _left(limit: float | None, spent: float) -> float | None:
+    """What a budget leaves to the next round, after the rounds before spent `spent` of it."""
     return None if limit is None else max(0, limit - spent)
 
 
@@ -108,9 +113,12 @@ async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key:
     teacher = teacher or make_teacher(cfg, api_key)
     evolved: list[dict] = []
     known = [e.instruction for e in originals]
-    parents, requests, tokens, stopped_by, done = originals, 0, 0, "done", 0
+    parents, requests, tokens, cost, stopped_by, done = originals, 0, 0, 0.0, "done", 0
     try:
-        price = find_price(teacher.model_id, None, None, local=teacher.describe().get("backend") == "local")
+        price = find_price(teacher.model_id, cfg.price_prompt, cfg.price_completion,
+                           local=teacher.describe().get("backend") == "local")
+        if cfg.max_cost is not None and price is None:
+            raise ConfigError(f"--max_cost needs the price of {teacher.model_id!r}: pass --price_prompt and --price_completion")
         base = dataclasses.asdict(cfg)
         base.pop("overwrite")
         base.update(base_url=cli_edge.redact_url(cfg.base_url), model_name=teacher.model_id,
@@ -124,7 +132,8 @@ async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key:
                 # duplicates and near-duplicates of any generation so far, this round's kept included
                 judge = Judge(known + [r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold)
                 engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
-                                budget=Budget(_left(cfg.max_requests, requests), _left(cfg.max_total_tokens, tokens)),
+                                budget=Budget(_left(cfg.max_requests, requests), _left(cfg.max_total_tokens, tokens),
+                                              _left(cfg.max_cost, cost)),
                                 max_concurrency=cfg.max_concurrency, target=None, total_units=len(parents),
                                 max_stall_units=None, progress=progress, api=cfg.api)
                 try:
@@ -134,6 +143,7 @@ async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key:
                     ledger.forget_before(pool.next_unit)
                 requests += ledger.spend.requests
                 tokens += ledger.spend.tokens
+                cost += ledger.spend.cost
                 evolved += pool.records
                 known += [r["instruction"] for r in pool.records]
                 parents = [Example(r["instruction"], r["input"], r["output"], r["metadata"]) for r in pool.records]
@@ -144,7 +154,7 @@ async def aevolve(cfg: EvolveConfig, *, teacher: Teacher | None = None, api_key:
                 break  # nothing left to evolve: the run is over, not cut short
         if cfg.output and stopped_by == "done":
             write_dataset(cfg.output, evolved)
-        return EvolveResult(cfg.run_dir(), done, evolved, stopped_by, requests)
+        return EvolveResult(cfg.run_dir(), done, evolved, stopped_by, requests, cost if price else None)
     finally:
         if own_teacher:
             await teacher.aclose()
@@ -177,6 +187,9 @@ def main(
     max_concurrency: int = 8,
     max_requests: int | None = None,
     max_total_tokens: int | None = None,
+    max_cost: float | None = None,
+    price_prompt: float | None = None,
+    price_completion: float | None = None,
     request_timeout: float = 120.0,
     max_attempts: int = 6,
     retry_backoff: float = 1.0,
@@ -196,7 +209,8 @@ def main(
     cfg = EvolveConfig(input=input, rounds=rounds, output=output, stream=not no_stream, **options)
     result = asyncio.run(aevolve(cfg, api_key=api_key, progress=not quiet))
     print(f"self_instruct: {len(result.records)} evolved records from {result.rounds_done} of {rounds} rounds "
-          f"in {result.output_dir} (stopped by {result.stopped_by}; {result.requests} requests)", file=sys.stderr)
+          f"in {result.output_dir} (stopped by {result.stopped_by}; {result.requests} requests"
+          f"{'' if result.cost is None else '; cost ' + format_cost(result.cost)})", file=sys.stderr)
     if result.stopped_by.startswith("max_"):
         print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
 

@@ -113,3 +113,27 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path, capsys):
         cli([str(write_input(tmp_path)), "--rounds", "abc", "--output", str(tmp_path / "e.json")])
     assert exit_info.value.code == 2 and "--rounds" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_max_cost_holds_across_rounds_and_shows_in_the_summary(fake_server, tmp_path, capsys):
+    """Each round's engine gets what the rounds before left of --max_cost."""
+    fake_server.reply_fn = growing
+    data, out = write_input(tmp_path), tmp_path / "evolved.json"
+    flags = [str(data), "--rounds", "3", "--output", str(out), "--base_url", fake_server.base_url, "--model_name", "m",
+             "--max_concurrency", "1", "--max_tokens", "100", "--similarity_threshold", "1.0",
+             "--no_change_threshold", "1.0", "--price_prompt", "2.5", "--price_completion", "10", "--quiet"]
+    cli(flags + ["--max_cost", "0.006"])
+    err = capsys.readouterr().err
+    assert "budget max_cost reached" in err and "cost $" in err and not out.exists()
+    spent = sum(json.loads(state.read_text())["cost"] for state in (tmp_path / "evolved.json.run").glob("round_*/state.json"))
+    assert 0 < spent <= 0.006
+    assert len(fake_server.requests) < 12  # three rounds of two records, two requests each, were not all paid for
+    cli(flags + ["--max_cost", "1"])
+    assert "stopped by done" in capsys.readouterr().err and len(json.loads(out.read_text())) == 6
+
+
+def test_max_cost_without_a_price_is_one_line(fake_server, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli([str(write_input(tmp_path)), "--output", str(tmp_path / "e.json"), "--base_url", fake_server.base_url,
+             "--model_name", "my-model", "--max_cost", "1"])
+    assert exit_info.value.code == 2 and "--price_prompt" in capsys.readouterr().err
