@@ -88,6 +88,12 @@ def test_a_reply_cut_by_max_tokens_keeps_its_whole_pairs():
         assert [i["question"] for i in items] == ["Q one?", "Q two?"] and bad == []
 
 
+def test_a_line_break_typed_inside_a_string_is_read_as_one():
+    # models write them, and llama.cpp's schema grammars let them through
+    items, bad = parse_items('[{"question": "Q?", "answer": "Line one.\nLine two."}]', ("question", "answer"))
+    assert items == [{"question": "Q?", "answer": "Line one.\nLine two."}] and bad == []
+
+
 def test_nothing_parses_from_prose_or_broken_json():
     assert parse_items("I cannot help with that.", ("question", "answer")) == ([], [])
     assert parse_items('[{"question": "Q?", "answer": "A', ("question", "answer")) == ([], [])
@@ -405,6 +411,44 @@ def test_a_failed_check_rejects_as_unverified(fake_server, tmp_path):
     ask, _ = make_ask(fake_server)
     result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
     assert result.examples == [] and {r.reason for r in result.rejections} == {"unverified"}
+
+
+def instance_of(schema: dict, k: int = 1):
+    """The reply of a model held to `schema`, with made-up text: its consts, every required
+    field, the items it fixes (exactly minItems of `items`, or each of `prefixItems`)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema["type"] == "object":
+        return {name: instance_of(sub, k) for name, sub in schema["properties"].items()}
+    if schema["type"] == "array":
+        items = schema.get("prefixItems") or [schema["items"]] * schema["minItems"]
+        return [instance_of(item, i) for i, item in enumerate(items, 1)]
+    return True if schema["type"] == "boolean" else f"Fact {k} on how tomato plants grow."
+
+
+@pytest.mark.parametrize("mode", ["qa", "instruct", "backtranslate"])
+def test_each_request_names_the_json_shape_its_reply_is_read_in(fake_server, tmp_path, mode):
+    """The shapes the embedded teacher holds its decoding to (a grammar per schema) are what the
+    parser reads whole: the asked number of items, instruct's categories in order, every verdict."""
+    ask, _ = make_ask(fake_server)
+    decodings = []
+
+    async def recording_ask(prompt, decoding=None):
+        decodings.append(decoding)
+        return await ask(prompt, decoding)
+    fake_server.reply_fn = lambda prompt, body: json.dumps(instance_of(json.loads(decodings[-1].schema)))
+    written = Decoding(max_tokens=300, temperature=0.5, json=True)
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode=mode, questions_per_chunk=3), written)
+    unit = pipeline.unit(2)
+    result = asyncio.run(pipeline.run_unit(unit, recording_ask))
+    assert result.rejections == [] and len(result.examples) == unit.count
+    assert decodings[0].max_tokens == 300 and decodings[0].temperature == 0.5 and decodings[0].json
+    if mode == "instruct":
+        assert [e.metadata["category"] for e in result.examples] == categories_for(2, 3)
+    if mode != "backtranslate":  # then checked: greedy, one verdict an item, all found
+        assert len(decodings) == 2 and decodings[1].temperature == 0.0
+        assert all(e.metadata["grounded"] for e in result.examples)
 
 
 # --- the command, end to end ---
