@@ -456,17 +456,22 @@ def test_each_request_names_the_json_shape_its_reply_is_read_in(fake_server, tmp
 REPO = Path(__file__).resolve().parent.parent
 
 
-def book(path: Path, sections: int = 12) -> Path:
-    """A Markdown book of `sections` sections, each of three sentences with words of its own."""
-    rng = random.Random(3)
+def field_guide(path: Path, sections: int, seed: int, words: int, section) -> Path:
+    """A Markdown "Field guide": each of its `sections` sections is section(made-up words of its own)."""
+    rng = random.Random(seed)
     syllables = "ba ko ri tu me sa lo vi ne da pu go".split()
     parts = ["# Field guide\n"]
-    for k in range(sections):
-        words = ["".join(rng.choice(syllables) for _ in range(3)) for _ in range(9)]
-        parts.append(f"## Plant {words[0]}\n\nThe {words[0]} grows near {words[1]} water. "
-                     f"Its leaves turn {words[2]} in {words[3]} autumn. Farmers pick {words[4]} seeds in {words[5]} spring.\n")
+    for _ in range(sections):
+        parts.append(section(["".join(rng.choice(syllables) for _ in range(3)) for _ in range(words)]))
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def book(path: Path, sections: int = 12) -> Path:
+    """Sections of three sentences each."""
+    return field_guide(path, sections, 3, 9, lambda w: (
+        f"## Plant {w[0]}\n\nThe {w[0]} grows near {w[1]} water. "
+        f"Its leaves turn {w[2]} in {w[3]} autumn. Farmers pick {w[4]} seeds in {w[5]} spring.\n"))
 
 
 def cli_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -561,29 +566,40 @@ def test_dry_run_prints_the_chunks_a_prompt_and_the_bounds_and_calls_nothing(fak
     assert "--no_verify saves up to 4 requests" in no_check.stderr and "at most: 8 requests" in no_check.stderr
 
 
-def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
+def kill_midway_and_resume(reply_fn, path: Path, flags: list[str], cwd: Path) -> set[int]:
+    """Against a fake server answering with reply_fn, start a documents run over `path`, SIGKILL
+    it once 10 records are kept, rerun the same command to the end; returns the chunks the first
+    run had kept records of."""
     server = FakeOpenAI(latency=0.05).start()
-    server.reply_fn = qa_teacher
+    server.reply_fn = reply_fn
     try:
-        path = book(tmp_path / "guide.md", sections=40)
-        args = [str(path), "--chunk_size", "20", "--chunk_overlap", "0", "--output_dir", "out", "--base_url",
-                server.base_url, "--model_name", "fake-model", "--max_concurrency", "2", "--quiet"]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=tmp_path, env=env,
-                                stderr=subprocess.PIPE, text=True)
-        generated = tmp_path / "out" / "generated.jsonl"
-        deadline = time.monotonic() + 120
-        while len(records(generated)) < 10:  # some chunks done, many still to do
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        first = {r["metadata"]["chunk"] for r in records(generated)}
-        done = cli_run(args, tmp_path)
-        assert done.returncode == 0, done.stderr
+        return _kill_midway_and_resume([str(path), *flags, "--output_dir", "out", "--base_url", server.base_url,
+                                        "--model_name", "fake-model", "--max_concurrency", "2", "--quiet"], cwd)
     finally:
         server.stop()
-    kept, rejected = records(generated), records(tmp_path / "out" / "rejected.jsonl")
+
+
+def _kill_midway_and_resume(args: list[str], cwd: Path) -> set[int]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=cwd, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    generated = cwd / "out" / "generated.jsonl"
+    deadline = time.monotonic() + 180  # a hang guard, many times what it takes
+    while len(records(generated)) < 10:  # some chunks done, many still to do
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    first = {r["metadata"]["chunk"] for r in records(generated)}
+    done = cli_run(args, cwd)
+    assert done.returncode == 0, done.stderr
+    return first
+
+
+def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
+    first = kill_midway_and_resume(qa_teacher, book(tmp_path / "guide.md", sections=40),
+                                   ["--chunk_size", "20", "--chunk_overlap", "0"], tmp_path)
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
     per_chunk = Counter(r["metadata"]["chunk"] for r in kept + rejected)
     assert sorted(per_chunk) == list(range(40)) and max(first) < 39  # a chunk a section
     assert set(per_chunk.values()) == {3}  # each chunk's two pairs and its moon pair, once
@@ -591,17 +607,10 @@ def test_a_killed_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
 
 
 def paragraph_book(path: Path, sections: int) -> Path:
-    """A Markdown book whose sections hold a long paragraph, a short one and another long one,
-    each with words of its own."""
-    rng = random.Random(5)
-    syllables = "ba ko ri tu me sa lo vi ne da pu go".split()
-    parts = ["# Field guide\n"]
-    for k in range(sections):
-        w = ["".join(rng.choice(syllables) for _ in range(3)) for _ in range(6)]
-        parts.append(f"## Plant {w[0]}\n\nThe {w[0]} grows near {w[1]} water. Its leaves turn {w[2]} in autumn.\n\n"
-                     f"Keep it dry.\n\nFarmers pick {w[3]} seeds in {w[4]} spring near {w[5]} hills.\n")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    """Sections holding a long paragraph, a short one and another long one."""
+    return field_guide(path, sections, 5, 6, lambda w: (
+        f"## Plant {w[0]}\n\nThe {w[0]} grows near {w[1]} water. Its leaves turn {w[2]} in autumn.\n\n"
+        f"Keep it dry.\n\nFarmers pick {w[3]} seeds in {w[4]} spring near {w[5]} hills.\n"))
 
 
 def backtranslate_teacher(prompt, body):
@@ -624,29 +633,10 @@ def test_paragraph_backtranslation_dry_run_counts_a_request_a_paragraph(tmp_path
 
 
 def test_a_killed_paragraph_run_resumes_with_every_chunk_done_exactly_once(tmp_path):
-    server = FakeOpenAI(latency=0.05).start()
-    server.reply_fn = backtranslate_teacher
-    try:
-        path = paragraph_book(tmp_path / "guide.md", sections=40)
-        args = [str(path), "--mode", "backtranslate", "--backtranslate_unit", "paragraph", "--min_paragraph_words", "10",
-                "--output_dir", "out", "--base_url", server.base_url, "--model_name", "fake-model",
-                "--max_concurrency", "2", "--quiet"]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = subprocess.Popen([sys.executable, "-m", "self_instruct.documents", *args], cwd=tmp_path, env=env,
-                                stderr=subprocess.PIPE, text=True)
-        generated = tmp_path / "out" / "generated.jsonl"
-        deadline = time.monotonic() + 180
-        while len(records(generated)) < 10:  # some chunks done, many still to do
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timed out"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        first = {r["metadata"]["chunk"] for r in records(generated)}
-        done = cli_run(args, tmp_path)
-        assert done.returncode == 0, done.stderr
-    finally:
-        server.stop()
-    kept, rejected = records(generated), records(tmp_path / "out" / "rejected.jsonl")
+    path = paragraph_book(tmp_path / "guide.md", sections=40)
+    first = kill_midway_and_resume(backtranslate_teacher, path, ["--mode", "backtranslate", "--backtranslate_unit",
+                                                                 "paragraph", "--min_paragraph_words", "10"], tmp_path)
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
     assert max(first) < 39  # a chunk a section
     assert {r["reason"] for r in rejected} <= {"similar"}  # made-up words may repeat across sections
     text = path.read_text(encoding="utf-8")
