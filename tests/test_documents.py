@@ -743,9 +743,11 @@ def test_the_embedded_teacher_held_to_each_schema_writes_qa_replies_that_parse(t
     out = tmp_path / "out"
     result = documents([str(note)], str(out), mode="qa", questions_per_chunk=2, progress=False)
     kept, rejected = records(out / "generated.jsonl"), records(out / "rejected.jsonl")
-    assert result.chunks == 1 and result.stats.requests == 2  # the pairs, asked once, and their check
     assert not {"unparseable", "missing_field", "unverified", "request_failed"} & {r["reason"] for r in rejected}, rejected
     assert len(kept) + len(rejected) == 2  # both pairs came back whole, each kept or judged
+    # the pairs, asked once, then their check, unless no pair stood alone (the model's sampling decides)
+    checked = any(r["reason"] != "not_standalone" for r in rejected) or bool(kept)
+    assert result.chunks == 1 and result.stats.requests == 1 + checked
     assert json.loads((out / "run.json").read_text())["teacher_info"]["prompting"] == "chat template"
 
 
