@@ -31,22 +31,43 @@ PIPELINES = ("alpaca", "self_instruct")
 
 
 
+@dataclass(kw_only=True)
+class TeacherOptions:
+    """The teacher, budget and retry options every command that asks a teacher shares (its flags
+    of the same names): generate, documents, score and evolve configs extend it."""
+
+    model_name: str | None = None
+    base_url: str | None = None  # one URL, several comma-separated, or a file of them
+    api: str = "completions"
+    teacher: str | None = None  # "local" or "openai"; None: chosen from base_url and the key
+    local_model_path: str | None = None
+    max_concurrency: int = 8
+    max_requests: int | None = None
+    max_total_tokens: int | None = None
+    max_cost: float | None = None
+    price_prompt: float | None = None  # dollars per million tokens, for models not in the price table
+    price_completion: float | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    stream: bool = True
+    request_timeout: float = 120.0
+    max_attempts: int = 6
+    retry_backoff: float = 1.0
+    overwrite: bool = False
+
+
 @dataclass
-class GenerateConfig:
+class GenerateConfig(TeacherOptions):
     """Every option of a run (the CLI flags). The API key is deliberately not a field."""
 
     output_dir: str = "out"
     pipeline: str = "alpaca"
     seed_tasks_path: str | None = None
     num_instructions_to_generate: int = 100
-    model_name: str | None = None
     num_prompt_instructions: int = 3
     request_batch_size: int = 5
     temperature: float = 1.0
     top_p: float = 1.0
-    base_url: str | None = None
-    api: str = "completions"
-    max_concurrency: int = 8
     seed: int = 42
     num_machine_instructions: int = 0
     prompt_path: str | None = None
@@ -60,21 +81,7 @@ class GenerateConfig:
     min_score: float | None = None
     judge_model: str | None = None
     judge_base_url: str | None = None
-    teacher: str | None = None
-    local_model_path: str | None = None
-    max_requests: int | None = None
-    max_total_tokens: int | None = None
-    max_cost: float | None = None
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    stream: bool = True
-    price_prompt: float | None = None
-    price_completion: float | None = None
     max_stall_rounds: int = 10
-    request_timeout: float = 120.0
-    max_attempts: int = 6
-    retry_backoff: float = 1.0
-    overwrite: bool = False
 
     def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
         """The run's one configuration: options left unset take the teacher's preference, then

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import cli as cli_edge
-from .config import DEFAULT_OPENAI_MODEL, choose_teacher_kind, make_teacher, sha256_of
+from .config import DEFAULT_OPENAI_MODEL, TeacherOptions, choose_teacher_kind, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError, TeacherError
 from .judge import Judge, extra_filters
@@ -48,7 +48,7 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
-class DocumentsConfig:
+class DocumentsConfig(TeacherOptions):
     """Every option of a documents run (the command's flags). The API key is not a field."""
 
     paths: tuple[str, ...] = ()
@@ -67,34 +67,16 @@ class DocumentsConfig:
     min_paragraph_words: int = MIN_PARAGRAPH_WORDS
     prompt_path: str | None = None
     verify_prompt_path: str | None = None
-    model_name: str | None = None
-    base_url: str | None = None
-    api: str = "completions"
-    teacher: str | None = None
-    local_model_path: str | None = None
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int | None = None
-    max_concurrency: int = 8
     similarity_threshold: float = 0.7
     decontaminate: str | None = None
     judge: bool = False
     min_score: float | None = None
     judge_model: str | None = None
     judge_base_url: str | None = None
-    max_requests: int | None = None
-    max_total_tokens: int | None = None
-    max_cost: float | None = None
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    stream: bool = True
-    price_prompt: float | None = None
-    price_completion: float | None = None
     max_stall_chunks: int = 10
-    request_timeout: float = 120.0
-    max_attempts: int = 6
-    retry_backoff: float = 1.0
-    overwrite: bool = False
 
     def settings(self) -> DocumentSettings:
         return DocumentSettings(mode=self.mode, questions_per_chunk=self.questions_per_chunk,

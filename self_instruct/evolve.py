@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import make_teacher, sha256_of
+from .config import TeacherOptions, make_teacher, sha256_of
 from .engine import Engine
 from .errors import ConfigError
 from .judge import Judge
@@ -36,7 +36,7 @@ SHAPING = ("input_sha256", "round", "seed", "model_name", "api", "temperature", 
 
 
 @dataclass
-class EvolveConfig:
+class EvolveConfig(TeacherOptions):
     """Every option of an evolve run (the command's flags). The API key is not a field."""
 
     input: str = ""
@@ -47,26 +47,8 @@ class EvolveConfig:
     similarity_threshold: float = 0.7
     no_change_threshold: float = 0.9
     max_words: int = 400
-    model_name: str | None = None
-    base_url: str | None = None
-    api: str = "completions"
-    teacher: str | None = None
-    local_model_path: str | None = None
     temperature: float = 0.7
     max_tokens: int = 1024
-    max_concurrency: int = 8
-    max_requests: int | None = None
-    max_total_tokens: int | None = None
-    max_cost: float | None = None
-    price_prompt: float | None = None
-    price_completion: float | None = None
-    request_timeout: float = 120.0
-    max_attempts: int = 6
-    retry_backoff: float = 1.0
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    stream: bool = True
-    overwrite: bool = False
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"{self.output}.run")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import make_teacher, sha256_of
+from .config import TeacherOptions, make_teacher, sha256_of
 from .engine import Engine, Stats
 from .errors import ConfigError
 from .jsonl import iter_records, write_json_atomic, write_jsonl_atomic
@@ -33,7 +33,7 @@ SHAPING = ("input_sha256", "model_name", "api", "rubric_sha256", "records_per_re
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(TeacherOptions):
     """Every option of a score run (the command's flags). The API key is not a field."""
 
     input: str = ""
@@ -42,25 +42,7 @@ class ScoreConfig:
     min_score: float | None = None
     records_per_request: int = 5
     rubric_path: str | None = None
-    model_name: str | None = None
-    base_url: str | None = None
-    api: str = "completions"
-    teacher: str | None = None
-    local_model_path: str | None = None
     max_tokens: int = 64
-    max_concurrency: int = 8
-    max_requests: int | None = None
-    max_total_tokens: int | None = None
-    max_cost: float | None = None
-    price_prompt: float | None = None
-    price_completion: float | None = None
-    request_timeout: float = 120.0
-    max_attempts: int = 6
-    retry_backoff: float = 1.0
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    stream: bool = True
-    overwrite: bool = False
 
     def run_dir(self) -> str:
         return self.output_dir or f"{self.output}.run"
