@@ -22,7 +22,7 @@ from self_instruct.generate import normalize
 from self_instruct.pool import InstructionPool
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = 50
+TARGET = 100  # far enough that replies cached before a kill cannot reach it on the next resume alone
 
 
 class Run:
