@@ -41,6 +41,19 @@ def load_template(path: str | Path | None = None, default_name: str = "generate.
     return text
 
 
+def read_placeholder_template(source: Path, where: str, what: str, placeholders: Sequence[str]) -> str:
+    """A template file's text, with one line naming ``where`` when it cannot be read or lacks one
+    of ``placeholders`` (``what`` names the template in the message)."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read the {what} template ({exc})") from None
+    missing = [p for p in placeholders if p not in text]
+    if missing:
+        raise ConfigError(f"{where}: the {what} template must hold {', '.join(missing)}")
+    return text
+
+
 def check_template(text: str, source: str | Path = "template") -> None:
     count = text.count(TASKS)
     if count != 1:

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Iterator, Sequence
 from ..engine import UnitResult
 from ..errors import ConfigError
 from ..parse import Rejection
+from ..prompts import read_placeholder_template
 from ..resources import bundled_path
 from ..sources.chunking import Chunk
 from ..types import Completion, Decoding, Example
@@ -63,14 +64,7 @@ def load_document_template(name: str, path: str | Path | None = None) -> str:
     """A template by mode name ("qa", "instruct", "backtranslate", "verify"): the user's file
     or the bundled prompts/documents_{name}.txt, checked for its placeholders."""
     source = Path(path) if path else bundled_path("prompts", f"documents_{name}.txt")
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the {name} template ({exc})") from None
-    missing = [p for p in PLACEHOLDERS[name] if p not in text]
-    if missing:
-        raise ConfigError(f"{source}: the {name} template must hold {', '.join(missing)}")
-    return text
+    return read_placeholder_template(source, str(source), name, PLACEHOLDERS[name])
 
 
 def fill(template: str, **values: Any) -> str:

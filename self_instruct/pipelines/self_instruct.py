@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError
 from ..filters import first_rejection
 from ..judge import normalize
 from ..parse import Rejection, is_noinput
-from ..prompts import clean_instruction
+from ..prompts import clean_instruction, read_placeholder_template
 from ..resources import bundled_path
 from ..types import Decoding, Example, SeedTask
 from .alpaca import MACHINE_LAG, AlpacaPipeline
@@ -70,13 +69,7 @@ def load_self_instruct_template(name: str, path: str | None = None) -> str:
     """A bundled prompts/self_instruct_{name}.txt, or the user's file, checked for its placeholders."""
     source = Path(path) if path else bundled_path("prompts", f"self_instruct_{name}.txt")
     where = f"--prompt_path {source}" if path else str(source)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read the {name} template ({exc})") from None
-    missing = [p for p in PLACEHOLDERS[name] if p not in text]
-    if missing:
-        raise ConfigError(f"{where}: the self_instruct {name} template must hold {', '.join(missing)}")
+    text = read_placeholder_template(source, where, f"self_instruct {name}", PLACEHOLDERS[name])
     return text.rstrip()  # the prompt ends where the teacher goes on
 
 
