@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from self_instruct.decontaminate import Decontaminator, normalize, read_benchmark, texts_of  # noqa: E402
+from self_instruct.core.decontaminate import Decontaminator, normalize, read_benchmark, texts_of  # noqa: E402
 
 N = 13
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from self_instruct.filters import first_rejection  # noqa: E402
+from self_instruct.core.filters import first_rejection  # noqa: E402
 from self_instruct.generate import generate, normalize  # noqa: E402
 from self_instruct.types import Example  # noqa: E402
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from self_instruct.prompts import encode_prompt, load_template, stop_sequences  # noqa: E402
-from self_instruct.seeds import load_seed_tasks, seed_examples  # noqa: E402
+from self_instruct.core.prompts import encode_prompt, load_template, stop_sequences  # noqa: E402
+from self_instruct.core.seeds import load_seed_tasks, seed_examples  # noqa: E402
 from self_instruct.teachers.local import LocalTeacher, import_llama_cpp  # noqa: E402
 from self_instruct.types import Decoding  # noqa: E402
 

@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import make_task  # noqa: E402
 from self_instruct.generate import GenerateConfig, generate  # noqa: E402
-from self_instruct.judge import Judge  # noqa: E402
-from self_instruct.parse import parse_completion  # noqa: E402
-from self_instruct.pool import InstructionPool  # noqa: E402
-from self_instruct.seeds import load_seed_tasks  # noqa: E402
+from self_instruct.engine.judge import Judge  # noqa: E402
+from self_instruct.core.parse import parse_completion  # noqa: E402
+from self_instruct.engine.pool import InstructionPool  # noqa: E402
+from self_instruct.core.seeds import load_seed_tasks  # noqa: E402
 from self_instruct.teachers import openai_compat  # noqa: E402,F401  (import the SDK before the clock starts)
 from self_instruct.types import Completion  # noqa: E402
 

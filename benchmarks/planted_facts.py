@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from self_instruct import evaluate, retrieval  # noqa: E402
+from self_instruct import evaluate  # noqa: E402
+from self_instruct.evaluation import retrieval  # noqa: E402
 from test_retrieval import CHUNKING, EXACT_TERMS, PARAPHRASES, QUESTIONS, write_documents  # noqa: E402
 
 

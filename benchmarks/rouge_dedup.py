@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from self_instruct.dedup import greedy_keep, greedy_pass, write_shard_pairs  # noqa: E402
-from self_instruct.similarity import RougeIndex, key_shard  # noqa: E402
+from self_instruct.core.similarity import RougeIndex, key_shard  # noqa: E402
 
 # Beside the repository; a git worktree under wt/ has it one level further up.
 ANCHORS = next((path for path in (REPO.parent / "shared" / "anchors", REPO.parent.parent / "shared" / "anchors")

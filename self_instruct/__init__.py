@@ -7,14 +7,14 @@ set a run up.
 Importing this module is light: the teacher SDK loads only when a teacher is made.
 """
 from .errors import ConfigError, SeedFormatError, SelfInstructError, TeacherError
-from .engine import Engine, UnitResult
-from .filters import DEFAULT_FILTERS, first_rejection
-from .judge import Judge
-from .parse import Rejection, parse_completion
-from .pool import InstructionPool
-from .prompts import encode_prompt, load_template
-from .seeds import load_seed_tasks, seed_examples
-from .similarity import Match, RougeIndex
+from .engine.scheduler import Engine, UnitResult
+from .core.filters import DEFAULT_FILTERS, first_rejection
+from .engine.judge import Judge
+from .core.parse import Rejection, parse_completion
+from .engine.pool import InstructionPool
+from .core.prompts import encode_prompt, load_template
+from .core.seeds import load_seed_tasks, seed_examples
+from .core.similarity import Match, RougeIndex
 from .teachers.base import Teacher
 from .types import Completion, Decoding, Example, Instance, SeedTask
 

@@ -4,16 +4,16 @@ Keeps the decisions of Stanford Alpaca's generator, bit for bit: records are tak
 and one is dropped when the rouge-score 0.1.2 ``RougeScorer(["rougeL"], use_stemmer=False)``
 F-measure of its ``instruction`` against any kept instruction, or any instruction of the
 ``--against`` files, is greater than the threshold (0.7). Scoring goes through
-:func:`~self_instruct.similarity.greedy_dedup`, so a million records take minutes, not days.
+:func:`~self_instruct.core.similarity.greedy_dedup`, so a million records take minutes, not days.
 
 With ``--ngram N`` the ``--against`` files are benchmarks instead: a record sharing an N-word
 n-gram of its instruction, input or output with any text in them is dropped as contaminated
-(:mod:`self_instruct.decontaminate`), before the ROUGE-L pass over the rest.
+(:mod:`self_instruct.core.decontaminate`), before the ROUGE-L pass over the rest.
 
 INPUT is an Alpaca JSON list or a JSONL file of objects with an ``instruction`` field (seed task
 files qualify). Kept records are copied byte for byte, in the input's format, to OUTPUT, which
 defaults to the input's name with ``.dedup`` before the suffix (``data.json`` -> ``data.dedup.json``).
-Files follow :mod:`self_instruct.jsonl`'s policy: lines end at "\\n" only, UTF-8 without a byte
+Files follow :mod:`self_instruct.io.jsonl`'s policy: lines end at "\\n" only, UTF-8 without a byte
 order mark, every error names ``file:line``.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import run
-from .decontaminate import Decontaminator
+from .core.decontaminate import Decontaminator
 from .errors import ConfigError, DataError
-from .jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
-from .similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
+from .io.jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
+from .core.similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # The fields of a record that decontamination looks at.
@@ -184,7 +184,7 @@ def greedy_keep(instructions: Sequence[str], threshold: float = 0.7, against: It
     """For each instruction in order, whether greedy dedup keeps it.
 
     One is dropped when it scores above ``threshold`` against an earlier kept one or any of
-    ``against`` (see :func:`~self_instruct.similarity.greedy_dedup`).
+    ``against`` (see :func:`~self_instruct.core.similarity.greedy_dedup`).
 
     >>> list(greedy_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"]))
     [True, False, False]
@@ -201,7 +201,7 @@ def sharded_keep(instructions: Sequence[str], threshold: float = 0.7, against: S
     2. A text whose tokens equal an earlier one's is dropped (as in greedy_dedup); the first of
        each goes on (a group-by).
     3. Each text goes to the shards owning its prefix keys; each shard writes every pair above
-       the threshold that it finds (:func:`~self_instruct.similarity.shard_pairs`) to
+       the threshold that it finds (:func:`~self_instruct.core.similarity.shard_pairs`) to
        ``directory/pairs-K-of-N.npy``.
     4. One greedy pass over the merged pairs, sorted by their later text (:func:`greedy_pass`).
 

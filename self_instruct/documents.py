@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import cli as cli_edge
-from .config import DEFAULT_OPENAI_MODEL, TeacherOptions, choose_teacher_kind, make_teacher, sha256_of
-from .engine import Engine, Stats
+from .options import DEFAULT_OPENAI_MODEL, TeacherOptions, choose_teacher_kind, make_teacher, sha256_of
+from .engine.scheduler import Engine, Stats
 from .errors import ConfigError, TeacherError
-from .judge import Judge, extra_filters
-from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
+from .engine.judge import Judge, extra_filters
+from .engine.ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.documents import (
     MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
 )
-from .pool import InstructionPool
+from .engine.pool import InstructionPool
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
 from .teachers.base import Teacher

@@ -10,7 +10,7 @@ generate or documents run held out (metadata.holdout), which export never writes
 A system is `hf:PATH` (a local causal LM or a .gguf file), `hf:PATH:ADAPTER` (PATH with a LoRA adapter from
 self_instruct.train) or `openai:MODEL@BASE_URL` (any OpenAI-compatible server, e.g. vLLM serving
 the fine-tune); a name ending in `+rag` puts the top `k` snippets retrieved from `--docs` into its
-prompt (self_instruct.retrieval: embeddings and BM25 fused by reciprocal rank). Every system gets
+prompt (self_instruct.evaluation.retrieval: embeddings and BM25 fused by reciprocal rank). Every system gets
 the same system message, greedy decoding and prompt layout: by default the training template
 (prompts/train_*.txt) with the system message and question as the instruction and the snippets as
 the input, exactly what self_instruct.train fine-tunes on (endpoints get it through the
@@ -39,10 +39,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from . import metrics
+from .evaluation import metrics
 from .errors import ConfigError, DataError
 from .cli import report_after_run
-from .jsonl import append_jsonl, iter_jsonl, read_json, repair_torn_tail, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .io.jsonl import append_jsonl, iter_jsonl, read_json, repair_torn_tail, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .types import Completion, Decoding
 
 INSTALL_HINT = "pip install 'self_instruct[eval]'"
@@ -450,7 +450,7 @@ class Budget:
 
 def retrieve(questions: Sequence[Question], cfg: EvalConfig, output_dir: Path, api_key: str | None) -> list[list[dict]]:
     """Top-k snippets for every question; writes retrieval.json."""
-    from .retrieval import Index, chunk_documents, make_embedder, retrieval_quality
+    from .evaluation.retrieval import Index, chunk_documents, make_embedder, retrieval_quality
 
     chunks = chunk_documents(cfg.docs, cfg.chunk_tokens, cfg.chunk_overlap)
     embedder = make_embedder(cfg.embedder, api_key) if cfg.retrieval != "bm25" else None

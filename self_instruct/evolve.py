@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import TeacherOptions, make_teacher, sha256_of
-from .engine import Engine
+from .options import TeacherOptions, make_teacher, sha256_of
+from .engine.scheduler import Engine
 from .errors import ConfigError
-from .judge import Judge
-from .ledger import Budget, Ledger, find_price, format_cost
+from .engine.judge import Judge
+from .engine.ledger import Budget, Ledger, find_price, format_cost
 from .pipelines.evolve import EvolvePipeline
-from .pool import InstructionPool
+from .engine.pool import InstructionPool
 from .score import read_examples, write_dataset
 from .teachers.base import Teacher
 from .types import Decoding, Example

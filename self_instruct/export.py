@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from .cli import HELP, run
 from .errors import ConfigError, DataError
-from .jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
+from .io.jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "csv", "xlsx", "hf")
 SHEETS = ("csv", "xlsx")

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
-from .engine import Engine, Stats, StallError
+from .options import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
+from .engine.scheduler import Engine, Stats, StallError
 from .errors import ConfigError
-from .judge import Judge, extra_filters, normalize
-from .ledger import Budget, Ledger, find_price, format_cost, prompt_bound
+from .engine.judge import Judge, extra_filters, normalize
+from .engine.ledger import Budget, Ledger, find_price, format_cost, prompt_bound
 from .pipelines.alpaca import AlpacaPipeline
 from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
                                       load_self_instruct_template)
-from .pool import InstructionPool
-from .prompts import load_template
-from .resources import default_seed_tasks_path
-from .seeds import load_seed_tasks
+from .engine.pool import InstructionPool
+from .core.prompts import load_template
+from .io.resources import default_seed_tasks_path
+from .core.seeds import load_seed_tasks
 from .teachers.base import Teacher
 
 __all__ = ["GenerateConfig", "GenerateResult", "StallError", "agenerate", "generate", "dry_run", "normalize", "cli"]

@@ -32,7 +32,7 @@ from typing import Sequence
 
 from .cli import redact_url, run
 from .errors import ConfigError, DataError
-from .jsonl import iter_jsonl, read_json, write_text_atomic
+from .io.jsonl import iter_jsonl, read_json, write_text_atomic
 
 REPORT = "report.html"
 SAMPLE_SIZE = 20

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
-from .config import TeacherOptions, make_teacher, sha256_of
-from .engine import Engine, Stats
+from .options import TeacherOptions, make_teacher, sha256_of
+from .engine.scheduler import Engine, Stats
 from .errors import ConfigError
-from .jsonl import iter_records, write_json_atomic, write_jsonl_atomic
-from .ledger import Budget, Ledger, find_price
+from .io.jsonl import iter_records, write_json_atomic, write_jsonl_atomic
+from .engine.ledger import Budget, Ledger, find_price
 from .pipelines.score import ScorePipeline, VerdictCache, keep_all, load_rubric, to_example
-from .pool import InstructionPool
+from .engine.pool import InstructionPool
 from .teachers.base import Teacher
 
 VERDICTS = "verdicts.jsonl"  # not one of the pool's outputs: --overwrite keeps it

@@ -41,8 +41,8 @@ from pathlib import Path
 
 from .cli import run
 from .errors import ConfigError, DataError
-from .jsonl import iter_records
-from .resources import bundled_path
+from .io.jsonl import iter_records
+from .io.resources import bundled_path
 
 IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"

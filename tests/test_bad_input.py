@@ -16,7 +16,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from self_instruct.generate import cli, generate
-from self_instruct.seeds import load_seed_tasks
+from self_instruct.core.seeds import load_seed_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 

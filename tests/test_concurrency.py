@@ -15,7 +15,7 @@ import pytest
 
 from fake_openai import FakeOpenAI, self_instruct_reply
 from self_instruct.generate import GenerateConfig, agenerate, normalize
-from self_instruct.pool import InstructionPool
+from self_instruct.engine.pool import InstructionPool
 from self_instruct.teachers.fake import FakeTeacher
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from self_instruct import decontaminate
-from self_instruct.decontaminate import Decontaminator, normalize
+from self_instruct.core import decontaminate
+from self_instruct.core.decontaminate import Decontaminator, normalize
 from self_instruct.dedup import cli
 
 PLANTED = "the committee agreed that every river in the northern valley should be measured twice a year"

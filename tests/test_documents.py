@@ -18,7 +18,7 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, documents, make_document_teacher
-from self_instruct.engine import UnitResult
+from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,

@@ -17,14 +17,14 @@ from types import SimpleNamespace
 import pytest
 
 from fake_openai import FakeOpenAI, self_instruct_reply
-from self_instruct.engine import Engine, UnitResult
+from self_instruct.engine.scheduler import Engine, UnitResult
 from self_instruct.generate import generate
-from self_instruct.judge import Judge
-from self_instruct.ledger import Ledger
+from self_instruct.engine.judge import Judge
+from self_instruct.engine.ledger import Ledger
 from self_instruct.pipelines.alpaca import AlpacaPipeline
-from self_instruct.pool import InstructionPool
-from self_instruct.prompts import load_template
-from self_instruct.seeds import load_seed_tasks
+from self_instruct.engine.pool import InstructionPool
+from self_instruct.core.prompts import load_template
+from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding, Example
 

@@ -1,4 +1,4 @@
-"""Tests for self_instruct.evaluate and self_instruct.metrics.
+"""Tests for self_instruct.evaluate and self_instruct.evaluation.metrics.
 
 Endpoint systems and the judge are models behind the fake OpenAI server (tests/fake_openai.py):
 "reader" answers a planted question only when the fact is in its prompt (so retrieval shows),
@@ -20,7 +20,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 
 import pytest
 
-from self_instruct import evaluate, metrics
+from self_instruct import evaluate
+from self_instruct.evaluation import metrics
 from self_instruct.errors import ConfigError, DataError
 from test_retrieval import PARAPHRASES, QUESTIONS, write_documents
 

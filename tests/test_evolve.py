@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from self_instruct.jsonl import read_jsonl
+from self_instruct.io.jsonl import read_jsonl
 from self_instruct.evolve import cli, evolve_file
 from self_instruct.pipelines.evolve import OPERATIONS, EvolvePipeline, record_id
 from self_instruct.types import Decoding, Example

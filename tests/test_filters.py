@@ -1,7 +1,7 @@
 import pytest
 
 from self_instruct import Example
-from self_instruct.filters import BLACKLIST, blacklist_word, first_rejection
+from self_instruct.core.filters import BLACKLIST, blacklist_word, first_rejection
 
 
 def reason(instruction, output="An answer."):

@@ -12,9 +12,9 @@ import pytest
 from rouge_score import rouge_scorer
 
 from fake_openai import FakeOpenAI, make_task, self_instruct_reply
-from self_instruct.filters import first_rejection
+from self_instruct.core.filters import first_rejection
 from self_instruct.generate import GenerateConfig, dry_run, generate
-from self_instruct.seeds import load_seed_tasks
+from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.types import Example
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from self_instruct.generate import normalize
-from self_instruct.pool import InstructionPool
+from self_instruct.engine.pool import InstructionPool
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 100  # far enough that replies cached before a kill cannot reach it on the next resume alone

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from self_instruct.errors import TeacherError
-from self_instruct.prompts import check_template, encode_prompt, load_template, stop_sequences
+from self_instruct.core.prompts import check_template, encode_prompt, load_template, stop_sequences
 from self_instruct.teachers import local
 from self_instruct.teachers.local import LocalTeacher, decode, gguf_context_length
 from self_instruct.types import Decoding, Example
@@ -340,7 +340,7 @@ def test_chat_renders_the_models_own_template(teacher):
 
 @pytest.mark.slow
 def test_a_self_instruct_prompt_yields_several_parsable_tasks(teacher):
-    from self_instruct.parse import parse_completion
+    from self_instruct.core.parse import parse_completion
 
     seeds = [
         Example("Give three tips for staying healthy.", "", "Eat well, sleep enough and move every day."),

@@ -20,9 +20,9 @@ def test_plain_install_ships_seeds_and_prompts(tmp_path):
         pytest.fail(build.stderr[-2000:])
     probe = (
         "import self_instruct, pathlib;"
-        "from self_instruct.seeds import load_seed_tasks;"
-        "from self_instruct.prompts import load_template;"
-        "from self_instruct.resources import default_seed_tasks_path;"
+        "from self_instruct.core.seeds import load_seed_tasks;"
+        "from self_instruct.core.prompts import load_template;"
+        "from self_instruct.io.resources import default_seed_tasks_path;"
         "assert pathlib.Path(self_instruct.__file__).is_relative_to(pathlib.Path(r'%s'));"
         "assert default_seed_tasks_path().is_relative_to(pathlib.Path(r'%s'));"
         "print(len(load_seed_tasks()), '{tasks}' in load_template())" % (target, target)

@@ -1,6 +1,6 @@
 import pytest
 
-from self_instruct.parse import is_noinput, parse_completion
+from self_instruct.core.parse import is_noinput, parse_completion
 
 import chat_replies
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from self_instruct import ConfigError, Example
-from self_instruct.prompts import check_template, clean_instruction, encode_prompt, load_template, stop_sequences
+from self_instruct.core.prompts import check_template, clean_instruction, encode_prompt, load_template, stop_sequences
 
 EXAMPLES = [
     Example("Name three   primary\ncolors:", "", "Red, yellow and blue."),

@@ -1,4 +1,4 @@
-"""Tests for self_instruct.retrieval: BM25, embeddings and their fusion on planted facts, the
+"""Tests for self_instruct.evaluation.retrieval: BM25, embeddings and their fusion on planted facts, the
 index saved and reused, and hit@k / MRR.
 
 The fast tests embed through a real HTTP server on 127.0.0.1 that speaks OpenAI's /v1/embeddings
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fake_openai import FakeOpenAI, _Handler
-from self_instruct import retrieval
+from self_instruct.evaluation import retrieval
 from self_instruct.errors import ConfigError
 
 pytest.importorskip("bm25s")

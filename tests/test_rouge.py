@@ -1,12 +1,12 @@
-"""self_instruct.rouge against rouge-score 0.1.2 itself, on seeded random and hand-picked inputs."""
+"""self_instruct.core.rouge against rouge-score 0.1.2 itself, on seeded random and hand-picked inputs."""
 import doctest
 import random
 
 import pytest
 from rouge_score import rouge_scorer
 
-from self_instruct import rouge
-from self_instruct.rouge import fmeasure, lcs_length, rouge_l, tokenize
+from self_instruct.core import rouge
+from self_instruct.core.rouge import fmeasure, lcs_length, rouge_l, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 # Letters that lower() or the [a-z0-9] filter treat specially: İ lowers to "i" plus a combining dot,

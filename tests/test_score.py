@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from self_instruct.jsonl import read_jsonl
+from self_instruct.io.jsonl import read_jsonl
 from self_instruct.pipelines.score import parse_verdicts
 from self_instruct.score import cli, score_file
 
@@ -126,7 +126,7 @@ def test_verdicts_survive_overwrite_and_a_grown_input(fake_server, tmp_path):
 def test_ascore_run_scores_a_grown_run_sending_only_the_new_records(fake_server, tmp_path):
     import asyncio
 
-    from self_instruct.jsonl import append_jsonl
+    from self_instruct.io.jsonl import append_jsonl
     from self_instruct.score import ascore_run
     from self_instruct.teachers.openai_compat import OpenAITeacher
 

@@ -4,9 +4,9 @@ import random
 import pytest
 
 from self_instruct import SeedFormatError
-from self_instruct.resources import default_seed_tasks_path
-from self_instruct.seeds import load_seed_tasks, seed_examples
-from self_instruct.filters import first_rejection
+from self_instruct.io.resources import default_seed_tasks_path
+from self_instruct.core.seeds import load_seed_tasks, seed_examples
+from self_instruct.core.filters import first_rejection
 
 
 def test_bundled_seed_tasks_meet_the_product_card():

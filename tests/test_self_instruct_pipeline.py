@@ -21,7 +21,7 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from self_instruct.generate import cli, generate
-from self_instruct.jsonl import read_jsonl
+from self_instruct.io.jsonl import read_jsonl
 from self_instruct.pipelines.self_instruct import check_instances, parse_instances, parse_instructions
 
 LABELS = ("red", "green", "blue")

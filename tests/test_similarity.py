@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from self_instruct import ConfigError, similarity
-from self_instruct.similarity import Match, RougeIndex, prefix_length
+from self_instruct import ConfigError
+from self_instruct.core import similarity
+from self_instruct.core.similarity import Match, RougeIndex, prefix_length
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 

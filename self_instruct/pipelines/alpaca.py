@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..parse import Rejection, parse_completion
-from ..prompts import encode_prompt
-from ..seeds import seed_examples
+from ..core.parse import Rejection, parse_completion
+from ..core.prompts import encode_prompt
+from ..core.seeds import seed_examples
 from ..types import Example, SeedTask
 
 # Rounds that may be out at once while later rounds sample grown tasks from earlier ones.
@@ -70,7 +70,7 @@ class AlpacaPipeline:
         return encode_prompt(examples, self.template, self.num_tasks), len(examples)
 
     async def run_unit(self, unit: Round, ask) -> "UnitResult":
-        from ..engine import UnitResult
+        from ..engine.scheduler import UnitResult
 
         replies = await asyncio.gather(*(ask(p) for p in unit.prompts), return_exceptions=True)
         for reply in replies:  # the round is recorded whole or not at all

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
-from ..engine import UnitResult
+from ..engine.scheduler import UnitResult
 from ..errors import ConfigError
-from ..parse import Rejection
-from ..prompts import read_placeholder_template
-from ..resources import bundled_path
+from ..core.parse import Rejection
+from ..core.prompts import read_placeholder_template
+from ..io.resources import bundled_path
 from ..sources.chunking import Chunk
 from ..types import Completion, Decoding, Example
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine import Ask, UnitResult
+from ..engine.scheduler import Ask, UnitResult
 from ..errors import ConfigError
-from ..parse import Rejection
-from ..resources import bundled_path
-from ..similarity import RougeIndex
+from ..core.parse import Rejection
+from ..io.resources import bundled_path
+from ..core.similarity import RougeIndex
 from ..types import Decoding, Example
 from .score import json_values
 

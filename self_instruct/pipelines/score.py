@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine import Ask, UnitResult
+from ..engine.scheduler import Ask, UnitResult
 from ..errors import ConfigError
-from ..jsonl import append_jsonl, iter_jsonl, repair_torn_tail
-from ..parse import Rejection
-from ..resources import bundled_path
+from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
+from ..core.parse import Rejection
+from ..io.resources import bundled_path
 from ..types import Decoding, Example
 
 SCORE_RANGE = (1.0, 5.0)

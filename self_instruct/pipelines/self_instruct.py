@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..filters import first_rejection
-from ..judge import normalize
-from ..parse import Rejection, is_noinput
-from ..prompts import clean_instruction, read_placeholder_template
-from ..resources import bundled_path
+from ..core.filters import first_rejection
+from ..engine.judge import normalize
+from ..core.parse import Rejection, is_noinput
+from ..core.prompts import clean_instruction, read_placeholder_template
+from ..io.resources import bundled_path
 from ..types import Decoding, Example, SeedTask
 from .alpaca import MACHINE_LAG, AlpacaPipeline
 from .documents import fill
@@ -257,7 +257,7 @@ class SelfInstructPipeline:
         return shown
 
     async def run_unit(self, unit: Round, ask) -> "UnitResult":
-        from ..engine import UnitResult
+        from ..engine.scheduler import UnitResult
 
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
         result, instructions, seen = UnitResult(), [], set(unit.shown)

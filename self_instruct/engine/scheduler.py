@@ -34,13 +34,13 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from tqdm import tqdm
 
-from .errors import SelfInstructError
+from ..errors import SelfInstructError
 from .judge import Judge, reject_record
 from .ledger import Budget, BudgetExhausted, Ledger, cache_key, format_cost, prompt_bound
-from .parse import Rejection
+from ..core.parse import Rejection
 from .pool import InstructionPool
-from .teachers.base import Teacher
-from .types import Completion, Decoding, Example
+from ..teachers.base import Teacher
+from ..types import Completion, Decoding, Example
 
 Ask = Callable[..., Awaitable[Completion]]
 # The request (ledger id, unit) the current task is making, for the teacher's retry hook.

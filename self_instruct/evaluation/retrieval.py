@@ -30,8 +30,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .jsonl import read_json, write_json_atomic, write_jsonl_atomic
+from ..errors import ConfigError
+from ..io.jsonl import read_json, write_json_atomic, write_jsonl_atomic
 
 INSTALL_HINT = "pip install 'self_instruct[eval]'"
 MODES = ("hybrid", "dense", "bm25")
@@ -83,7 +83,7 @@ def chunk_documents(paths: Sequence[str | Path], max_tokens: int = 300, overlap:
     documents pipeline's loaders and chunker (self_instruct.sources: text, Markdown, PDF, HTML,
     EPUB, DOCX, captions; sentence-aligned chunks of `max_tokens` words sharing `overlap` words
     of whole sentences). A file that cannot be read is named on stderr and skipped."""
-    from .sources import chunk_documents as chunk_sources, load_paths, token_counter
+    from ..sources import chunk_documents as chunk_sources, load_paths, token_counter
 
     documents, problems = load_paths(paths)
     for problem in problems:

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import redact
-from .errors import ConfigError
-from .jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic
+from ..cli import redact
+from ..errors import ConfigError
+from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic
 from .pool import LEDGER, RESPONSES
-from .types import Completion, Decoding
+from ..types import Completion, Decoding
 
 # Dollars per million prompt and completion tokens, as the providers list them (November 2026
 # list prices of OpenAI's API). --price_prompt/--price_completion override; other models are

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-from .jsonl import iter_records
+from ..errors import ConfigError, DataError
+from ..io.jsonl import iter_records
 
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, so it has an inverse modulo 2**64

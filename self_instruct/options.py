@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .cli import redact
 from .errors import ConfigError
-from .prompts import stop_sequences
+from .core.prompts import stop_sequences
 from .teachers.base import Teacher
 from .types import Decoding
 

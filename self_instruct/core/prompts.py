@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError
-from .resources import bundled_path
-from .types import Example
+from ..errors import ConfigError
+from ..io.resources import bundled_path
+from ..types import Example
 
 TASKS = "{tasks}"
 NUM_TASKS = "{num_tasks}"

@@ -2,7 +2,7 @@
 
 Exact match and token F1 follow the SQuAD evaluation script: lower case, punctuation and the
 articles a/an/the removed, whitespace collapsed; F1 over the multiset of the remaining tokens.
-ROUGE-L is our exact rouge-score 0.1.2 F-measure (self_instruct.rouge), answer against reference.
+ROUGE-L is our exact rouge-score 0.1.2 F-measure (self_instruct.core.rouge), answer against reference.
 
     score_answer("The Eiffel Tower.", "Eiffel tower")
     # -> {"exact_match": 1.0, "f1": 1.0, "rouge_l": 0.8}  (ROUGE-L keeps "the")
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .rouge import rouge_l
+from ..core.rouge import rouge_l
 
 METRICS = ("exact_match", "f1", "rouge_l")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # Directory in the repository -> package it is installed as (see setup.cfg).
 _PACKAGES = {"seed_tasks": "self_instruct.seed_tasks", "prompts": "self_instruct.prompt_templates"}
 

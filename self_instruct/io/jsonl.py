@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import DataError
+from ..errors import DataError
 
 BOM = b"\xef\xbb\xbf"
 

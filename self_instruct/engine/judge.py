@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from .filters import DEFAULT_FILTERS, Filter, blacklist_word
-from .parse import Rejection
-from .similarity import RougeIndex
-from .types import Example
+from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word
+from ..core.parse import Rejection
+from ..core.similarity import RougeIndex
+from ..types import Example
 
 
 def normalize(instruction: str) -> str:
@@ -106,7 +106,7 @@ def reject_record(rejection: Rejection, meta: dict) -> dict:
 def decontamination_filter(files: Sequence[str], n: int = 13) -> Filter:
     """A filter dropping examples that share an n-gram with a benchmark file (`--decontaminate`),
     with the benchmark and the n-gram as the detail."""
-    from .decontaminate import Decontaminator
+    from ..core.decontaminate import Decontaminator
 
     found = Decontaminator(list(files), n=n)
 

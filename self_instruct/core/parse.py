@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .types import Example
+from ..types import Example
 
 # "<noinput>", "<No input>.", '"<noinput>"', "N/A <noinput>" are all seen in real data; Alpaca's
 # exact-match check let the quoted and dotted ones through into alpaca_data.json.

@@ -10,7 +10,7 @@ import re
 import string
 from typing import Callable, Iterable
 
-from .types import Example
+from ..types import Example
 
 Filter = Callable[[Example], "str | None"]
 

@@ -2,7 +2,7 @@
 
 Scores, the ``F > threshold`` decision, the top-10 ``most_similar_instructions`` and the
 ``avg_similarity_score`` equal what Stanford Alpaca's generator computes with rouge-score 0.1.2
-(``RougeScorer(["rougeL"], use_stemmer=False)``, see :mod:`self_instruct.rouge`), bit for bit.
+(``RougeScorer(["rougeL"], use_stemmer=False)``, see :mod:`self_instruct.core.rouge`), bit for bit.
 
 How it avoids Alpaca's all-pairs Python LCS:
 
@@ -35,7 +35,7 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .rouge import tokenize
 
 # Slack on the threshold used only for pruning. F is within a few ulps (~1e-16) of 2l/(m+n), so
@@ -537,7 +537,7 @@ def _char(number: int) -> str:
 
 
 def _fmeasures(lcs: np.ndarray, m, lengths: np.ndarray) -> np.ndarray:
-    """:func:`~self_instruct.rouge.fmeasure` elementwise: the same float64 operations in the same order.
+    """:func:`~self_instruct.core.rouge.fmeasure` elementwise: the same float64 operations in the same order.
 
     ``m`` (the query's length) and ``lengths`` broadcast against ``lcs``.
 

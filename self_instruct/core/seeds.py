@@ -10,10 +10,10 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import DataError, SeedFormatError
-from .jsonl import loads_line, type_name as _json_type
-from .resources import default_seed_tasks_path
-from .types import Example, Instance, SeedTask
+from ..errors import DataError, SeedFormatError
+from ..io.jsonl import loads_line, type_name as _json_type
+from ..io.resources import default_seed_tasks_path
+from ..types import Example, Instance, SeedTask
 
 FIELDS = {"id": str, "name": str, "instruction": str, "instances": list, "is_classification": bool}
 # One seed task is a few hundred bytes; a line this long is a broken file, not a task.

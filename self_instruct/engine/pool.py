@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import ConfigError, DataError
-from .jsonl import (append_jsonl, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
+from ..errors import ConfigError, DataError
+from ..io.jsonl import (append_jsonl, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
                     write_json_atomic)
 
 GENERATED, REJECTED, RUN, STATE, REGEN = "generated.jsonl", "rejected.jsonl", "run.json", "state.json", "regen.json"
