@@ -112,7 +112,7 @@ def bench_windows(pages: int) -> None:
         from self_instruct.documents import documents
 
         wall, cpu = time.perf_counter(), time.process_time()
-        result = documents([str(book)], str(Path(tmp) / "out"), mode="windows", progress=False)
+        result = documents([str(book)], str(Path(tmp) / "out"), mode="windows", quiet=True)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(f"  the whole command on the .md (judge, dedup, files): {wall:.2f} s wall, {cpu:.2f} s CPU, "
               f"{result.kept} kept of {result.stats.parsed} pairs")
@@ -176,7 +176,7 @@ def bench_qa(latency: float, concurrency: int, chunks: int, stream: bool) -> Non
             path.write_text(book_text(pages=chunks, rng=random.Random(1)), encoding="utf-8")
             result = documents([str(path)], str(Path(tmp) / "out"), mode="qa", chunk_size=400, chunk_overlap=40,
                                base_url=base_url, api_key="sk-bench", model_name="fake", max_concurrency=concurrency,
-                               stream=stream, progress=False)
+                               stream=stream, quiet=True)
         seen = json.loads(server.communicate("", timeout=60)[0])
     finally:
         server.kill()

@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from self_instruct.core.filters import first_rejection  # noqa: E402
-from self_instruct.generate import generate, normalize  # noqa: E402
+from self_instruct.core.filters import duplicate_key  # noqa
+from self_instruct.generate import generate  # noqa: E402
 from self_instruct.types import Example  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def check_output(out: Path, target: int) -> None:
     lines = (out / "generated.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == target, f"{len(records)} records, expected {target}"
-    assert len({normalize(r["instruction"]) for r in records}) == target, "duplicate instructions"
+    assert len({duplicate_key(r["instruction"]) for r in records}) == target, "duplicate instructions"
     for r in records:
         assert first_rejection(Example(r["instruction"], r["input"], r["output"])) is None, r
     regen = json.loads((out / "regen.json").read_text(encoding="utf-8"))
@@ -59,7 +60,7 @@ def main() -> None:
             started = time.perf_counter()
             result = generate(str(out), base_url=server.base_url, model_name="fake-model", num_instructions_to_generate=args.target,
                               request_batch_size=8, max_concurrency=8, request_timeout=1.0, retry_backoff=0.05,
-                              seed=args.seed, progress=False)
+                              seed=args.seed, quiet=True)
             wall = time.perf_counter() - started
             check_output(out, args.target)
     finally:

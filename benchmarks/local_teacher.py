@@ -104,7 +104,7 @@ def loop_throughput(model: str | None, instructions: int) -> None:
     options = dict(LocalTeacher.default_options)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = generate(out, teacher=teacher, num_instructions_to_generate=instructions, progress=False, **options)
+        result = generate(out, teacher=teacher, num_instructions_to_generate=instructions, quiet=True, **options)
         minutes = (time.perf_counter() - started) / 60
     stats = result.stats
     requested = stats.requests * (options["num_tasks"] - 3)

@@ -55,7 +55,7 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream
         with tempfile.TemporaryDirectory() as out:
             started, cpu = time.perf_counter(), time.process_time()
             result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
-                              max_concurrency=concurrency, stream=stream, progress=False)
+                              max_concurrency=concurrency, stream=stream, quiet=True)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             done = [json.loads(line)["t"] for line in (Path(out) / "ledger.jsonl").read_text().splitlines()
                     if '"event": "done"' in line]
@@ -87,7 +87,7 @@ def steady(times: list[float]) -> float:
 async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
     """What the server and the HTTP client allow with no loop at all: every request queued at
     once. Returns the wall time and when each reply came back."""
-    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, stream=False)
+    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, no_stream=True)
     prompt, decoding, done = "###\n4. Instruction:", GenerateConfig().decoding(), []
 
     async def one() -> None:
@@ -127,7 +127,7 @@ def cpu_per_candidate(sizes: list[int], per_point: int = 400, per_reply: int = 1
     probes = texts[max(sizes):]
     print(f"loop CPU per candidate ({'Alpaca instructions' if ANCHOR.exists() else 'made-up instructions'}; "
           f"parse + filters + duplicates + ROUGE-L top-10/mean + append):")
-    with tempfile.TemporaryDirectory() as out, InstructionPool.open(out, unit_key="round") as pool:
+    with tempfile.TemporaryDirectory() as out, InstructionPool.open(out) as pool:
         judge = Judge(t.instruction for t in load_seed_tasks())
         filled = 0
         for point, size in enumerate(sizes):

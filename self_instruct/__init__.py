@@ -6,17 +6,18 @@ parse_completion -> Judge (filters, duplicates, RougeIndex) -> InstructionPool; 
 set a run up.
 Importing this module is light: the teacher SDK loads only when a teacher is made.
 """
-from .errors import ConfigError, SeedFormatError, SelfInstructError, TeacherError
-from .engine.scheduler import Engine, UnitResult
 from .core.filters import DEFAULT_FILTERS, first_rejection
-from .engine.judge import Judge
-from .core.parse import Rejection, parse_completion
-from .engine.pool import InstructionPool
+from .core.parse import parse_completion
 from .core.prompts import encode_prompt, load_template
 from .core.seeds import load_seed_tasks, seed_examples
 from .core.similarity import Match, RougeIndex
+from .engine.judge import Judge
+from .engine.pool import InstructionPool
+from .engine.scheduler import Engine
+from .errors import ConfigError, SeedFormatError, SelfInstructError, TeacherError
+from .pipelines.base import Pipeline, UnitResult
 from .teachers.base import Teacher
-from .types import Completion, Decoding, Example, Instance, SeedTask
+from .types import Completion, Decoding, Example, Instance, Rejection, SeedTask
 
 __version__ = "0.1.0"
 
@@ -31,5 +32,5 @@ __all__ = [
     "ConfigError", "SeedFormatError", "SelfInstructError", "TeacherError", "DEFAULT_FILTERS", "first_rejection",
     "Rejection", "parse_completion", "InstructionPool", "encode_prompt", "load_template", "load_seed_tasks",
     "seed_examples", "Match", "RougeIndex", "Teacher", "Completion", "Decoding", "Example", "Instance", "SeedTask",
-    "generate", "Engine", "UnitResult", "Judge",
+    "generate", "Engine", "Pipeline", "UnitResult", "Judge",
 ]

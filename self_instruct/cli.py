@@ -18,41 +18,15 @@ import functools
 import inspect
 import os
 import re
-import signal
 import sys
 import types
 import typing
 from typing import Any, Callable, Sequence
 
 from .errors import ConfigError, SelfInstructError
+from .io.secrets import redact, register_secret
 
 HELP = ("-h", "--help")
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
-_secrets: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Mask this value wherever it would be printed (keys shorter than 4 characters are not worth it)."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    """Text safe to print or write: registered secrets and URL passwords masked.
-
-    >>> redact("cannot reach http://ann:s3cret@host:8000/v1")
-    'cannot reach http://ann:***@host:8000/v1'
-    """
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "[secret]")
-    return text
-
-
-def redact_url(url: str | None) -> str | None:
-    return None if url is None else _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
-
-
 class FlagSpec:
     """What `main` accepts: long names, switches, fire's one-letter forms and each flag's type."""
 
@@ -195,32 +169,6 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         fail(interrupted, 130, prefix="")
 
 
-def run_stoppable(work: typing.Coroutine) -> Any:
-    """asyncio.run(work), with SIGTERM stopping it as Ctrl-C does: the engine writes what came
-    back in order, then regen.json and state.json, and the command exits with status 130."""
-    async def main() -> Any:
-        task = asyncio.current_task()
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        except (NotImplementedError, RuntimeError):
-            pass
-        return await work
-    return asyncio.run(main())
-
-
-def report_after_run(output_dir: str, skip: bool) -> None:
-    """The run report at the end of a run (--no_report skips it); a missing extra is a note, not a failure."""
-    if skip:
-        return
-    try:
-        from .report import write_report
-        path = write_report(output_dir)
-    except (SelfInstructError, ImportError) as exc:
-        print(f"self_instruct: no report ({redact(str(exc))}; pip install 'self_instruct[export]')", file=sys.stderr)
-        return
-    print(f"self_instruct: report in {path}", file=sys.stderr)
-
-
 def fail(message: str, status: int = 2, prefix: str = "error: ") -> typing.NoReturn:
     print(f"self_instruct: {prefix}{redact(message)}", file=sys.stderr)
     sys.exit(status)
@@ -241,3 +189,22 @@ def describe_os_error(exc: BaseException) -> str:
             13: "permission denied", 21: "is a directory, not a file", 20: "a path component is a file, not a directory"}
     reason = hint.get(getattr(exc, "errno", None) or 0) or getattr(exc, "strerror", None) or str(exc)
     return f"{where}: {reason}" if where else reason
+
+
+def words_as_flag(flag: str, argv: Sequence[str]) -> list[str]:
+    """The words that are not flags or their values, as one --flag of comma-separated values
+    (cli.run reads flags only), and --from, a Python keyword, as main's from_. Every flag of
+    export and report takes a value (neither has a switch), so the word after a flag is its value.
+
+    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "b.json", "--from=csv"])
+    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--from_=csv']
+    """
+    flags, words, args = [], [], iter(argv)
+    for arg in args:
+        if not arg.startswith("-") or arg == "-":
+            words.append(arg)
+            continue
+        flags.append(re.sub(r"^--from(?==|$)", "--from_", arg))
+        if "=" not in arg and arg not in HELP:
+            flags += [value for value in [next(args, None)] if value is not None]
+    return ([f"--{flag}", ",".join(words)] if words else []) + flags

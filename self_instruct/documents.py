@@ -12,30 +12,29 @@ in order, across kills and reruns.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import cli as cli_edge
-from .options import DEFAULT_OPENAI_MODEL, TeacherOptions, choose_teacher_kind, make_teacher, sha256_of
-from .engine.scheduler import Engine, Stats
-from .errors import ConfigError, TeacherError
-from .engine.judge import Judge, extra_filters
-from .engine.ledger import Budget, Ledger, find_price, format_cost, prompt_bound
+from .engine.prices import find_price, format_cost, prompt_bound
+from .engine.run import Outcome, Run, execute, finish, judge_of, say
+from .errors import ConfigError
+from .io.jsonl import sha256_of
+from .options import (BudgetOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, option,
+                      positive_int, validate)
 from .pipelines.documents import (
-    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt, window_examples,
+    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt,
+    window_examples,
 )
-from .engine.pool import InstructionPool
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
 from .teachers.base import Teacher
-from .teachers.local import LocalTeacher
-from .types import Completion, Decoding, Example
+from .teachers.choose import DEFAULT_OPENAI_MODEL, choose_teacher_kind
+from .types import Decoding, Example
 
 # Settings that shape the data: resuming with any of them changed would mix two runs in one pool.
 SHAPING = (
@@ -47,36 +46,40 @@ SHAPING = (
 DEFAULT_MAX_TOKENS = 1024
 
 
-@dataclass
-class DocumentsConfig(TeacherOptions):
-    """Every option of a documents run (the command's flags). The API key is not a field."""
+@dataclass(kw_only=True)
+class DocumentsConfig(RunOptions, JudgeOptions, BudgetOptions, RateOptions, TeacherOptions):
+    """Every setting of a documents run: its flags, and the library's keywords."""
 
-    paths: tuple[str, ...] = ()
-    mode: str = "qa"
-    output_dir: str = "out"
-    chunk_size: int = 512
-    chunk_overlap: int = 64
-    tokenizer: str | None = None
-    language: str = "en"
-    questions_per_chunk: int | None = None
-    questions_per_1k_tokens: float = 6.0
-    open_book: bool = False
-    verify: bool = True
-    window: int = 5
-    backtranslate_unit: str = "chunk"
-    min_paragraph_words: int = MIN_PARAGRAPH_WORDS
-    prompt_path: str | None = None
-    verify_prompt_path: str | None = None
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int | None = None
-    similarity_threshold: float = 0.7
-    decontaminate: str | None = None
-    judge: bool = False
-    min_score: float | None = None
-    judge_model: str | None = None
-    judge_base_url: str | None = None
-    max_stall_chunks: int = 10
+    paths: tuple[str, ...] = option((), "files (.txt .md .pdf .html .epub .docx .srt .vtt) or directories of them",
+                                    variadic=True)
+    mode: str = option("qa", "qa, instruct, backtranslate or windows (no teacher)")
+    output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
+    chunk_size: int = option(512, "tokens a chunk holds (words, or --tokenizer's tokens)", check=positive_int)
+    chunk_overlap: int = option(64, "tokens of whole sentences two chunks share")
+    tokenizer: str | None = option(None, "count tokens with 'local', a .gguf file or a local Hugging Face tokenizer "
+                                         "(default: words)")
+    language: str = option("en", "the documents' language, for sentence splitting")
+    questions_per_chunk: int | None = option(None, "qa: questions asked of each chunk (default by its length)")
+    questions_per_1k_tokens: float = option(6.0, "qa and instruct: questions or tasks per 1,000 tokens of a chunk")
+    open_book: bool = option(False, "qa: the chunk goes into each record's input")
+    no_verify: bool = option(False, "qa and instruct: skip the second call that checks each answer against its chunk")
+    window: int = option(5, "windows: every n-th sentence is an instruction, the n-1 after it its output")
+    backtranslate_unit: str = option("chunk", "backtranslate: chunk, or paragraph (each paragraph an answer)")
+    min_paragraph_words: int = option(MIN_PARAGRAPH_WORDS, "backtranslate by paragraph: shorter paragraphs join the next")
+    prompt_path: str | None = option(None, "your own template for the mode (see prompts/documents_*.txt)")
+    verify_prompt_path: str | None = option(None, "your own grounding-check template (see prompts/documents_verify.txt)")
+    temperature: float = option(0.7, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling")
+    max_tokens: int | None = option(None, f"tokens a reply may take (default {DEFAULT_MAX_TOKENS})")
+    max_stall_chunks: int = option(10, "chunks in a row that keep nothing stop the run with the likely cause",
+                                   check=positive_int)
+    no_report: bool = option(False, "no report.html at the end", record=False)
+    dry_run: bool = option(False, "print the first prompt (stdout) and the most the run can take (stderr); call nothing",
+                           record=False)
+
+    @property
+    def verify(self) -> bool:
+        return not self.no_verify
 
     def settings(self) -> DocumentSettings:
         return DocumentSettings(mode=self.mode, questions_per_chunk=self.questions_per_chunk,
@@ -93,35 +96,19 @@ class DocumentsConfig(TeacherOptions):
     def validate(self) -> None:
         if not self.paths:
             raise ConfigError("give one or more files or directories to read: python -m self_instruct.documents PATH... --mode qa")
+        validate(self)
         self.settings().validate()
-        for name in ("chunk_size", "max_concurrency", "max_stall_chunks", "max_attempts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
-        if not 0 < self.similarity_threshold <= 1:
-            raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
-        if self.api not in ("completions", "chat"):
-            raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
         self.decoding()
-
-
-@dataclass
-class DocumentsResult:
-    output_dir: Path
-    chunks: int
-    kept: int
-    stats: Stats
-    stopped_by: str
 
 
 # --- reading ---
 
-def read_chunks(cfg: DocumentsConfig, warn=print) -> tuple[list[Chunk], list[dict]]:
+def read_chunks(cfg: DocumentsConfig) -> tuple[list[Chunk], list[dict]]:
     """The run's chunks (sections in windows mode) and a fingerprint of every file read. Each
-    file that cannot be read is one line through `warn`; none readable at all is an error."""
+    file that cannot be read is one line on stderr; none readable at all is an error."""
     documents, problems = load_paths(cfg.paths)
     for problem in problems:
-        warn(f"self_instruct: skipped {problem}")
+        say(f"skipped {problem}")
     if not documents:
         raise ConfigError(f"none of the {len(cfg.paths)} path(s) given holds a readable document")
     size = None if cfg.mode == "windows" else cfg.chunk_size
@@ -135,153 +122,43 @@ def read_chunks(cfg: DocumentsConfig, warn=print) -> tuple[list[Chunk], list[dic
 
 # --- the run ---
 
-async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None, api_key: str | None = None,
-                     progress: bool = True) -> DocumentsResult:
+@dataclass
+class DocumentsResult(Outcome):
+    chunks: int = 0  # units of the run: chunks (sections in windows mode)
+
+
+async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) -> DocumentsResult:
     """Run (or resume) a documents run into cfg.output_dir."""
     cfg.validate()
-    chunks, sources = read_chunks(cfg, warn=lambda line: print(line, file=sys.stderr))
+    chunks, sources = read_chunks(cfg)
     settings = cfg.settings()
     pipeline = DocumentsPipeline(chunks, settings, cfg.decoding())
-    own_teacher = teacher is None and settings.uses_teacher
-    if settings.uses_teacher:
-        api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        cli_edge.register_secret(api_key)
-        cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-        teacher = teacher or make_document_teacher(cfg, api_key)
-    else:
-        teacher = teacher or _NoTeacher()
-    try:
-        local = teacher.describe().get("backend") == "local"
-        price = find_price(teacher.model_id, cfg.price_prompt, cfg.price_completion, local=local) if settings.uses_teacher else None
-        if cfg.max_cost is not None and price is None:
-            raise ConfigError(f"--max_cost needs the price of {teacher.model_id!r}: pass --price_prompt and --price_completion")
-        config = run_config(cfg, teacher, pipeline, sources)
+    out = Path(cfg.output_dir)
+    async with Run(cfg, teacher=teacher, asks_teacher=settings.uses_teacher, follows_instructions=True,
+                   stages=[out, out / "score"]) as run:
+        config = run.config(paths=list(cfg.paths), sources=sources, max_tokens=cfg.decoding().max_tokens,
+                            verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
+                            verify_template_sha256=sha256_of(pipeline.verify_template))
         if settings.mode in ("qa", "instruct") and not settings.verifies:
             _, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
-            print(f"self_instruct: --no_verify: no grounding check, which saves up to {checks.describe(price)}", file=sys.stderr)
-        if settings.uses_teacher and hasattr(teacher, "check"):
-            await teacher.check()
-        with InstructionPool.open(cfg.output_dir, config=config, shaping=SHAPING, overwrite=cfg.overwrite,
-                                  unit_key=pipeline.unit_key) as pool:
-            for note in pool.notes:
-                print(f"self_instruct: {note}", file=sys.stderr)
-            ledger = Ledger(pool.dir, price, pool.next_unit)
-            judge = Judge([r["instruction"] for r in pool.records], threshold=cfg.similarity_threshold,
-                          extra_filters=extra_filters(cfg.decontaminate))
-            engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
-                            budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
-                            max_concurrency=cfg.max_concurrency, target=None, total_units=pipeline.unit_count,
-                            # a stretch of sections of short sentences may keep nothing, and no teacher is to blame
-                            max_stall_units=cfg.max_stall_chunks if settings.uses_teacher else None,
-                            progress=progress, api=cfg.api)
-            try:
-                stopped_by = await engine.run(pipeline)
-            finally:
-                pool.write_regen()
-                pool.save_state(engine.stats.to_state())
-                ledger.forget_before(pool.next_unit)
-            if cfg.judge and settings.uses_teacher:
-                from .score import judge_pool
-                await judge_pool(cfg, pool.dir, teacher, api_key, progress)
-            return DocumentsResult(pool.dir, len(chunks), len(pool), engine.stats, stopped_by)
-    finally:
-        if own_teacher:
-            await teacher.aclose()
-
-
-class LocalDocumentTeacher(LocalTeacher):
-    """The embedded model as a documents teacher. The prompts here are instructions to follow,
-    not a numbered list to continue, so they go through the model's chat template (where the
-    GGUF has one) and the reply ends where the model ends its turn: no "###" continuation.
-    As a raw completion with the continuation, SmolLM2-135M wrote 1,024 tokens of '#' lines and
-    stray prose to each of 4 qa prompts (all unparseable, 91 s); through its chat template it
-    answered and stopped, but wrote prose where JSON was asked for (8 of 8 qa and instruct
-    replies unparseable).
-
-    So a request that wants JSON (`Decoding.json`) is decoded under a llama.cpp grammar: the
-    model may only pick tokens that keep the reply valid JSON of the request's schema (a
-    `ShapedDecoding` from the pipeline says which: qa pairs, instruct tasks, a backtranslated
-    instruction, verdicts), and its end of turn is allowed only where the JSON is complete. A
-    schema per request, rather than llama-cpp-python's plain json_object, because it fixes the
-    field names and the count the parser needs: a grammar of any JSON object would still let
-    through what the 135M model wrote for one backtranslated paragraph, {"description": ...,
-    "type": "json"}, which holds no field the pipeline reads."""
-
-    def __init__(self, model_path: str | None = None):
-        super().__init__(model_path, continuation=None)
-        self._usable_schemas: set[str] = set()
-
-    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
-        if self._chat_formatter is None:
-            return await super().complete(prompts, decoding)
-        return [await self.chat([{"role": "user", "content": prompt}], decoding) for prompt in prompts]
-
-    def _sampling(self, decoding: Decoding) -> dict[str, Any]:
-        sampling = super()._sampling(decoding)
-        if decoding.json:
-            sampling["grammar"] = self._grammar(getattr(decoding, "schema", ""))
-        return sampling
-
-    def _grammar(self, schema: str) -> Any:
-        """The grammar of `schema`, tried once: llama.cpp refuses one it finds too big (a string
-        capped at over 1,000 characters), and llama-cpp-python would crash the process with it."""
-        grammar = json_grammar(schema)
-        if schema not in self._usable_schemas:
-            vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
-            sampler = self._llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
-                                                                 grammar._root.encode("utf-8"))
-            if not sampler:
-                raise TeacherError(f"llama.cpp refuses the grammar of this JSON schema: {schema[:200]}")
-            self._llama_cpp.llama_sampler_free(sampler)
-            self._usable_schemas.add(schema)
-        return grammar
-
-    def describe(self) -> dict:
-        return super().describe() | {"prompting": "raw" if self._chat_formatter is None else "chat template",
-                                     "json_replies": "grammar from each request's JSON schema"}
-
-
-@functools.lru_cache(maxsize=64)
-def json_grammar(schema: str) -> Any:
-    """The llama.cpp grammar of a JSON reply: one of `schema` (a JSON Schema, as text), or with
-    none any JSON object (what llama-cpp-python gives for response_format json_object)."""
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-    return LlamaGrammar.from_json_schema(schema, verbose=False) if schema else LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-
-
-def make_document_teacher(cfg: DocumentsConfig, api_key: str | None) -> Teacher:
-    """generate's teacher for the same flags, but the embedded model as `LocalDocumentTeacher`."""
-    if (cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)) == "local":
-        return LocalDocumentTeacher(cfg.local_model_path)
-    return make_teacher(cfg, api_key)
-
-
-class _NoTeacher(Teacher):
-    """Windows mode asks nothing; the engine still wants a teacher to name in the records."""
-
-    model_id = "none"
-
-    async def complete(self, prompts, decoding):
-        raise AssertionError("windows mode never calls the teacher")
-
-
-def run_config(cfg: DocumentsConfig, teacher: Teacher, pipeline: DocumentsPipeline, sources: list[dict]) -> dict:
-    config = dataclasses.asdict(cfg)
-    config.pop("overwrite")
-    config.update(
-        paths=list(cfg.paths), base_url=cli_edge.redact_url(cfg.base_url), sources=sources,
-        max_tokens=cfg.decoding().max_tokens, verify=pipeline.settings.verifies,
-        template_sha256=sha256_of(pipeline.template), verify_template_sha256=sha256_of(pipeline.verify_template),
-        model_name=teacher.model_id, teacher_info=teacher.describe(),
-    )
-    return config
+            say(f"--no_verify: no grounding check, which saves up to {checks.describe(run.price)}")
+        await run.check()
+        with run.open(out, config, SHAPING) as pool:
+            judge = judge_of([r["instruction"] for r in pool.records], cfg)
+            outcome = await run.engine(pool, pipeline, judge, decoding=cfg.decoding(), total_units=pipeline.unit_count,
+                                       # a stretch of sections of short sentences may keep nothing, and no teacher is to blame
+                                       max_stall_units=cfg.max_stall_chunks if settings.uses_teacher else None)
+        if cfg.judge and settings.uses_teacher:
+            from .score import judge_run
+            await judge_run(run, out)
+        return DocumentsResult(**vars(outcome), chunks=len(chunks))
 
 
 def documents(paths: Sequence[str], output_dir: str = "out", *, teacher: Teacher | None = None,
-              api_key: str | None = None, progress: bool = True, **options) -> DocumentsResult:
+              **options) -> DocumentsResult:
     """Library entry point: `documents(["book.pdf"], "out", mode="qa", base_url=...)`."""
     cfg = DocumentsConfig(paths=tuple(str(p) for p in paths), output_dir=output_dir, **options)
-    return asyncio.run(adocuments(cfg, teacher=teacher, api_key=api_key, progress=progress))
+    return asyncio.run(adocuments(cfg, teacher=teacher))
 
 
 # --- dry run ---
@@ -320,23 +197,23 @@ def bounds(pipeline: DocumentsPipeline, max_tokens: int, verify_template: str) -
     return writing, checks
 
 
-def runs_locally(cfg: DocumentsConfig, api_key: str | None = None) -> bool:
+def runs_locally(cfg: DocumentsConfig) -> bool:
     """Whether the run would use the embedded model, as `adocuments` would choose it (with no
     teacher configured at all, the dry run prices the default OpenAI model)."""
     if cfg.teacher:
         return cfg.teacher == "local"
     try:
         return choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"),
-                                   api_key or os.environ.get("OPENAI_API_KEY")) == "local"
+                                   cfg.api_key or os.environ.get("OPENAI_API_KEY")) == "local"
     except ConfigError:
         return False
 
 
-def dry_run(cfg: DocumentsConfig, api_key: str | None = None) -> tuple[str, str]:
+def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
     """The first prompt of the run (for windows, its first pair), and the most the run can take.
     Calls nothing."""
     cfg.validate()
-    chunks, _ = read_chunks(cfg, warn=lambda line: print(line, file=sys.stderr))
+    chunks, _ = read_chunks(cfg)
     settings = cfg.settings()
     pipeline = DocumentsPipeline(chunks, settings, cfg.decoding())
     head = (f"dry run: {len(chunks)} {'sections' if cfg.mode == 'windows' else 'chunks'} from "
@@ -346,7 +223,7 @@ def dry_run(cfg: DocumentsConfig, api_key: str | None = None) -> tuple[str, str]
         first = json.dumps(pairs[0].to_alpaca(), ensure_ascii=False) if pairs else ""
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
-                       local=runs_locally(cfg, api_key))
+                       local=runs_locally(cfg))
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
     asked = "each chunk"
     if settings.by_paragraph:
@@ -370,89 +247,28 @@ def dry_run(cfg: DocumentsConfig, api_key: str | None = None) -> tuple[str, str]
 
 # --- the command ---
 
-def main(
-    *paths: str,
-    mode: str = "qa",
-    output_dir: str = "out",
-    chunk_size: int = 512,
-    chunk_overlap: int = 64,
-    tokenizer: str | None = None,
-    language: str = "en",
-    questions_per_chunk: int | None = None,
-    questions_per_1k_tokens: float = 6.0,
-    open_book: bool = False,
-    no_verify: bool = False,
-    window: int = 5,
-    backtranslate_unit: str = "chunk",
-    min_paragraph_words: int = MIN_PARAGRAPH_WORDS,
-    prompt_path: str | None = None,
-    verify_prompt_path: str | None = None,
-    model_name: str | None = None,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    api: str = "completions",
-    teacher: str | None = None,
-    local_model_path: str | None = None,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_tokens: int | None = None,
-    max_concurrency: int = 8,
-    similarity_threshold: float = 0.7,
-    decontaminate: str | None = None,
-    judge: bool = False,
-    min_score: float | None = None,
-    judge_model: str | None = None,
-    judge_base_url: str | None = None,
-    max_requests: int | None = None,
-    max_total_tokens: int | None = None,
-    max_cost: float | None = None,
-    requests_per_minute: float | None = None,
-    tokens_per_minute: float | None = None,
-    no_stream: bool = False,
-    price_prompt: float | None = None,
-    price_completion: float | None = None,
-    max_stall_chunks: int = 10,
-    request_timeout: float = 120.0,
-    max_attempts: int = 6,
-    retry_backoff: float = 1.0,
-    overwrite: bool = False,
-    dry_run: bool = False,
-    quiet: bool = False,
-    no_report: bool = False,
-):
-    """Make instruction data from documents: .txt .md .pdf .html .epub .docx .srt .vtt files, or
-    directories of them.
-
-    Modes: qa (question/answer pairs grounded in each chunk; --open_book puts the chunk in the
-    input), instruct (Dolly-style tasks with the chunk as context), backtranslate (the chunk is the
-    answer, the teacher writes the instruction; --backtranslate_unit paragraph: each paragraph of
-    at least --min_paragraph_words words is an answer, shorter ones join the next), windows (no teacher: every --window-th sentence
-    is an instruction and the sentences after it its output). Chunks hold --chunk_size tokens
-    (words, or --tokenizer's tokens: 'local', a .gguf file or a local Hugging Face tokenizer)
-    and share --chunk_overlap tokens of whole sentences. qa asks --questions_per_chunk questions,
-    or --questions_per_1k_tokens per 1,000 tokens. In qa and instruct a second call checks that
-    each answer is supported by its chunk (--no_verify skips it). Teacher, budget and dedup
-    flags are generate's. --dry_run prints the first prompt and the most the run can take.
-    Rerun the same command to resume.
-    """
-    options = {k: v for k, v in locals().items() if k not in ("paths", "api_key", "dry_run", "quiet", "no_verify", "no_report", "no_stream")}
-    cfg = DocumentsConfig(paths=paths, verify=not no_verify, stream=not no_stream, **options)
-    if dry_run:
-        prompt, bound = _dry_run(cfg, api_key)
+def run_command(cfg: DocumentsConfig) -> None:
+    if cfg.dry_run:
+        prompt, bound = dry_run(cfg)
         if prompt:
             print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(bound, file=sys.stderr)
-        return None
-    result = cli_edge.run_stoppable(adocuments(cfg, api_key=api_key, progress=not quiet))
-    print(f"self_instruct: {result.kept} examples from {result.chunks} chunks in {result.output_dir} "
-          f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
-    if result.stopped_by.startswith("max_"):
-        print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
-    cli_edge.report_after_run(cfg.output_dir, no_report)
-    return None
+        return
+    result = execute(adocuments(cfg))
+    finish(f"{result.kept} examples from {result.chunks} chunks", result)
+    if not cfg.no_report:
+        from .report import write_report_after_run
+        write_report_after_run(cfg.output_dir)
 
 
-_dry_run = dry_run
+main = command(DocumentsConfig, run_command, """Make instruction data from documents: .txt .md .pdf .html .epub .docx .srt .vtt files, or directories of them.
+
+Modes: qa (question/answer pairs grounded in each chunk), instruct (Dolly-style tasks with the
+chunk as their context), backtranslate (the chunk, or each of its paragraphs, is the answer; the
+teacher writes the instruction), windows (no teacher: sentence windows of each section). In qa and
+instruct a second call checks each answer against its chunk. Teacher, budget and dedup flags are
+generate's. Rerun the same command to resume: each chunk is done exactly once, in order.
+""")
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

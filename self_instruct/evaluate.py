@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .evaluation import metrics
 from .errors import ConfigError, DataError
-from .cli import report_after_run
+
 from .io.jsonl import append_jsonl, iter_jsonl, read_json, repair_torn_tail, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .types import Completion, Decoding
 
@@ -691,7 +691,9 @@ def main(system: str = "", output_dir: str = "eval", questions: str | None = Non
                      overwrite=overwrite)
     summary = asyncio.run(run_evaluation(asked, cfg, api_key or os.environ.get("OPENAI_API_KEY"), progress=not quiet))
     print(render_results(summary), end="")
-    report_after_run(output_dir, no_report)
+    if not no_report:
+        from .report import write_report_after_run
+        write_report_after_run(output_dir)
 
 
 LIST_FLAGS = ("system", "docs")

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .cli import HELP, run
+from .cli import run, words_as_flag
 from .errors import ConfigError, DataError
 from .io.jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
 
@@ -496,25 +496,6 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
     written = export(records, format, output, system=system, split=split, seed=seed, templates=templates)
     skipped = f"; skipped {held_out} held out for evaluation (metadata.holdout)" if held_out else ""
     print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)
-
-
-def words_as_flag(flag: str, argv: Sequence[str]) -> list[str]:
-    """The words that are not flags or their values, as one --flag of comma-separated values
-    (cli.run reads flags only), and --from, a Python keyword, as main's from_. Every flag of
-    export and report takes a value (neither has a switch), so the word after a flag is its value.
-
-    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "b.json", "--from=csv"])
-    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--from_=csv']
-    """
-    flags, words, args = [], [], iter(argv)
-    for arg in args:
-        if not arg.startswith("-") or arg == "-":
-            words.append(arg)
-            continue
-        flags.append(re.sub(r"^--from(?==|$)", "--from_", arg))
-        if "=" not in arg and arg not in HELP:
-            flags += [value for value in [next(args, None)] if value is not None]
-    return ([f"--{flag}", ",".join(words)] if words else []) + flags
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -12,38 +12,99 @@ any kill, and stops at exactly the requested count.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
-import os
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
-from .options import DEFAULT_OPENAI_MODEL, SHAPING, GenerateConfig, choose_teacher_kind, make_teacher, run_config
-from .engine.scheduler import Engine, Stats, StallError
+from .core.prompts import load_template, stop_sequences
+from .core.seeds import load_seed_tasks
+
 from .errors import ConfigError
-from .engine.judge import Judge, extra_filters, normalize
-from .engine.ledger import Budget, Ledger, find_price, format_cost, prompt_bound
+from .io.resources import default_seed_tasks_path
+from .options import (BudgetOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, one_of,
+                      option, positive_int, validate)
+from .engine.prices import find_price, format_cost, prompt_bound
+from .engine.progress import StallError
+from .engine.run import Outcome, Run, execute, finish, judge_of
+from .io.jsonl import sha256_of
 from .pipelines.alpaca import AlpacaPipeline
 from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
                                       load_self_instruct_template)
-from .engine.pool import InstructionPool
-from .core.prompts import load_template
-from .io.resources import default_seed_tasks_path
-from .core.seeds import load_seed_tasks
 from .teachers.base import Teacher
+from .teachers.choose import DEFAULT_OPENAI_MODEL, choose_teacher_kind
+from .types import Decoding
 
-__all__ = ["GenerateConfig", "GenerateResult", "StallError", "agenerate", "generate", "dry_run", "normalize", "cli"]
+__all__ = ["GenerateConfig", "Outcome", "StallError", "agenerate", "generate", "dry_run", "cli"]
+
+# Alpaca's values, used where neither a flag nor the teacher's default_options decide.
+DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
+# Settings that shape the data: resuming with any of them changed would mix two different runs
+# in one pool, so it is refused unless --overwrite. The rest (target, budgets, concurrency) may change.
+SHAPING = (
+    "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
+    "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
+    "decontaminate", "pipeline",
+)
 
 
-@dataclass
-class GenerateResult:
-    output_dir: Path
-    kept: int
-    stats: Stats
-    stopped_by: str  # "target", "max_requests", "max_total_tokens", "max_cost"
+@dataclass(kw_only=True)
+class GenerateConfig(RunOptions, JudgeOptions, BudgetOptions, RateOptions, TeacherOptions):
+    """Every setting of a generate run: its flags, and the library's keywords."""
+
+    output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
+    pipeline: str = option("alpaca", "alpaca (Alpaca's numbered lists) or self_instruct (Wang et al.'s "
+                                     "instructions, classification check and instances)",
+                           check=one_of("alpaca", "self_instruct"))
+    seed_tasks_path: str | None = option(None, "the seed task JSONL (default the bundled seed_tasks.jsonl)")
+    num_instructions_to_generate: int = option(100, "kept instructions to stop at (exactly)", check=positive_int)
+    num_prompt_instructions: int = option(3, "example tasks shown in each prompt", check=positive_int)
+    request_batch_size: int = option(5, "prompts per round", check=positive_int)
+    temperature: float = option(1.0, "sampling temperature (Alpaca's 1.0)")
+    top_p: float = option(1.0, "nucleus sampling (Alpaca's 1.0)")
+    seed: int = option(42, "seed of the prompts' sampling: the same seed draws the same prompts")
+    num_machine_instructions: int = option(0, "of the example tasks, how many come from the grown pool")
+    prompt_path: str | None = option(None, "your own prompt template, holding {tasks} (see prompts/generate.txt)")
+    num_tasks: int | None = option(None, "the list the teacher completes runs to this number (default: the "
+                                         "teacher's preference, else Alpaca's 20)")
+    max_tokens: int | None = option(None, "tokens a reply may take (default: the teacher's preference, else 3072)")
+    max_stall_rounds: int = option(10, "rounds in a row that keep nothing stop the run with the likely cause",
+                                   check=positive_int)
+    no_report: bool = option(False, "no report.html at the end", record=False)
+    dry_run: bool = option(False, "print the first prompt (stdout) and what the run may take (stderr); call nothing",
+                           record=False)
+
+    def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
+        """The run's one configuration: options left unset take the teacher's preference, then
+        Alpaca's values; checked as a whole.
+
+        Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that.
+        """
+        filled = {name: teacher_options.get(name, value) for name, value in DEFAULTS.items() if getattr(self, name) is None}
+        cfg = dataclasses.replace(self, **filled)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        validate(self)
+        for name in DEFAULTS:  # decided once the teacher is known
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions "
+                              f"({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
+        if self.num_tasks is not None and self.num_tasks <= self.num_prompt_instructions:
+            raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions "
+                              f"({self.num_prompt_instructions})")
+        self.decoding()  # temperature, top_p
+
+    def decoding(self) -> Decoding:
+        max_tokens, num_tasks = self.max_tokens or DEFAULTS["max_tokens"], self.num_tasks or DEFAULTS["num_tasks"]
+        return Decoding(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(num_tasks))
 
 
 def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
@@ -51,7 +112,8 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     path = Path(cfg.seed_tasks_path) if cfg.seed_tasks_path else default_seed_tasks_path()
     seeds = load_seed_tasks(path)
     if cfg.num_prompt_instructions > len(seeds):
-        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} seed tasks in {path}; lower it or add seed tasks")
+        raise ConfigError(f"--num_prompt_instructions ({cfg.num_prompt_instructions}) is more than the {len(seeds)} "
+                          f"seed tasks in {path}; lower it or add seed tasks")
     return path, seeds
 
 
@@ -73,73 +135,46 @@ def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
     return load_template(cfg.prompt_path, alpaca_default)
 
 
-def price_for(cfg: GenerateConfig, model: str, local: bool):
-    price = find_price(model, cfg.price_prompt, cfg.price_completion, local=local)
-    if cfg.max_cost is not None and price is None:
-        raise ConfigError(f"--max_cost needs the price of {model!r}: pass --price_prompt and --price_completion "
-                          f"(dollars per million tokens)")
-    return price
-
-
 # --- entry points ---
 
-async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None, api_key: str | None = None, progress: bool = True) -> GenerateResult:
+async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> Outcome:
     """Run (or resume) generation into cfg.output_dir. Nothing is written until every input,
     flag and the teacher's endpoint have been checked and the output directory is locked."""
     cfg.validate()
-    api_key = api_key or os.environ.get("OPENAI_API_KEY")
-    cli_edge.register_secret(api_key)
-    cfg.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
     seeds_path, seeds = load_seeds_for(cfg)
-    own_teacher = teacher is None
-    teacher = teacher or make_teacher(cfg, api_key)
-    try:
-        cfg = cfg.resolved(teacher.default_options)
-        template = load_template_for(cfg, teacher.default_template)
-        local = teacher.describe().get("backend") == "local"
-        price = price_for(cfg, teacher.model_id, local)
-        config = run_config(cfg, teacher, seeds_path, template)
-        if hasattr(teacher, "check"):
-            await teacher.check()
-        with InstructionPool.open(cfg.output_dir, config=config, shaping=SHAPING, overwrite=cfg.overwrite,
-                                  unit_key="round") as pool:
-            for note in pool.notes:
-                print(f"self_instruct: {note}", file=sys.stderr)
-            ledger = Ledger(pool.dir, price, pool.next_unit)
-            judge = Judge([s.instruction for s in seeds] + [r["instruction"] for r in pool.records],
-                          threshold=cfg.similarity_threshold, extra_filters=extra_filters(cfg.decontaminate))
-            engine = Engine(teacher, pool, judge, ledger, decoding=cfg.decoding(),
-                            budget=Budget(cfg.max_requests, cfg.max_total_tokens, cfg.max_cost),
-                            max_concurrency=cfg.max_concurrency, target=cfg.num_instructions_to_generate,
-                            max_stall_units=cfg.max_stall_rounds, progress=progress, api=cfg.api)
-            try:
-                stopped_by = await engine.run(make_pipeline(cfg, seeds, template))
-            finally:
-                pool.write_regen()
-                pool.save_state(engine.stats.to_state())
-                ledger.forget_before(pool.next_unit)
-            if cfg.judge:
-                from .score import judge_pool
-                await judge_pool(cfg, pool.dir, teacher, api_key, progress)
-            return GenerateResult(pool.dir, len(pool), engine.stats, stopped_by)
-    finally:
-        if own_teacher:
-            await teacher.aclose()
+    out = Path(cfg.output_dir)
+    async with Run(cfg, teacher=teacher, stages=[out, out / "score"]) as run:
+        cfg = cfg.resolved(run.teacher.default_options)
+        run.options = cfg
+        template = load_template_for(cfg, run.teacher.default_template)
+        config = run.config(seed_tasks_path=str(seeds_path), seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
+                            template_sha256=sha256_of(template))
+        await run.check()
+        with run.open(out, config, SHAPING) as pool:
+            judge = judge_of([s.instruction for s in seeds] + [r["instruction"] for r in pool.records], cfg)
+            outcome = await run.engine(pool, make_pipeline(cfg, seeds, template), judge, decoding=cfg.decoding(),
+                                       target=cfg.num_instructions_to_generate, max_stall_units=cfg.max_stall_rounds)
+        if cfg.judge:
+            from .score import judge_run
+            await judge_run(run, out)
+        return outcome
 
 
-def generate(output_dir: str = "out", *, teacher: Teacher | None = None, api_key: str | None = None, progress: bool = True, **options) -> GenerateResult:
+def generate(output_dir: str = "out", *, teacher: Teacher | None = None, **options) -> Outcome:
     """Library entry point: `generate("out", num_instructions_to_generate=50, base_url=...)`."""
-    return asyncio.run(agenerate(GenerateConfig(output_dir=output_dir, **options), teacher=teacher, api_key=api_key, progress=progress))
+    return asyncio.run(agenerate(GenerateConfig(output_dir=output_dir, **options), teacher=teacher))
 
 
 def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     """The first prompt of the run, and what the whole run may take (requests, tokens and the
     most it can cost). Calls nothing."""
+    import os
+
     cfg.validate()
     _, seeds = load_seeds_for(cfg)
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
     try:  # the teacher a real run would pick, without loading it
-        kind = cfg.teacher or choose_teacher_kind(base_url, os.environ.get("OPENAI_API_KEY"))
+        kind = cfg.teacher or choose_teacher_kind(base_url, cfg.api_key or os.environ.get("OPENAI_API_KEY"))
     except ConfigError:
         kind = "openai"
     teacher_class: type[Teacher] = Teacher
@@ -149,9 +184,12 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     cfg = cfg.resolved(teacher_class.default_options)
     template = load_template_for(cfg, teacher_class.default_template)
     pipeline = make_pipeline(cfg, seeds, template)
-    prompt = pipeline.unit(0, types.SimpleNamespace(records=[])).prompts[0]  # round 0 shows no pool record
+    prompt = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: [])).prompts[0]
     model = "local" if kind == "local" else (cfg.model_name or DEFAULT_OPENAI_MODEL)
-    price = price_for(cfg, model, local=kind == "local")
+    price = find_price(model, cfg.price_prompt, cfg.price_completion, local=kind == "local")
+    if cfg.max_cost is not None and price is None:
+        raise ConfigError(f"--max_cost needs the price of {model!r}: pass --price_prompt and --price_completion "
+                          f"(dollars per million tokens)")
     return prompt, estimate(cfg, prompt, price)
 
 
@@ -184,92 +222,26 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     return "\n".join(lines)
 
 
-def main(
-    output_dir: str = "out",
-    pipeline: str = "alpaca",
-    seed_tasks_path: str | None = None,
-    num_instructions_to_generate: int = 100,
-    model_name: str | None = None,
-    num_prompt_instructions: int = 3,
-    request_batch_size: int = 5,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    api: str = "completions",
-    max_concurrency: int = 8,
-    seed: int = 42,
-    num_machine_instructions: int = 0,
-    prompt_path: str | None = None,
-    dry_run: bool = False,
-    teacher: str | None = None,
-    local_model_path: str | None = None,
-    num_tasks: int | None = None,
-    max_tokens: int | None = None,
-    similarity_threshold: float = 0.7,
-    decontaminate: str | None = None,
-    judge: bool = False,
-    min_score: float | None = None,
-    judge_model: str | None = None,
-    judge_base_url: str | None = None,
-    max_requests: int | None = None,
-    max_total_tokens: int | None = None,
-    max_cost: float | None = None,
-    price_prompt: float | None = None,
-    price_completion: float | None = None,
-    requests_per_minute: float | None = None,
-    tokens_per_minute: float | None = None,
-    no_stream: bool = False,
-    max_stall_rounds: int = 10,
-    request_timeout: float = 120.0,
-    max_attempts: int = 6,
-    retry_backoff: float = 1.0,
-    overwrite: bool = False,
-    quiet: bool = False,
-    no_report: bool = False,
-):
-    """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
-
-    pipeline alpaca|self_instruct: Alpaca's numbered lists (default), or Wang et al.'s instructions,
-    classification check and instances (8 instructions shown per prompt, 2 from the pool).
-    Writes generated.jsonl, rejected.jsonl, run.json, state.json and regen.json to output_dir;
-    rerun the same command to resume. Flags named as in Alpaca's generate_instruction.py, plus:
-    base_url/api_key (or OPENAI_BASE_URL/OPENAI_API_KEY) for any OpenAI-compatible server,
-    api completions|chat, teacher openai|local, num_machine_instructions (grown tasks mixed into
-    each prompt), num_tasks and max_tokens (list length and reply budget; default the teacher's
-    preference, else Alpaca's 20 and 3072), budgets max_requests, max_total_tokens and max_cost
-    (dollars; prices known for OpenAI's models, else price_prompt and price_completion in dollars
-    per million tokens), dry_run (print the first prompt and what the run may cost, call nothing),
-    overwrite (start output_dir afresh), no_report (skip report.html at the end), decontaminate
-    (benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them),
-    judge (rate every kept record 1-5 at the end into output_dir/scored.json; min_score drops
-    those below it there; judge_model and judge_base_url name another teacher for it).
-    base_url may list several servers (comma-separated, or a file of URLs): requests go to the
-    least-loaded healthy one. requests_per_minute and tokens_per_minute cap the rate client-side;
-    concurrency adapts to 429s, timeouts and latency, never above max_concurrency. request_timeout
-    is the silence (seconds without a token) after which a request is given up and retried, as
-    replies are streamed (no_stream: plain requests, request_timeout limits their whole length).
-    A failing request is retried up to max_attempts times, waiting retry_backoff seconds and
-    doubling (up to 30 s) unless the server sends Retry-After; max_stall_rounds rounds in a row
-    that keep nothing stop the run with the likely cause.
-    """
-    options = {k: v for k, v in locals().items() if k not in ("api_key", "dry_run", "quiet", "no_report", "no_stream")}
-    cfg = GenerateConfig(stream=not no_stream, **options)
-    if dry_run:
-        prompt, cost = _dry_run(cfg)
+def run_command(cfg: GenerateConfig) -> None:
+    if cfg.dry_run:
+        prompt, cost = dry_run(cfg)
         print(prompt)  # stdout holds the prompt alone, to pipe or diff
         print(cost, file=sys.stderr)
-        return None
-    result = cli_edge.run_stoppable(agenerate(cfg, api_key=api_key, progress=not quiet))
-    print(f"self_instruct: {result.kept} instructions in {result.output_dir} "
-          f"(stopped by {result.stopped_by}); {result.stats.summary()}", file=sys.stderr)
-    if result.stopped_by.startswith("max_"):
-        print(f"self_instruct: budget {result.stopped_by} reached; raise it and rerun to resume", file=sys.stderr)
-    cli_edge.report_after_run(cfg.output_dir, no_report)
-    return None
+        return
+    outcome = execute(agenerate(cfg))
+    finish(f"{outcome.kept} instructions", outcome)
+    if not cfg.no_report:
+        from .report import write_report_after_run
+        write_report_after_run(cfg.output_dir)
 
 
-_dry_run = dry_run
+main = command(GenerateConfig, run_command, """Grow a pool of instruction-following examples from seed tasks with a teacher LLM.
+
+Alpaca's loop (or Wang et al.'s, --pipeline self_instruct): seed tasks sampled into a numbered
+prompt, the teacher continues the list, replies parsed, filtered, deduplicated by ROUGE-L
+against every known instruction, until exactly --num_instructions_to_generate are kept.
+Rerun the same command to resume: nothing already paid for is asked again.
+""")
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

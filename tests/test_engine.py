@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from fake_openai import FakeOpenAI, self_instruct_reply
-from self_instruct.engine.scheduler import Engine, UnitResult
+from self_instruct.engine.scheduler import Engine
+from self_instruct.pipelines.base import Pipeline, UnitResult
 from self_instruct.generate import generate
 from self_instruct.engine.judge import Judge
 from self_instruct.engine.ledger import Ledger
@@ -141,7 +142,7 @@ def test_a_killed_and_resumed_run_sends_the_prompts_of_an_uninterrupted_one(tmp_
     assert a.read_bytes() == b.read_bytes()
     # Every round's prompts, recomputed from the final pool, reached both servers; the killed
     # run sent nothing else for those rounds (the replies it had were not asked for twice).
-    with InstructionPool.open(tmp_path / "a", unit_key="round") as pool:
+    with InstructionPool.open(tmp_path / "a") as pool:
         pipeline = AlpacaPipeline(load_seed_tasks(), load_template(), num_prompt_instructions=3, num_machine_instructions=machine,
                                   num_tasks=8, request_batch_size=3, seed=7)
         rounds = [pipeline.unit(r, pool).prompts for r in range(pool.next_unit)]
@@ -155,10 +156,10 @@ def test_a_killed_and_resumed_run_sends_the_prompts_of_an_uninterrupted_one(tmp_
 
 def test_corrupt_state_json_is_rebuilt_from_the_jsonl_files(fake_server, tmp_path, capsys):
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, quiet=True)
     for broken in ('[1]', '{"rounds": "7", "units_done": "x"}', '{"kept": 3'):
         (out / "state.json").write_text(broken)
-        result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, progress=False)
+        result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, quiet=True)
         assert result.kept == 15
         state = json.loads((out / "state.json").read_text())
         rejected = out / "rejected.jsonl"
@@ -173,7 +174,7 @@ def test_corrupt_state_json_is_rebuilt_from_the_jsonl_files(fake_server, tmp_pat
 @pytest.mark.parametrize("broken", ['[1]', '{"model_name": ', '\xff'], ids=["list", "cut", "not_utf8"])
 def test_corrupt_run_json_is_one_line_naming_the_fix(fake_server, tmp_path, broken):
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, quiet=True)
     (out / "run.json").write_bytes(broken.encode("latin-1"))
     before = snapshot(out)
     rc, err = cli_run(tmp_path, "--output_dir", "out", "--base_url", fake_server.base_url, "--model_name", "m")
@@ -186,7 +187,7 @@ def test_a_write_that_fails_midway_is_one_line_and_leaves_no_half_line(fake_serv
     with one line, every file keeps only whole lines, and the same command resumes afterwards."""
     import resource
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=5, quiet=True)
     limit = max(p.stat().st_size for p in out.iterdir()) + 6000
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "self_instruct.generate", "--quiet", "--output_dir", "out", "--base_url",
@@ -225,22 +226,27 @@ def test_resume_reads_a_large_rejects_file_in_constant_memory(tmp_path):
     with open(out / "rejected.jsonl", "w") as f:
         for _ in range(20_000):  # 40 MB
             f.write(line)
+    size = (out / "rejected.jsonl").stat().st_size  # committed as the last of four units
+    (out / "commits.jsonl").write_text("".join(json.dumps({"unit": u, "generated.jsonl": 0, "kept_total": 0,
+                                                           "rejected.jsonl": size if u == 3 else 0}) + "\n"
+                                               for u in range(4)))
     tracemalloc.start()
-    with InstructionPool.open(out, unit_key="round") as pool:
+    with InstructionPool.open(out) as pool:
         peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert pool.reject_counts["similar"] == 20_000 and pool.next_unit == 4
     assert peak < 5_000_000, f"peak {peak} bytes"
 
 
-class AskTwiceInTurn:
+class AskTwiceInTurn(Pipeline):
     """A pipeline whose every unit asks a question, then a second one after the first answer
     (as documents' qa asks for pairs, then checks them), declaring both requests."""
 
-    unit_key, lag = "unit", None
-
     def unit(self, index, pool):
-        return SimpleNamespace(index=index, requests=2) if index < 24 else None
+        return SimpleNamespace(index=index) if index < 24 else None
+
+    def requests(self, unit):
+        return 2
 
     async def run_unit(self, unit, ask):
         first = await ask(f"### first question of unit {unit.index}\n4. Instruction:")
@@ -255,10 +261,10 @@ def test_units_asking_in_turn_keep_every_slot_busy(tmp_path):
     teacher = OpenAITeacher("m", base_url=server.base_url, max_concurrency=8, stream=False)
 
     async def run():
-        with InstructionPool.open(tmp_path / "out", unit_key="unit") as pool:
+        with InstructionPool.open(tmp_path / "out") as pool:
             engine = Engine(teacher, pool, Judge(), Ledger(pool.dir, None, pool.next_unit),
                             decoding=Decoding(max_tokens=64), max_concurrency=8, max_stall_units=None,
-                            progress=False)
+                            quiet=True)
             try:
                 return await engine.run(AskTwiceInTurn())
             finally:
@@ -278,7 +284,7 @@ def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
     try:
         result = generate(str(tmp_path / "out"), base_url=server.base_url, model_name="m",
                           num_instructions_to_generate=480, request_batch_size=5, max_concurrency=40,
-                          stream=False, progress=False)
+                          no_stream=True, quiet=True)
     finally:
         server.stop()
     assert result.kept == 480

@@ -37,7 +37,7 @@ def growing(prompt, body):
 def test_rounds_keep_lineage_and_feed_the_next_round(fake_server, tmp_path):
     fake_server.reply_fn = growing
     out = tmp_path / "evolved.json"
-    result = evolve_file(write_input(tmp_path), str(out), rounds=2, base_url=fake_server.base_url, progress=False,
+    result = evolve_file(write_input(tmp_path), str(out), rounds=2, base_url=fake_server.base_url, quiet=True,
                          similarity_threshold=1.0, no_change_threshold=1.0)
     assert result.stopped_by == "done" and result.rounds_done == 2
     records = json.loads(out.read_text())
@@ -71,7 +71,7 @@ def test_each_failed_evolution_is_dropped_with_its_reason(fake_server, tmp_path,
     reply = evolved if isinstance(evolved, str) else json.dumps(evolved)
     fake_server.reply_fn = lambda prompt, body: reply if task_of(prompt) is not None else answer
     out = tmp_path / "evolved.json"
-    result = evolve_file(write_input(tmp_path, PARENTS[:1]), str(out), base_url=fake_server.base_url, progress=False)
+    result = evolve_file(write_input(tmp_path, PARENTS[:1]), str(out), base_url=fake_server.base_url, quiet=True)
     assert result.stopped_by == "done" and json.loads(out.read_text()) == []
     [rejected] = read_jsonl(result.output_dir / "round_1" / "rejected.jsonl")
     assert rejected["reason"] == reason
@@ -82,7 +82,7 @@ def test_a_near_copy_of_another_generation_is_judged_similar(fake_server, tmp_pa
     fake_server.reply_fn = lambda prompt, body: (
         json.dumps({"instruction": "Compare how rain forms over oceans and over mountains.", "input": ""})
         if task_of(prompt) is not None else "An answer.")
-    result = evolve_file(write_input(tmp_path), str(tmp_path / "e.json"), base_url=fake_server.base_url, progress=False)
+    result = evolve_file(write_input(tmp_path), str(tmp_path / "e.json"), base_url=fake_server.base_url, quiet=True)
     assert len(result.records) == 1
     assert [r["reason"] for r in read_jsonl(result.output_dir / "round_1" / "rejected.jsonl")] == ["duplicate"]
 
@@ -98,7 +98,7 @@ def test_operations_come_from_the_seed():
 def test_the_budget_covers_all_rounds_and_a_rerun_finishes(fake_server, tmp_path):
     fake_server.reply_fn = growing
     data, out = write_input(tmp_path), tmp_path / "evolved.json"
-    options = dict(rounds=2, base_url=fake_server.base_url, progress=False, max_concurrency=1,
+    options = dict(rounds=2, base_url=fake_server.base_url, quiet=True, max_concurrency=1,
                    similarity_threshold=1.0, no_change_threshold=1.0)
     cut = evolve_file(data, str(out), max_requests=6, **options)
     assert cut.stopped_by == "max_requests" and cut.rounds_done == 1 and not out.exists()
@@ -137,3 +137,24 @@ def test_max_cost_without_a_price_is_one_line(fake_server, tmp_path, capsys):
         cli([str(write_input(tmp_path)), "--output", str(tmp_path / "e.json"), "--base_url", fake_server.base_url,
              "--model_name", "my-model", "--max_cost", "1"])
     assert exit_info.value.code == 2 and "--price_prompt" in capsys.readouterr().err
+
+
+def test_input_metadata_passes_through_evolving_twice_and_a_rerun(fake_server, tmp_path):
+    """A record's metadata (its source, its tags, keys the engine once used for itself) passes to
+    its evolved child untouched, through a second evolve of the evolved file and a rerun of it."""
+    fake_server.reply_fn = growing
+    parents = [{**p, "metadata": {"source": f"doc{i}.md", "unit": 9, "round": 9, "persona": "teacher"}}
+               for i, p in enumerate(PARENTS)]
+    flags = ["--base_url", fake_server.base_url, "--similarity_threshold", "1.0", "--no_change_threshold", "1.0",
+             "--quiet"]
+    cli([str(write_input(tmp_path, parents)), "--output", str(tmp_path / "once.json")] + flags)
+    twice = [str(tmp_path / "once.json"), "--output", str(tmp_path / "twice.json")] + flags
+    cli(twice)
+    sent = len(fake_server.requests)
+    first = json.loads((tmp_path / "twice.json").read_text())
+    cli(twice)
+    assert len(fake_server.requests) == sent and json.loads((tmp_path / "twice.json").read_text()) == first
+    assert len(first) == 2
+    for parent, child in zip(parents, first):
+        assert {k: child["metadata"][k] for k in parent["metadata"]} == parent["metadata"]
+        assert child["metadata"]["generation"] == 1 and child["provenance"]["unit"] in (0, 1)

@@ -180,7 +180,7 @@ def test_generate_runs_on_a_fleet(servers, tmp_path):
     servers[1].script(["reset"] * 3)
     result = generate(str(tmp_path / "out"), base_url=",".join(s.base_url for s in servers), model_name="fake-model",
                       num_instructions_to_generate=30, num_tasks=8, request_batch_size=6, retry_backoff=0.01,
-                      progress=False)
+                      quiet=True)
     assert result.kept == 30
     assert all(completions(s) for s in servers)
     lines = (tmp_path / "out" / "generated.jsonl").read_text(encoding="utf-8").split("\n")

@@ -47,10 +47,10 @@ def assert_valid_pool(out: Path, target: int, seeds_path=None):
 def test_loop_reaches_exact_target(fake_server, tmp_path, api):
     out = tmp_path / "out"
     result = generate(str(out), base_url=fake_server.base_url, model_name="fake-model", api=api,
-                      num_instructions_to_generate=60, request_batch_size=4, progress=False)
+                      num_instructions_to_generate=60, request_batch_size=4, quiet=True)
     assert result.kept == 60 and result.stopped_by == "target"
     records = assert_valid_pool(out, 60)
-    assert all(r["metadata"]["model"] == "fake-model" for r in records)
+    assert all(r["provenance"]["model"] == "fake-model" for r in records)
     # Requests carry Alpaca's decoding and our stop sequence.
     body = fake_server.requests[0]
     assert body["temperature"] == 1.0 and body["top_p"] == 1.0 and body["stop"] == ["21. Instruction:"]
@@ -61,7 +61,7 @@ def test_loop_reaches_exact_target(fake_server, tmp_path, api):
 
 def test_similarity_fields_match_rouge_score(fake_server, tmp_path):
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=15, quiet=True)
     records = read_jsonl(out / "generated.jsonl")
     seeds = [t.instruction for t in load_seed_tasks()]
     for i, r in enumerate(records):
@@ -76,23 +76,23 @@ def test_similarity_fields_match_rouge_score(fake_server, tmp_path):
 
 def test_resume_grows_to_new_target_without_duplicates(fake_server, tmp_path):
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, quiet=True)
     first = read_jsonl(out / "generated.jsonl")
-    result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=70, progress=False)
+    result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=70, quiet=True)
     assert result.kept == 70
     records = assert_valid_pool(out, 70)
     assert records[:30] == first  # append-only: earlier records untouched
     # Rounds continue from where the first run stopped rather than replaying prompt samples.
-    rounds = [r["metadata"]["round"] for r in records]
+    rounds = [r["provenance"]["unit"] for r in records]
     assert rounds == sorted(rounds) and rounds[30] > rounds[29] - 1
 
 
 def test_resume_at_target_makes_no_request(fake_server, tmp_path):
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, quiet=True)
     sent = len(fake_server.requests)
     (out / "regen.json").unlink()
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, quiet=True)
     assert len(fake_server.requests) == sent
     assert len(json.loads((out / "regen.json").read_text())) == 10
 
@@ -103,7 +103,7 @@ def test_same_seed_same_prompts(tmp_path):
         server = FakeOpenAI(seed=7).start()
         try:
             generate(str(tmp_path / f"o{run}"), base_url=server.base_url, model_name="m", num_instructions_to_generate=20,
-                     request_batch_size=3, max_concurrency=1, seed=5, progress=False)
+                     request_batch_size=3, max_concurrency=1, seed=5, quiet=True)
             prompts.append([b["prompt"] for b in server.requests])
         finally:
             server.stop()
@@ -116,7 +116,7 @@ def test_machine_instructions_mixed_into_prompts(fake_server, tmp_path):
     fake_server.tasks_per_reply = 2  # many rounds, so late prompts see a grown pool
     out = tmp_path / "out"
     generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=40,
-             num_machine_instructions=2, num_prompt_instructions=4, request_batch_size=2, progress=False)
+             num_machine_instructions=2, num_prompt_instructions=4, request_batch_size=2, quiet=True)
     kept = {r["instruction"] for r in read_jsonl(out / "generated.jsonl")}
     late_prompt = fake_server.requests[-1]["prompt"]
     shown = [line.split("Instruction: ", 1)[1] for line in late_prompt.splitlines() if ". Instruction: " in line]
@@ -128,7 +128,7 @@ def test_concurrency_is_bounded(tmp_path):
     server = FakeOpenAI(latency=0.05).start()
     try:
         generate(str(tmp_path / "o"), base_url=server.base_url, model_name="m", num_instructions_to_generate=80,
-                 request_batch_size=6, max_concurrency=3, progress=False)
+                 request_batch_size=6, max_concurrency=3, quiet=True)
         assert server.max_in_flight == 3
     finally:
         server.stop()
@@ -137,7 +137,7 @@ def test_concurrency_is_bounded(tmp_path):
 def test_rejected_file_explains_every_drop(fake_server, tmp_path):
     fake_server.script(["zero_tasks", "wrong_numbering", "length"])
     out = tmp_path / "out"
-    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, progress=False)
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=30, quiet=True)
     reasons = {r["reason"] for r in read_jsonl(out / "rejected.jsonl")}
     assert {"missing_field", "wrong_number", "truncated"} <= reasons
     state = json.loads((out / "state.json").read_text())
@@ -185,7 +185,7 @@ def test_library_api(fake_server, tmp_path):
 
     assert callable(self_instruct.generate) and module.GenerateConfig
     result = self_instruct.generate(str(tmp_path / "o"), base_url=fake_server.base_url, model_name="m",
-                                    num_instructions_to_generate=5, progress=False)
+                                    num_instructions_to_generate=5, quiet=True)
     assert result.kept == 5
     tasks = self_instruct.load_seed_tasks()
     prompt = self_instruct.encode_prompt(self_instruct.seed_examples(tasks[:3]), self_instruct.load_template())
@@ -216,7 +216,7 @@ def test_a_chat_teacher_that_talks_and_drifts_keeps_its_tasks(fake_server, tmp_p
     fake_server.reply_fn = lambda prompt, body: reply
     fake_server.raw_chat = True
     result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", api="chat",
-                      num_instructions_to_generate=3, request_batch_size=1, max_concurrency=1, progress=False)
+                      num_instructions_to_generate=3, request_batch_size=1, max_concurrency=1, quiet=True)
     assert result.kept == 3
     outputs = [r["output"] for r in read_jsonl(tmp_path / "out" / "generated.jsonl")]
     assert outputs == ["The Sahara.", "1.5 hours.", "Thank you so much."]
@@ -236,7 +236,7 @@ def test_decontaminate_drops_records_sharing_13_words_with_a_benchmark(fake_serv
                 f"4. Output:\nIn short, {next(outputs)}.\n")
     fake_server.reply_fn = reply
     result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", decontaminate=str(bench),
-                      num_instructions_to_generate=2, request_batch_size=1, max_concurrency=1, progress=False)
+                      num_instructions_to_generate=2, request_batch_size=1, max_concurrency=1, quiet=True)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
     kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
     assert result.kept == 2 and all("nothing else" in r["output"] for r in kept)
@@ -253,7 +253,7 @@ def test_judge_rates_the_pool_at_the_end_and_a_rerun_sends_nothing_new(fake_serv
         return self_instruct_reply(prompt, 20, random.Random(prompt), synthetic=True)
     fake_server.reply_fn = reply
     options = dict(base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=10, judge=True,
-                   min_score=4, progress=False)
+                   min_score=4, quiet=True)
     generate(str(tmp_path / "out"), **options)
     scored = json.loads((tmp_path / "out" / "scored.json").read_text())
     kept = read_jsonl(tmp_path / "out" / "generated.jsonl")

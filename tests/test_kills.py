@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAI
-from self_instruct.generate import normalize
+from self_instruct.core.filters import duplicate_key
 from self_instruct.engine.pool import InstructionPool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
     run = Run(tmp_path, slow_server.base_url, pause="rejected.jsonl@2")
     run.wait_paused()
     run.kill()
-    assert "generated.jsonl: cut off a torn last line" in run.stderr
+    assert "generated.jsonl: cut off " in run.stderr
     assert not rejected.read_bytes().endswith(b"\n")
 
     # 4. During a request, a few rounds into a resumed run.
@@ -112,7 +112,7 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
     sent = completions(slow_server)
     wait_for(lambda: completions(slow_server) >= sent + 3 and slow_server.in_flight > 0)
     run.kill()
-    assert "rejected.jsonl: cut off a torn last line" in run.stderr
+    assert "rejected.jsonl: cut off " in run.stderr
 
     # 5. Halfway through writing state.json's temp file.
     run = Run(tmp_path, slow_server.base_url, pause="state.json@2")
@@ -137,16 +137,16 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
     kept_lines = generated.read_text(encoding="utf-8").splitlines()
     kept = [json.loads(line) for line in kept_lines]
     assert len(kept) == TARGET
-    assert len({normalize(r["instruction"]) for r in kept}) == TARGET
+    assert len({duplicate_key(r["instruction"]) for r in kept}) == TARGET
     regen = json.loads((out / "regen.json").read_text(encoding="utf-8"))
     assert regen == [{k: r[k] for k in ("instruction", "input", "output", "most_similar_instructions", "avg_similarity_score")} for r in kept]
 
     rejected_lines = rejected.read_text(encoding="utf-8").splitlines()
     rejects = [json.loads(line) for line in rejected_lines]
-    assert rejects and all(r["reason"] and isinstance(r["metadata"]["round"], int) for r in rejects)
+    assert rejects and all(r["reason"] and isinstance(r["provenance"]["unit"], int) for r in rejects)
     # No round was written twice: round numbers only grow through a file, and no line repeats.
     for lines, records in ((kept_lines, kept), (rejected_lines, rejects)):
-        rounds = [r["metadata"]["round"] for r in records]
+        rounds = [r["provenance"]["unit"] for r in records]
         assert rounds == sorted(rounds)
         assert len(set(lines)) == len(lines)
     state = json.loads((out / "state.json").read_text())
@@ -155,7 +155,7 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
 
 def test_torn_last_line_is_cut_and_reported(tmp_path):
     out = tmp_path / "out"
-    pool = InstructionPool.open(out, unit_key="round")
+    pool = InstructionPool.open(out)
     pool.append(0, [{"instruction": f"Task {i}", "metadata": {"round": 0}} for i in range(3)], [{"reason": "similar"}])
     pool.close()
     with open(out / "generated.jsonl", "ab") as f:
@@ -163,13 +163,13 @@ def test_torn_last_line_is_cut_and_reported(tmp_path):
     with open(out / "rejected.jsonl", "ab") as f:
         f.write(b'{"reason": "too_short"}')  # whole JSON, but no newline: the write was not finished
 
-    again = InstructionPool.open(out, unit_key="round")
+    again = InstructionPool.open(out)
     again.close()
     assert [r["instruction"] for r in again.records] == ["Task 0", "Task 1", "Task 2"]
     assert dict(again.reject_counts) == {"similar": 1}
     assert again.notes == [
-        "generated.jsonl: cut off a torn last line of 31 bytes (the run was killed while writing it)",
-        "rejected.jsonl: cut off a torn last line of 23 bytes (the run was killed while writing it)",
+        "generated.jsonl: cut off 31 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
+        "rejected.jsonl: cut off 23 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
     ]
     assert (out / "generated.jsonl").read_bytes().endswith(b'"round": 0}}\n')
     # Cut once: the next open finds nothing to repair, and appends start on a fresh line.
@@ -179,23 +179,26 @@ def test_torn_last_line_is_cut_and_reported(tmp_path):
 
 def test_a_broken_line_inside_the_file_is_not_guessed_at(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "generated.jsonl").write_text('{"instruction": "a"}\nnot json\n{"instruction": "b"}\n')
+    with InstructionPool.open(out) as pool:
+        pool.append(0, [{"instruction": "a"}, {"instruction": "b"}, {"instruction": "c"}], [])
+    data = (out / "generated.jsonl").read_bytes()
+    (out / "generated.jsonl").write_bytes(data.replace(b'{"instruction": "b"}', b'not json, an edit.. '))
     with pytest.raises(Exception, match=r"generated.jsonl:2: not valid JSON.*--overwrite"):
         InstructionPool.open(out)
 
 
-def test_a_unit_killed_between_its_two_appends_is_cut_and_run_again(tmp_path):
-    """generated.jsonl is appended before rejected.jsonl: a kill between the two leaves a unit
-    with its kept records and without its rejects. state.json (written after both) says which
-    units are whole; the rest are cut off, so the unit runs again from the reply cache."""
+def test_a_unit_killed_between_its_appends_is_cut_and_run_again(tmp_path):
+    """A unit is done when its line in commits.jsonl is durable, after both of its appends: a
+    kill between them leaves a unit with its kept records and without its rejects (or its
+    commit). On open, the files are cut back to the sizes the last commit recorded, by byte
+    offset, so the unit runs again from the reply cache; nothing inside a record is read to
+    decide it, so input metadata that looks like the engine's own cannot fool it."""
     out = tmp_path / "out"
-    with InstructionPool.open(out, unit_key="round") as pool:
-        pool.append(0, [{"instruction": "Task 0", "metadata": {"round": 0}}], [{"reason": "similar", "metadata": {"round": 0}}])
-        pool.save_state({"kept": 1})
-        # unit 1: its kept record reached the disk, then the process died
-        pool.append(1, [{"instruction": "Task 1 with a \"round\": 0 inside", "metadata": {"round": 1}}], [])
-    with InstructionPool.open(out, unit_key="round") as again:
+    with InstructionPool.open(out) as pool:
+        pool.append(0, [{"instruction": "Task 0", "metadata": {"unit": 5}}], [{"reason": "similar"}])
+    with open(out / "generated.jsonl", "a") as f:  # unit 1's kept record reached the disk, then the process died
+        f.write(json.dumps({"instruction": "Task 1", "metadata": {"unit": 0, "round": 0}}) + "\n")
+    with InstructionPool.open(out) as again:
         assert [r["instruction"] for r in again.records] == ["Task 0"]
         assert again.next_unit == 1 and dict(again.reject_counts) == {"similar": 1}
-        assert again.notes == ["generated.jsonl: cut off the records of a unit the run was killed while writing"]
+        assert len(again.notes) == 1 and again.notes[0].startswith("generated.jsonl: cut off ")

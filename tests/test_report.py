@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     try:
         generate(str(out), base_url=server.base_url, model_name="fake-model", num_instructions_to_generate=80,
-                 request_batch_size=3, max_attempts=1, progress=False)
+                 request_batch_size=3, max_attempts=1, quiet=True)
     finally:
         server.stop()
     return out
@@ -118,8 +118,9 @@ def test_samples_are_seeded_and_show_every_reason(run_dir):
     assert {r["reason"] for r in rejected} == set(reasons)  # the rare reasons too
 
 
-def write_run(directory: Path, kept, rejected, state=None, ledger=None):
+def write_run(directory: Path, kept, rejected, state=None, ledger=None, config=None):
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "run.json").write_text(json.dumps(config or {}))
     for name, rows in (("generated.jsonl", kept), ("rejected.jsonl", rejected), ("ledger.jsonl", ledger)):
         if rows is not None:
             (directory / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -128,7 +129,7 @@ def write_run(directory: Path, kept, rejected, state=None, ledger=None):
 
 
 def test_tokens_and_cost_come_from_the_ledger(tmp_path):
-    kept = [{"instruction": f"Explain topic number {i} to a child.", "input": "", "output": "Sure.", "metadata": {"round": i}} for i in range(4)]
+    kept = [{"instruction": f"Explain topic number {i} to a child.", "input": "", "output": "Sure.", "provenance": {"unit": i}} for i in range(4)]
     ledger = []
     for unit in range(4):
         ledger.append({"event": "send", "unit": unit, "t": 1000.0 + 30 * unit})
@@ -142,28 +143,20 @@ def test_tokens_and_cost_come_from_the_ledger(tmp_path):
 
 def test_a_documents_run_shows_coverage(tmp_path):
     kept = [{"instruction": f"What does section {u} of the manual say?", "input": "", "output": "It says so.",
-             "metadata": {"unit": u, "source": f"docs/manual_{u % 2}.md"}} for u in (0, 0, 2, 5)]
-    rejected = [{"reason": "ungrounded", "detail": "", "instruction": "Q?", "input": "", "output": "A.", "metadata": {"unit": u}} for u in (1, 2)]
-    write_run(tmp_path / "docs", kept, rejected, {"units": 8})
+             "metadata": {"source": f"docs/manual_{u % 2}.md"}, "provenance": {"unit": u}} for u in (0, 0, 2, 5)]
+    rejected = [{"reason": "ungrounded", "detail": "", "instruction": "Q?", "input": "", "output": "A.",
+                 "provenance": {"unit": u}} for u in (1, 2)]
+    write_run(tmp_path / "docs", kept, rejected, {"units": 8}, config={"mode": "qa"})
     page = write_report(tmp_path / "docs").read_text(encoding="utf-8")
     assert "<h2>Coverage of the documents</h2><p>3 of 8 chunks have kept records.</p>" in page
     assert "Kept and rejected by reason" not in page or "per chunk" in page
     assert len(images(page)) == len(SECTIONS) + 1
 
 
-def test_chunks_named_by_text_are_numbered_in_order(tmp_path):
-    kept = [{"instruction": "What is in it?", "input": "", "output": "Text.", "metadata": {"unit": name, "source": "a.md"}}
-            for name in ("a.md#0", "a.md#0", "a.md#2")]
-    write_run(tmp_path / "docs", kept, [], {"units": 3})
-    summary = report.summarize(tmp_path / "docs")
-    assert summary.kept_by_unit == {0: 2, 1: 1} and summary.unit_name == "chunk"
-    assert "2 of 3 chunks have kept records." in report.render(summary)
-
-
 def test_hostile_text_is_escaped_and_an_empty_pool_still_reports(tmp_path):
     rejected = [{"reason": "blacklist", "detail": "image", "instruction": "<script>alert(1)</script> Draw an image.",
-                 "input": "", "output": "x", "metadata": {"round": 0}},
-                {"reason": "request_failed", "detail": "HTTP 500 & <b>", "metadata": {"round": 1}}]
+                 "input": "", "output": "x", "provenance": {"unit": 0}},
+                {"reason": "request_failed", "detail": "HTTP 500 & <b>", "provenance": {"unit": 1}}]
     write_run(tmp_path / "run", [], rejected)
     page = write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

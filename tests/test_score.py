@@ -46,7 +46,7 @@ def test_scores_go_to_metadata_and_min_score_drops(fake_server, tmp_path, style)
     fake_server.reply_fn = scores_by_task(scores, style)
     out = tmp_path / "scored.jsonl"
     result = score_file(write_input(tmp_path), str(out), min_score=4.5, records_per_request=3,
-                        base_url=fake_server.base_url, model_name="judge", progress=False)
+                        base_url=fake_server.base_url, model_name="judge", quiet=True)
     assert result.stopped_by == "done"
     assert len(fake_server.requests) == 3  # 7 records, 3 a request
     kept = read_jsonl(out)
@@ -62,7 +62,7 @@ def test_scores_go_to_metadata_and_min_score_drops(fake_server, tmp_path, style)
 def test_a_reply_without_a_valid_score_is_unscored_with_the_raw_reply(fake_server, tmp_path):
     fake_server.reply_fn = lambda prompt, body: '[{"index": 1, "score": 4, "reason": "fine"}, {"index": 2, "score": 7}]'
     result = score_file(write_input(tmp_path, RECORDS[:2]), str(tmp_path / "out.json"), records_per_request=2,
-                        base_url=fake_server.base_url, progress=False)
+                        base_url=fake_server.base_url, quiet=True)
     assert [r["metadata"]["score"] for r in json.loads((tmp_path / "out.json").read_text())] == [4]
     [bad] = read_jsonl(result.output_dir / "rejected.jsonl")
     assert bad["reason"] == "unscored" and bad["instruction"] == "Task number two." and '"score": 7' in bad["raw"]
@@ -85,9 +85,9 @@ def test_a_run_cut_by_the_budget_resumes_where_it_stopped(fake_server, tmp_path)
     fake_server.reply_fn = scores_by_task({w: 5 for w in ("one", "two", "three", "four", "five", "six", "seven")})
     data, out = write_input(tmp_path), tmp_path / "scored.json"
     first = score_file(data, str(out), records_per_request=2, max_requests=2, max_concurrency=1,
-                       base_url=fake_server.base_url, progress=False)
+                       base_url=fake_server.base_url, quiet=True)
     assert first.stopped_by == "max_requests" and not out.exists()
-    second = score_file(data, str(out), records_per_request=2, base_url=fake_server.base_url, progress=False)
+    second = score_file(data, str(out), records_per_request=2, base_url=fake_server.base_url, quiet=True)
     assert second.stopped_by == "done" and len(fake_server.requests) == 4
     assert [r["instruction"] for r in json.loads(out.read_text())] == [r["instruction"] for r in RECORDS]
 
@@ -104,7 +104,7 @@ def test_a_record_without_an_instruction_names_its_line(tmp_path, capsys):
 def test_the_chat_api_scores_the_same(fake_server, tmp_path):
     fake_server.reply_fn = scores_by_task({w: 3 for w in ("one", "two", "three", "four", "five", "six", "seven")})
     result = score_file(write_input(tmp_path), str(tmp_path / "o.json"), api="chat", base_url=fake_server.base_url,
-                        progress=False)
+                        quiet=True)
     assert [r["metadata"]["score"] for r in result.kept] == [3] * 7
     assert all("messages" in body for body in fake_server.requests)
 
@@ -113,35 +113,62 @@ def test_verdicts_survive_overwrite_and_a_grown_input(fake_server, tmp_path):
     fake_server.reply_fn = scores_by_task({w: 4 for w in ("one", "two", "three", "four", "five", "six", "seven")})
     out, run = tmp_path / "scored.json", tmp_path / "run"
     score_file(write_input(tmp_path, RECORDS[:4]), str(out), output_dir=str(run), records_per_request=3,
-               base_url=fake_server.base_url, progress=False)
+               base_url=fake_server.base_url, quiet=True)
     assert len(fake_server.requests) == 2
     # the dataset grew by three records: only they are sent (batches [1-3] [4-6] [7]: two requests)
     result = score_file(write_input(tmp_path), str(out), output_dir=str(run), records_per_request=3, overwrite=True,
-                        base_url=fake_server.base_url, progress=False)
+                        base_url=fake_server.base_url, quiet=True)
     assert len(fake_server.requests) == 4 and len(result.kept) == 7
     sent = " ".join(body["prompt"] for body in fake_server.requests[2:])
     assert sorted(re.findall(r"Task number (\w+)", sent)) == ["five", "seven", "six"]
 
 
-def test_ascore_run_scores_a_grown_run_sending_only_the_new_records(fake_server, tmp_path):
+def test_the_judge_stage_of_a_grown_run_sends_only_the_new_records(fake_server, tmp_path):
+    """generate --judge rates its pool into scored.json each time it ends; a run that grew is
+    rated again from its verdict cache, asking only about the new records."""
     import asyncio
 
+    from self_instruct.engine.run import Run
+    from self_instruct.generate import GenerateConfig
     from self_instruct.io.jsonl import append_jsonl
-    from self_instruct.score import ascore_run
-    from self_instruct.teachers.openai_compat import OpenAITeacher
+    from self_instruct.score import judge_run
 
     fake_server.reply_fn = scores_by_task({"one": 5, "two": 2, "three": 5, "four": 5, "five": 5, "six": 5, "seven": 5})
     append_jsonl(tmp_path / "generated.jsonl", RECORDS[:2])
+    cfg = GenerateConfig(output_dir=str(tmp_path), model_name="judge", base_url=fake_server.base_url,
+                         api_key="sk-test", min_score=4.5, judge=True, quiet=True)
 
     async def judge():
-        teacher = OpenAITeacher("judge", base_url=fake_server.base_url, api_key="sk-test")
-        try:
-            return await ascore_run(tmp_path, teacher, min_score=4.5, progress=False)
-        finally:
-            await teacher.aclose()
+        async with Run(cfg, stages=[tmp_path / "score"]) as run:
+            await judge_run(run, tmp_path)
+        return json.loads((tmp_path / "scored.json").read_text())
 
-    assert [r["instruction"] for r in asyncio.run(judge()).kept] == ["Task number one."]
+    assert [r["instruction"] for r in asyncio.run(judge())] == ["Task number one."]
     append_jsonl(tmp_path / "generated.jsonl", RECORDS[2:3])
-    asyncio.run(judge())
+    assert [r["metadata"]["score"] for r in asyncio.run(judge())] == [5, 5]
     assert len(fake_server.requests) == 2 and "Task number one." not in fake_server.requests[1]["prompt"]
-    assert [r["metadata"]["score"] for r in json.loads((tmp_path / "scored.json").read_text())] == [5, 5]
+
+
+def test_rescoring_a_scored_file_and_rerunning_keeps_every_record_and_its_metadata(fake_server, tmp_path, capsys):
+    """The engine's bookkeeping lives under `provenance`, not in the records' metadata: scoring a
+    scored.json again (three a request), then rerunning that command, keeps all six records with
+    the metadata they came with, and names the second scorer as their model."""
+    records = [{**r, "metadata": {"source": f"doc{i}.md", "unit": 7 - i, "batch": i}} for i, r in enumerate(RECORDS[:6])]
+    fake_server.reply_fn = scores_by_task({w: 5 for w in ("one", "two", "three", "four", "five", "six")})
+    first = tmp_path / "scored.json"
+    cli([str(write_input(tmp_path, records)), "--output", str(first), "--records_per_request", "1",
+         "--base_url", fake_server.base_url, "--model_name", "judge-a", "--quiet"])
+    second = [str(first), "--output", str(tmp_path / "rescored.json"), "--records_per_request", "3",
+              "--base_url", fake_server.base_url, "--model_name", "judge-b", "--quiet"]
+    cli(second)
+    sent = len(fake_server.requests)
+    capsys.readouterr()
+    cli(second)
+    assert len(fake_server.requests) == sent == 6 + 2  # the rerun asks nothing
+    assert "kept 6 of 6 records" in capsys.readouterr().err
+    rescored = json.loads((tmp_path / "rescored.json").read_text())
+    assert [r["instruction"] for r in rescored] == [r["instruction"] for r in records]
+    for before, after in zip(records, rescored):
+        assert after["metadata"] == {**before["metadata"], "score": 5, "score_reason": after["metadata"]["score_reason"]}
+        assert after["provenance"]["model"] == "judge-b"
+        assert list(after)[-1] == "provenance"  # written last

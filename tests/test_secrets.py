@@ -64,7 +64,7 @@ def test_key_revoked_mid_run_error_does_not_repeat_it(keyed_server, tmp_path):
     keyed_server.reply_fn = revoke
     with pytest.raises(SelfInstructError) as info:
         generate(str(tmp_path / "out"), base_url=keyed_server.base_url, api_key=KEY, model_name="m",
-                 request_batch_size=1, max_concurrency=1, progress=False)
+                 request_batch_size=1, max_concurrency=1, quiet=True)
     assert KEY not in str(info.value) and "refused" in str(info.value)
     assert_no_key_under(tmp_path)
 

@@ -74,7 +74,7 @@ def teacher(prompt: str, body: dict) -> str:
 
 def run(server, out, seeds, **options):
     server.reply_fn = options.pop("reply_fn", teacher)
-    options = {"num_instructions_to_generate": 30, "request_batch_size": 1, "progress": False, **options}
+    options = {"num_instructions_to_generate": 30, "request_batch_size": 1, "quiet": True, **options}
     return generate(str(out), base_url=server.base_url, model_name="fake", pipeline="self_instruct",
                     seed_tasks_path=str(seeds), **options)
 
@@ -190,7 +190,7 @@ def test_budget_stop_and_resume_make_the_same_pool(fake_server, tmp_path):
     run(fake_server, tmp_path / "resumed", seeds)
     straight = read_jsonl(tmp_path / "straight" / "generated.jsonl")
     assert read_jsonl(tmp_path / "resumed" / "generated.jsonl") == straight
-    assert max(r["metadata"]["round"] for r in straight) > 4  # later rounds sampled grown instructions
+    assert max(r["provenance"]["unit"] for r in straight) > 4  # later rounds sampled grown instructions
 
 
 def test_sigkill_and_resume_make_the_same_pool(tmp_path):

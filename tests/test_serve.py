@@ -500,7 +500,7 @@ def test_the_generate_loop_runs_against_the_endpoint(server, tmp_path):
     for api in ("completions", "chat"):
         result = generate.generate(
             str(tmp_path / api), base_url=server.url, api_key="unused", api=api,
-            num_instructions_to_generate=6, request_batch_size=2, progress=False,
+            num_instructions_to_generate=6, request_batch_size=2, quiet=True,
         )
         assert result.kept >= 6
         records = [json.loads(line) for line in (tmp_path / api / "generated.jsonl").read_text().splitlines()]

@@ -30,6 +30,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io.jsonl import iter_records
+from ..types import Example
+from .filters import Filter
 
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, so it has an inverse modulo 2**64
@@ -218,3 +220,25 @@ def _read_parquet(path: str | Path) -> Iterator[dict]:
         raise DataError(f"{path}: not a Parquet file ({exc})") from None
     for batch in file.iter_batches():
         yield from batch.to_pylist()
+
+
+def decontamination_filter(files: Sequence[str], n: int = 13) -> Filter:
+    """A filter dropping examples that share an n-gram with a benchmark file (`--decontaminate`),
+    with the benchmark and the n-gram as the detail."""
+    from ..core.decontaminate import Decontaminator
+
+    found = Decontaminator(list(files), n=n)
+
+    def contaminated(example: Example):
+        for text in (example.instruction, example.input, example.output):  # an n-gram never spans two fields
+            hit = found.hit(text)
+            if hit is not None:
+                return "contaminated", f"{hit[0]}: {hit[1]!r}"
+        return None
+    return contaminated
+
+
+def decontamination_filters(decontaminate: str | None) -> list[Filter]:
+    """The filters --decontaminate adds to a judge's chain: its benchmark files, comma-separated."""
+    files = [f.strip() for f in (decontaminate or "").split(",") if f.strip()]
+    return [decontamination_filter(files)] if files else []

@@ -76,3 +76,12 @@ def blacklist_word(text: str) -> str | None:
     """Which blacklisted word a text holds, for the reject record. Example: "Plot sales" -> "plot" """
     m = _BLACKLIST_RE.search(text)
     return m.group(1).lower() if m else None
+
+
+def duplicate_key(instruction: str) -> str:
+    """The key under which two instructions are exact duplicates, including texts ROUGE-L cannot
+    see (no ASCII letters): whitespace collapsed, case folded.
+
+    Example: duplicate_key("  Name THREE  colors. ") -> "name three colors."
+    """
+    return re.sub(r"\s+", " ", instruction).strip().casefold()

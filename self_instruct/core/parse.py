@@ -19,9 +19,7 @@ silently: it comes back as a Rejection with its reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
-from ..types import Example
+from ..types import Example, Rejection
 
 # "<noinput>", "<No input>.", '"<noinput>"', "N/A <noinput>" are all seen in real data; Alpaca's
 # exact-match check let the quoted and dotted ones through into alpaca_data.json.
@@ -63,16 +61,6 @@ _CLOSER = re.compile(
     r"would you like (?:me|more|additional|any)\b|is there anything else\b|happy to help\b)",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A candidate (or unparseable block) that did not make it, and why."""
-
-    reason: str
-    example: Example | None = None
-    raw: str = ""
-    detail: str = ""
 
 
 def is_noinput(text: str) -> bool:

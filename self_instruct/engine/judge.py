@@ -13,18 +13,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word
-from ..core.parse import Rejection
+from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word, duplicate_key
+from ..types import Rejection
 from ..core.similarity import RougeIndex
 from ..types import Example
-
-
-def normalize(instruction: str) -> str:
-    """Key for exact duplicates, including texts ROUGE-L cannot see (no ASCII letters).
-
-    Example: normalize("  Name THREE  colors. ") -> "name three colors."
-    """
-    return re.sub(r"\s+", " ", instruction).strip().casefold()
 
 
 class Judge:
@@ -43,7 +35,7 @@ class Judge:
     def remember(self, instruction: str) -> None:
         """Count an instruction as known (a seed, or a record already in the pool)."""
         self.index.add(instruction)
-        self.seen.add(normalize(instruction))
+        self.seen.add(duplicate_key(instruction))
 
     def __call__(self, example: Example) -> dict | Rejection:
         """The pool record for a kept example (with Alpaca's similarity fields), or why not."""
@@ -61,7 +53,7 @@ class Judge:
             verdicts[i] = self._filtered(example)
             if verdicts[i] is not None:
                 continue
-            key = normalize(example.instruction)
+            key = duplicate_key(example.instruction)
             if key in self.seen:
                 verdicts[i] = Rejection("duplicate", example)
                 continue
@@ -91,35 +83,13 @@ class Judge:
         return None
 
 
-def reject_record(rejection: Rejection, meta: dict) -> dict:
-    """A rejected candidate as rejected.jsonl holds it: reason first, then the text, then provenance."""
+def reject_record(rejection: Rejection) -> dict:
+    """A rejected candidate as rejected.jsonl holds it: reason first, then the text and its metadata."""
     ex = rejection.example
     record = {"reason": rejection.reason, "detail": rejection.detail}
     if ex is not None:
         record.update(instruction=ex.instruction, input=ex.input, output=ex.output)
     if rejection.raw:
         record["raw"] = rejection.raw
-    record["metadata"] = {**(ex.metadata if ex is not None else {}), **meta}
+    record["metadata"] = dict(ex.metadata) if ex is not None else {}
     return record
-
-
-def decontamination_filter(files: Sequence[str], n: int = 13) -> Filter:
-    """A filter dropping examples that share an n-gram with a benchmark file (`--decontaminate`),
-    with the benchmark and the n-gram as the detail."""
-    from ..core.decontaminate import Decontaminator
-
-    found = Decontaminator(list(files), n=n)
-
-    def contaminated(example: Example):
-        for text in (example.instruction, example.input, example.output):  # an n-gram never spans two fields
-            hit = found.hit(text)
-            if hit is not None:
-                return "contaminated", f"{hit[0]}: {hit[1]!r}"
-        return None
-    return contaminated
-
-
-def extra_filters(decontaminate: str | None) -> list[Filter]:
-    """The filters a command adds to the defaults: --decontaminate's benchmark files (comma-separated)."""
-    files = [f.strip() for f in (decontaminate or "").split(",") if f.strip()]
-    return [decontamination_filter(files)] if files else []

@@ -26,60 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli import redact
-from ..errors import ConfigError
+from ..io.secrets import redact
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic
 from .pool import LEDGER, RESPONSES
 from ..types import Completion, Decoding
-
-# Dollars per million prompt and completion tokens, as the providers list them (November 2026
-# list prices of OpenAI's API). --price_prompt/--price_completion override; other models are
-# priced only when those flags are given.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-3.5-turbo-instruct": (1.50, 2.00),
-    "gpt-3.5-turbo": (0.50, 1.50),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-}
-# Tokens a chat template may wrap around a prompt, on top of the prompt's own.
-TEMPLATE_TOKENS = 32
-
-
-@dataclass(frozen=True)
-class Price:
-    """Dollars per million tokens; None when unknown (then no cost is shown or capped)."""
-
-    prompt: float
-    completion: float
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
-
-
-def find_price(model: str, prompt: float | None, completion: float | None, local: bool = False) -> Price | None:
-    """The price of a model: flags first, then the table (by name, dated snapshots included), a
-    local model is free. Example: find_price("gpt-4o-mini-2024-07-18", None, None) -> Price(0.15, 0.6)"""
-    if prompt is not None or completion is not None:
-        if prompt is None or completion is None:
-            raise ConfigError("--price_prompt and --price_completion go together (dollars per million tokens)")
-        return Price(prompt, completion)
-    if local:
-        return Price(0.0, 0.0)
-    name = model.rsplit("/", 1)[-1]
-    for known in sorted(PRICES, key=len, reverse=True):
-        if name == known or name.startswith(known + "-"):
-            return Price(*PRICES[known])
-    return None
-
-
-def prompt_bound(prompt: str) -> int:
-    """An upper bound of a prompt's tokens: every token is at least one byte for byte-level and
-    SentencePiece tokenizers alike, plus what a chat template wraps around it."""
-    return len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
-
+from .prices import Price
 
 @dataclass
 class Spend:
@@ -94,6 +45,35 @@ class Spend:
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens + self.reserved_tokens
+
+    def count(self, done: dict) -> None:
+        """Count a request's "done" line: what it used, what it cost, the faults it met."""
+        self.prompt_tokens += int(done.get("prompt_tokens", 0))
+        self.completion_tokens += int(done.get("completion_tokens", 0))
+        self.cost += float(done.get("cost", 0.0))
+        self.faults.update(done.get("faults", ()))
+        self.failed += "error" in done
+
+
+def read_spend(path: Path) -> tuple[Spend, int]:
+    """What a ledger file records as spent, and the next request id. A request sent whose reply
+    never reached the file (the process was killed) counts at its reservation."""
+    spend, next_id, sent = Spend(), 0, {}
+    if path.exists():
+        for _, line in iter_jsonl(path):
+            event = line.get("event")
+            if event in ("send", "retry"):
+                spend.requests += 1
+            if event == "send":
+                sent[line["id"]] = line
+            elif event == "done":
+                sent.pop(line["id"], None)
+                spend.count(line)
+            next_id = max(next_id, int(line.get("id", -1)) + 1)
+    for line in sent.values():
+        spend.reserved_tokens += int(line.get("tokens", 0))
+        spend.cost += float(line.get("cost", 0.0))
+    return spend, next_id
 
 
 class BudgetExhausted(Exception):
@@ -120,6 +100,13 @@ class Budget:
             return "max_cost"
         return None
 
+    def after(self, spent: Spend) -> "Budget":
+        """What the caps leave once `spent` is spent (by the other stages of a run)."""
+        def left(cap, used):
+            return None if cap is None else max(0, cap - used)
+        return Budget(left(self.max_requests, spent.requests), left(self.max_total_tokens, spent.tokens),
+                      left(self.max_cost, spent.cost))
+
 
 class Ledger:
     """The spend journal and reply cache of one output directory (opened under the pool's lock)."""
@@ -140,32 +127,14 @@ class Ledger:
     def _read(self, next_unit: int) -> None:
         repair_torn_tail(self.path)
         repair_torn_tail(self.cache_path)
-        sent: dict[int, dict] = {}
-        if self.path.exists():
-            for _, line in iter_jsonl(self.path):
-                event = line.get("event")
-                if event in ("send", "retry"):
-                    self.spend.requests += 1
-                if event == "send":
-                    sent[line["id"]] = line
-                elif event == "done":
-                    sent.pop(line["id"], None)
-                    self._count(line)
-                self._next_id = max(self._next_id, int(line.get("id", -1)) + 1)
-        for line in sent.values():  # sent, never answered on disk: count the reservation
-            self.spend.reserved_tokens += int(line.get("tokens", 0))
-            self.spend.cost += float(line.get("cost", 0.0))
+        self.spend, self._next_id = read_spend(self.path)
         if self.cache_path.exists():
             kept = [e for _, e in iter_jsonl(self.cache_path) if e.get("unit", -1) >= next_unit]
             self.cache = {e["key"]: e for e in kept}
             write_jsonl_atomic(self.cache_path, kept)  # replies of pooled units are never asked again
 
     def _count(self, line: dict) -> None:
-        self.spend.prompt_tokens += int(line.get("prompt_tokens", 0))
-        self.spend.completion_tokens += int(line.get("completion_tokens", 0))
-        self.spend.cost += float(line.get("cost", 0.0))
-        self.spend.faults.update(line.get("faults", ()))
-        self.spend.failed += "error" in line
+        self.spend.count(line)
 
     # -- a request's life --------------------------------------------------------------------
 
@@ -239,8 +208,3 @@ class Ledger:
 def cache_key(model: str, api: str, prompt: str, decoding: Decoding) -> str:
     payload = json.dumps([model, api, prompt, asdict(decoding)], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
-def format_cost(cost: float) -> str:
-    """Example: format_cost(0.0123) -> '$0.0123'; format_cost(12.5) -> '$12.50'"""
-    return f"${cost:.2f}" if cost >= 1 else f"${cost:.4f}"

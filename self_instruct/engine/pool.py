@@ -1,34 +1,40 @@
 """The pool on disk: what a run has kept and rejected, one writer at a time, safe against any kill.
 
 Files in the output directory:
-- generated.jsonl  one kept record a line, appended, flushed and fsynced every unit (a round)
+- generated.jsonl  one kept record a line, appended and fsynced unit by unit
 - rejected.jsonl   one rejected candidate a line with its reason, same discipline
-- run.json         the run's configuration (never the API key)
+- commits.jsonl    the pool's commit log: a line per unit, written after both appends of the unit
+                   are durable, with the size each file had then
+- run.json         the run's configuration (never the API key) and its id
 - state.json       counters for people and the report; rebuilt from the other files when lost
 - regen.json       Alpaca-compatible JSON list, written to a temp file and renamed at the end
 - ledger.jsonl, responses.jsonl   what was spent and what came back (see ledger.py)
 - .lock            held (flock) by the run writing here; the kernel drops it when the process dies
 
-The JSONL files are the truth. A kill can only leave a torn last line (a record is one write of
-one line); it is cut off and reported when the pool is opened again.
+A unit counts as done when its commit line is on disk. On open, anything past the last commit's
+sizes (a unit the run was killed while writing) is cut off by byte offset and the unit runs
+again, from the reply cache; no record is ever parsed to find where a unit starts. Records
+carry the engine's provenance under their own key (`provenance`: run, unit, model), written
+after everything else, so what an input's metadata holds passes through untouched.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
-import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
-from ..io.jsonl import (append_jsonl, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
-                    write_json_atomic)
+from ..io.jsonl import (append_jsonl, dumps, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
+                        sha256_of, write_json_atomic)
 
 GENERATED, REJECTED, RUN, STATE, REGEN = "generated.jsonl", "rejected.jsonl", "run.json", "state.json", "regen.json"
-LEDGER, RESPONSES, LOCK = "ledger.jsonl", "responses.jsonl", ".lock"
-OUTPUTS = (GENERATED, REJECTED, RUN, STATE, REGEN, LEDGER, RESPONSES, "report.html")
+COMMITS, LEDGER, RESPONSES, LOCK = "commits.jsonl", "ledger.jsonl", "responses.jsonl", ".lock"
+OUTPUTS = (GENERATED, REJECTED, COMMITS, RUN, STATE, REGEN, LEDGER, RESPONSES, "report.html")
+# The key of a record under which the engine writes where it came from (run, unit, model).
+PROVENANCE = "provenance"
 # The fields of Alpaca's regen.json, in its order.
 REGEN_FIELDS = ("instruction", "input", "output", "most_similar_instructions", "avg_similarity_score")
 
@@ -83,37 +89,42 @@ class InstructionPool:
     ones are only counted, streaming, so a resume reads a 200 MB rejects file in constant memory.
     """
 
-    def __init__(self, directory: Path, unit_key: str):
+    def __init__(self, directory: Path):
         self.dir = directory
-        self.unit_key = unit_key
         self.records: list[dict] = []
         self.reject_counts: Counter = Counter()
         self.judged_rejects = 0  # rejected candidates that had an instruction (parsed, then judged)
         self.state: dict[str, Any] = {}
         self.notes: list[str] = []
-        self.next_unit = 0
+        self.run_id = ""
+        self.kept_after: list[int] = []  # kept records after each committed unit, in unit order
+        self._sizes = {GENERATED: 0, REJECTED: 0}
         self._lock = DirectoryLock(directory)
+
+    @property
+    def next_unit(self) -> int:
+        return len(self.kept_after)
 
     @classmethod
     def open(cls, directory: str | Path, *, config: dict | None = None, shaping: Sequence[str] = (),
-             overwrite: bool = False, unit_key: str = "unit") -> "InstructionPool":
+             overwrite: bool = False) -> "InstructionPool":
         """Lock the directory (creating it), check that `config` may resume what is there, and
         read it back. Nothing is written before the lock is held and the check has passed."""
         directory = Path(directory)
         check_output_dir(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        pool = cls(directory, unit_key)
+        pool = cls(directory)
         pool._lock.acquire()
         try:
-            if config is not None:
-                check_resume(directory, config, shaping, overwrite)
+            previous = check_resume(directory, config, shaping, overwrite) if config is not None else {}
             pool._lock.sign()
             if overwrite:
                 for name in OUTPUTS:
                     (directory / name).unlink(missing_ok=True)
             pool._read()
+            pool.run_id = str(previous.get("run_id") or run_id(config or {}, shaping))
             if config is not None:
-                write_json_atomic(directory / RUN, config)
+                write_json_atomic(directory / RUN, {**config, "run_id": pool.run_id})
         except BaseException:
             pool.close()
             raise
@@ -121,10 +132,6 @@ class InstructionPool:
 
     def _read(self) -> None:
         remove_stale_temps(self.dir)
-        for name in (GENERATED, REJECTED):
-            note = repair_torn_tail(self.dir / name)
-            if note:
-                self.notes.append(note)
         try:
             self.state = read_json(self.dir / STATE) or {}
             if not isinstance(self.state, dict):
@@ -132,56 +139,98 @@ class InstructionPool:
         except DataError:
             self.notes.append(f"{STATE} was unreadable; its counters are rebuilt from the JSONL files")
             self.state = {}
-        units_done = self.state.get("units_done")
-        if isinstance(units_done, int) and not isinstance(units_done, bool) and units_done >= 0:
-            # state.json is written after both appends of a unit: a unit found past it was cut
-            # short by a kill (its kept records on disk, its rejects not). It is cut off here
-            # and runs again, from the reply cache.
-            for name in (GENERATED, REJECTED):
-                if cut_units_from(self.dir / name, units_done, self.unit_key):
-                    self.notes.append(f"{name}: cut off the records of a unit the run was killed while writing")
-        else:
-            units_done = 0
-        last = -1
-        generated, rejected = self.dir / GENERATED, self.dir / REJECTED
+        commits = self._read_commits()
+        for name in (GENERATED, REJECTED):
+            self._cut_to_commit(name, commits[-1][name] if commits else 0)
+        self.kept_after = [c["kept_total"] for c in commits]
         try:
-            if generated.exists():
-                for _, record in iter_jsonl(generated):
-                    self.records.append(record)
-                    last = max(last, _unit_of(record, self.unit_key))
-            if rejected.exists():
-                last = max(last, self._count_rejects(rejected))
+            if (self.dir / GENERATED).exists():
+                self.records = [record for _, record in iter_jsonl(self.dir / GENERATED)]
+            if (self.dir / REJECTED).exists():
+                self._count_rejects(self.dir / REJECTED)
         except DataError as exc:
             # Not a torn last line (that was cut above): someone's edit. Say which line, never guess.
             raise DataError(f"{exc}; the file was edited or corrupted: fix or delete that line, "
                             f"or pass --overwrite to start again") from None
-        self.next_unit = max(last + 1, units_done)
+        if commits and len(self.records) != self.kept_after[-1]:
+            raise DataError(f"{self.dir / GENERATED}: holds {len(self.records)} records where {COMMITS} counts "
+                            f"{self.kept_after[-1]}; the file was edited: restore it, or pass --overwrite to start again")
 
-    def _count_rejects(self, path: Path) -> int:
-        """Count rejects by reason, one line in memory at a time; returns the last unit seen."""
-        last = -1
+    def _read_commits(self) -> list[dict]:
+        path = self.dir / COMMITS
+        note = repair_torn_tail(path)
+        if note:
+            self.notes.append(note)
+        if not path.exists():
+            if isinstance(self.state.get("units_done"), int) and self.state["units_done"] > 0:
+                # a pool of an earlier version, which kept unit numbers inside the records
+                raise ConfigError(f"{self.dir}: written by an earlier version of self_instruct (no {COMMITS}); "
+                                  f"export what it holds, then pass --overwrite or another --output_dir")
+            return []
+        commits = [c for _, c in iter_jsonl(path)]
+        for i, c in enumerate(commits):
+            if c.get("unit") != i:
+                raise DataError(f"{path}:{i + 1}: unit {c.get('unit')!r} where {i} was expected; the commit log was "
+                                f"edited: restore it, or pass --overwrite to start again")
+        return commits
+
+    def _cut_to_commit(self, name: str, size: int) -> None:
+        """Cut `name` back to the size it had at the last commit (a unit the run was killed while
+        writing is cut off, and runs again); a file shorter than that was edited."""
+        path = self.dir / name
+        actual = path.stat().st_size if path.exists() else 0
+        if actual < size:
+            raise DataError(f"{path}: {actual} bytes where {COMMITS} says {size} were committed; the file was "
+                            f"edited or truncated: restore it, or pass --overwrite to start again")
+        if actual > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+            self.notes.append(f"{name}: cut off {actual - size} bytes of a unit the run was killed while writing "
+                              f"(it runs again, from the reply cache)")
+        self._sizes[name] = size
+
+    def _count_rejects(self, path: Path) -> None:
+        """Count rejects by reason, one line in memory at a time."""
         for _, record in iter_jsonl(path):
             self.reject_counts[str(record.get("reason", "unknown"))] += 1
             self.judged_rejects += "instruction" in record
-            last = max(last, _unit_of(record, self.unit_key))
-        return last
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def append(self, unit: int, kept: Iterable[dict], rejected: Iterable[dict]) -> None:
-        """Append one unit's records and make them durable before the unit counts as done."""
-        kept, rejected = list(kept), list(rejected)
-        append_jsonl(self.dir / GENERATED, kept)
-        append_jsonl(self.dir / REJECTED, rejected)
+    def records_before(self, unit: int) -> list[dict]:
+        """The kept records of the units before `unit` (units commit in order: a prefix)."""
+        if unit <= 0:
+            return []
+        return self.records[:self.kept_after[min(unit, self.next_unit) - 1]] if self.kept_after else []
+
+    def append(self, unit: int, kept: Sequence[dict], rejected: Sequence[dict]) -> None:
+        """Write and commit one unit's records, then count them in memory."""
+        self.write(unit, kept, rejected)
+        self.apply(unit, kept, rejected)
+
+    def write(self, unit: int, kept: Sequence[dict], rejected: Sequence[dict]) -> None:
+        """Append one unit's records and commit them: the unit is done once its commit line is
+        durable. Only the files change; `apply` counts the unit in memory."""
+        if unit != self.next_unit:
+            raise ValueError(f"unit {unit} committed out of order (next is {self.next_unit})")
+        self._sizes[GENERATED] = append_jsonl(self.dir / GENERATED, kept)
+        self._sizes[REJECTED] = append_jsonl(self.dir / REJECTED, rejected)
+        append_jsonl(self.dir / COMMITS, [{"unit": unit, GENERATED: self._sizes[GENERATED],
+                                           REJECTED: self._sizes[REJECTED], "kept_total": len(self.records) + len(kept)}])
+
+    def apply(self, unit: int, kept: Sequence[dict], rejected: Sequence[dict]) -> None:
+        """Count a unit `write` committed: its kept records join the pool in memory."""
         self.records += kept
+        self.kept_after.append(len(self.records))
         for record in rejected:
             self.reject_counts[record["reason"]] += 1
             self.judged_rejects += "instruction" in record
-        self.next_unit = max(self.next_unit, unit + 1)
 
     def save_state(self, state: dict[str, Any]) -> None:
-        self.state = dict(state, units_done=self.next_unit)
+        self.state = dict(state)
         write_json_atomic(self.dir / STATE, self.state)
 
     def write_regen(self) -> Path:
@@ -200,37 +249,18 @@ class InstructionPool:
         self.close()
 
 
-def cut_units_from(path: Path, unit: int, key: str) -> bool:
-    """Cut the records of units >= `unit` off the end of a pool file (units are appended in
-    order, so they are its tail). The unit is read from each line's metadata key without parsing
-    the line: inside a JSON string a quote is escaped, so `"round": 7` can only be the key."""
-    if not path.exists():
-        return False
-    pattern = re.compile(rb'"' + re.escape(key.encode()) + rb'": (-?\d+)')
-    with open(path, "r+b") as f:
-        offset = 0
-        for line in f:
-            found = pattern.findall(line)
-            if found and int(found[-1]) >= unit:
-                f.truncate(offset)
-                f.flush()
-                os.fsync(f.fileno())
-                return True
-            offset += len(line)
-    return False
+def run_id(config: dict, shaping: Sequence[str]) -> str:
+    """The id records carry as provenance.run: a digest of the settings that shape the data, so
+    the same seeded command makes the same records, byte for byte, wherever it runs."""
+    return sha256_of(dumps({k: config.get(k) for k in shaping}))[:12]
 
 
-def _unit_of(record: dict, key: str) -> int:
-    meta = record.get("metadata")
-    value = meta.get(key, -1) if isinstance(meta, dict) else -1
-    return value if isinstance(value, int) and not isinstance(value, bool) else -1
-
-
-def check_resume(directory: Path, config: dict, shaping: Sequence[str], overwrite: bool) -> None:
-    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over."""
+def check_resume(directory: Path, config: dict, shaping: Sequence[str], overwrite: bool) -> dict:
+    """Refuse to grow a pool made with other data-shaping settings, unless asked to start over.
+    Returns the run.json found (empty when there is none, or when starting over)."""
     path = directory / RUN
     if overwrite or not path.exists():
-        return
+        return {}
     try:
         previous = read_json(path)
     except DataError as exc:
@@ -244,3 +274,4 @@ def check_resume(directory: Path, config: dict, shaping: Sequence[str], overwrit
         raise ConfigError(
             f"{path}: this output directory holds a run with other settings ({detail}); "
             f"use another --output_dir, the same flags, or --overwrite to start again")
+    return previous

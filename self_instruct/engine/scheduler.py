@@ -1,26 +1,21 @@
 """The engine every pipeline runs on: scheduling, budgets, judging and recording.
 
-A pipeline says what to ask and how to read the answer; it knows nothing of concurrency or files.
-It hands out numbered *units* (a round of prompts, a document chunk) and runs one when asked:
-
-    class Pipeline:
-        unit_key = "unit"          # metadata key holding the unit's number in every record
-        lag = None                 # unit r reads pool records of units < r - lag (None: reads none)
-        candidates_per_request = None  # optional: the most candidates a reply holds (a target's first guess)
-        def unit(self, index, pool): ...          # the unit's work, or None when there is no more
-        async def run_unit(self, unit, ask): ...  # -> UnitResult(examples, rejections)
-
-`ask(prompt, decoding=None)` is the engine's teacher call. The engine
+A pipeline (pipelines/base.py) hands out numbered units and runs one when asked, calling `ask`,
+the engine's teacher call, as often as it needs. The engine
 - keeps `max_concurrency` requests in flight at all times, launching units as requests finish,
   not as rounds finish (units are the unit of bookkeeping and reproducibility, not a barrier);
 - counts every request in `ledger.jsonl` before it goes out, refuses one that could pass
   `--max_requests`, `--max_total_tokens` (each request reserves its prompt's upper bound and
   `max_tokens`) or `--max_cost`, and answers a prompt it was asked before from `responses.jsonl`;
-- judges a unit's examples (filters, exact duplicates, ROUGE-L) and appends them to the pool
+- judges a unit's candidates (filters, exact duplicates, ROUGE-L) and commits them to the pool
   strictly in unit order, exactly once per unit, so a run killed anywhere and resumed makes the
   same pool from the same replies; a unit the budget cut short is not recorded, and reruns free;
 - stops at exactly `target` kept records, when the budget is spent, when the pipeline has no
-  more units, or after `max_stall_units` units in a row that kept nothing.
+  more units, after `max_stall_units` units in a row that kept nothing, or when a unit fails.
+
+Judging and writing a unit run in a worker thread (the ROUGE-L kernel and the fsyncs release
+the GIL), which returns what it decided; the event loop alone applies it to the pool in memory,
+the counters and the progress bar.
 """
 from __future__ import annotations
 
@@ -28,112 +23,34 @@ import asyncio
 import contextvars
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import SelfInstructError
-from .judge import Judge, reject_record
-from .ledger import Budget, BudgetExhausted, Ledger, cache_key, format_cost, prompt_bound
-from ..core.parse import Rejection
-from .pool import InstructionPool
+from ..pipelines.base import Pipeline, UnitResult
 from ..teachers.base import Teacher
-from ..types import Completion, Decoding, Example
+from ..types import Completion, Decoding, Rejection
+from .judge import Judge, reject_record
+from .ledger import Budget, BudgetExhausted, Ledger, cache_key
+from .pool import PROVENANCE, InstructionPool
+from .prices import prompt_bound
+from .progress import StallError, Stats, stall_message
 
-Ask = Callable[..., Awaitable[Completion]]
 # The request (ledger id, unit) the current task is making, for the teacher's retry hook.
 _REQUEST: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("request", default=None)
 
 
-class StallError(SelfInstructError):
-    """Units in a row that kept nothing: the template or the model is wrong, not the luck."""
-
-    exit_code = 1
-
-
 @dataclass
-class UnitResult:
-    examples: list[Example] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
+class Commit:
+    """What the commit thread decided about one unit, now on disk, for the event loop to apply."""
 
-
-class Pipeline(Protocol):
-    unit_key: str
-    lag: int | None
-
-    def unit(self, index: int, pool: InstructionPool) -> Any | None: ...
-
-    async def run_unit(self, unit: Any, ask: Ask) -> UnitResult: ...
-
-
-@dataclass
-class Stats:
-    """What a run did, for the progress bar, the summary and state.json (spending comes from the ledger)."""
-
-    ledger: Ledger
-    units: int = 0
-    parsed: int = 0      # candidates judged
-    unjudged: int = 0    # candidates past the target, left unjudged
-    kept: int = 0
-    cached: int = 0      # replies answered from responses.jsonl, not sent
-    rejects: Counter = field(default_factory=Counter)
-    endpoints: Callable[[], dict] | None = None  # a fleet teacher's per-server counts
-
-    @property
-    def requests(self) -> int:
-        return self.ledger.spend.requests
-
-    @property
-    def failed_requests(self) -> int:
-        return self.ledger.spend.failed
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.ledger.spend.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.ledger.spend.completion_tokens
-
-    @property
-    def tokens(self) -> int:
-        return self.ledger.spend.tokens
-
-    @property
-    def cost(self) -> float | None:
-        return self.ledger.spend.cost if self.ledger.price else None
-
-    @property
-    def faults(self) -> Counter:
-        return self.ledger.spend.faults
-
-    def summary(self) -> str:
-        rejects = ", ".join(f"{k} {v}" for k, v in self.rejects.most_common()) or "none"
-        faults = ", ".join(f"{k} {v}" for k, v in self.faults.most_common()) or "none"
-        rate = f"{self.kept / self.parsed:.0%}" if self.parsed else "n/a"
-        cost = f"; cost {format_cost(self.cost)}" if self.cost is not None else ""
-        unjudged = f", {self.unjudged} left unjudged at the target" if self.unjudged else ""
-        servers = ""
-        if self.endpoints and len(self.endpoints()) > 1:
-            servers = "; endpoints: " + ", ".join(
-                f"{url} {s['requests']} requests ({s['failures']} failed, benched {s['benched']})"
-                for url, s in self.endpoints().items())
-        return (f"kept {self.kept} of {self.parsed} judged ({rate}{unjudged}) from {self.requests} requests "
-                f"({self.failed_requests} failed); tokens {self.prompt_tokens} prompt + {self.completion_tokens} "
-                f"completion{cost}; rejected: {rejects}; faults met: {faults}{servers}")
-
-    def to_state(self, extra: dict | None = None) -> dict:
-        spend = self.ledger.spend
-        return {
-            "units": self.units, "requests": spend.requests, "failed_requests": spend.failed,
-            "prompt_tokens": spend.prompt_tokens, "completion_tokens": spend.completion_tokens,
-            "reserved_tokens": spend.reserved_tokens, "cost": None if self.cost is None else round(self.cost, 6),
-            "parsed": self.parsed, "kept": self.kept, "unjudged": self.unjudged, "cached_replies": self.cached,
-            "rejects": dict(self.rejects), "faults": dict(spend.faults),
-            **({"endpoints": self.endpoints()} if self.endpoints else {}), **(extra or {}),
-        }
+    unit: int
+    kept: list[dict]
+    rejected: list[dict]
+    judged: int    # candidates judged (the pipeline's own verdicts on candidates included)
+    unjudged: int  # candidates left unjudged at the target
 
 
 class Engine:
@@ -141,7 +58,7 @@ class Engine:
 
     def __init__(self, teacher: Teacher, pool: InstructionPool, judge: Judge, ledger: Ledger, *,
                  decoding: Decoding, budget: Budget = Budget(), max_concurrency: int = 8,
-                 target: int | None = None, max_stall_units: int | None = 10, progress: bool = True,
+                 target: int | None = None, max_stall_units: int | None = 10, quiet: bool = False,
                  total_units: int | None = None, api: str = ""):
         self.teacher, self.pool, self.judge, self.ledger = teacher, pool, judge, ledger
         self.decoding, self.budget, self.target = decoding, budget, target
@@ -149,7 +66,7 @@ class Engine:
         self.slots = asyncio.Semaphore(max_concurrency)
         self.stats = Stats(ledger, units=pool.next_unit, kept=len(pool), rejects=Counter(pool.reject_counts),
                            parsed=len(pool) + pool.judged_rejects, unjudged=int(pool.state.get("unjudged", 0) or 0))
-        self.stats.endpoints = getattr(teacher, "endpoint_stats", None)
+        self.stats.endpoints = teacher.endpoint_stats
         self.width: dict[int, int] = {}  # running unit -> requests it makes at once (what it declares)
         self.active: dict[int, int] = {}  # unit that has asked -> its asks now waiting or in flight
         self.asks: Counter = Counter()  # unit -> asks it made (answered, cached or failed)
@@ -157,15 +74,15 @@ class Engine:
         self.yield_seen = [0, 0]  # candidates and asks of the units back in this run: candidates per ask
         self.wake = asyncio.Event()
         self.exhausted: str | None = None
+        self.failed = False  # a unit raised: no new unit starts
         self.stall_reasons: Counter = Counter()
         self.stalled = 0
         self.last_error = ""
         total, initial = (target, min(len(pool), target)) if target is not None else (total_units, pool.next_unit)
         self.bar = tqdm(total=total, initial=initial, desc="kept" if target is not None else "units",
-                        unit="inst" if target is not None else "unit", file=sys.stderr, disable=not progress,
+                        unit="inst" if target is not None else "unit", file=sys.stderr, disable=quiet,
                         dynamic_ncols=True)
-        if hasattr(teacher, "before_retry"):
-            teacher.before_retry = self._admit_retry
+        teacher.before_retry = self._admit_retry
 
     # -- the teacher call pipelines get --------------------------------------------------------
 
@@ -224,6 +141,8 @@ class Engine:
                 for index in [i for i, task in self.running.items() if task.done()]:
                     task = self.running.pop(index)
                     self.finished[index] = result = task.exception() or task.result()
+                    if isinstance(result, BaseException) and not isinstance(result, BudgetExhausted):
+                        self.failed = True  # it is raised once the units before it are recorded
                     self.width.pop(index, None)
                     self.active.pop(index, None)
                     if isinstance(result, UnitResult):
@@ -270,7 +189,7 @@ class Engine:
             if unit is None:
                 self.no_more_units = True
                 return
-            self.width[self.next_launch] = max(1, int(getattr(unit, "requests", 1)))
+            self.width[self.next_launch] = max(1, self.pipeline.requests(unit))
             self.running[self.next_launch] = asyncio.create_task(self._run_unit(self.pipeline, self.next_launch, unit))
             self.next_launch += 1
 
@@ -281,16 +200,16 @@ class Engine:
             self.wake.set()
 
     def _may_launch(self, index: int, next_commit: int, running: dict, finished: dict) -> bool:
-        if self.exhausted:
+        if self.exhausted or self.failed:
             return False
         if self.target is not None and len(self.pool) >= self.target:
             return False
-        lag = getattr(self.pipeline, "lag", None)
+        lag = self.pipeline.lag
         if lag is not None and index - next_commit > lag:
             return False  # unit `index` samples from units < index - lag: they must be in the pool
         if not running:  # nothing out: only replies already back may hold a unit back
             return not self._enough_coming(0, finished)
-        concurrency = min(self.max_concurrency, getattr(self.teacher, "concurrency", self.max_concurrency))
+        concurrency = min(self.max_concurrency, self.teacher.concurrency or self.max_concurrency)
         in_flight = self._in_flight()
         if in_flight >= concurrency:
             return False
@@ -317,13 +236,12 @@ class Engine:
         if self.target is None:
             return False
         if asks <= 0:  # nothing back yet: the pipeline's most per reply, or else one full wave
-            candidates, asks = getattr(self.pipeline, "candidates_per_request", None), 1
+            candidates, asks = self.pipeline.candidates_per_request, 1
             if candidates is None:
                 return self.ledger.spend.requests - self.requests_before >= self.max_concurrency
         waiting = self.committing + sum(len(r.examples) for r in finished.values() if isinstance(r, UnitResult))
         answered = sum(self.asks[unit] for unit in self.width)  # replies held by units not yet back
         keep = self.stats.kept / self.stats.parsed if self.stats.parsed else 1.0
-        # stats.kept, not len(pool): the pool grows in the commit's thread while `committing` still holds its unit
         return self.stats.kept + keep * (waiting + candidates / asks * (in_flight + answered)) >= self.target
 
     def _why_stopped(self, no_more_units: bool) -> str:
@@ -337,97 +255,73 @@ class Engine:
         return "done" if no_more_units else "stopped"
 
     async def _commit(self, index: int, result: UnitResult) -> None:
-        """Judge one unit's candidates, in order, and make the outcome durable. Both happen in a
-        worker thread: the event loop keeps sending and reading requests meanwhile (the ROUGE-L
-        kernel and the fsyncs run without the GIL); units are committed one at a time, in order."""
+        """Judge one unit's candidates, in order, and make the outcome durable, in a worker thread
+        (the event loop keeps sending and reading requests meanwhile); then apply it here. Units
+        are committed one at a time, in order."""
         self.committing = len(result.examples)  # neither waiting nor counted kept while in the thread
         try:
-            kept, rejected = await finish_despite_cancel(asyncio.to_thread(self._judge_and_append, index, result))
-        except asyncio.CancelledError:
-            self._count(*self._last_commit)  # on disk: it counts in the state written on the way out
-            raise
+            commit, cancelled = await to_the_end(asyncio.to_thread(self._judge_and_write, index, result))
         finally:
             self.committing = 0
-        self._count(kept, rejected)
-        await finish_despite_cancel(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+        self._apply(commit)  # on disk: it counts, even in the state written on the way out
+        _, cancelled_again = await to_the_end(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+        if cancelled or cancelled_again:
+            raise asyncio.CancelledError
 
-    def _judge_and_append(self, index: int, result: UnitResult) -> tuple[list[dict], list[dict]]:
-        kept, rejected = self._judge_unit(index, result)
-        self.pool.append(index, kept, rejected)
-        self._last_commit = (kept, rejected)
-        return kept, rejected
-
-    def _judge_unit(self, index: int, result: UnitResult) -> tuple[list[dict], list[dict]]:
-        meta = {self.pipeline.unit_key: index, "model": self.teacher.model_id}
+    def _judge_and_write(self, index: int, result: UnitResult) -> Commit:
+        """The commit thread's work: verdicts for the unit's candidates, written and committed."""
+        # the engine's bookkeeping goes under its own key, written last: the input's metadata passes untouched
+        provenance = {PROVENANCE: {"run": self.pool.run_id, "unit": index, "model": self.teacher.model_id}}
         kept: list[dict] = []
-        rejected = [reject_record(r, meta) for r in result.rejections]
+        rejected = [reject_record(r) | provenance for r in result.rejections]
         # a pipeline's own verdicts on a candidate (low_score, ungrounded) count as judged, as on resume
-        self.stats.parsed += sum(r.example is not None for r in result.rejections)
+        judged = sum(r.example is not None for r in result.rejections)
+        unjudged = 0
         limit = None if self.target is None else max(0, self.target - len(self.pool))
         for verdict in self.judge.judge_many(result.examples, limit):
             if verdict is None:
-                self.stats.unjudged += 1  # exactly the target: the rest is left unjudged
-                continue
-            self.stats.parsed += 1
-            if isinstance(verdict, Rejection):
-                rejected.append(reject_record(verdict, meta))
+                unjudged += 1  # exactly the target: the rest is left unjudged
+            elif isinstance(verdict, Rejection):
+                judged += 1
+                rejected.append(reject_record(verdict) | provenance)
             else:
-                verdict["metadata"] = {**meta, **verdict["metadata"]}
-                kept.append(verdict)
-        return kept, rejected
+                judged += 1
+                kept.append(verdict | provenance)
+        self.pool.write(index, kept, rejected)
+        return Commit(index, kept, rejected, judged, unjudged)
 
-    def _count(self, kept: list[dict], rejected: list[dict]) -> None:
+    def _apply(self, commit: Commit) -> None:
+        self.pool.apply(commit.unit, commit.kept, commit.rejected)
         self.stats.units += 1
         self.stats.kept = len(self.pool)
-        self.stats.rejects.update(r["reason"] for r in rejected)
-        self.last_error = next((r["detail"] for r in rejected if r["reason"] == "request_failed"), self.last_error)
-        self.bar.update(len(kept) if self.target is not None else 1)
-        self.bar.set_postfix_str(self.postfix(), refresh=True)
-        if kept:
+        self.stats.parsed += commit.judged
+        self.stats.unjudged += commit.unjudged
+        self.stats.rejects.update(r["reason"] for r in commit.rejected)
+        self.last_error = next((r["detail"] for r in commit.rejected if r["reason"] == "request_failed"), self.last_error)
+        self.bar.update(len(commit.kept) if self.target is not None else 1)
+        self.bar.set_postfix_str(self.stats.postfix(self.teacher.concurrency), refresh=True)
+        if commit.kept:
             self.stalled = 0
             self.stall_reasons.clear()
             return
         self.stalled += 1
-        self.stall_reasons.update(r["reason"] for r in rejected)
+        self.stall_reasons.update(r["reason"] for r in commit.rejected)
         if self.max_stall_units and self.stalled >= self.max_stall_units:
-            raise StallError(self.stall_message())
-
-    def postfix(self) -> str:
-        spend = self.ledger.spend
-        rejects = " ".join(f"{k}={v}" for k, v in self.stats.rejects.most_common(4))
-        cost = f" | {format_cost(spend.cost)}" if self.ledger.price else ""
-        concurrency = getattr(self.teacher, "concurrency", None)
-        slots = f" | conc {concurrency}" if concurrency is not None else ""
-        return f"rej {rejects or 0} | tok {spend.tokens / 1000:.1f}k{cost}{slots}"
-
-    def stall_message(self) -> str:
-        units = f"stopped: {self.max_stall_units} {self.pipeline.unit_key}s in a row kept no instruction"
-        if set(self.stall_reasons) == {"request_failed"}:
-            return (f"{units}: every request failed (last: {self.last_error}); the teacher is down, overloaded or "
-                    f"refusing these requests: check it, then rerun the same command to resume")
-        seen = ", ".join(f"{k} {v}" for k, v in self.stall_reasons.most_common(3)) or "nothing in the replies"
-        if self.stall_reasons and self.stall_reasons.most_common(1)[0][0] in ("similar", "duplicate"):
-            fix = "the teacher keeps repeating known tasks: raise --temperature, add seed tasks or use another --model_name"
-        else:
-            fix = ("the replies do not follow the format asked for: check the template (--prompt_path, see one "
-                   "prompt with --dry_run) and the model (--model_name)")
-        return f"{units} (rejected: {seen}); {fix}, then rerun the same command to resume"
+            raise StallError(stall_message(f"{self.max_stall_units} {self.pipeline.unit_name}s", self.stall_reasons,
+                                           self.last_error))
 
 
-async def finish_despite_cancel(work):
-    """Await work to its end even when the task is cancelled meanwhile (Ctrl-C, SIGTERM), then
-    pass the cancellation on: a unit being written in a thread must be on disk, and counted,
-    before the run's last regen.json and state.json are written from memory."""
+async def to_the_end(work) -> tuple[Any, bool]:
+    """Await work to its end even when the task is cancelled meanwhile (Ctrl-C, SIGTERM); returns
+    its result and whether a cancellation came, for the caller to pass on once it has applied the
+    result: a unit being written in a thread must be on disk, and counted, before the run's last
+    regen.json and state.json are written from memory."""
     future = asyncio.ensure_future(work)
     cancelled = False
     while True:
         try:
-            result = await asyncio.shield(future)
-            break
+            return await asyncio.shield(future), cancelled
         except asyncio.CancelledError:
             if future.cancelled():
                 raise
             cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result

@@ -16,6 +16,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -195,12 +196,12 @@ def repair_torn_tail(path: str | Path) -> str | None:
     return f"{path.name}: cut off a torn last line of {size - keep} bytes (the run was killed while writing it)"
 
 
-def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True) -> None:
-    """Append records as whole lines in one write. If the write fails (a full disk), the file is
-    cut back to its old length, so no half line is left behind."""
+def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True) -> int:
+    """Append records as whole lines in one write; returns the file's size after it. If the write
+    fails (a full disk), the file is cut back to its old length, so no half line is left behind."""
     payload = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
     if not payload:
-        return
+        return os.stat(path).st_size if os.path.exists(path) else 0
     # Unbuffered: a buffered file would try again to write what is left when it is closed, after
     # the file was cut back.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -213,6 +214,7 @@ def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True
         except BaseException:
             os.ftruncate(fd, before)
             raise
+        return before + len(payload)
     finally:
         os.close(fd)
 
@@ -285,3 +287,8 @@ def _pause_halfway_for_tests(fd: int, payload: bytes, name: str) -> bytes:
     print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
     time.sleep(600)
     return payload[cut:]
+
+
+def sha256_of(data: str | bytes) -> str:
+    """The hex SHA-256 of text (as UTF-8) or bytes: run.json's fingerprint of an input or a template."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()

@@ -9,12 +9,13 @@ the run went straight through or was killed and resumed any number of times.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..core.parse import Rejection, parse_completion
+from ..core.parse import parse_completion
+from ..types import Rejection
+from .base import Ask, Pipeline, UnitResult
 from ..core.prompts import encode_prompt
 from ..core.seeds import seed_examples
 from ..types import Example, SeedTask
@@ -29,13 +30,10 @@ class Round:
     prompts: tuple[str, ...]
     sizes: tuple[int, ...]  # example tasks each prompt shows (the reply continues after them)
 
-    @property
-    def requests(self) -> int:
-        return len(self.prompts)
 
 
-class AlpacaPipeline:
-    unit_key = "round"
+class AlpacaPipeline(Pipeline):
+    unit_name = "round"
 
     def __init__(self, seeds: Sequence[SeedTask], template: str, *, num_prompt_instructions: int = 3,
                  num_machine_instructions: int = 0, num_tasks: int = 20, request_batch_size: int = 5,
@@ -50,15 +48,12 @@ class AlpacaPipeline:
 
     def unit(self, index: int, pool) -> Round:
         rng = random.Random(f"{self.seed}:{index}")
-        records = self.sampleable(pool.records, index) if self.m else []
+        records = pool.records_before(index - MACHINE_LAG) if self.m else []
         drawn = [self.draw_prompt(rng, records) for _ in range(self.batch)]
         return Round(index, tuple(p for p, _ in drawn), tuple(s for _, s in drawn))
 
-    def sampleable(self, records: list[dict], index: int) -> list[dict]:
-        """The pool records round `index` may show: those of rounds before index - MACHINE_LAG
-        (records are appended in round order, so they are a prefix)."""
-        end = bisect.bisect_left(records, index - MACHINE_LAG, key=lambda r: r.get("metadata", {}).get("round", -1))
-        return records[:end]
+    def requests(self, unit: Round) -> int:
+        return len(unit.prompts)
 
     def draw_prompt(self, rng: random.Random, records: Sequence[dict]) -> tuple[str, int]:
         """One prompt: seed tasks plus up to `num_machine_instructions` pool records, shuffled.
@@ -70,8 +65,6 @@ class AlpacaPipeline:
         return encode_prompt(examples, self.template, self.num_tasks), len(examples)
 
     async def run_unit(self, unit: Round, ask) -> "UnitResult":
-        from ..engine.scheduler import UnitResult
-
         replies = await asyncio.gather(*(ask(p) for p in unit.prompts), return_exceptions=True)
         for reply in replies:  # the round is recorded whole or not at all
             if isinstance(reply, BaseException):

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
-from ..engine.scheduler import UnitResult
 from ..errors import ConfigError
-from ..core.parse import Rejection
+from ..types import Rejection
+from .base import Pipeline, UnitResult
 from ..core.prompts import read_placeholder_template
 from ..io.resources import bundled_path
 from ..sources.chunking import Chunk
@@ -478,19 +478,17 @@ class DocumentSettings:
         return self.verify and self.mode in ("qa", "instruct")
 
 
-class DocumentsPipeline:
+class DocumentsPipeline(Pipeline):
     """Units are chunks, numbered as `chunk_documents` numbered them; in windows mode, groups of
     sections (`chunks` are then whole sections)."""
 
     name = "documents"
-    lag = None  # no unit reads the pool
 
     def __init__(self, chunks: Sequence[Chunk], settings: DocumentSettings, decoding: Decoding | None = None):
         settings.validate()
         self.chunks, self.settings = list(chunks), settings
         self.decoding = decoding
-        # The metadata key of the unit number: a record's chunk, or in windows mode its group.
-        self.unit_key = "chunk" if settings.uses_teacher else "unit"
+        self.unit_name = "chunk" if settings.uses_teacher else "section group"
         self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
         self.template = load_document_template(settings.mode, settings.prompt_path) if settings.uses_teacher else ""
         self.verify_template = load_document_template("verify", settings.verify_prompt_path) if settings.verifies else ""
@@ -516,6 +514,9 @@ class DocumentsPipeline:
         # held the server at half the concurrency (benchmarks/documents.py: 50% against 84% of
         # the bound).
         return ChunkUnit(index, chunk, count, requests=1)
+
+    def requests(self, unit: ChunkUnit | SectionsUnit) -> int:
+        return unit.requests
 
     def new_text_start(self, index: int) -> int:
         """Where chunk `index`'s own text starts: after the sentences it shares with the chunk

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.scheduler import Ask, UnitResult
 from ..errors import ConfigError
-from ..core.parse import Rejection
+from ..types import Rejection
+from .base import Ask, Pipeline, UnitResult
 from ..io.resources import bundled_path
 from ..core.similarity import RougeIndex
 from ..types import Decoding, Example
@@ -68,12 +68,11 @@ class Parent:
     requests: int = 1  # the two calls go one after the other
 
 
-class EvolvePipeline:
+class EvolvePipeline(Pipeline):
     """One generation: evolves each parent once. Units are parents in order."""
 
     name = "evolve"
-    unit_key = "unit"
-    lag = None
+    unit_name = "parent"
 
     def __init__(self, parents: Sequence[Example], generation: int, *, seed: int = 0, decoding: Decoding,
                  no_change_threshold: float = 0.9, max_words: int = 400):
@@ -119,7 +118,9 @@ class EvolvePipeline:
         if task is None:
             return None, "evolve_too_long" if finish_reason == "length" else "unparseable"
         ex = parent.example
+        # the parent's metadata (its source, its tags) passes on; the lineage fields are the child's own
         child = Example(task["instruction"].strip(), str(task.get("input") or "").strip(), "", {
+            **ex.metadata,
             "id": record_id(task["instruction"].strip(), str(task.get("input") or "").strip()),
             "parent": ex.metadata.get("id") or record_id(ex.instruction, ex.input),
             "operation": parent.operation, "generation": self.generation,

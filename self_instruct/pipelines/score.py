@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.scheduler import Ask, UnitResult
 from ..errors import ConfigError
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
-from ..core.parse import Rejection
+from ..types import Rejection
+from .base import Ask, Pipeline, UnitResult
 from ..io.resources import bundled_path
 from ..types import Decoding, Example
 
@@ -35,12 +35,6 @@ def load_rubric(path: str | Path | None = None) -> str:
     if "{records}" not in text:
         raise ConfigError(f"{source}: the score rubric must hold {{records}}")
     return text
-
-
-def to_example(record: dict) -> Example:
-    meta = record.get("metadata")
-    return Example(str(record.get("instruction", "")), str(record.get("input", "") or ""),
-                   str(record.get("output", "")), dict(meta) if isinstance(meta, dict) else {})
 
 
 def score_prompt(examples: Sequence[Example], rubric: str) -> str:
@@ -133,12 +127,11 @@ class Batch:
     requests: int = 1
 
 
-class ScorePipeline:
+class ScorePipeline(Pipeline):
     """Scores records in batches; keeps those at or above `min_score` (None keeps every scored one)."""
 
     name = "score"
-    unit_key = "batch"
-    lag = None
+    unit_name = "batch"
 
     def __init__(self, examples: Sequence[Example], rubric: str, *, records_per_request: int = 5,
                  min_score: float | None = None, max_tokens: int = 64, cache: VerdictCache | None = None):

@@ -39,13 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..core.filters import first_rejection
-from ..engine.judge import normalize
-from ..core.parse import Rejection, is_noinput
+from ..core.filters import duplicate_key, first_rejection
+from ..core.parse import is_noinput
+from ..types import Rejection
 from ..core.prompts import clean_instruction, read_placeholder_template
 from ..io.resources import bundled_path
 from ..types import Decoding, Example, SeedTask
-from .alpaca import MACHINE_LAG, AlpacaPipeline
+from .alpaca import MACHINE_LAG
+from .base import Ask, Pipeline, UnitResult
 from .documents import fill
 
 # Wang et al.: 8 instructions in context, 2 of them machine-made; the list stops at item 16.
@@ -162,17 +163,17 @@ def check_instances(instruction: str, pairs: Sequence[tuple[str, str]], output_f
             rejections.append(reject("instance_empty", pair, "no input" if out.strip() else "no output"))
         elif max(len(inp), len(out)) > MAX_FIELD_CHARS:
             rejections.append(reject("instance_too_long", pair, f"over {MAX_FIELD_CHARS} characters"))
-        elif inp.strip() and normalize(out) == normalize(inp):
+        elif inp.strip() and duplicate_key(out) == duplicate_key(inp):
             rejections.append(reject("output_copies_input", pair))
         else:
             valid.append(pair)
     outputs = defaultdict(set)
     for inp, out in valid:
         if inp.strip():
-            outputs[normalize(inp)].add(normalize(out))
+            outputs[duplicate_key(inp)].add(duplicate_key(out))
     seen, kept = set(), []
     for pair in valid:
-        key = (normalize(pair[0]), normalize(pair[1]))
+        key = (duplicate_key(pair[0]), duplicate_key(pair[1]))
         if len(outputs.get(key[0], ())) > 1:
             rejections.append(reject("instance_conflict", pair, "the same input has other outputs"))
         elif key in seen:
@@ -185,13 +186,13 @@ def check_instances(instruction: str, pairs: Sequence[tuple[str, str]], output_f
 
 def balance_labels(instruction: str, pairs: list[tuple[str, str]], rejections: list[Rejection]) -> list[tuple[str, str]]:
     """Keep as many inputs per label as the rarest label has; the surplus is rejected."""
-    counts = Counter(normalize(out) for _, out in pairs)
+    counts = Counter(duplicate_key(out) for _, out in pairs)
     if not counts:
         return pairs
     cap, used, kept = min(counts.values()), Counter(), []
     for inp, out in pairs:
-        used[normalize(out)] += 1
-        if used[normalize(out)] > cap:
+        used[duplicate_key(out)] += 1
+        if used[duplicate_key(out)] > cap:
             rejections.append(Rejection("label_surplus", Example(instruction, inp, out), detail=f"more than {cap} input(s) for this label"))
         else:
             kept.append((inp, out))
@@ -222,10 +223,9 @@ class Templates:
                    *(load_self_instruct_template(name) for name in ("classify", "input_first", "output_first")))
 
 
-class SelfInstructPipeline:
-    unit_key = "round"
+class SelfInstructPipeline(Pipeline):
+    unit_name = "round"
     lag = MACHINE_LAG
-    sampleable = AlpacaPipeline.sampleable  # records of rounds before r - MACHINE_LAG
 
     def __init__(self, seeds: Sequence[SeedTask], templates: Templates, decoding: Decoding, *,
                  request_batch_size: int = 5, seed: int = 42, num_prompt_instructions: int = PROMPT_INSTRUCTIONS,
@@ -242,11 +242,11 @@ class SelfInstructPipeline:
 
     def unit(self, index: int, pool) -> Round:
         rng = random.Random(f"{self.seed}:{index}")
-        records = self.sampleable(pool.records, index)
+        records = pool.records_before(index - MACHINE_LAG)
         drawn = [self.draw_instructions(rng, records) for _ in range(self.batch)]
         prompts = tuple(encode_instructions(shown, self.templates.instructions, self.num_tasks) for shown in drawn)
         return Round(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
-                     frozenset(normalize(text) for shown in drawn for text in shown))
+                     frozenset(duplicate_key(text) for shown in drawn for text in shown))
 
     def draw_instructions(self, rng: random.Random, records: Sequence[dict]) -> list[str]:
         """The instructions one prompt shows: seeds and up to `m` pool records, shuffled."""
@@ -256,9 +256,10 @@ class SelfInstructPipeline:
         rng.shuffle(shown)
         return shown
 
-    async def run_unit(self, unit: Round, ask) -> "UnitResult":
-        from ..engine.scheduler import UnitResult
+    def requests(self, unit: Round) -> int:
+        return unit.requests
 
+    async def run_unit(self, unit: Round, ask: Ask) -> UnitResult:
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
         result, instructions, seen = UnitResult(), [], set(unit.shown)
         for completion in replies:
@@ -271,11 +272,11 @@ class SelfInstructPipeline:
                 result.rejections.append(Rejection("empty_reply", raw=completion.text[:500]))
             for text in found:
                 # spend no call on what the judge would drop anyway
-                reason = first_rejection(Example(text, "", "-")) or ("duplicate" if normalize(text) in seen else None)
+                reason = first_rejection(Example(text, "", "-")) or ("duplicate" if duplicate_key(text) in seen else None)
                 if reason:
                     result.rejections.append(Rejection(reason, Example(text)))
                 else:
-                    seen.add(normalize(text))
+                    seen.add(duplicate_key(text))
                     instructions.append(text)
         outcomes = await _all(self.instruct(unit.index + place, text, ask) for place, text in enumerate(instructions))
         for example, rejections in outcomes:

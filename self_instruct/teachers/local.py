@@ -19,6 +19,7 @@ no continuation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import random
@@ -429,3 +430,63 @@ def _append(out: bytearray, piece: bytes, stops: list[bytes], longest: int) -> i
 def _text(data: bytes | bytearray) -> str:
     # A reply cut by max_tokens can end inside a multi-byte character; drop that fragment.
     return bytes(data).decode("utf-8", errors="ignore")
+
+
+class LocalChatTeacher(LocalTeacher):
+    """The embedded model as a teacher of instructions (documents, score, evolve): the prompts
+    are instructions to follow, not a numbered list to continue, so they go through the model's chat template (where the
+    GGUF has one) and the reply ends where the model ends its turn: no "###" continuation.
+    As a raw completion with the continuation, SmolLM2-135M wrote 1,024 tokens of '#' lines and
+    stray prose to each of 4 qa prompts (all unparseable, 91 s); through its chat template it
+    answered and stopped, but wrote prose where JSON was asked for (8 of 8 qa and instruct
+    replies unparseable).
+
+    So a request that wants JSON (`Decoding.json`) is decoded under a llama.cpp grammar: the
+    model may only pick tokens that keep the reply valid JSON of the request's schema (a
+    `ShapedDecoding` from the pipeline says which: qa pairs, instruct tasks, a backtranslated
+    instruction, verdicts), and its end of turn is allowed only where the JSON is complete. A
+    schema per request, rather than llama-cpp-python's plain json_object, because it fixes the
+    field names and the count the parser needs: a grammar of any JSON object would still let
+    through what the 135M model wrote for one backtranslated paragraph, {"description": ...,
+    "type": "json"}, which holds no field the pipeline reads."""
+
+    def __init__(self, model_path: str | None = None):
+        super().__init__(model_path, continuation=None)
+        self._usable_schemas: set[str] = set()
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        if self._chat_formatter is None:
+            return await super().complete(prompts, decoding)
+        return [await self.chat([{"role": "user", "content": prompt}], decoding) for prompt in prompts]
+
+    def _sampling(self, decoding: Decoding) -> dict[str, Any]:
+        sampling = super()._sampling(decoding)
+        if decoding.json:
+            sampling["grammar"] = self._grammar(getattr(decoding, "schema", ""))
+        return sampling
+
+    def _grammar(self, schema: str) -> Any:
+        """The grammar of `schema`, tried once: llama.cpp refuses one it finds too big (a string
+        capped at over 1,000 characters), and llama-cpp-python would crash the process with it."""
+        grammar = json_grammar(schema)
+        if schema not in self._usable_schemas:
+            vocab = self._llama_cpp.llama_model_get_vocab(self._llm.model)
+            sampler = self._llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
+                                                                 grammar._root.encode("utf-8"))
+            if not sampler:
+                raise TeacherError(f"llama.cpp refuses the grammar of this JSON schema: {schema[:200]}")
+            self._llama_cpp.llama_sampler_free(sampler)
+            self._usable_schemas.add(schema)
+        return grammar
+
+    def describe(self) -> dict:
+        return super().describe() | {"prompting": "raw" if self._chat_formatter is None else "chat template",
+                                     "json_replies": "grammar from each request's JSON schema"}
+
+
+@functools.lru_cache(maxsize=64)
+def json_grammar(schema: str) -> Any:
+    """The llama.cpp grammar of a JSON reply: one of `schema` (a JSON Schema, as text), or with
+    none any JSON object (what llama-cpp-python gives for response_format json_object)."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+    return LlamaGrammar.from_json_schema(schema, verbose=False) if schema else LlamaGrammar.from_string(JSON_GBNF, verbose=False)

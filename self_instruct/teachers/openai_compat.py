@@ -34,7 +34,7 @@ from typing import Awaitable, Callable, Sequence
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ..cli import redact_url
+from ..io.secrets import redact_url
 from ..errors import ConfigError, TeacherError
 from ..types import Completion, Decoding
 from .base import Teacher

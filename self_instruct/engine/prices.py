@@ -1,0 +1,62 @@
+"""What requests cost: the price table of well-known models, prices from flags, and the upper
+bound of a prompt's tokens that every request reserves before it is sent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+# Dollars per million prompt and completion tokens, as the providers list them (November 2026
+# list prices of OpenAI's API). --price_prompt/--price_completion override; other models are
+# priced only when those flags are given.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-3.5-turbo-instruct": (1.50, 2.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+}
+# Tokens a chat template may wrap around a prompt, on top of the prompt's own.
+TEMPLATE_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Price:
+    """Dollars per million tokens; None when unknown (then no cost is shown or capped)."""
+
+    prompt: float
+    completion: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
+
+
+def find_price(model: str, prompt: float | None, completion: float | None, local: bool = False) -> Price | None:
+    """The price of a model: flags first, then the table (by name, dated snapshots included), a
+    local model is free. Example: find_price("gpt-4o-mini-2024-07-18", None, None) -> Price(0.15, 0.6)"""
+    if prompt is not None or completion is not None:
+        if prompt is None or completion is None:
+            raise ConfigError("--price_prompt and --price_completion go together (dollars per million tokens)")
+        return Price(prompt, completion)
+    if local:
+        return Price(0.0, 0.0)
+    name = model.rsplit("/", 1)[-1]
+    for known in sorted(PRICES, key=len, reverse=True):
+        if name == known or name.startswith(known + "-"):
+            return Price(*PRICES[known])
+    return None
+
+
+def prompt_bound(prompt: str) -> int:
+    """An upper bound of a prompt's tokens: every token is at least one byte for byte-level and
+    SentencePiece tokenizers alike, plus what a chat template wraps around it."""
+    return len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
+
+
+
+
+def format_cost(cost: float) -> str:
+    """Example: format_cost(0.0123) -> '$0.0123'; format_cost(12.5) -> '$12.50'"""
+    return f"${cost:.2f}" if cost >= 1 else f"${cost:.4f}"
