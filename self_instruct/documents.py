@@ -24,7 +24,7 @@ from .engine.prices import find_price, format_cost, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, option,
+from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, option,
                       positive_int, validate)
 from .pipelines.documents import (
     MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt,
@@ -47,7 +47,7 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass(kw_only=True)
-class DocumentsConfig(RunOptions, JudgeOptions, BudgetOptions, RateOptions, TeacherOptions):
+class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a documents run: its flags, and the library's keywords."""
 
     paths: tuple[str, ...] = option((), "files (.txt .md .pdf .html .epub .docx .srt .vtt) or directories of them",

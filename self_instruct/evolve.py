@@ -23,7 +23,7 @@ from .engine.run import Run, execute, say
 from .errors import ConfigError
 from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, RateOptions, RunOptions, TeacherOptions, command, fraction, option,
+from .options import (BudgetOptions, CostOptions, RateOptions, RunOptions, TeacherOptions, command, fraction, option,
                       positive_int, validate)
 from .pipelines.evolve import EvolvePipeline
 from .teachers.base import Teacher
@@ -34,7 +34,7 @@ SHAPING = ("input_sha256", "round", "seed", "model_name", "api", "temperature", 
 
 
 @dataclass(kw_only=True)
-class EvolveConfig(RunOptions, BudgetOptions, RateOptions, TeacherOptions):
+class EvolveConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of an evolve run: its flags, and the library's keywords."""
 
     input: str = option("", "the dataset to evolve: a JSON list or JSONL of records with an instruction",

@@ -26,7 +26,7 @@ from .core.seeds import load_seed_tasks
 
 from .errors import ConfigError
 from .io.resources import default_seed_tasks_path
-from .options import (BudgetOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, one_of,
+from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, one_of,
                       option, positive_int, validate)
 from .engine.prices import find_price, format_cost, prompt_bound
 from .engine.progress import StallError
@@ -53,7 +53,7 @@ SHAPING = (
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(RunOptions, JudgeOptions, BudgetOptions, RateOptions, TeacherOptions):
+class GenerateConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a generate run: its flags, and the library's keywords."""
 
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")

@@ -93,7 +93,15 @@ class RunOptions:
 
 
 @dataclass(kw_only=True)
-class TeacherOptions:
+class KeyOptions:
+    """The key for OpenAI-compatible servers."""
+
+    api_key: str | None = option(None, "the server's key (default $OPENAI_API_KEY); never written or printed",
+                                 record=False)
+
+
+@dataclass(kw_only=True)
+class TeacherOptions(KeyOptions):
     """Which teacher answers, and how requests to it are sent and retried."""
 
     model_name: str | None = option(
@@ -101,8 +109,6 @@ class TeacherOptions:
     base_url: str | None = option(
         None, "OpenAI-compatible server: a URL, several comma-separated, or a file of URLs, one a line "
               "(default $OPENAI_BASE_URL); requests go to the least-loaded healthy one")
-    api_key: str | None = option(None, "the server's key (default $OPENAI_API_KEY); never written or printed",
-                                 record=False)
     api: str = option("completions", "completions or chat: the API the server is asked through",
                       check=one_of("completions", "chat"))
     teacher: str | None = option(
@@ -133,7 +139,7 @@ class RateOptions:
 
 @dataclass(kw_only=True)
 class BudgetOptions:
-    """Hard caps on what a run may spend, kept across kills and resumes."""
+    """Hard caps on what a run may send, kept across kills and resumes."""
 
     max_requests: int | None = option(
         None, "the most requests the run sends, retries included, across stops and resumes",
@@ -141,6 +147,12 @@ class BudgetOptions:
     max_total_tokens: int | None = option(
         None, "the most prompt + completion tokens (each request reserves its upper bound before it goes)",
         check=optional_positive_int)
+
+
+@dataclass(kw_only=True)
+class CostOptions:
+    """A cap in dollars, and the prices it is counted in."""
+
     max_cost: float | None = option(
         None, "the most dollars the run spends (prices known for OpenAI's models, else --price_prompt and "
               "--price_completion)", check=dollars)
@@ -164,7 +176,7 @@ class JudgeOptions:
     judge_base_url: str | None = option(None, "with --judge: another server to rate with (default --base_url)")
 
 
-GROUPS = (RunOptions, TeacherOptions, RateOptions, BudgetOptions, JudgeOptions)
+GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, JudgeOptions)
 
 
 # --- reading a config ---

@@ -21,7 +21,7 @@ from .engine.run import Outcome, Run, execute, finish, say
 from .errors import ConfigError
 from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, RateOptions, RunOptions, TeacherOptions, command, option, positive_int,
+from .options import (BudgetOptions, CostOptions, RateOptions, RunOptions, TeacherOptions, command, option, positive_int,
                       validate)
 from .pipelines.score import ScorePipeline, VerdictCache, keep_all, load_rubric
 from .teachers.base import Teacher
@@ -36,7 +36,7 @@ def score_range(name: str, value) -> None:
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(RunOptions, BudgetOptions, RateOptions, TeacherOptions):
+class ScoreConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a score run: its flags, and the library's keywords."""
 
     input: str = option("", "the dataset to rate: a JSON list or JSONL of records with an instruction", positional=True)

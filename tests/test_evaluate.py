@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 import pytest
 
 from self_instruct import evaluate
+from self_instruct.evaluation import grading, questions as question_sets, systems
 from self_instruct.evaluation import metrics
 from self_instruct.errors import ConfigError, DataError
 from test_retrieval import PARAPHRASES, QUESTIONS, write_documents
@@ -101,7 +103,7 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
     ('{"verdict": "correct", "reason": ', None),
 ])
 def test_judge_replies_are_read_as_json_or_refused(reply, verdict):
-    assert evaluate.parse_verdict(reply) == verdict
+    assert grading.parse_grade(reply) == verdict
 
 
 # --------------------------------------------------------------------------- the study, with endpoints
@@ -158,7 +160,7 @@ def test_every_system_gets_the_same_prompt_layout(study):
     prompts = [r["prompt"] for r in study["server"].requests if r["model"] == "reader"]
     question = PARAPHRASES[0]["question"]
     plain, with_snippets = [p for p in prompts if question in p]
-    instruction = f"{evaluate.SYSTEM_MESSAGE}\n\n{question}"
+    instruction = f"{systems.SYSTEM_MESSAGE}\n\n{question}"
     # The training templates: system message and question as the instruction, snippets as the input.
     assert plain == (REPO / "prompts" / "train_no_input.txt").read_text().replace("{instruction}", instruction)
     snippets = next(r["snippets"] for r in answers(study["out"]) if r["system"] == "base+rag" and r["question"] == question)
@@ -175,10 +177,10 @@ def test_chat_layout_sends_the_same_text_as_one_user_turn(study):
     assert all(len(m) == 1 and m[0]["role"] == "user" for m in chats)
     question = PARAPHRASES[0]["question"]
     plain, with_snippets = [m[0]["content"] for m in chats if question in m[0]["content"]]
-    assert plain == f"{evaluate.SYSTEM_MESSAGE}\n\nQuestion: {question}"
+    assert plain == f"{systems.SYSTEM_MESSAGE}\n\nQuestion: {question}"
     snippets = next(r["snippets"] for r in answers(study["out"]) if r["system"] == "base+rag" and r["question"] == question)
     context = "\n\n".join(f"[{s['rank']}] {s['text']}" for s in snippets)
-    assert with_snippets == f"{evaluate.SYSTEM_MESSAGE}\n\nContext:\n{context}\n\nQuestion: {question}"
+    assert with_snippets == f"{systems.SYSTEM_MESSAGE}\n\nContext:\n{context}\n\nQuestion: {question}"
 
 
 def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
@@ -190,7 +192,7 @@ def test_rerun_sends_nothing_and_the_judge_cache_survives_new_answers(study):
     assert len(server.requests) == sent
     assert (out / "results.json").read_text() == first
 
-    (out / "answers.jsonl").unlink()  # answers asked again, verdicts from the cache
+    shutil.rmtree(out / "answers")  # answers asked again, verdicts from the grades the judge gave
     run_cli(study["args"])
     asked = server.requests[sent:]
     assert len(asked) == 2 * len(QUESTIONS) and all(r["model"] == "reader" for r in asked)
@@ -227,6 +229,11 @@ def test_budget_stops_and_a_rerun_goes_on(study):
     assert all("judge" in r for r in answers(out))
 
 
+def pooled_answers(out):
+    """Each system's answers as its stage of the run has them on disk, by system."""
+    return {path.parent.name: path.read_bytes() for path in sorted((out / "answers").glob("*/generated.jsonl"))}
+
+
 def test_resume_after_kill(tmp_path, fake_server):
     """A killed evaluation, rerun, asks only what was not yet answered."""
     fake_server.latency = 0.2
@@ -239,18 +246,18 @@ def test_resume_after_kill(tmp_path, fake_server):
     run = subprocess.Popen(command, cwd=REPO)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(answers(out) if (out / "answers.jsonl").is_file() else []) < 6:
+        while time.monotonic() < deadline and sum(p.count(b"\n") for p in pooled_answers(out).values()) < 6:
             time.sleep(0.05)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
-    before = answers(out)
-    assert 6 <= len(before) < 48
+    before = pooled_answers(out)
+    assert 6 <= sum(p.count(b"\n") for p in before.values()) < 48
 
     subprocess.run(command, cwd=REPO, check=True, timeout=300)
     after = answers(out)
     assert sorted((r["system"], r["id"]) for r in after) == sorted((s, i) for s in "ab" for i in range(24))  # each once
-    assert after[:len(before)] == before
+    assert all(pooled_answers(out)[name].startswith(data) for name, data in before.items())  # kept as they were
     # Asked again: only what was in flight at the kill (one batch of 2), beside the 48 answers.
     assert 48 <= len(fake_server.requests) <= 50
 
@@ -351,7 +358,7 @@ def test_holdout_questions_are_the_records_the_run_held_out(tmp_path, study):
     run = tmp_path / "run"
     run.mkdir()
     (run / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    held = evaluate.holdout_questions(run)
+    held = question_sets.holdout_questions(run)
     assert [(q.question, q.answer, q.source) for q in held] == [
         (f"What is fact {i}?", f"Fact {i}.", "facts.md") for i in (0, 4, 8)]
 
@@ -368,7 +375,7 @@ def test_holdout_questions_are_the_records_the_run_held_out(tmp_path, study):
 def test_a_run_without_holdout_is_a_clear_error(tmp_path):
     (tmp_path / "generated.jsonl").write_text(json.dumps({"instruction": "Q?", "input": "", "output": "A."}) + "\n")
     with pytest.raises(ConfigError, match="no record is held out"):
-        evaluate.holdout_questions(tmp_path)
+        question_sets.holdout_questions(tmp_path)
 
 
 # --------------------------------------------------------------------------- local models (torch)
@@ -448,11 +455,11 @@ def test_batched_generation_equals_one_at_a_time(tiny_models):
     from self_instruct.types import Decoding
 
     root = tiny_models
-    model = evaluate.LocalModel(str(root / "base"), str(root / "lora"), "template")
+    model = systems.LocalModel(str(root / "base"), str(root / "lora"), "template")
     templates = {"with_input": (root / "with_input.txt").read_text(), "no_input": (root / "no_input.txt").read_text()}
-    prompts = [evaluate.build_prompt(q["question"], [], "template", "", templates) for q in PARAPHRASES[:4]]
-    decoding = Decoding(max_tokens=12, temperature=0.0, stop=evaluate.TEMPLATE_STOP)
-    together = asyncio.run(model.answer(prompts, decoding))
-    alone = [asyncio.run(model.answer([p], decoding))[0] for p in prompts]
+    prompts = [systems.build_prompt(q["question"], [], "template", "", templates) for q in PARAPHRASES[:4]]
+    decoding = Decoding(max_tokens=12, temperature=0.0, stop=systems.TEMPLATE_STOP)
+    together = model.generate(prompts, decoding)
+    alone = [model.generate([p], decoding)[0] for p in prompts]
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]

@@ -102,10 +102,18 @@ class Run:
 
     def open_teacher(self, options: Any = None, *, base_url: str | None = None) -> Teacher:
         """A teacher of these options (default the run's), closed when the run ends."""
-        teacher = make_teacher(options or self.options, base_url=base_url or self.base_url, api_key=self.api_key,
-                               follows_instructions=self.follows_instructions)
+        return self.adopt(make_teacher(options or self.options, base_url=base_url or self.base_url,
+                                       api_key=self.api_key, follows_instructions=self.follows_instructions))
+
+    def adopt(self, teacher: Teacher) -> Teacher:
+        """Close this teacher when the run ends (or on `release`)."""
         self._opened.append(teacher)
         return teacher
+
+    async def release(self, teacher: Teacher) -> None:
+        """Close a teacher the run opened, now (a local model's memory is wanted back)."""
+        self._opened.remove(teacher)
+        await teacher.aclose()
 
     def price_of(self, teacher: Teacher) -> Price | None:
         """The teacher's price (flags, then the table; the embedded model is free). --max_cost
