@@ -40,7 +40,8 @@ ABBREVIATED = ("Dr. Hale", "Mr. Ortiz", "e.g. compost", "about 3.5 kg", "St. Lou
 def book_text(pages: int, rng: random.Random) -> str:
     """Markdown prose: chapters of sections of paragraphs, sentences of 6 to 28 words with the
     abbreviations and numbers that make sentence splitting hard."""
-    vocabulary = [w.strip(".,()`*#|:;'\"") for w in (REPO / "README.md").read_text(encoding="utf-8").split()]
+    # the bundled seed tasks' words: a vocabulary that does not change when the docs do
+    vocabulary = [w.strip(".,()`*#|:;'\"") for w in (REPO / "seed_tasks" / "seed_tasks.jsonl").read_text(encoding="utf-8").split()]
     vocabulary = [w for w in vocabulary if w.isalpha()]
     parts, words, chapter = [], 0, 0
     while words < pages * WORDS_PER_PAGE:

@@ -1,7 +1,8 @@
 """The self-instruct loop: seeds -> prompts -> teacher -> parse -> filters -> similarity -> pool.
 
-The command that runs Alpaca's pipeline (pipelines/alpaca.py) on the engine (engine.py); config.py
-holds the run's settings. Reference behaviour is Stanford Alpaca's generate_instruction.py (prompt
+The command that runs Alpaca's pipeline (pipelines/alpaca.py), or self-instruct's
+(pipelines/self_instruct.py), through the one run setup (engine/run.py); GenerateConfig holds the
+run's settings, and its flags. Reference behaviour is Stanford Alpaca's generate_instruction.py (prompt
 format, decoding defaults, parse rules, filters, ROUGE-L > 0.7 against seeds and every kept
 instruction, regen.json); on top of it the run is seeded, concurrent, budgeted, resumable after
 any kill, and stops at exactly the requested count.

@@ -454,7 +454,9 @@ def render_evaluation(directory: Path, results: dict) -> str:
 def main(output_dir: str, seed: int = 0) -> None:
     """Write OUTPUT_DIR/report.html: charts and samples of what a generate or documents run made.
 
-    --seed picks which twenty kept and twenty rejected records are shown.
+    Args:
+        output_dir: the --output_dir of a generate, documents or evaluate run.
+        seed: picks which twenty kept and twenty rejected records are shown.
     """
     path = write_report(output_dir, seed)
     print(f"self_instruct: report in {path}", file=sys.stderr)

@@ -30,7 +30,9 @@ class SeedTask:
 
 @dataclass(slots=True)
 class Example:
-    """One instruction-following record. `metadata` holds provenance (round, model, scores)."""
+    """One instruction-following record. `metadata` is the record's own (its source, score, tags):
+    it passes through every stage untouched; the engine writes where a record came from beside
+    it, under the record's `provenance` key."""
 
     instruction: str
     input: str = ""

@@ -12,7 +12,7 @@ from ..types import Completion, Decoding
 
 
 class Teacher(ABC):
-    #: Identifier written into each record's metadata and into run.json.
+    #: Identifier written into each record's provenance and into run.json.
     model_id: str = "unknown"
     #: Name of the bundled prompt template (in prompts/) this backend works best with;
     #: --prompt_path overrides it.
