@@ -2,26 +2,25 @@
 them, through the `openai` SDK, with the completions or the chat API.
 
 How a request goes out:
-- to the least-loaded endpoint of the fleet that is not benched (an endpoint failing
-  `BENCH_AFTER` times in a row rests, for doubling spells, while another one is healthy; after
-  the rest one probe request decides whether it is back);
-- within that endpoint's adaptive concurrency (AdaptiveLimit: cut on 429s, timeouts and
-  queueing, grown back after successes, never above max_concurrency in all);
-- within the client-side request and token rates, counted over a rolling minute (RateLimits);
+- to the least-loaded endpoint of the fleet that is not benched (fleet.py);
+- within that endpoint's adaptive concurrency and the client-side request and token rates,
+  counted over a rolling minute (rate_limits.py);
 - streamed, so that `request_timeout` limits silence, not length: a 3,000-token reply at 30
   tokens/s is fine as long as tokens keep coming (a total cap still ends a reply that never does).
+  A server that refuses streaming, its usage option or JSON mode is asked again without.
 
-The SDK's own retries are turned off: tenacity retries here, so that every fault is counted,
-Retry-After is honoured, and a prompt that keeps failing comes back as a failed Completion
-instead of stopping the run (self-instruct drops such prompts silently; Alpaca retries forever).
-A retry goes to another endpoint at once when one is healthy.
+This module holds that wire format and the retry loop around it. The SDK's own retries are turned
+off: tenacity retries here, so that every fault is counted, Retry-After is honoured, and a prompt
+that keeps failing comes back as a failed Completion instead of stopping the run (self-instruct
+drops such prompts silently; Alpaca retries forever). Which faults are retried, which drop the
+prompt and which stop the run is faults.py's to say. A retry goes to another endpoint at once
+when one is healthy.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import itertools
-import json
 import math
 import random
 import re
@@ -34,122 +33,21 @@ from typing import Awaitable, Callable, Sequence
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ..io.secrets import redact_url
 from ..errors import ConfigError, TeacherError
+from ..io.secrets import redact_url
 from ..types import Completion, Decoding
 from .base import Teacher
+from .faults import (FAULTS, BadReply, Interrupted, SlowReply, fault_name, is_context_error, is_transient,
+                     is_unhealthy, permanent_reason, retry_after, server_message, shrink_max_tokens)
 
-# Servers phrase the context overflow differently: OpenAI "maximum context length", vLLM
-# "This model's maximum context length", llama.cpp "exceeds the available context size",
-# old OpenAI "Please reduce your prompt".
-_CONTEXT_ERROR = re.compile(r"context length|context size|context window|reduce (the length|your prompt)|too many tokens", re.I)
-_NUMBERS = re.compile(r"\d+")
-_URL = re.compile(r"https?://[^/\s]")
-MAX_RETRY_AFTER = 120.0
-CONNECTIONS_PER_CLIENT = 16  # an endpoint's requests share one HTTP client per this many (see Endpoint)
-# Failures in a row that bench an endpoint (while another one is healthy).
-BENCH_AFTER = 3
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
 # seen on its endpoint (and at least QUEUE_FLOOR seconds), while other requests there stream,
 # is queued behind them: the server serves no more at once than are streaming.
 QUEUE_FACTOR, QUEUE_FLOOR, QUEUE_POLL = 4.0, 1.0, 0.1
+
+
 # Successes in a row after which an endpoint whose slot count was learned is tried with one more.
 PROBE_AFTER = 100
-
-
-class BadReply(Exception):
-    """HTTP 200 whose body is JSON but not a usable completion. `fault` names it for the summary:
-    "empty_choices" (no choice, or a choice without text) or "malformed" (not the expected shape)."""
-
-    def __init__(self, fault: str, message: str):
-        super().__init__(message)
-        self.fault = fault
-
-
-class Interrupted(Exception):
-    """A stream that ended without a finish_reason while other requests waited on its endpoint:
-    llama-cpp-python's server cuts the running reply short whenever another request queues."""
-
-
-class SlowReply(Exception):
-    """A streamed reply still going after the total cap (tokens kept coming, too slowly)."""
-
-
-class _Withdrawn(Exception):
-    """A request pulled back from a server queue, to wait its turn here instead of timing out there."""
-
-
-class _Downgrade(Exception):
-    """The endpoint refused streaming or stream_options; ask it again without."""
-
-
-class _BudgetSpent(Exception):
-    """before_retry said no: the run's budget has no request left for another attempt."""
-
-
-def is_context_error(exc: BaseException) -> bool:
-    return isinstance(exc, openai.BadRequestError) and bool(_CONTEXT_ERROR.search(str(exc)))
-
-
-def _stream_error(exc: BaseException) -> bool:
-    """An error event inside an open stream (the SDK raises a bare APIError for it)."""
-    return type(exc) is openai.APIError
-
-
-def fault_name(exc: BaseException) -> str:
-    """Short name of a fault for the run summary. Example: RateLimitError(429) -> "429" """
-    if isinstance(exc, (openai.APITimeoutError, SlowReply)):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    if isinstance(exc, openai.APIStatusError):
-        return str(exc.status_code)
-    if isinstance(exc, BadReply):
-        return exc.fault
-    if isinstance(exc, Interrupted):
-        return "interrupted"
-    if _stream_error(exc):
-        return "stream_error"
-    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return "malformed"
-    return type(exc).__name__
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Faults worth another attempt. What the SDK raises for each (checked with openai 3.54):
-    429/5xx/408/409 -> APIStatusError subclasses; a reset or a cut body -> APIConnectionError;
-    no answer in time -> APITimeoutError (an APIConnectionError); HTTP 200 with a body that is
-    not JSON -> json.JSONDecodeError straight from the SDK; JSON of the wrong shape -> BadReply
-    (ours: the SDK builds such responses without complaint); an error event mid-stream -> APIError.
-    Anything else is a bug, not a fault."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return _stream_error(exc) or isinstance(exc, (
-        openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError, BadReply, Interrupted, SlowReply))
-
-
-def _unhealthy(exc: BaseException) -> bool:
-    """Faults that speak against the endpoint itself (and count toward benching it); a 429, a
-    refusal or an interruption says the endpoint is busy or the request is wrong, not that it is down."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500
-    return _retryable(exc) and not isinstance(exc, Interrupted)
-
-
-def retry_after(exc: BaseException | None) -> float | None:
-    """Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        if "retry-after" in headers:
-            return max(0.0, float(headers["retry-after"]))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-    return None
 
 
 def estimate_tokens(text: str) -> int:
@@ -160,54 +58,6 @@ def estimate_tokens(text: str) -> int:
     9
     """
     return len(text) // 3 + 1
-
-
-def parse_base_urls(base_url: str | Sequence[str] | None) -> list[str | None]:
-    """The endpoints --base_url names: one URL, several separated by commas, or a file holding
-    one a line (blank lines and # comments skipped). None is OpenAI's own.
-
-    >>> parse_base_urls("http://a:8000/v1, http://b:8000/v1")
-    ['http://a:8000/v1', 'http://b:8000/v1']
-    """
-    if base_url is None:
-        return [None]
-    if isinstance(base_url, str):
-        text = base_url.strip()
-        if text and not _URL.match(text) and "," not in text:
-            return _read_url_file(text)
-        named = [("--base_url", url.strip()) for url in text.split(",") if url.strip()]
-    else:
-        named = [("--base_url", str(url).strip()) for url in base_url]
-    return _checked_urls(named)
-
-
-def _read_url_file(path: str) -> list[str | None]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(
-            f"--base_url must be an http:// or https:// URL, several separated by commas, or a file of them "
-            f"(got {redact_url(path)!r}, which is none of these)")
-    named = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
-        url = line.strip()
-        if url and not url.startswith("#"):
-            named.append((f"{path}:{lineno}", url))
-    if not named:
-        raise ConfigError(f"{path}: no URL in the file (one http:// or https:// URL a line)")
-    return _checked_urls(named)
-
-
-def _checked_urls(named: list[tuple[str, str]]) -> list[str | None]:
-    seen: set[str] = set()
-    for where, url in named:
-        if not _URL.match(url):
-            raise ConfigError(f"{where}: not an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {redact_url(url)!r})")
-        if url.rstrip("/") in seen:
-            raise ConfigError(f"{where}: {redact_url(url)} is listed twice")
-        seen.add(url.rstrip("/"))
-    if not named:
-        raise ConfigError("--base_url names no URL")
-    return [url for _, url in named]
 
 
 class _Grant:
@@ -343,6 +193,74 @@ class AdaptiveLimit:
             self._streak = 0
 
 
+_URL = re.compile(r"https?://[^/\s]")
+CONNECTIONS_PER_CLIENT = 16  # an endpoint's requests share one HTTP client per this many (see Endpoint)
+# Failures in a row that bench an endpoint (while another one is healthy).
+BENCH_AFTER = 3
+
+
+def parse_base_urls(base_url: str | Sequence[str] | None) -> list[str | None]:
+    """The endpoints --base_url names: one URL, several separated by commas, or a file holding
+    one a line (blank lines and # comments skipped). None is OpenAI's own.
+
+    >>> parse_base_urls("http://a:8000/v1, http://b:8000/v1")
+    ['http://a:8000/v1', 'http://b:8000/v1']
+    """
+    if base_url is None:
+        return [None]
+    if isinstance(base_url, str):
+        text = base_url.strip()
+        if text and not _URL.match(text) and "," not in text:
+            return _read_url_file(text)
+        named = [("--base_url", url.strip()) for url in text.split(",") if url.strip()]
+    else:
+        named = [("--base_url", str(url).strip()) for url in base_url]
+    return _checked_urls(named)
+
+
+def _read_url_file(path: str) -> list[str | None]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"--base_url must be an http:// or https:// URL, several separated by commas, or a file of them "
+            f"(got {redact_url(path)!r}, which is none of these)")
+    named = []
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
+        url = line.strip()
+        if url and not url.startswith("#"):
+            named.append((f"{path}:{lineno}", url))
+    if not named:
+        raise ConfigError(f"{path}: no URL in the file (one http:// or https:// URL a line)")
+    return _checked_urls(named)
+
+
+def _checked_urls(named: list[tuple[str, str]]) -> list[str | None]:
+    seen: set[str] = set()
+    for where, url in named:
+        if not _URL.match(url):
+            raise ConfigError(f"{where}: not an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {redact_url(url)!r})")
+        if url.rstrip("/") in seen:
+            raise ConfigError(f"{where}: {redact_url(url)} is listed twice")
+        seen.add(url.rstrip("/"))
+    if not named:
+        raise ConfigError("--base_url names no URL")
+    return [url for _, url in named]
+
+
+def make_client(url: str | None, api_key: str, timeout: float) -> openai.AsyncOpenAI:
+    """An SDK client with the SDK's own HTTP defaults, sharing one TLS context: building the
+    context loads the CA bundle, about 40 ms a client, paid eight times over at concurrency 128."""
+    http_client = openai.DefaultAsyncHttpxClient(verify=_tls_context())
+    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http_client)
+
+
+@functools.cache
+def _tls_context():
+    # The HTTP library the SDK is built on (httpx, or its successor) makes the context it would make itself.
+    http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.partition(".")[0]]
+    return http.create_ssl_context()
+
+
 class Endpoint:
     """One server of the fleet: its clients, its limit, its health and its counters.
 
@@ -352,9 +270,9 @@ class Endpoint:
     CONNECTIONS_PER_CLIENT keep that cost flat whatever --max_concurrency is.
     """
 
-    def __init__(self, url: str | None, make_client: Callable[[], openai.AsyncOpenAI], maximum: int):
+    def __init__(self, url: str | None, new_client: Callable[[], openai.AsyncOpenAI], maximum: int):
         self.url = url
-        self.clients = [make_client() for _ in range(-(-maximum // CONNECTIONS_PER_CLIENT))]
+        self.clients = [new_client() for _ in range(-(-maximum // CONNECTIONS_PER_CLIENT))]
         self._turn = itertools.cycle(self.clients)
         self.name = redact_url(url) or "api.openai.com"
         self.limit = AdaptiveLimit(maximum)
@@ -467,6 +385,24 @@ class Fleet:
     def pause(self, endpoint: Endpoint, seconds: float) -> None:
         endpoint.resume_at = max(endpoint.resume_at, time.monotonic() + seconds)
 
+    async def aclose(self) -> None:
+        """Close every endpoint's clients, once, when the run ends."""
+        for endpoint in self.endpoints:
+            for client in endpoint.clients:
+                await client.close()
+
+
+class _Withdrawn(Exception):
+    """A request pulled back from a server queue, to wait its turn here instead of timing out there."""
+
+
+class _Downgrade(Exception):
+    """The endpoint refused streaming or stream_options; ask it again without."""
+
+
+class _BudgetSpent(Exception):
+    """before_retry said no: the run's budget has no request left for another attempt."""
+
 
 class _Job:
     """One prompt's way through its attempts."""
@@ -559,7 +495,7 @@ class OpenAITeacher(Teacher):
         urls = parse_base_urls(base_url)
         # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one. The
         # timeout bounds each wait for bytes, so on a stream it is a limit on silence.
-        endpoints = [Endpoint(url, partial(_client, url, api_key or "not-needed", request_timeout), max_concurrency)
+        endpoints = [Endpoint(url, partial(make_client, url, api_key or "not-needed", request_timeout), max_concurrency)
                      for url in urls]
         for endpoint in endpoints:
             endpoint.stream = stream
@@ -617,7 +553,7 @@ class OpenAITeacher(Teacher):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=lambda state: self._wait(state, job),
-            retry=retry_if_exception(lambda e: _retryable(e) or is_context_error(e)),
+            retry=retry_if_exception(lambda e: is_transient(e) or is_context_error(e)),
             reraise=True,
         )
         try:
@@ -629,7 +565,7 @@ class OpenAITeacher(Teacher):
         except _BudgetSpent:
             error = f"budget: no request left to retry this prompt (after {', '.join(job.faults)})"
             return Completion("", finish_reason="error", error=error, faults=tuple(job.faults))
-        except (openai.OpenAIError, json.JSONDecodeError, BadReply, Interrupted, SlowReply) as exc:
+        except FAULTS as exc:
             # Retries spent, or a refusal no retry can fix (400, 422): this prompt is dropped
             # with the reason in rejected.jsonl and the loop draws fresh prompts.
             error = self._scrub(f"{fault_name(exc)}: {' '.join(str(exc).split())}")
@@ -648,7 +584,7 @@ class OpenAITeacher(Teacher):
         if self._fleet.another_up(job.failed_on):
             return 0.0  # another endpoint takes the retry now
         asked = retry_after(exc)
-        return min(asked, MAX_RETRY_AFTER) if asked is not None else self._backoff(state.attempt_number)
+        return asked if asked is not None else self._backoff(state.attempt_number)
 
     def _backoff(self, attempt: int) -> float:
         """Doubling waits from backoff_initial, capped, with jitter in proportion to the first
@@ -697,23 +633,22 @@ class OpenAITeacher(Teacher):
 
     def _failed(self, endpoint: Endpoint, exc: Exception, epoch: int, job: _Job) -> None:
         """Count the fault, adapt the endpoint to it, and say why no retry can help where none can."""
-        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            raise TeacherError(f"the teacher at {endpoint.name} refused the request ({exc.status_code}): check OPENAI_API_KEY / --api_key") from None
-        if isinstance(exc, openai.NotFoundError):
-            raise TeacherError(f"the teacher at {endpoint.name} has no model {self.model_id!r} (404): fix --model_name") from None
+        reason = permanent_reason(exc, endpoint.name, self.model_id)
+        if reason:
+            raise TeacherError(reason) from None
         name = "context_length" if is_context_error(exc) else fault_name(exc)
         job.faults.append(name)
         job.failed_on = endpoint
         if name == "context_length":
-            job.max_tokens = shrink_max_tokens(_server_message(exc), job.max_tokens)
+            job.max_tokens = shrink_max_tokens(server_message(exc), job.max_tokens)
         if name in ("429", "timeout"):
             endpoint.limit.cut(epoch)
         if isinstance(exc, Interrupted):
             endpoint.limit.cap(max(1, endpoint.streaming))
         asked = retry_after(exc)
         if asked is not None:
-            self._fleet.pause(endpoint, min(asked, MAX_RETRY_AFTER))
-        self._fleet.failed(endpoint, _unhealthy(exc))
+            self._fleet.pause(endpoint, asked)
+        self._fleet.failed(endpoint, is_unhealthy(exc))
 
     async def _send(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         options = dict(
@@ -754,7 +689,7 @@ class OpenAITeacher(Teacher):
         """Servers without streaming (or without its usage option, or without JSON mode) refuse
         the request with a 400 naming the parameter: ask them again without it."""
         body = getattr(exc, "body", None)
-        said = f"{_server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
+        said = f"{server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
         if "response_format" in said and json_mode:
             endpoint.json_mode = False  # the prompt asks for JSON too; the reply is parsed tolerantly
             raise _Downgrade() from None
@@ -842,23 +777,7 @@ class OpenAITeacher(Teacher):
             raise _Withdrawn()
 
     async def aclose(self) -> None:
-        for endpoint in self._fleet.endpoints:
-            for client in endpoint.clients:
-                await client.close()
-
-
-def _client(url: str | None, api_key: str, timeout: float) -> openai.AsyncOpenAI:
-    """An SDK client with the SDK's own HTTP defaults, sharing one TLS context: building the
-    context loads the CA bundle, about 40 ms a client, paid eight times over at concurrency 128."""
-    http_client = openai.DefaultAsyncHttpxClient(verify=_tls_context())
-    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http_client)
-
-
-@functools.cache
-def _tls_context():
-    # The HTTP library the SDK is built on (httpx, or its successor) makes the context it would make itself.
-    http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.partition(".")[0]]
-    return http.create_ssl_context()
+        await self._fleet.aclose()
 
 
 def _read_reply(response, chat: bool) -> tuple[str, str | None]:
@@ -886,30 +805,6 @@ def _field(obj, name: str):
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def _server_message(exc: BaseException) -> str:
-    """The server's own error text: str() of an SDK error starts with "Error code: 400 - ",
-    whose number would throw off shrink_max_tokens."""
-    body = getattr(exc, "body", None)
-    message = body.get("message") if isinstance(body, dict) else None
-    return message if isinstance(message, str) else str(exc)
-
-
 def _token_count(usage, name: str) -> int:
     value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def shrink_max_tokens(message: str, max_tokens: int) -> int:
-    """Fewer tokens after a context overflow: what the server says is left when it says it
-    (OpenAI/vLLM: "maximum context length is 4097 tokens ... you requested 5000 tokens (1928 in
-    the messages, 3072 in the completion)"), else 80% as Alpaca does.
-
-    Example: shrink_max_tokens("maximum context length is 4097 tokens. However, you requested
-    5000 tokens (1928 in your prompt; 3072 for the completion)", 3072) -> 2169
-    """
-    numbers = [int(n) for n in _NUMBERS.findall(message)]
-    if len(numbers) >= 4 and numbers[1] == numbers[2] + numbers[3] and numbers[3] == max_tokens:
-        fits = numbers[0] - numbers[2]
-        if 0 < fits < max_tokens:
-            return fits
-    return max(1, int(max_tokens * 0.8))
