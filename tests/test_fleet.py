@@ -9,7 +9,8 @@ import pytest
 from fake_openai import FakeOpenAI
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.generate import generate
-from self_instruct.teachers.openai_compat import OpenAITeacher, parse_base_urls
+from self_instruct.teachers.fleet import parse_base_urls
+from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding
 
 PROMPT = "Come up with tasks.\n###\n4. Instruction:"
