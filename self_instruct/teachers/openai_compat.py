@@ -23,7 +23,7 @@ import random
 import re
 import time
 from functools import partial
-from typing import Awaitable, Callable, Sequence
+from typing import Sequence
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -41,6 +41,8 @@ from .rate_limits import RateLimits, Ticket, estimate_tokens
 # seen on its endpoint (and at least QUEUE_FLOOR seconds), while other requests there stream,
 # is queued behind them: the server serves no more at once than are streaming.
 QUEUE_FACTOR, QUEUE_FLOOR, QUEUE_POLL = 4.0, 1.0, 0.1
+# How long check() waits for each endpoint's /models before calling it unreachable.
+CHECK_TIMEOUT = 10.0
 
 
 class _Withdrawn(Exception):
@@ -102,11 +104,8 @@ class _Reply:
 class OpenAITeacher(Teacher):
     """A teacher behind one or more OpenAI-compatible endpoints.
 
-    `base_url` is one URL, several separated by commas, a file of them, or a list. `before_retry`,
-    when set, is awaited before every retry; False stops the retries (the run's budget is spent).
+    `base_url` is one URL, several separated by commas, a file of them, or a list.
     """
-
-    before_retry: Callable[[], Awaitable[bool]] | None = None
 
     def __init__(
         self,
@@ -155,7 +154,6 @@ class OpenAITeacher(Teacher):
 
     @property
     def concurrency(self) -> int:
-        """Requests the teacher lets out at once now (for the progress bar)."""
         return self._fleet.concurrency
 
     def endpoint_stats(self) -> dict[str, dict]:
@@ -171,11 +169,11 @@ class OpenAITeacher(Teacher):
             info.update(requests_per_minute=self.requests_per_minute, tokens_per_minute=self.tokens_per_minute)
         return info
 
-    async def check(self, timeout: float = 10.0) -> None:
+    async def check(self) -> None:
         """Fail fast, before any output is written, when the key is refused or no endpoint can be
         reached; an endpoint that cannot be reached while others can starts benched."""
         endpoints = self._fleet.endpoints
-        outcomes = await asyncio.gather(*(self._check_one(ep, timeout) for ep in endpoints))
+        outcomes = await asyncio.gather(*(self._check_one(ep) for ep in endpoints))
         down = [(ep, problem) for ep, problem in zip(endpoints, outcomes) if problem]
         if len(down) == len(endpoints):
             where = ", ".join(f"{ep.name} ({problem})" for ep, problem in down)
@@ -183,9 +181,9 @@ class OpenAITeacher(Teacher):
         for ep, _ in down:
             self._fleet.bench(ep)
 
-    async def _check_one(self, endpoint: Endpoint, timeout: float) -> str | None:
+    async def _check_one(self, endpoint: Endpoint) -> str | None:
         try:
-            await endpoint.client.with_options(timeout=timeout, max_retries=0).models.list()
+            await endpoint.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0).models.list()
         except openai.AuthenticationError:
             raise ConfigError(
                 f"the server at {endpoint.name} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
