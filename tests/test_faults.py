@@ -14,7 +14,8 @@ import pytest
 
 from self_instruct.errors import TeacherError
 from self_instruct.generate import StallError, cli, generate
-from self_instruct.teachers.openai_compat import BadReply, OpenAITeacher, _retryable
+from self_instruct.teachers.faults import BadReply, is_transient
+from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding
 
 TARGET = 12
@@ -144,11 +145,11 @@ def test_bad_reply_is_dropped_with_a_reason(fake_server, tmp_path, fault, reason
     assert_complete(tmp_path / "out")
 
 
-def test_retryable_names_the_real_faults_only():
-    assert _retryable(BadReply("malformed", "x")) and _retryable(json.JSONDecodeError("x", "doc", 0))
+def test_transient_names_the_real_faults_only():
+    assert is_transient(BadReply("malformed", "x")) and is_transient(json.JSONDecodeError("x", "doc", 0))
     # A bug of ours must surface, not be retried into a dropped prompt.
     for bug in (TypeError("x"), AttributeError("x"), KeyError("x"), ValueError("x")):
-        assert not _retryable(bug)
+        assert not is_transient(bug)
 
 
 def test_key_revoked_mid_run_stops_the_run(fake_server, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from fake_openai import FakeOpenAI
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.generate import generate
-from self_instruct.teachers.openai_compat import OpenAITeacher, parse_base_urls
+from self_instruct.teachers.fleet import parse_base_urls
+from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding
 
 PROMPT = "Come up with tasks.\n###\n4. Instruction:"
@@ -78,7 +79,7 @@ def test_no_password_in_a_url_is_shown(servers):
     assert "s3cret-pw" not in shown and f"ann:***@127.0.0.1:{port}" in shown
     alone = OpenAITeacher("fake-model", base_url=secret_url)
     with pytest.raises(ConfigError) as info:
-        asyncio.run(alone.check(timeout=5))
+        asyncio.run(alone.check())
     assert "s3cret-pw" not in str(info.value) and "ann:***@" in str(info.value)
 
     servers[0].script(["404"])  # the model is missing there: the error names the endpoint
@@ -164,7 +165,7 @@ def test_an_endpoint_down_at_the_start_is_benched_not_fatal(servers):
     teacher = OpenAITeacher("fake-model", base_url=[down, servers[0].base_url], backoff_initial=0.01)
 
     async def run():
-        await teacher.check(timeout=5)
+        await teacher.check()
         replies = await teacher.complete([PROMPT] * 4, DECODING)
         await teacher.aclose()
         return replies
@@ -173,7 +174,7 @@ def test_an_endpoint_down_at_the_start_is_benched_not_fatal(servers):
     stats = teacher.endpoint_stats()
     assert stats[down]["benched"] == 1 and stats[down]["requests"] == 0
     with pytest.raises(ConfigError, match="cannot reach the teacher at"):
-        asyncio.run(OpenAITeacher("m", base_url=[down, f"http://127.0.0.1:{free_port()}/v1"]).check(timeout=5))
+        asyncio.run(OpenAITeacher("m", base_url=[down, f"http://127.0.0.1:{free_port()}/v1"]).check())
 
 
 def test_generate_runs_on_a_fleet(servers, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from self_instruct.errors import ConfigError
-from self_instruct.teachers.openai_compat import AdaptiveLimit, OpenAITeacher, RateLimits
+from self_instruct.teachers.openai_compat import OpenAITeacher
+from self_instruct.teachers.rate_limits import AdaptiveLimit, RateLimits
 from self_instruct.types import Decoding
 
 PROMPT = "Come up with tasks.\n###\n4. Instruction:"

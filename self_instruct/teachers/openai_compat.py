@@ -2,77 +2,47 @@
 them, through the `openai` SDK, with the completions or the chat API.
 
 How a request goes out:
-- to the least-loaded endpoint of the fleet that is not benched (an endpoint failing
-  `BENCH_AFTER` times in a row rests, for doubling spells, while another one is healthy; after
-  the rest one probe request decides whether it is back);
-- within that endpoint's adaptive concurrency (AdaptiveLimit: cut on 429s, timeouts and
-  queueing, grown back after successes, never above max_concurrency in all);
-- within the client-side request and token rates, counted over a rolling minute (RateLimits);
+- to the least-loaded endpoint of the fleet that is not benched (fleet.py);
+- within that endpoint's adaptive concurrency and the client-side request and token rates,
+  counted over a rolling minute (rate_limits.py);
 - streamed, so that `request_timeout` limits silence, not length: a 3,000-token reply at 30
   tokens/s is fine as long as tokens keep coming (a total cap still ends a reply that never does).
+  A server that refuses streaming, its usage option or JSON mode is asked again without.
 
-The SDK's own retries are turned off: tenacity retries here, so that every fault is counted,
-Retry-After is honoured, and a prompt that keeps failing comes back as a failed Completion
-instead of stopping the run (self-instruct drops such prompts silently; Alpaca retries forever).
-A retry goes to another endpoint at once when one is healthy.
+This module holds that wire format and the retry loop around it. The SDK's own retries are turned
+off: tenacity retries here, so that every fault is counted, Retry-After is honoured, and a prompt
+that keeps failing comes back as a failed Completion instead of stopping the run (self-instruct
+drops such prompts silently; Alpaca retries forever). Which faults are retried, which drop the
+prompt and which stop the run is faults.py's to say. A retry goes to another endpoint at once
+when one is healthy.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
-import json
-import math
 import random
 import re
-import sys
 import time
 from functools import partial
-from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import Sequence
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ..io.secrets import redact_url
 from ..errors import ConfigError, TeacherError
+from ..io.secrets import redact_url
 from ..types import Completion, Decoding
 from .base import Teacher
+from .faults import (FAULTS, BadReply, Interrupted, SlowReply, fault_name, is_context_error, is_transient,
+                     is_unhealthy, permanent_reason, retry_after, server_message, shrink_max_tokens)
+from .fleet import Endpoint, Fleet, make_client, parse_base_urls
+from .rate_limits import RateLimits, Ticket, estimate_tokens
 
-# Servers phrase the context overflow differently: OpenAI "maximum context length", vLLM
-# "This model's maximum context length", llama.cpp "exceeds the available context size",
-# old OpenAI "Please reduce your prompt".
-_CONTEXT_ERROR = re.compile(r"context length|context size|context window|reduce (the length|your prompt)|too many tokens", re.I)
-_NUMBERS = re.compile(r"\d+")
-_URL = re.compile(r"https?://[^/\s]")
-MAX_RETRY_AFTER = 120.0
-CONNECTIONS_PER_CLIENT = 16  # an endpoint's requests share one HTTP client per this many (see Endpoint)
-# Failures in a row that bench an endpoint (while another one is healthy).
-BENCH_AFTER = 3
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
 # seen on its endpoint (and at least QUEUE_FLOOR seconds), while other requests there stream,
 # is queued behind them: the server serves no more at once than are streaming.
 QUEUE_FACTOR, QUEUE_FLOOR, QUEUE_POLL = 4.0, 1.0, 0.1
-# Successes in a row after which an endpoint whose slot count was learned is tried with one more.
-PROBE_AFTER = 100
-
-
-class BadReply(Exception):
-    """HTTP 200 whose body is JSON but not a usable completion. `fault` names it for the summary:
-    "empty_choices" (no choice, or a choice without text) or "malformed" (not the expected shape)."""
-
-    def __init__(self, fault: str, message: str):
-        super().__init__(message)
-        self.fault = fault
-
-
-class Interrupted(Exception):
-    """A stream that ended without a finish_reason while other requests waited on its endpoint:
-    llama-cpp-python's server cuts the running reply short whenever another request queues."""
-
-
-class SlowReply(Exception):
-    """A streamed reply still going after the total cap (tokens kept coming, too slowly)."""
+# How long check() waits for each endpoint's /models before calling it unreachable.
+CHECK_TIMEOUT = 10.0
 
 
 class _Withdrawn(Exception):
@@ -85,387 +55,6 @@ class _Downgrade(Exception):
 
 class _BudgetSpent(Exception):
     """before_retry said no: the run's budget has no request left for another attempt."""
-
-
-def is_context_error(exc: BaseException) -> bool:
-    return isinstance(exc, openai.BadRequestError) and bool(_CONTEXT_ERROR.search(str(exc)))
-
-
-def _stream_error(exc: BaseException) -> bool:
-    """An error event inside an open stream (the SDK raises a bare APIError for it)."""
-    return type(exc) is openai.APIError
-
-
-def fault_name(exc: BaseException) -> str:
-    """Short name of a fault for the run summary. Example: RateLimitError(429) -> "429" """
-    if isinstance(exc, (openai.APITimeoutError, SlowReply)):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    if isinstance(exc, openai.APIStatusError):
-        return str(exc.status_code)
-    if isinstance(exc, BadReply):
-        return exc.fault
-    if isinstance(exc, Interrupted):
-        return "interrupted"
-    if _stream_error(exc):
-        return "stream_error"
-    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        return "malformed"
-    return type(exc).__name__
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Faults worth another attempt. What the SDK raises for each (checked with openai 3.54):
-    429/5xx/408/409 -> APIStatusError subclasses; a reset or a cut body -> APIConnectionError;
-    no answer in time -> APITimeoutError (an APIConnectionError); HTTP 200 with a body that is
-    not JSON -> json.JSONDecodeError straight from the SDK; JSON of the wrong shape -> BadReply
-    (ours: the SDK builds such responses without complaint); an error event mid-stream -> APIError.
-    Anything else is a bug, not a fault."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return _stream_error(exc) or isinstance(exc, (
-        openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError, BadReply, Interrupted, SlowReply))
-
-
-def _unhealthy(exc: BaseException) -> bool:
-    """Faults that speak against the endpoint itself (and count toward benching it); a 429, a
-    refusal or an interruption says the endpoint is busy or the request is wrong, not that it is down."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500
-    return _retryable(exc) and not isinstance(exc, Interrupted)
-
-
-def retry_after(exc: BaseException | None) -> float | None:
-    """Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        if "retry-after" in headers:
-            return max(0.0, float(headers["retry-after"]))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-    return None
-
-
-def estimate_tokens(text: str) -> int:
-    """An upper guess of a text's tokens before the server counts them (English runs near 4
-    characters a token; 3 leaves room for code and other languages).
-
-    >>> estimate_tokens("Name three primary colors.")
-    9
-    """
-    return len(text) // 3 + 1
-
-
-def parse_base_urls(base_url: str | Sequence[str] | None) -> list[str | None]:
-    """The endpoints --base_url names: one URL, several separated by commas, or a file holding
-    one a line (blank lines and # comments skipped). None is OpenAI's own.
-
-    >>> parse_base_urls("http://a:8000/v1, http://b:8000/v1")
-    ['http://a:8000/v1', 'http://b:8000/v1']
-    """
-    if base_url is None:
-        return [None]
-    if isinstance(base_url, str):
-        text = base_url.strip()
-        if text and not _URL.match(text) and "," not in text:
-            return _read_url_file(text)
-        named = [("--base_url", url.strip()) for url in text.split(",") if url.strip()]
-    else:
-        named = [("--base_url", str(url).strip()) for url in base_url]
-    return _checked_urls(named)
-
-
-def _read_url_file(path: str) -> list[str | None]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(
-            f"--base_url must be an http:// or https:// URL, several separated by commas, or a file of them "
-            f"(got {redact_url(path)!r}, which is none of these)")
-    named = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
-        url = line.strip()
-        if url and not url.startswith("#"):
-            named.append((f"{path}:{lineno}", url))
-    if not named:
-        raise ConfigError(f"{path}: no URL in the file (one http:// or https:// URL a line)")
-    return _checked_urls(named)
-
-
-def _checked_urls(named: list[tuple[str, str]]) -> list[str | None]:
-    seen: set[str] = set()
-    for where, url in named:
-        if not _URL.match(url):
-            raise ConfigError(f"{where}: not an http:// or https:// URL such as http://127.0.0.1:8000/v1 (got {redact_url(url)!r})")
-        if url.rstrip("/") in seen:
-            raise ConfigError(f"{where}: {redact_url(url)} is listed twice")
-        seen.add(url.rstrip("/"))
-    if not named:
-        raise ConfigError("--base_url names no URL")
-    return [url for _, url in named]
-
-
-class _Grant:
-    """One request's share of a window: since when it counts, how much, and whether its answer
-    is still to come (till then it cannot expire: the server may not have counted it yet)."""
-
-    __slots__ = ("time", "amount", "pending")
-
-    def __init__(self, time: float, amount: float):
-        self.time, self.amount, self.pending = time, amount, True
-
-
-class RollingWindow:
-    """At most `limit` units (requests or tokens) within any `period` seconds, as the server
-    counts them. A rolling window rather than a refilling bucket: a full bucket after an idle
-    spell lets twice the limit through in one minute, which a server counting per minute answers
-    with 429s. The server counts a request when it arrives, some time between our send and its
-    answer, so a grant leaves the window a period after the answer began, not after the send.
-    """
-
-    def __init__(self, limit: float, period: float = 60.0):
-        self.limit, self.period = limit, period
-        self._grants: list[_Grant] = []
-
-    def delay(self, amount: float, now: float) -> float:
-        """Seconds until `amount` fits, or until it is worth looking again; 0 when it fits now. An
-        amount above the whole limit goes out alone, once the window is empty (else it never would)."""
-        self._grants = [g for g in self._grants if g.pending or g.time > now - self.period]
-        excess = sum(g.amount for g in self._grants) + amount - self.limit
-        if excess <= 0 or not self._grants:
-            return 0.0
-        for grant in sorted(self._grants, key=lambda g: (g.pending, g.time)):
-            excess -= grant.amount
-            if excess <= 0:
-                break
-        if grant.pending:  # freed only once answered: look again soon
-            return self.period / 60
-        return max(grant.time + self.period - now, self.period * 1e-6)
-
-    def grant(self, amount: float, now: float) -> _Grant:
-        grant = _Grant(now, amount)
-        self._grants.append(grant)
-        return grant
-
-
-class Ticket:
-    """What one request holds of the rate limits until settled."""
-
-    def __init__(self, request: _Grant | None, tokens: _Grant | None):
-        self.request, self.tokens = request, tokens
-
-
-class RateLimits:
-    """Client-side requests and tokens per minute. A request is granted when both fit; tokens are
-    estimated before sending (prompt + max_tokens) and corrected to the usage reported after.
-
-    The clock and the sleep are parameters so that a test can run minutes of traffic in no time.
-    """
-
-    def __init__(self, requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
-                 period: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable] = asyncio.sleep):
-        self.requests = RollingWindow(requests_per_minute, period) if requests_per_minute else None
-        self.tokens = RollingWindow(tokens_per_minute, period) if tokens_per_minute else None
-        self._clock, self._sleep = clock, sleep
-        self._lock: asyncio.Lock | None = None
-        self._loop = None
-
-    async def acquire(self, tokens: int) -> Ticket:
-        """Wait until one more request of `tokens` (estimated) fits."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # asyncio locks belong to one event loop
-            self._loop, self._lock = loop, asyncio.Lock()
-        async with self._lock:  # first come, first served
-            while (wait := self._delay(tokens)) > 0:
-                await self._sleep(wait)
-            now = self._clock()
-            return Ticket(self.requests.grant(1, now) if self.requests else None,
-                          self.tokens.grant(tokens, now) if self.tokens else None)
-
-    def _delay(self, tokens: int) -> float:
-        now = self._clock()
-        return max(self.requests.delay(1, now) if self.requests else 0.0, self.tokens.delay(tokens, now) if self.tokens else 0.0)
-
-    def answered(self, ticket: Ticket | None) -> None:
-        """The answer began (headers, or an error): the server has counted the request by now."""
-        for grant in (ticket.request, ticket.tokens) if ticket else ():
-            if grant is not None and grant.pending:
-                grant.time, grant.pending = self._clock(), False
-
-    def settle(self, ticket: Ticket | None, tokens: int) -> None:
-        """Count the tokens the request really used (0 for a failed one) instead of the estimate."""
-        self.answered(ticket)
-        if ticket and ticket.tokens is not None:
-            ticket.tokens.amount = tokens
-
-
-class AdaptiveLimit:
-    """How many requests one endpoint gets at once. It starts at the most allowed and is cut by a
-    quarter on a 429 or a timeout (once for the requests sent before the cut: a burst of 429s is
-    one signal), set to the server's slot count when requests queue there, and grown by one after
-    as many successes in a row as the limit, up to the slots learned (tried with one more after
-    PROBE_AFTER successes) and never above `maximum`.
-
-    >>> limit = AdaptiveLimit(8); limit.cut(limit.epoch); limit.value
-    6
-    """
-
-    def __init__(self, maximum: int):
-        self.maximum = self.value = self.slots = maximum
-        self.epoch = 0  # bumped at every cut: a signal from a request sent before it is stale
-        self._streak = 0
-
-    def cut(self, sent_epoch: int) -> None:
-        if sent_epoch == self.epoch:
-            self._lower(max(1, math.floor(self.value * 0.75)))
-
-    def cap(self, slots: int) -> None:
-        """The server serves `slots` requests at a time: never send it more until it shows otherwise."""
-        self.slots = max(1, slots)
-        self._lower(min(self.value, self.slots))
-
-    def _lower(self, value: int) -> None:
-        self.value, self._streak = value, 0
-        self.epoch += 1
-
-    def succeed(self) -> None:
-        self._streak += 1
-        if self.value < min(self.slots, self.maximum) and self._streak >= self.value:
-            self.value, self._streak = self.value + 1, 0
-        elif self.value == self.slots < self.maximum and self._streak >= PROBE_AFTER:
-            self.slots = self.value = self.value + 1
-            self._streak = 0
-
-
-class Endpoint:
-    """One server of the fleet: its clients, its limit, its health and its counters.
-
-    Requests take the endpoint's clients in turn. One HTTP connection pool probes every idle
-    socket of its own each time a request starts or ends, so a pool of 128 connections spent a
-    quarter of the event loop's time on those probes (benchmarks/loop.py); pools of at most
-    CONNECTIONS_PER_CLIENT keep that cost flat whatever --max_concurrency is.
-    """
-
-    def __init__(self, url: str | None, make_client: Callable[[], openai.AsyncOpenAI], maximum: int):
-        self.url = url
-        self.clients = [make_client() for _ in range(-(-maximum // CONNECTIONS_PER_CLIENT))]
-        self._turn = itertools.cycle(self.clients)
-        self.name = redact_url(url) or "api.openai.com"
-        self.limit = AdaptiveLimit(maximum)
-        self.in_flight = self.streaming = 0
-        self.requests = self.failures = self.benched = self.withdrawn = 0
-        self.failing = 0  # failures in a row
-        self.resume_at = 0.0  # benched or asked to wait (Retry-After) until then
-        self.bench_spell = 0.0
-        self.probing = False  # back from the bench: one request decides
-        self.first_token: float | None = None  # the quickest first token seen, seconds
-        self.stream = self.stream_usage = True
-        self.json_mode = True  # response_format, until the server refuses it
-
-    @property
-    def client(self) -> openai.AsyncOpenAI:
-        """The client for the next request."""
-        return next(self._turn)
-
-    def can_take(self, now: float) -> bool:
-        return now >= self.resume_at and self.in_flight < (1 if self.probing else self.limit.value)
-
-    def stats(self) -> dict:
-        return {"requests": self.requests, "failures": self.failures, "benched": self.benched,
-                "withdrawn": self.withdrawn, "concurrency": self.limit.value}
-
-
-class Fleet:
-    """The endpoints and who gets the next request: the least loaded (in flight against its
-    limit) that may take one, the total in flight never above max_concurrency."""
-
-    def __init__(self, endpoints: list[Endpoint], max_concurrency: int, bench_initial: float, bench_max: float):
-        self.endpoints, self.max_concurrency = endpoints, max_concurrency
-        self.bench_initial, self.bench_max = bench_initial, bench_max
-        self._wakeup: asyncio.Event | None = None
-        self._loop = None
-
-    @property
-    def concurrency(self) -> int:
-        now = time.monotonic()
-        working = [ep.limit.value for ep in self.endpoints if now >= ep.resume_at] or [1]
-        return min(self.max_concurrency, sum(working))
-
-    async def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
-        """An endpoint for one request, waiting until one may take it; `avoid` (where the last
-        attempt failed) only when no other one can."""
-        wakeup = self._event()
-        while (endpoint := self._pick(avoid)) is None:
-            wakeup.clear()
-            try:
-                await asyncio.wait_for(wakeup.wait(), self._until_resume())
-            except asyncio.TimeoutError:
-                pass  # a bench or a pause ended
-        endpoint.in_flight += 1
-        return endpoint
-
-    def release(self, endpoint: Endpoint) -> None:
-        endpoint.in_flight -= 1
-        self.wake()
-
-    def wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    def _event(self) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # asyncio events belong to one event loop
-            self._loop, self._wakeup = loop, asyncio.Event()
-        return self._wakeup
-
-    def _pick(self, avoid: Endpoint | None) -> Endpoint | None:
-        if sum(ep.in_flight for ep in self.endpoints) >= self.max_concurrency:
-            return None
-        now = time.monotonic()
-        ready = [ep for ep in self.endpoints if ep.can_take(now)]
-        if len(ready) > 1 and avoid in ready:
-            ready.remove(avoid)
-        return min(ready, key=lambda ep: (ep.in_flight / ep.limit.value, ep.in_flight, ep.requests), default=None)
-
-    def _until_resume(self) -> float | None:
-        now = time.monotonic()
-        waits = [ep.resume_at - now for ep in self.endpoints if ep.resume_at > now]
-        return max(min(waits), 1e-3) if waits else None
-
-    def another_up(self, endpoint: Endpoint | None) -> bool:
-        now = time.monotonic()
-        return any(ep is not endpoint and now >= ep.resume_at for ep in self.endpoints)
-
-    def succeeded(self, endpoint: Endpoint) -> None:
-        endpoint.failing = 0
-        if endpoint.probing:
-            endpoint.probing, endpoint.bench_spell = False, 0.0
-        endpoint.limit.succeed()
-        self.wake()
-
-    def failed(self, endpoint: Endpoint, unhealthy: bool) -> None:
-        endpoint.failures += 1
-        if not unhealthy:
-            return
-        endpoint.failing += 1
-        # The last endpoint up is never benched: resting it would stop the run, not spare it.
-        if (endpoint.probing or endpoint.failing >= BENCH_AFTER) and self.another_up(endpoint):
-            self.bench(endpoint)
-
-    def bench(self, endpoint: Endpoint) -> None:
-        endpoint.bench_spell = min(self.bench_max, endpoint.bench_spell * 2 or self.bench_initial)
-        endpoint.resume_at = time.monotonic() + endpoint.bench_spell
-        endpoint.benched += 1
-        endpoint.probing, endpoint.failing = True, 0
-
-    def pause(self, endpoint: Endpoint, seconds: float) -> None:
-        endpoint.resume_at = max(endpoint.resume_at, time.monotonic() + seconds)
 
 
 class _Job:
@@ -515,11 +104,8 @@ class _Reply:
 class OpenAITeacher(Teacher):
     """A teacher behind one or more OpenAI-compatible endpoints.
 
-    `base_url` is one URL, several separated by commas, a file of them, or a list. `before_retry`,
-    when set, is awaited before every retry; False stops the retries (the run's budget is spent).
+    `base_url` is one URL, several separated by commas, a file of them, or a list.
     """
-
-    before_retry: Callable[[], Awaitable[bool]] | None = None
 
     def __init__(
         self,
@@ -559,7 +145,7 @@ class OpenAITeacher(Teacher):
         urls = parse_base_urls(base_url)
         # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one. The
         # timeout bounds each wait for bytes, so on a stream it is a limit on silence.
-        endpoints = [Endpoint(url, partial(_client, url, api_key or "not-needed", request_timeout), max_concurrency)
+        endpoints = [Endpoint(url, partial(make_client, url, api_key or "not-needed", request_timeout), max_concurrency)
                      for url in urls]
         for endpoint in endpoints:
             endpoint.stream = stream
@@ -568,7 +154,6 @@ class OpenAITeacher(Teacher):
 
     @property
     def concurrency(self) -> int:
-        """Requests the teacher lets out at once now (for the progress bar)."""
         return self._fleet.concurrency
 
     def endpoint_stats(self) -> dict[str, dict]:
@@ -584,11 +169,11 @@ class OpenAITeacher(Teacher):
             info.update(requests_per_minute=self.requests_per_minute, tokens_per_minute=self.tokens_per_minute)
         return info
 
-    async def check(self, timeout: float = 10.0) -> None:
+    async def check(self) -> None:
         """Fail fast, before any output is written, when the key is refused or no endpoint can be
         reached; an endpoint that cannot be reached while others can starts benched."""
         endpoints = self._fleet.endpoints
-        outcomes = await asyncio.gather(*(self._check_one(ep, timeout) for ep in endpoints))
+        outcomes = await asyncio.gather(*(self._check_one(ep) for ep in endpoints))
         down = [(ep, problem) for ep, problem in zip(endpoints, outcomes) if problem]
         if len(down) == len(endpoints):
             where = ", ".join(f"{ep.name} ({problem})" for ep, problem in down)
@@ -596,9 +181,9 @@ class OpenAITeacher(Teacher):
         for ep, _ in down:
             self._fleet.bench(ep)
 
-    async def _check_one(self, endpoint: Endpoint, timeout: float) -> str | None:
+    async def _check_one(self, endpoint: Endpoint) -> str | None:
         try:
-            await endpoint.client.with_options(timeout=timeout, max_retries=0).models.list()
+            await endpoint.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0).models.list()
         except openai.AuthenticationError:
             raise ConfigError(
                 f"the server at {endpoint.name} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
@@ -617,7 +202,7 @@ class OpenAITeacher(Teacher):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=lambda state: self._wait(state, job),
-            retry=retry_if_exception(lambda e: _retryable(e) or is_context_error(e)),
+            retry=retry_if_exception(lambda e: is_transient(e) or is_context_error(e)),
             reraise=True,
         )
         try:
@@ -629,7 +214,7 @@ class OpenAITeacher(Teacher):
         except _BudgetSpent:
             error = f"budget: no request left to retry this prompt (after {', '.join(job.faults)})"
             return Completion("", finish_reason="error", error=error, faults=tuple(job.faults))
-        except (openai.OpenAIError, json.JSONDecodeError, BadReply, Interrupted, SlowReply) as exc:
+        except FAULTS as exc:
             # Retries spent, or a refusal no retry can fix (400, 422): this prompt is dropped
             # with the reason in rejected.jsonl and the loop draws fresh prompts.
             error = self._scrub(f"{fault_name(exc)}: {' '.join(str(exc).split())}")
@@ -648,7 +233,7 @@ class OpenAITeacher(Teacher):
         if self._fleet.another_up(job.failed_on):
             return 0.0  # another endpoint takes the retry now
         asked = retry_after(exc)
-        return min(asked, MAX_RETRY_AFTER) if asked is not None else self._backoff(state.attempt_number)
+        return asked if asked is not None else self._backoff(state.attempt_number)
 
     def _backoff(self, attempt: int) -> float:
         """Doubling waits from backoff_initial, capped, with jitter in proportion to the first
@@ -697,23 +282,22 @@ class OpenAITeacher(Teacher):
 
     def _failed(self, endpoint: Endpoint, exc: Exception, epoch: int, job: _Job) -> None:
         """Count the fault, adapt the endpoint to it, and say why no retry can help where none can."""
-        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            raise TeacherError(f"the teacher at {endpoint.name} refused the request ({exc.status_code}): check OPENAI_API_KEY / --api_key") from None
-        if isinstance(exc, openai.NotFoundError):
-            raise TeacherError(f"the teacher at {endpoint.name} has no model {self.model_id!r} (404): fix --model_name") from None
+        reason = permanent_reason(exc, endpoint.name, self.model_id)
+        if reason:
+            raise TeacherError(reason) from None
         name = "context_length" if is_context_error(exc) else fault_name(exc)
         job.faults.append(name)
         job.failed_on = endpoint
         if name == "context_length":
-            job.max_tokens = shrink_max_tokens(_server_message(exc), job.max_tokens)
+            job.max_tokens = shrink_max_tokens(server_message(exc), job.max_tokens)
         if name in ("429", "timeout"):
             endpoint.limit.cut(epoch)
         if isinstance(exc, Interrupted):
             endpoint.limit.cap(max(1, endpoint.streaming))
         asked = retry_after(exc)
         if asked is not None:
-            self._fleet.pause(endpoint, min(asked, MAX_RETRY_AFTER))
-        self._fleet.failed(endpoint, _unhealthy(exc))
+            self._fleet.pause(endpoint, asked)
+        self._fleet.failed(endpoint, is_unhealthy(exc))
 
     async def _send(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         options = dict(
@@ -754,7 +338,7 @@ class OpenAITeacher(Teacher):
         """Servers without streaming (or without its usage option, or without JSON mode) refuse
         the request with a 400 naming the parameter: ask them again without it."""
         body = getattr(exc, "body", None)
-        said = f"{_server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
+        said = f"{server_message(exc)} {body.get('param') if isinstance(body, dict) else ''}"
         if "response_format" in said and json_mode:
             endpoint.json_mode = False  # the prompt asks for JSON too; the reply is parsed tolerantly
             raise _Downgrade() from None
@@ -842,23 +426,7 @@ class OpenAITeacher(Teacher):
             raise _Withdrawn()
 
     async def aclose(self) -> None:
-        for endpoint in self._fleet.endpoints:
-            for client in endpoint.clients:
-                await client.close()
-
-
-def _client(url: str | None, api_key: str, timeout: float) -> openai.AsyncOpenAI:
-    """An SDK client with the SDK's own HTTP defaults, sharing one TLS context: building the
-    context loads the CA bundle, about 40 ms a client, paid eight times over at concurrency 128."""
-    http_client = openai.DefaultAsyncHttpxClient(verify=_tls_context())
-    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http_client)
-
-
-@functools.cache
-def _tls_context():
-    # The HTTP library the SDK is built on (httpx, or its successor) makes the context it would make itself.
-    http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.partition(".")[0]]
-    return http.create_ssl_context()
+        await self._fleet.aclose()
 
 
 def _read_reply(response, chat: bool) -> tuple[str, str | None]:
@@ -886,30 +454,6 @@ def _field(obj, name: str):
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def _server_message(exc: BaseException) -> str:
-    """The server's own error text: str() of an SDK error starts with "Error code: 400 - ",
-    whose number would throw off shrink_max_tokens."""
-    body = getattr(exc, "body", None)
-    message = body.get("message") if isinstance(body, dict) else None
-    return message if isinstance(message, str) else str(exc)
-
-
 def _token_count(usage, name: str) -> int:
     value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def shrink_max_tokens(message: str, max_tokens: int) -> int:
-    """Fewer tokens after a context overflow: what the server says is left when it says it
-    (OpenAI/vLLM: "maximum context length is 4097 tokens ... you requested 5000 tokens (1928 in
-    the messages, 3072 in the completion)"), else 80% as Alpaca does.
-
-    Example: shrink_max_tokens("maximum context length is 4097 tokens. However, you requested
-    5000 tokens (1928 in your prompt; 3072 for the completion)", 3072) -> 2169
-    """
-    numbers = [int(n) for n in _NUMBERS.findall(message)]
-    if len(numbers) >= 4 and numbers[1] == numbers[2] + numbers[3] and numbers[3] == max_tokens:
-        fits = numbers[0] - numbers[2]
-        if 0 < fits < max_tokens:
-            return fits
-    return max(1, int(max_tokens * 0.8))
