@@ -87,7 +87,7 @@ def steady(times: list[float]) -> float:
 async def raw_client(base_url: str, concurrency: int, requests: int) -> float:
     """What the server and the HTTP client allow with no loop at all: every request queued at
     once. Returns the wall time and when each reply came back."""
-    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, no_stream=True)
+    teacher = openai_compat.OpenAITeacher("fake", base_url=base_url, max_concurrency=concurrency, stream=False)
     prompt, decoding, done = "###\n4. Instruction:", GenerateConfig().decoding(), []
 
     async def one() -> None:

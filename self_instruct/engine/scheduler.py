@@ -73,6 +73,8 @@ class Engine:
         self.committing = 0  # candidates of the unit being judged and written now
         self.yield_seen = [0, 0]  # candidates and asks of the units back in this run: candidates per ask
         self.wake = asyncio.Event()
+        self.asking: dict[str, asyncio.Future] = {}  # cache key -> the reply of the request out for it
+        self.pipeline: Pipeline | None = None  # set by run()
         self.exhausted: str | None = None
         self.failed = False  # a unit raised: no new unit starts
         self.stall_reasons: Counter = Counter()
@@ -95,16 +97,21 @@ class Engine:
             if hit is not None:
                 self.stats.cached += 1
                 return hit
-            async with self.slots:
-                rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget)
-                await self.ledger.sync()  # on disk before it goes
-                token = _REQUEST.set((rid, unit))
-                try:
-                    completion = (await self.teacher.complete([prompt], decoding))[0]
-                finally:
-                    _REQUEST.reset(token)
-                self.ledger.done(rid, unit, key, completion)
+            twin = self.asking.get(key)
+            if twin is not None:  # the same prompt is out already (two units drew it): wait for its reply
+                self.stats.cached += 1
+                return await asyncio.shield(twin)
+            self.asking[key] = reply = asyncio.get_running_loop().create_future()
+            try:
+                completion = await self._send(unit, key, prompt, decoding)
+                reply.set_result(completion)
                 return completion
+            except BaseException as exc:
+                reply.set_exception(exc)
+                reply.exception()  # a twin may not be waiting: nothing to report unretrieved
+                raise
+            finally:
+                del self.asking[key]
         except BudgetExhausted as exc:
             self.exhausted = self.exhausted or exc.reason
             raise
@@ -112,8 +119,21 @@ class Engine:
             self.active[unit] -= 1
             self.asks[unit] += 1
             self.wake.set()
-            if getattr(self, "running", None) is not None:
+            if self.pipeline is not None:  # asked inside run(): room may have opened for a unit
                 self._launch()
+
+    async def _send(self, unit: int, key: str, prompt: str, decoding: Decoding) -> Completion:
+        """One request, counted on disk before it goes and settled when its reply is back."""
+        async with self.slots:
+            rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget)
+            await self.ledger.sync()  # on disk before it goes
+            token = _REQUEST.set((rid, unit))
+            try:
+                completion = (await self.teacher.complete([prompt], decoding))[0]
+            finally:
+                _REQUEST.reset(token)
+            self.ledger.done(rid, unit, key, completion)
+            return completion
 
     async def _admit_retry(self) -> bool:
         current = _REQUEST.get()
