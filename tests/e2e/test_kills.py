@@ -31,6 +31,8 @@ TARGET = 100  # far enough that replies cached before a kill cannot reach it on 
 class Run:
     """One generate process, its stderr read as it comes."""
 
+    started: list["Run"] = []
+
     def __init__(self, cwd: Path, base_url: str, pause: str | None = None):
         env = dict(os.environ, PYTHONPATH=str(REPO))
         pausing = [str(PAUSING), pause] if pause else []  # FILE@N: stop inside that write, to be killed there
@@ -38,6 +40,7 @@ class Run:
                "--model_name", "fake-model", "--num_instructions_to_generate", str(TARGET), "--num_tasks", "5",
                "--request_batch_size", "2", "--retry_backoff", "0.01", "--request_timeout", "2", "--quiet"]
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+        Run.started.append(self)
         self.lines: list[str] = []
         self.paused = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -72,6 +75,17 @@ def wait_for(condition, timeout=180.0) -> None:  # hang guards, many times the e
 
 def completions(server) -> int:
     return sum(1 for b in server.requests if "prompt" in b)
+
+
+@pytest.fixture(autouse=True)
+def no_run_outlives_its_test():
+    """A test that fails while a run sleeps in its pause must not leave it behind."""
+    yield
+    while Run.started:
+        run = Run.started.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
 
 
 @pytest.fixture
