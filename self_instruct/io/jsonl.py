@@ -19,9 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -208,7 +205,7 @@ def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True
     try:
         before = os.fstat(fd).st_size
         try:
-            _write_all(fd, _pause_halfway_for_tests(fd, payload, Path(path).name))
+            _write_all(fd, payload, Path(path))
             if fsync:
                 os.fsync(fd)
         except BaseException:
@@ -219,7 +216,10 @@ def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True
         os.close(fd)
 
 
-def _write_all(fd: int, payload: bytes) -> None:
+def _write_all(fd: int, payload: bytes, path: Path) -> None:
+    """Write all of `payload` to `fd`, opened for `path` (for an atomic write, the file it will
+    replace). Every write of this module goes through here, so the kill tests can stop one
+    halfway by patching this function alone (tests/e2e/pausing.py); `path` is for them."""
     view = memoryview(payload)
     while view:
         view = view[os.write(fd, view):]
@@ -234,8 +234,7 @@ def write_text_atomic(path: str | Path, text: str | bytes) -> None:
     payload = text.encode("utf-8") if isinstance(text, str) else text
     try:
         with open(tmp, "wb") as f:
-            f.write(_pause_halfway_for_tests(f.fileno(), payload, path.name))
-            f.flush()
+            _write_all(f.fileno(), payload, path)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -264,29 +263,6 @@ def fsync_dir(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_test_writes: Counter = Counter()
-
-
-def _pause_halfway_for_tests(fd: int, payload: bytes, name: str) -> bytes:
-    """Test hook, inert unless SELF_INSTRUCT_TEST_PAUSE="<file name>@<n>" is set: the n-th write
-    of that file stops halfway through its last line, says so on stderr, and waits to be
-    SIGKILLed, so that a test's kill lands mid-write for certain. Returns the bytes still to write."""
-    spec = os.environ.get("SELF_INSTRUCT_TEST_PAUSE")
-    if not spec:
-        return payload
-    target, _, nth = spec.partition("@")
-    _test_writes[name] += 1
-    if name != target or _test_writes[name] != int(nth or 1):
-        return payload
-    last_line = payload.rfind(b"\n", 0, len(payload) - 1) + 1
-    cut = last_line + (len(payload) - last_line) // 2
-    _write_all(fd, payload[:cut])
-    os.fsync(fd)
-    print(f"self_instruct: test pause in {name}", file=sys.stderr, flush=True)
-    time.sleep(600)
-    return payload[cut:]
 
 
 def sha256_of(data: str | bytes) -> str:

@@ -1,9 +1,9 @@
 """SIGKILL the generate process at six different moments and resume each time: at the end the
 output holds exactly the target, nothing twice, every line whole, and regen.json agrees.
 
-Kills land mid-write for certain through the pool's test hook (SELF_INSTRUCT_TEST_PAUSE), which
-stops a chosen write halfway through its last line; kills during a request wait until the
-loopback server holds one.
+Kills land mid-write for certain: such a run goes through pausing.py, which stops a chosen write
+halfway through its last line (through the package's one write seam, patched in that process);
+kills during a request wait until the loopback server holds one.
 """
 import json
 import os
@@ -18,25 +18,29 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAI
+from pausing import PAUSED
 from self_instruct.core.filters import duplicate_key
-from self_instruct.engine.pool import InstructionPool
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PAUSING = Path(__file__).resolve().parent / "pausing.py"
 TARGET = 100  # far enough that replies cached before a kill cannot reach it on the next resume alone
 
 
 class Run:
     """One generate process, its stderr read as it comes."""
 
+    started: list["Run"] = []
+
     def __init__(self, cwd: Path, base_url: str, pause: str | None = None):
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        env.pop("SELF_INSTRUCT_TEST_PAUSE", None)
-        if pause:
-            env["SELF_INSTRUCT_TEST_PAUSE"] = pause
-        cmd = [sys.executable, "-m", "self_instruct.generate", "--output_dir", "out", "--base_url", base_url,
+        pausing = [str(PAUSING), pause] if pause else []  # FILE@N: stop inside that write, to be killed there
+        cmd = [sys.executable, *pausing, "-m", "self_instruct.generate", "--output_dir", "out", "--base_url", base_url,
                "--model_name", "fake-model", "--num_instructions_to_generate", str(TARGET), "--num_tasks", "5",
                "--request_batch_size", "2", "--retry_backoff", "0.01", "--request_timeout", "2", "--quiet"]
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+        Run.started.append(self)
         self.lines: list[str] = []
         self.paused = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -45,7 +49,7 @@ class Run:
     def _read(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line)
-            if "test pause in" in line:
+            if line.startswith(PAUSED):
                 self.paused.set()
 
     @property
@@ -71,6 +75,17 @@ def wait_for(condition, timeout=180.0) -> None:  # hang guards, many times the e
 
 def completions(server) -> int:
     return sum(1 for b in server.requests if "prompt" in b)
+
+
+@pytest.fixture(autouse=True)
+def no_run_outlives_its_test():
+    """A test that fails while a run sleeps in its pause must not leave it behind."""
+    yield
+    while Run.started:
+        run = Run.started.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -151,54 +166,3 @@ def test_six_kills_lose_nothing_and_duplicate_nothing(slow_server, tmp_path):
         assert len(set(lines)) == len(lines)
     state = json.loads((out / "state.json").read_text())
     assert state["kept"] == TARGET and Counter(state["rejects"]) == Counter(r["reason"] for r in rejects)
-
-
-def test_torn_last_line_is_cut_and_reported(tmp_path):
-    out = tmp_path / "out"
-    pool = InstructionPool.open(out)
-    pool.append(0, [{"instruction": f"Task {i}", "metadata": {"round": 0}} for i in range(3)], [{"reason": "similar"}])
-    pool.close()
-    with open(out / "generated.jsonl", "ab") as f:
-        f.write(b'{"instruction": "Task 3", "meta')
-    with open(out / "rejected.jsonl", "ab") as f:
-        f.write(b'{"reason": "too_short"}')  # whole JSON, but no newline: the write was not finished
-
-    again = InstructionPool.open(out)
-    again.close()
-    assert [r["instruction"] for r in again.records] == ["Task 0", "Task 1", "Task 2"]
-    assert dict(again.reject_counts) == {"similar": 1}
-    assert again.notes == [
-        "generated.jsonl: cut off 31 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
-        "rejected.jsonl: cut off 23 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
-    ]
-    assert (out / "generated.jsonl").read_bytes().endswith(b'"round": 0}}\n')
-    # Cut once: the next open finds nothing to repair, and appends start on a fresh line.
-    with InstructionPool.open(out) as pool:
-        assert pool.notes == []
-
-
-def test_a_broken_line_inside_the_file_is_not_guessed_at(tmp_path):
-    out = tmp_path / "out"
-    with InstructionPool.open(out) as pool:
-        pool.append(0, [{"instruction": "a"}, {"instruction": "b"}, {"instruction": "c"}], [])
-    data = (out / "generated.jsonl").read_bytes()
-    (out / "generated.jsonl").write_bytes(data.replace(b'{"instruction": "b"}', b'not json, an edit.. '))
-    with pytest.raises(Exception, match=r"generated.jsonl:2: not valid JSON.*--overwrite"):
-        InstructionPool.open(out)
-
-
-def test_a_unit_killed_between_its_appends_is_cut_and_run_again(tmp_path):
-    """A unit is done when its line in commits.jsonl is durable, after both of its appends: a
-    kill between them leaves a unit with its kept records and without its rejects (or its
-    commit). On open, the files are cut back to the sizes the last commit recorded, by byte
-    offset, so the unit runs again from the reply cache; nothing inside a record is read to
-    decide it, so input metadata that looks like the engine's own cannot fool it."""
-    out = tmp_path / "out"
-    with InstructionPool.open(out) as pool:
-        pool.append(0, [{"instruction": "Task 0", "metadata": {"unit": 5}}], [{"reason": "similar"}])
-    with open(out / "generated.jsonl", "a") as f:  # unit 1's kept record reached the disk, then the process died
-        f.write(json.dumps({"instruction": "Task 1", "metadata": {"unit": 0, "round": 0}}) + "\n")
-    with InstructionPool.open(out) as again:
-        assert [r["instruction"] for r in again.records] == ["Task 0"]
-        assert again.next_unit == 1 and dict(again.reject_counts) == {"similar": 1}
-        assert len(again.notes) == 1 and again.notes[0].startswith("generated.jsonl: cut off ")
