@@ -53,17 +53,18 @@ class FlagSpec:
             name = self.short[name]
         return name, (value if has_value else None)
 
-    def check(self, argv: Sequence[str]) -> dict[str, str]:
-        """Refuse unknown flags and stray words; return the raw text of each flag's value."""
+    def check(self, argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+        """Refuse unknown flags and stray words; return the raw text of each flag's value, and the
+        words (positional arguments) as typed."""
         raw: dict[str, str] = {}
-        args, i, words = list(argv), 0, 0
+        args, i, words = list(argv), 0, []
         while i < len(args):
             arg, i = args[i], i + 1
             if arg == "--":
                 raise ConfigError(f"unexpected argument in position {i}: '--' (flags go before it; see --help)")
             if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+(\.\d*)?", arg):
-                if words < len(self.positional) or self.variadic:
-                    words += 1
+                if len(words) < len(self.positional) or self.variadic:
+                    words.append(arg)
                     continue
                 raise ConfigError(f"unexpected argument in position {i}: {arg!r}; every option is a flag, --name value (see --help)")
             name, value = self.long_name(arg)
@@ -83,7 +84,7 @@ class FlagSpec:
                     raise ConfigError(f"--{name} needs a value")
                 value, i = args[i], i + 1
             raw[name] = value
-        return raw
+        return raw, words
 
 
 def coerce(name: str, kind: Any, value: Any, raw: str | None) -> Any:
@@ -142,7 +143,7 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
             # Only --help reaches fire: with the other words fire would echo them, keys included.
             fire.Fire(main, command=["--help"], name=name)
             return
-        raw = spec.check(args)
+        raw, words = spec.check(args)
         for flag, value in raw.items():
             if "key" in flag or "password" in flag:
                 register_secret(value)
@@ -151,11 +152,11 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         def checked(*a, **kwargs):
             # fire passes flags positionally or by name; bind them to see each by its name.
             bound = inspect.signature(main).bind(*a, **kwargs)
+            typed = iter(words)  # a word is a name or a path whatever it looks like ("7", "1.50", "1e3")
             for k, v in bound.arguments.items():
-                if k in spec.positional:
-                    # a word is a name or a path whatever it looks like ("7", "1e3")
-                    bound.arguments[k] = tuple(map(str, v)) if isinstance(v, tuple) and spec.variadic else (
-                        str(v) if spec.types[k] is str else v)
+                if k in spec.positional and k not in raw:
+                    bound.arguments[k] = tuple(typed) if spec.params[k].kind is inspect.Parameter.VAR_POSITIONAL \
+                        else next(typed, v)
                 else:
                     bound.arguments[k] = coerce(k, spec.types[k], v, raw.get(k))
             return main(*bound.args, **bound.kwargs)

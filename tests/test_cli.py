@@ -71,8 +71,6 @@ def test_a_word_that_looks_like_a_number_or_a_flag_is_a_word(word):
     assert Command()(word)["input"] == word
 
 
-@pytest.mark.xfail(strict=True, reason="cli.run passes a positional word to main as str() of fire's literal, so "
-                                       "a file or folder named 1.50, 3.10 or 1e3 becomes 1.5, 3.1 or 1000.0")
 @pytest.mark.parametrize("word", ["1.50", "3.10", "1e3"])
 def test_a_word_that_parses_as_a_float_is_kept_as_typed(word):
     assert Command()(word)["input"] == word

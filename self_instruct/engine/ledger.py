@@ -111,7 +111,7 @@ class Budget:
 class Ledger:
     """The spend journal and reply cache of one output directory (opened under the pool's lock)."""
 
-    def __init__(self, directory: Path, price: Price | None, next_unit: int):
+    def __init__(self, directory: Path, price: Price | None, next_unit: int, evidence: dict | None = None):
         self.path, self.cache_path = directory / LEDGER, directory / RESPONSES
         self.price = price
         self.spend = Spend()
@@ -121,6 +121,7 @@ class Ledger:
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
         self._flush: asyncio.Future | None = None
         self._read(next_unit)
+        self._floor(evidence or {})
 
     # -- reading back ------------------------------------------------------------------------
 
@@ -132,6 +133,16 @@ class Ledger:
             kept = [e for _, e in iter_jsonl(self.cache_path) if e.get("unit", -1) >= next_unit]
             self.cache = {e["key"]: e for e in kept}
             write_jsonl_atomic(self.cache_path, kept)  # replies of pooled units are never asked again
+
+    def _floor(self, state: dict) -> None:
+        """The budget survives a lost or cut ledger: state.json's counters (written after every
+        unit) and the cached replies (each one a request answered) are evidence of spend too."""
+        spend = self.spend
+        spend.requests = max(spend.requests, int(state.get("requests") or 0), len(self.cache))
+        spend.prompt_tokens = max(spend.prompt_tokens, int(state.get("prompt_tokens") or 0))
+        spend.completion_tokens = max(spend.completion_tokens, int(state.get("completion_tokens") or 0))
+        spend.reserved_tokens = max(spend.reserved_tokens, int(state.get("reserved_tokens") or 0))
+        spend.cost = max(spend.cost, float(state.get("cost") or 0.0))
 
     def _count(self, line: dict) -> None:
         self.spend.count(line)

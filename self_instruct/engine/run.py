@@ -199,7 +199,7 @@ class Run:
         from .scheduler import Engine
 
         teacher = teacher or self.teacher
-        ledger = Ledger(pool.dir, price if teacher is not self.teacher else self.price, pool.next_unit)
+        ledger = Ledger(pool.dir, price if teacher is not self.teacher else self.price, pool.next_unit, pool.state)
         o = self.options
         engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
                         budget=budget or self.budget(pool.dir),

@@ -269,10 +269,9 @@ class Engine:
             return "target"
         if self.exhausted:
             return self.exhausted
-        minimal = self.budget.refusal(self.ledger.spend, 0.0, self.decoding.max_tokens, 0.0)
-        if minimal:
-            return minimal
-        return "done" if no_more_units else "stopped"
+        if no_more_units:  # every unit recorded, none refused: the budget sufficed, even to its last request
+            return "done"
+        return self.budget.refusal(self.ledger.spend, 0.0, self.decoding.max_tokens, 0.0) or "stopped"
 
     async def _commit(self, index: int, result: UnitResult) -> None:
         """Judge one unit's candidates, in order, and make the outcome durable, in a worker thread

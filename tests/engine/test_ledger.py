@@ -114,8 +114,6 @@ def test_a_stage_gets_the_caps_minus_what_the_other_stages_spent():
     assert Budget(max_requests=10).after(spent) == Budget(3, None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN.md: 'The budget must survive a lost ledger (state and cache are "
-                                       "evidence too)'; Ledger reads ledger.jsonl alone, so deleting it resets every cap")
 def test_a_lost_ledger_does_not_reset_the_budget(tmp_path):
     rng = random.Random(0)
     teacher = FakeTeacher(respond=lambda prompt: self_instruct_reply(prompt, 20, rng))

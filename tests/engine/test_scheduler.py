@@ -137,9 +137,6 @@ def test_a_budget_stop_records_whole_units_only_and_a_rerun_pays_nothing_twice(t
     assert units_in(out / "generated.jsonl") == list(range(6))
 
 
-@pytest.mark.xfail(strict=True, reason="Engine._why_stopped tests the budget before 'no more units': a run whose last "
-                                       "unit took the last request reports max_requests, so score and evolve skip --output "
-                                       "and tell the user to raise a budget that sufficed")
 def test_a_run_that_finishes_its_units_on_its_last_request_is_done(tmp_path):
     stopped, teacher = run_engine(tmp_path / "out", Units(3), budget=Budget(max_requests=3))
     assert len(teacher.history) == 3 and units_in(tmp_path / "out" / "generated.jsonl") == [0, 1, 2]
