@@ -450,9 +450,9 @@ class Budget:
 
 def retrieve(questions: Sequence[Question], cfg: EvalConfig, output_dir: Path, api_key: str | None) -> list[list[dict]]:
     """Top-k snippets for every question; writes retrieval.json."""
-    from .evaluation.retrieval import Index, chunk_documents, make_embedder, retrieval_quality
+    from .evaluation.retrieval import Index, load_passages, make_embedder, retrieval_quality
 
-    chunks = chunk_documents(cfg.docs, cfg.chunk_tokens, cfg.chunk_overlap)
+    chunks = load_passages(cfg.docs, cfg.chunk_tokens, cfg.chunk_overlap)
     embedder = make_embedder(cfg.embedder, api_key) if cfg.retrieval != "bm25" else None
     index = Index.build(chunks, embedder, output_dir / "index", cfg.retrieval, cfg.similarity)
     results = index.search_many([q.question for q in questions], cfg.k)
