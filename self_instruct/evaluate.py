@@ -186,10 +186,10 @@ def build_prompt(question: str, snippets: Sequence[dict], layout: str, system_me
     """
     context = "\n\n".join(f"[{i}] {s['text']}" for i, s in enumerate(snippets, 1))
     if layout == "template":
-        from .train import render_prompt
+        from .core.templates import render_training_prompt
 
         instruction = "\n\n".join(part for part in (system_message, question) if part)
-        return render_prompt({"instruction": instruction, "input": context}, templates)
+        return render_training_prompt({"instruction": instruction, "input": context}, templates)
     return "\n\n".join(part for part in (system_message, context and f"Context:\n{context}", f"Question: {question}") if part)
 
 
@@ -473,9 +473,9 @@ async def run_evaluation(questions: Sequence[Question], cfg: EvalConfig, api_key
     await check_endpoints(cfg, api_key)
     templates = None
     if cfg.prompt_layout == "template":
-        from .train import load_templates
+        from .core.templates import load_training_templates
 
-        templates = load_templates(cfg.prompt_with_input, cfg.prompt_no_input)
+        templates = load_training_templates(cfg.prompt_with_input, cfg.prompt_no_input)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "eval.json", settings)
     snippets = retrieve(questions, cfg, output_dir, api_key) if cfg.docs else [[] for _ in questions]

@@ -27,24 +27,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
+from ..core.templates import fill, load_template
 from ..errors import ConfigError
 from ..types import Rejection
 from .base import Pipeline, UnitResult
-from ..core.prompts import read_placeholder_template
-from ..io.resources import bundled_path
 from ..sources.chunking import Chunk
 from ..types import Completion, Decoding, Example
 
 MODES = ("qa", "instruct", "backtranslate", "windows")
 # Dolly's categories that a passage can ground (open_qa and general_qa need none).
 CATEGORIES = ("closed_qa", "summarization", "information_extraction", "classification", "brainstorming", "creative_writing")
-# What each template must hold; {source} (file, section, page) is optional everywhere.
-PLACEHOLDERS = {
-    "qa": ("{chunk}", "{num_questions}"),
-    "instruct": ("{chunk}", "{num_tasks}", "{categories}"),
-    "backtranslate": ("{chunk}",),
-    "verify": ("{chunk}", "{items}"),
-}
 UNITS = ("chunk", "paragraph")  # what one backtranslated answer is
 # Words a paragraph needs to be an answer by itself; shorter ones join the next (a heading-like
 # line or a one-sentence transition is no answer to anything).
@@ -58,23 +50,7 @@ RETRY_NOTE = "\n\nYour previous reply could not be read as JSON. Reply with the 
 Ask = Callable[[str, "Decoding | None"], Awaitable[Completion]]
 
 
-# --- templates ---
-
-def load_document_template(name: str, path: str | Path | None = None) -> str:
-    """A template by mode name ("qa", "instruct", "backtranslate", "verify"): the user's file
-    or the bundled prompts/documents_{name}.txt, checked for its placeholders."""
-    source = Path(path) if path else bundled_path("prompts", f"documents_{name}.txt")
-    return read_placeholder_template(source, str(source), name, PLACEHOLDERS[name])
-
-
-def fill(template: str, **values: Any) -> str:
-    """Replace {name} placeholders in one pass: braces in the values, or in a JSON example in
-    the template, are left alone.
-
-    Example: fill('{"q": "..."} about {chunk}', chunk="{x}") -> '{"q": "..."} about {x}'
-    """
-    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
-
+# --- prompts ---
 
 def source_label(chunk: Chunk) -> str:
     """Example: 'garden.pdf, section "Part One > Soil", page 3'"""
@@ -85,8 +61,6 @@ def source_label(chunk: Chunk) -> str:
         label += f", page {chunk.page}" if chunk.last_page in (None, chunk.page) else f", pages {chunk.page}-{chunk.last_page}"
     return label
 
-
-# --- prompts ---
 
 def count_for(tokens: int, per_chunk: int | None, per_1k_tokens: float) -> int:
     """Questions (or tasks) to ask of a chunk: a fixed number, or a rate per 1,000 tokens, at least 1.
@@ -490,8 +464,9 @@ class DocumentsPipeline(Pipeline):
         self.decoding = decoding
         self.unit_name = "chunk" if settings.uses_teacher else "section group"
         self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
-        self.template = load_document_template(settings.mode, settings.prompt_path) if settings.uses_teacher else ""
-        self.verify_template = load_document_template("verify", settings.verify_prompt_path) if settings.verifies else ""
+        self.template = load_template(f"documents_{settings.mode}.txt", settings.prompt_path) if settings.uses_teacher else ""
+        self.verify_template = (load_template("documents_verify.txt", settings.verify_prompt_path, "--verify_prompt_path")
+                                if settings.verifies else "")
 
     @property
     def unit_count(self) -> int:

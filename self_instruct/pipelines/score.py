@@ -15,26 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..core.templates import fill
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
 from ..types import Rejection
 from .base import Ask, Pipeline, UnitResult
-from ..io.resources import bundled_path
 from ..types import Decoding, Example
 
 SCORE_RANGE = (1.0, 5.0)
-
-
-def load_rubric(path: str | Path | None = None) -> str:
-    """The user's rubric template or the bundled prompts/score.txt; it must hold {records}."""
-    source = Path(path) if path else bundled_path("prompts", "score.txt")
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the score rubric ({exc})") from None
-    if "{records}" not in text:
-        raise ConfigError(f"{source}: the score rubric must hold {{records}}")
-    return text
 
 
 def score_prompt(examples: Sequence[Example], rubric: str) -> str:
@@ -43,7 +30,7 @@ def score_prompt(examples: Sequence[Example], rubric: str) -> str:
     for i, ex in enumerate(examples, 1):
         fields = {"instruction": ex.instruction, "input": ex.input, "response": ex.output}
         blocks.append(f"### Record {i}\n" + json.dumps(fields, ensure_ascii=False, indent=1))
-    return rubric.replace("{records}", "\n\n".join(blocks))
+    return fill(rubric, records="\n\n".join(blocks))
 
 
 def json_values(text: str):

@@ -36,18 +36,15 @@ import re
 from collections import Counter, defaultdict
 from itertools import zip_longest
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from ..core.filters import duplicate_key, first_rejection
 from ..core.parse import is_noinput
-from ..types import Rejection
-from ..core.prompts import clean_instruction, read_placeholder_template
-from ..io.resources import bundled_path
-from ..types import Decoding, Example, SeedTask
+from ..core.prompts import clean_instruction, load_list_template
+from ..core.templates import fill, load_template
+from ..types import Decoding, Example, Rejection, SeedTask
 from .alpaca import MACHINE_LAG
 from .base import Ask, Pipeline, UnitResult
-from .documents import fill
 
 # Wang et al.: 8 instructions in context, 2 of them machine-made; the list stops at item 16.
 PROMPT_INSTRUCTIONS, MACHINE_INSTRUCTIONS, NUM_TASKS = 8, 2, 16
@@ -55,23 +52,9 @@ NUM_INSTANCES = 3
 # Few-shot examples of each verdict in the classification prompt.
 CLASSIFY_SHOTS = 6
 MAX_FIELD_CHARS = 4000
-PLACEHOLDERS = {
-    "instructions": ("{tasks}",),
-    "classify": ("{examples}", "{instruction}"),
-    "input_first": ("{instruction}", "{num_instances}"),
-    "output_first": ("{instruction}",),
-}
 _NUMBERED = re.compile(r"\n[ \t]*\d+[ \t]?\.[ \t]")
 _EXAMPLE = re.compile(r"^[ \t*#]*Example[ \t]*\d*[ \t]*[:.]?[ \t*]*$", re.MULTILINE | re.IGNORECASE)
 _FIELD = re.compile(r"^[ \t*]*(Input|Output|Class label)[ \t*]*:[ \t*]*", re.MULTILINE | re.IGNORECASE)
-
-
-def load_self_instruct_template(name: str, path: str | None = None) -> str:
-    """A bundled prompts/self_instruct_{name}.txt, or the user's file, checked for its placeholders."""
-    source = Path(path) if path else bundled_path("prompts", f"self_instruct_{name}.txt")
-    where = f"--prompt_path {source}" if path else str(source)
-    text = read_placeholder_template(source, where, f"self_instruct {name}", PLACEHOLDERS[name])
-    return text.rstrip()  # the prompt ends where the teacher goes on
 
 
 # --- prompts ---
@@ -219,8 +202,9 @@ class Templates:
     @classmethod
     def load(cls, instructions: str | None = None) -> "Templates":
         """The bundled templates; `instructions`, when given, is the text of the list template."""
-        return cls(instructions or load_self_instruct_template("instructions"),
-                   *(load_self_instruct_template(name) for name in ("classify", "input_first", "output_first")))
+        # each prompt ends where the teacher goes on: a final newline would start its reply on a new line
+        return cls(instructions or load_list_template("self_instruct_instructions.txt"),
+                   *(load_template(f"self_instruct_{name}.txt").rstrip() for name in ("classify", "input_first", "output_first")))
 
 
 class SelfInstructPipeline(Pipeline):
