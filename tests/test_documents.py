@@ -23,8 +23,8 @@ from self_instruct.teachers.local import LocalChatTeacher
 from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
-    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, group_sections, json_values,
-    merge_short, meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, group_sections, merge_short,
+    meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -99,7 +99,6 @@ def test_a_line_break_typed_inside_a_string_is_read_as_one():
 def test_nothing_parses_from_prose_or_broken_json():
     assert parse_items("I cannot help with that.", ("question", "answer")) == ([], [])
     assert parse_items('[{"question": "Q?", "answer": "A', ("question", "answer")) == ([], [])
-    assert list(json_values('[] {"a": [1} [1, 2] x')) == [[], [1, 2]]
 
 
 def test_verdicts_by_id_in_order_or_bare():

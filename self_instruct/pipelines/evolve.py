@@ -19,11 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..core.replies import json_values
 from ..core.similarity import RougeIndex
 from ..core.templates import fill, load_template
 from ..types import Decoding, Example, Rejection
 from .base import Ask, Pipeline, UnitResult
-from .score import json_values
 
 # In-depth operations: what the depth template's {operation} says.
 DEPTH = {

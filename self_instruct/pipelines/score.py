@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..core.replies import reply_list
 from ..core.templates import fill
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
 from ..types import Rejection
@@ -31,23 +32,6 @@ def score_prompt(examples: Sequence[Example], rubric: str) -> str:
         fields = {"instruction": ex.instruction, "input": ex.input, "response": ex.output}
         blocks.append(f"### Record {i}\n" + json.dumps(fields, ensure_ascii=False, indent=1))
     return fill(rubric, records="\n\n".join(blocks))
-
-
-def json_values(text: str):
-    """Every JSON array or object in `text`, in order, skipping prose and ``` fences around them."""
-    decoder, pos = json.JSONDecoder(), 0
-    while True:
-        starts = [i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0]
-        if not starts:
-            return
-        start = min(starts)
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            pos = start + 1
-            continue
-        yield value
-        pos = end
 
 
 def _score_of(item: Any) -> tuple[float, str] | None:
@@ -68,18 +52,14 @@ def _score_of(item: Any) -> tuple[float, str] | None:
 
 def parse_verdicts(text: str, count: int) -> list[tuple[float, str] | None]:
     """(score, reason) per record, None where the reply has no valid score for it. Verdicts are
-    matched by their "index" (1-based), else by position; a lone object answers a batch of one."""
+    matched by their "index" (1-based), else by position; a lone object answers a batch of one,
+    and objects one after another (an array cut off by max_tokens) answer in order."""
     verdicts: list[tuple[float, str] | None] = [None] * count
-    for value in json_values(text):
-        items = value if isinstance(value, list) else [value]
-        if not any(isinstance(i, dict) and "score" in i for i in items):
-            continue
-        for position, item in enumerate(items):
-            index = item.get("index") if isinstance(item, dict) else None
-            slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
-            if slot < count and verdicts[slot] is None:
-                verdicts[slot] = _score_of(item)
-        break
+    for position, item in enumerate(reply_list(text, (dict,), lambda d: "score" in d)):
+        index = item.get("index") if isinstance(item, dict) else None
+        slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
+        if slot < count and verdicts[slot] is None:
+            verdicts[slot] = _score_of(item)
     return verdicts
 
 
