@@ -24,7 +24,7 @@ from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
     CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, group_sections, merge_short,
-    meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
+    meta_reference, parse_grounding, parse_items, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -102,10 +102,10 @@ def test_nothing_parses_from_prose_or_broken_json():
 
 
 def test_verdicts_by_id_in_order_or_bare():
-    assert parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) == [True, False, None]
-    assert parse_verdicts("Verdicts:\n```\n[true, false]\n```", 2) == [True, False]
-    assert parse_verdicts('{"results": [{"id": "1", "supported": "Yes"}]}', 1) == [True]
-    assert parse_verdicts("all fine", 2) == [None, None]
+    assert parse_grounding('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) == [True, False, None]
+    assert parse_grounding("Verdicts:\n```\n[true, false]\n```", 2) == [True, False]
+    assert parse_grounding('{"results": [{"id": "1", "supported": "Yes"}]}', 1) == [True]
+    assert parse_grounding("all fine", 2) == [None, None]
 
 
 @pytest.mark.parametrize("question, leaning", [

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from self_instruct.io.jsonl import read_jsonl
-from self_instruct.pipelines.score import parse_verdicts
+from self_instruct.pipelines.score import parse_scores
 from self_instruct.score import cli, score_file
 
 RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."}
@@ -38,7 +38,7 @@ def scores_by_task(scores: dict, style: str = "fence"):
     ('{"verdicts": [{"index": 1, "score": 4, "reason": "good"}, {"index": 2, "score": 2}]}', [(4, "good"), (2, "")]),
 ])
 def test_verdicts_parse_from_fences_and_preambles(reply, expected):
-    assert parse_verdicts(reply, 2) == expected
+    assert parse_scores(reply, 2) == expected
 
 
 @pytest.mark.parametrize("style", ["fence", "preamble"])
@@ -80,7 +80,7 @@ def test_a_reason_with_a_raw_line_break_is_scored(fake_server, tmp_path):
 
 def test_verdicts_cut_off_by_max_tokens_are_read_up_to_the_cut():
     reply = '[{"index": 1, "score": 4, "reason": "ok"}, {"index": 2, "score": 2, "reason": "vague"}, {"index": 3, "sco'
-    assert parse_verdicts(reply, 3) == [(4, "ok"), (2, "vague"), None]
+    assert parse_scores(reply, 3) == [(4, "ok"), (2, "vague"), None]
 
 
 def test_a_rerun_with_the_same_rubric_sends_no_request(fake_server, tmp_path):

@@ -25,15 +25,14 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 from ..core.replies import reply_list
 from ..core.templates import fill, load_template
 from ..errors import ConfigError
-from ..types import Rejection
-from .base import Pipeline, UnitResult
 from ..sources.chunking import Chunk
-from ..types import Completion, Decoding, Example
+from ..types import Decoding, Example, Rejection
+from .base import Ask, Pipeline, UnitResult
 
 MODES = ("qa", "instruct", "backtranslate", "windows")
 # Dolly's categories that a passage can ground (open_qa and general_qa need none).
@@ -47,8 +46,6 @@ WINDOW_UNIT_CHARS = 100_000
 # Appended to a prompt whose first reply did not parse: it nudges the teacher, and a prompt
 # that differs from the first is not answered from the response cache.
 RETRY_NOTE = "\n\nYour previous reply could not be read as JSON. Reply with the JSON only, nothing before or after it."
-
-Ask = Callable[[str, "Decoding | None"], Awaitable[Completion]]
 
 
 # --- prompts ---
@@ -142,7 +139,7 @@ def _record(**properties: dict) -> dict:
 
 
 # The shapes are the ones the prompts show (a bare array; backtranslate's one object), which
-# `reply_list` and `parse_verdicts` read directly, rather than an object wrapping an array as
+# `parse_items` and `parse_grounding` read directly, rather than an object wrapping an array as
 # OpenAI's JSON mode would force: a grammar can start at an array, and a model held to the form
 # its prompt shows follows it more easily than one pushed into another.
 
@@ -190,11 +187,11 @@ def parse_items(text: str, fields: Sequence[str]) -> tuple[list[dict[str, str]],
     return items, rejections
 
 
-def parse_verdicts(text: str, count: int) -> list[bool | None]:
+def parse_grounding(text: str, count: int) -> list[bool | None]:
     """One verdict per item (True supported, False not, None not given) from the check's reply:
     objects with "id" and "supported" (true/false or "yes"/"no"), or bare booleans in order.
 
-    Example: parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
+    Example: parse_grounding('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
     """
     verdicts: list[bool | None] = [None] * count
     for position, item in enumerate(reply_list(text, (dict, bool), lambda d: "supported" in d)):
@@ -568,7 +565,7 @@ class DocumentsPipeline(Pipeline):
         """The second call: is each answer supported by the chunk? A missing verdict keeps
         nothing: the example is rejected as `unverified`."""
         completion = await ask(verify_prompt(chunk, examples, self.verify_template), self.check_decoding(len(examples)))
-        verdicts = parse_verdicts(completion.text, len(examples)) if completion.ok else [None] * len(examples)
+        verdicts = parse_grounding(completion.text, len(examples)) if completion.ok else [None] * len(examples)
         kept, rejections = [], []
         for example, verdict in zip(examples, verdicts):
             if verdict:

@@ -4,7 +4,7 @@ Units are batches of `records_per_request` records in input order; a batch is on
 temperature 0 whose prompt depends only on the records and the rubric, so the engine's reply cache
 and resume make a rerun free. The reply is one JSON array of verdicts keyed by 1-based index:
 
-    parse_verdicts('Sure!\\n```json\\n[{"index": 1, "score": 4, "reason": "ok"}]\\n```', 1)
+    parse_scores('Sure!\\n```json\\n[{"index": 1, "score": 4, "reason": "ok"}]\\n```', 1)
     # -> [(4, "ok")]
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any, Sequence
 from ..core.replies import reply_list
 from ..core.templates import fill
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
-from ..types import Rejection
+from ..types import Decoding, Example, Rejection
 from .base import Ask, Pipeline, UnitResult
-from ..types import Decoding, Example
 
 SCORE_RANGE = (1.0, 5.0)
 
@@ -50,7 +49,7 @@ def _score_of(item: Any) -> tuple[float, str] | None:
     return (int(score) if float(score).is_integer() else float(score)), str(item.get("reason", "")).strip()
 
 
-def parse_verdicts(text: str, count: int) -> list[tuple[float, str] | None]:
+def parse_scores(text: str, count: int) -> list[tuple[float, str] | None]:
     """(score, reason) per record, None where the reply has no valid score for it. Verdicts are
     matched by their "index" (1-based), else by position; a lone object answers a batch of one,
     and objects one after another (an array cut off by max_tokens) answer in order."""
@@ -88,7 +87,7 @@ class VerdictCache:
 
 
 @dataclass(frozen=True)
-class Batch:
+class RecordBatch:
     index: int
     examples: tuple[Example, ...]
     requests: int = 1
@@ -109,10 +108,10 @@ class ScorePipeline(Pipeline):
     def unit_count(self) -> int:
         return -(-len(self.examples) // self.size)
 
-    def unit(self, index: int, pool: Any = None) -> Batch | None:
+    def unit(self, index: int, pool: Any = None) -> RecordBatch | None:
         if index >= self.unit_count:
             return None
-        return Batch(index, tuple(self.examples[index * self.size:(index + 1) * self.size]))
+        return RecordBatch(index, tuple(self.examples[index * self.size:(index + 1) * self.size]))
 
     def decoding(self, count: int) -> Decoding:
         """Greedy (the same reply again), room for `count` one-line verdicts."""
@@ -128,13 +127,13 @@ class ScorePipeline(Pipeline):
         completion = await ask(score_prompt(todo, self.rubric), self.decoding(len(todo)))
         if not completion.ok:
             return known, "", completion.error or "request failed"
-        fresh = iter(parse_verdicts(completion.text, len(todo)))
+        fresh = iter(parse_scores(completion.text, len(todo)))
         verdicts = [v if v is not None else next(fresh) for v in known]
         if self.cache:
             self.cache.put([(ex, v) for ex, v, old in zip(examples, verdicts, known) if old is None and v is not None])
         return verdicts, completion.text, None
 
-    async def run_unit(self, batch: Batch, ask: Ask) -> UnitResult:
+    async def run_unit(self, batch: RecordBatch, ask: Ask) -> UnitResult:
         verdicts, reply, error = await self.verdicts(batch.examples, ask)
         kept, rejections = [], []
         for ex, verdict in zip(batch.examples, verdicts):

@@ -96,8 +96,9 @@ def parse_instructions(text: str, finish_reason: str | None) -> tuple[list[str],
     return [f for f in found if f], rejections
 
 
-def parse_verdict(text: str) -> bool:
-    """Example: parse_verdict(" Yes.") -> True; anything but a leading yes is No, as in Wang et al."""
+def parse_yes_no(text: str) -> bool:
+    """The classification check's answer. Example: parse_yes_no(" Yes.") -> True; anything but a
+    leading yes is No, as in Wang et al."""
     words = re.findall(r"[a-z]+", text.casefold())
     return bool(words) and words[0] == "yes"
 
@@ -185,7 +186,7 @@ def balance_labels(instruction: str, pairs: list[tuple[str, str]], rejections: l
 # --- the pipeline ---
 
 @dataclass(frozen=True)
-class Round:
+class SelfInstructRound:
     index: int
     prompts: tuple[str, ...]
     requests: int  # what the round makes if every list is full, for the engine's concurrency estimate
@@ -224,12 +225,12 @@ class SelfInstructPipeline(Pipeline):
         self.instance_decoding = dataclasses.replace(decoding, max_tokens=min(decoding.max_tokens, 1024), temperature=0.0,
                                                      stop=(f"Example {num_instances + 1}", "Task:"))
 
-    def unit(self, index: int, pool) -> Round:
+    def unit(self, index: int, pool) -> SelfInstructRound:
         rng = random.Random(f"{self.seed}:{index}")
         records = pool.records_before(index - MACHINE_LAG)
         drawn = [self.draw_instructions(rng, records) for _ in range(self.batch)]
         prompts = tuple(encode_instructions(shown, self.templates.instructions, self.num_tasks) for shown in drawn)
-        return Round(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
+        return SelfInstructRound(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
                      frozenset(duplicate_key(text) for shown in drawn for text in shown))
 
     def draw_instructions(self, rng: random.Random, records: Sequence[dict]) -> list[str]:
@@ -240,10 +241,10 @@ class SelfInstructPipeline(Pipeline):
         rng.shuffle(shown)
         return shown
 
-    def requests(self, unit: Round) -> int:
+    def requests(self, unit: SelfInstructRound) -> int:
         return unit.requests
 
-    async def run_unit(self, unit: Round, ask: Ask) -> UnitResult:
+    async def run_unit(self, unit: SelfInstructRound, ask: Ask) -> UnitResult:
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
         result, instructions, seen = UnitResult(), [], set(unit.shown)
         for completion in replies:
@@ -274,7 +275,7 @@ class SelfInstructPipeline(Pipeline):
         verdict = await ask(fill(self.templates.classify, examples=self.examples, instruction=instruction), self.verdict_decoding)
         if not verdict.ok:
             return None, [Rejection("request_failed", Example(instruction), detail=verdict.error or "")]
-        is_classification = parse_verdict(verdict.text)
+        is_classification = parse_yes_no(verdict.text)
         template = self.templates.output_first if is_classification else self.templates.input_first
         reply = await ask(fill(template, instruction=instruction, num_instances=self.num_instances), self.instance_decoding)
         if not reply.ok:
