@@ -140,7 +140,8 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
                             verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
                             verify_template_sha256=sha256_of(pipeline.verify_template))
         if settings.mode in ("qa", "instruct") and not settings.verifies:
-            _, checks = bounds(pipeline, cfg.decoding().max_tokens, load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
+            _, checks = bounds(pipeline, cfg.decoding().max_tokens,
+                               load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
             say(f"--no_verify: no grounding check, which saves up to {checks.describe(run.price)}")
         await run.check()
         with run.open(out, config, SHAPING) as pool:
@@ -224,7 +225,8 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
                        local=runs_locally(cfg))
-    writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
+    writing, checks = bounds(pipeline, cfg.decoding().max_tokens,
+                             load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
     asked = "each chunk"
     if settings.by_paragraph:
         answers = sum(pipeline.unit(i).count for i in range(len(chunks)))
