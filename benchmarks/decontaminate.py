@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from self_instruct.core.decontaminate import Decontaminator, normalize, read_benchmark, texts_of  # noqa: E402
+from self_instruct.core.decontaminate import Decontaminator, ngram_words, read_benchmark, texts_of  # noqa: E402
 
 N = 13
 
@@ -55,11 +55,11 @@ class TupleSet:
             if number == limit:
                 break
             for text in texts_of(record):
-                words = normalize(text)
+                words = ngram_words(text)
                 self.grams.update(tuple(words[i:i + N]) for i in range(len(words) - N + 1))
 
     def hit(self, text: str) -> bool:
-        words = normalize(text)
+        words = ngram_words(text)
         return any(tuple(words[i:i + N]) in self.grams for i in range(len(words) - N + 1))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from self_instruct.core.prompts import encode_prompt, load_template, stop_sequences  # noqa: E402
+from self_instruct.core.prompts import encode_prompt, load_list_template, stop_sequences  # noqa: E402
 from self_instruct.core.seeds import load_seed_tasks, seed_examples  # noqa: E402
 from self_instruct.teachers.local import LocalTeacher, import_llama_cpp  # noqa: E402
 from self_instruct.types import Decoding  # noqa: E402
@@ -39,7 +39,7 @@ def sample_prompts(count: int, seed: int = 0) -> list[str]:
     """Self-instruct prompts as the loop renders them, from the bundled seeds."""
     rng = random.Random(seed)
     seeds = load_seed_tasks()
-    template = load_template(None, LocalTeacher.default_template)
+    template = load_list_template(LocalTeacher.default_template)
     return [encode_prompt(seed_examples(rng.sample(seeds, 3), rng), template, NUM_TASKS) for _ in range(count)]
 
 

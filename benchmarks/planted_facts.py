@@ -29,7 +29,7 @@ from test_retrieval import CHUNKING, EXACT_TERMS, PARAPHRASES, QUESTIONS, write_
 
 
 def retrieval_table(docs: Path) -> str:
-    chunks = retrieval.chunk_documents([docs], **CHUNKING)
+    chunks = retrieval.load_passages([docs], **CHUNKING)
     embedder = retrieval.make_embedder()
     lines = ["| retrieval | hit@3 paraphrases | hit@3 codes | hit@3 all | MRR all |", "|---|---|---|---|---|"]
     for mode in retrieval.MODES:

@@ -8,7 +8,7 @@ Importing this module is light: the teacher SDK loads only when a teacher is mad
 """
 from .core.filters import DEFAULT_FILTERS, first_rejection
 from .core.parse import parse_completion
-from .core.prompts import encode_prompt, load_template
+from .core.prompts import encode_prompt, load_list_template
 from .core.seeds import load_seed_tasks, seed_examples
 from .core.similarity import Match, RougeIndex
 from .engine.judge import Judge
@@ -30,7 +30,7 @@ def generate(output_dir: str = "out", **options):
 
 __all__ = [
     "ConfigError", "SeedFormatError", "SelfInstructError", "TeacherError", "DEFAULT_FILTERS", "first_rejection",
-    "Rejection", "parse_completion", "InstructionPool", "encode_prompt", "load_template", "load_seed_tasks",
+    "Rejection", "parse_completion", "InstructionPool", "encode_prompt", "load_list_template", "load_seed_tasks",
     "seed_examples", "Match", "RougeIndex", "Teacher", "Completion", "Decoding", "Example", "Instance", "SeedTask",
     "generate", "Engine", "Pipeline", "UnitResult", "Judge",
 ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
+from .core.templates import load_template
 from .engine.prices import find_price, format_cost, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
@@ -27,8 +28,7 @@ from .io.jsonl import sha256_of
 from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, option,
                       positive_int, validate)
 from .pipelines.documents import (
-    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, load_document_template, verify_prompt,
-    window_examples,
+    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, verify_prompt, window_examples,
 )
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
@@ -140,7 +140,8 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
                             verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
                             verify_template_sha256=sha256_of(pipeline.verify_template))
         if settings.mode in ("qa", "instruct") and not settings.verifies:
-            _, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
+            _, checks = bounds(pipeline, cfg.decoding().max_tokens,
+                               load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
             say(f"--no_verify: no grounding check, which saves up to {checks.describe(run.price)}")
         await run.check()
         with run.open(out, config, SHAPING) as pool:
@@ -224,7 +225,8 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
     price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
                        local=runs_locally(cfg))
-    writing, checks = bounds(pipeline, cfg.decoding().max_tokens, load_document_template("verify", cfg.verify_prompt_path))
+    writing, checks = bounds(pipeline, cfg.decoding().max_tokens,
+                             load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
     asked = "each chunk"
     if settings.by_paragraph:
         answers = sum(pipeline.unit(i).count for i in range(len(chunks)))

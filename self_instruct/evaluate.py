@@ -39,6 +39,7 @@ from . import cli as cli_edge
 from .engine.ledger import Budget, Spend, read_spend
 from .engine.pool import LEDGER
 from .engine.run import Run, execute
+from .core.templates import load_training_templates
 from .errors import ConfigError
 from .evaluation import metrics
 from .evaluation.answering import AnswerPipeline, Asked, answered_ids
@@ -143,10 +144,10 @@ def check_resume(output_dir: Path, settings: dict, overwrite: bool) -> dict:
 
 def retrieve(questions: Sequence[Question], cfg: EvalConfig, api_key: str | None) -> list[list[dict]]:
     """Top-k snippets for every question; writes retrieval.json."""
-    from .evaluation.retrieval import Index, chunk_documents, make_embedder, retrieval_quality
+    from .evaluation.retrieval import Index, load_passages, make_embedder, retrieval_quality
 
     output_dir = Path(cfg.output_dir)
-    chunks = chunk_documents(cfg.doc_paths, cfg.chunk_tokens, cfg.chunk_overlap)
+    chunks = load_passages(cfg.doc_paths, cfg.chunk_tokens, cfg.chunk_overlap)
     embedder = make_embedder(cfg.embedder, api_key) if cfg.retrieval != "bm25" else None
     index = Index.build(chunks, embedder, output_dir / "index", cfg.retrieval, cfg.similarity)
     results = index.search_many([q.question for q in questions], cfg.k)
@@ -200,9 +201,7 @@ async def run_evaluation(questions: Sequence[Question], cfg: EvalConfig) -> dict
         await check_endpoints(servers)
         templates = None
         if cfg.prompt_layout == "template":
-            from .train import load_templates
-
-            templates = load_templates(cfg.prompt_with_input, cfg.prompt_no_input)
+            templates = load_training_templates(cfg.prompt_with_input, cfg.prompt_no_input)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "eval.json", settings)
         snippets = retrieve(questions, cfg, run.api_key) if cfg.doc_paths else [[] for _ in questions]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .cli import run, words_as_flag
+from .core.templates import load_training_templates, render_training_prompt
 from .errors import ConfigError, DataError
 from .io.jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
 
@@ -139,8 +140,7 @@ def to_sharegpt(record: dict, system: str | None) -> dict:
 
 def prompt_completion(templates: dict[str, str]) -> Callable[[dict], dict]:
     """The record laid out as train.py lays it out: the prompt template, then the output."""
-    from .train import render_prompt
-    return lambda record: {"prompt": render_prompt(record, templates), "completion": record["output"]}
+    return lambda record: {"prompt": render_training_prompt(record, templates), "completion": record["output"]}
 
 
 def to_row(record: dict) -> dict:
@@ -440,8 +440,7 @@ def export(records: Sequence[dict], format: str, output: str | Path, *, system: 
     convert = {"messages": lambda r: to_messages(r, system), "sharegpt": lambda r: to_sharegpt(r, system),
                "csv": to_row, "xlsx": to_row}.get(format, to_alpaca)
     if format == "prompt-completion":
-        from .train import load_templates
-        convert = prompt_completion(templates or load_templates())
+        convert = prompt_completion(templates or load_training_templates())
     if format == "hf":
         write_hf(output, {name: [convert(r) for r in rows] for name, rows in parts.items()})
         return [output]
@@ -491,8 +490,7 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
         raise DataError(f"{input}: no records to export" + (f" ({held_out} held out)" if held_out else ""))
     templates = None
     if format == "prompt-completion" and (prompt_with_input or prompt_no_input):
-        from .train import load_templates
-        templates = load_templates(prompt_with_input, prompt_no_input)
+        templates = load_training_templates(prompt_with_input, prompt_no_input)
     written = export(records, format, output, system=system, split=split, seed=seed, templates=templates)
     skipped = f"; skipped {held_out} held out for evaluation (metadata.holdout)" if held_out else ""
     print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
-from .core.prompts import load_template, stop_sequences
+from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
 
 from .errors import ConfigError
@@ -34,8 +34,7 @@ from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .io.jsonl import sha256_of
 from .pipelines.alpaca import AlpacaPipeline
-from .pipelines.self_instruct import (NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates,
-                                      load_self_instruct_template)
+from .pipelines.self_instruct import NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates
 from .teachers.base import Teacher
 from .teachers.choose import DEFAULT_OPENAI_MODEL, choose_teacher_kind
 from .types import Decoding
@@ -132,8 +131,8 @@ def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipe
 def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
     """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
     if cfg.pipeline == "self_instruct":
-        return load_self_instruct_template("instructions", cfg.prompt_path)
-    return load_template(cfg.prompt_path, alpaca_default)
+        return load_list_template("self_instruct_instructions.txt", cfg.prompt_path)
+    return load_list_template(alpaca_default, cfg.prompt_path)
 
 
 # --- entry points ---

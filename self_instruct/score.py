@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
+from .core.templates import load_template
 from .engine.progress import Stats
 from .engine.run import Outcome, Run, execute, finish, say
 from .errors import ConfigError
@@ -23,7 +24,7 @@ from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
 from .options import (BudgetOptions, CostOptions, RateOptions, RunOptions, TeacherOptions, command, option, positive_int,
                       validate)
-from .pipelines.score import ScorePipeline, VerdictCache, keep_all, load_rubric
+from .pipelines.score import ScorePipeline, VerdictCache, keep_all
 from .teachers.base import Teacher
 
 VERDICTS = "verdicts.jsonl"  # not one of the pool's outputs: --overwrite keeps it
@@ -72,7 +73,7 @@ async def ascore(cfg: ScoreConfig, *, teacher: Teacher | None = None) -> ScoreRe
     """Score (or resume scoring) cfg.input; writes cfg.output when every record is done."""
     cfg.validate()
     examples = read_examples(cfg.input)
-    rubric = load_rubric(cfg.rubric_path)
+    rubric = load_template("score.txt", cfg.rubric_path, "--rubric_path")
     async with Run(cfg, teacher=teacher, follows_instructions=True, stages=[cfg.run_dir()]) as run:
         config = run.config(input_sha256=sha256_of(Path(cfg.input).read_bytes()), rubric_sha256=sha256_of(rubric))
         await run.check()
@@ -109,7 +110,7 @@ async def judge_run(run: Run, run_dir: Path) -> None:
                                    base_url=o.judge_base_url or run.base_url)
         await run.check(teacher)
     examples = read_examples(str(run_dir / "generated.jsonl"))
-    rubric = load_rubric()
+    rubric = load_template("score.txt")
     with run.open(run_dir / "score", run.config(teacher, stage="judge"), restart=True) as pool:
         cache = VerdictCache(pool.dir / VERDICTS, teacher.model_id, rubric)
         pipeline = ScorePipeline(examples, rubric, records_per_request=JUDGE_RECORDS_PER_REQUEST,

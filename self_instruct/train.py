@@ -34,15 +34,15 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import sys
 import time
 from pathlib import Path
 
 from .cli import run
+from .core.templates import load_training_templates, render_training_prompt
 from .errors import ConfigError, DataError
 from .io.jsonl import iter_records
-from .io.resources import bundled_path
+from .io.models import resize_embeddings
 
 IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"
@@ -103,36 +103,6 @@ def _check_messages(messages) -> list[dict]:
 
 
 # -----------------------------------------------------------------------------
-# prompts: the bundled Alpaca-style templates, or the user's
-
-
-def load_templates(prompt_with_input: str | None = None, prompt_no_input: str | None = None) -> dict[str, str]:
-    """The two prompt templates, as text with {instruction} and {input} placeholders."""
-    templates = {}
-    for key, given, needed in (("with_input", prompt_with_input, ("{instruction}", "{input}")),
-                               ("no_input", prompt_no_input, ("{instruction}",))):
-        path = Path(given) if given else bundled_path("prompts", f"train_{key}.txt")
-        if not path.is_file():
-            raise ConfigError(f"prompt template {path}: no such file")
-        text = path.read_text(encoding="utf-8")
-        missing = [name for name in needed if name not in text]
-        if missing:
-            raise ConfigError(f"prompt template {path} lacks {' and '.join(missing)}")
-        templates[key] = text
-    return templates
-
-
-def render_prompt(record: dict, templates: dict[str, str]) -> str:
-    """Fill the template chosen by whether the record has an input (as Alpaca: input != "").
-
-    Placeholders are replaced in one pass, so braces in user text or templates are left alone.
-    Example: {"instruction": "Add {x}.", "input": ""} with "Q: {instruction}\\nA: " -> "Q: Add {x}.\\nA: "
-    """
-    template = templates["with_input"] if record["input"] else templates["no_input"]
-    return re.sub(r"\{(instruction|input)\}", lambda m: record[m.group(1)], template)
-
-
-# -----------------------------------------------------------------------------
 # examples: token ids and labels, packing, batches
 
 
@@ -151,7 +121,7 @@ def build_example(tokenizer, record: dict, templates: dict[str, str], model_max_
     else:
         record = as_instruction(record) if "messages" in record else record
         # EOS as text, as Alpaca appends it: it is read back as the EOS token and learned.
-        pieces = [(render_prompt(record, templates), False), (record["output"] + tokenizer.eos_token, True)]
+        pieces = [(render_training_prompt(record, templates), False), (record["output"] + tokenizer.eos_token, True)]
         input_ids, labels = label_pieces(tokenizer, pieces, special_tokens=True)  # BOS where the tokenizer uses one
     input_ids, labels = input_ids[:model_max_length], labels[:model_max_length]
     if all(label == IGNORE_INDEX for label in labels):
@@ -315,26 +285,6 @@ def load_model_and_tokenizer(model_name_or_path: str, mode: str, dtype, gguf_fil
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         resize_embeddings(model, tokenizer)
     return (model if mode == "qlora" else model.to(device)), tokenizer
-
-
-def resize_embeddings(model, tokenizer) -> None:
-    """Grow the embeddings to the tokenizer's size, after a pad token was added.
-
-    New rows start at the mean of the existing ones (as Alpaca does), so the token looks like an
-    average token rather than noise. The rows depend only on the base weights: to load a saved
-    adapter, call this on the base model with the saved tokenizer and get the same rows back.
-    A vocabulary padded beyond the tokenizer (rows >= len(tokenizer)) is left as it is.
-    """
-    import torch
-
-    old_rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) <= old_rows:
-        return
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if embedding is not None:
-                embedding.weight[old_rows:] = embedding.weight[:old_rows].mean(dim=0)
 
 
 def default_lora_targets(model) -> list[str]:
@@ -502,7 +452,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     args = dict(locals())
     check_flags(args)
     records = load_records(data_path)
-    templates = load_templates(prompt_with_input, prompt_no_input)
+    templates = load_training_templates(prompt_with_input, prompt_no_input)
     if not all(_importable(name) for name in ("torch", "transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
     check_model_path(model_name_or_path, gguf_file)

@@ -154,7 +154,7 @@ BAD_FLAGS = {
     "stray_word": (["500"], "unexpected argument in position"),
     "url_without_scheme": (["--base_url", "localhost:8000/v1"], "--base_url must be an http:// or https:// URL"),
     "unreachable_url": (["--base_url", "CLOSED_PORT"], "cannot reach the teacher at http://127.0.0.1:"),
-    "template_without_placeholder": (["--prompt_path", "NO_PLACEHOLDER"], "a template must hold the placeholder {tasks} exactly once (found 0)"),
+    "template_without_placeholder": (["--prompt_path", "NO_PLACEHOLDER"], "must hold the placeholder {tasks} exactly once (found 0)"),
     "template_missing": (["--prompt_path", "/nonexistent/prompt.txt"], "--prompt_path: /nonexistent/prompt.txt does not exist"),
     "template_not_utf8": (["--prompt_path", "LATIN1"], "is not UTF-8 text"),
     "output_dir_is_a_file": (["--output_dir", "A_FILE"], "is a file, not a directory"),

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from self_instruct.errors import ConfigError
-from self_instruct.sources.chunking import chunk_documents, pack, split_sentences, token_counter, word_counts
+from self_instruct.sources.chunking import chunk_documents, pack_sentences, split_sentences, token_counter, word_counts
 from self_instruct.sources.loaders import Document, Section, load_document
 
 pytest.importorskip("pysbd", reason="needs the [docs] extra")
@@ -106,17 +106,17 @@ def test_no_sentence_is_cut_or_lost_at_a_seam(seed):
 
 
 def test_pack_examples():
-    assert pack([4, 4, 4, 4], [True, False, False, False], size=8, overlap=4) == [(0, 2), (1, 3), (2, 4)]
-    assert pack([3, 3, 3], [True, False, False], size=None, overlap=0) == [(0, 3)]
+    assert pack_sentences([4, 4, 4, 4], [True, False, False, False], size=8, overlap=4) == [(0, 2), (1, 3), (2, 4)]
+    assert pack_sentences([3, 3, 3], [True, False, False], size=None, overlap=0) == [(0, 3)]
 
 
 def test_no_chunk_is_only_the_overlap_of_the_one_before():
     """A sentence too long to join the shared tail: the next chunk starts after the chunk before
     rather than repeating part of it and adding nothing (it was (0, 3), (1, 3), (2, 3), (3, 4))."""
-    assert pack([1, 1, 1, 10], [True, False, False, False], size=10, overlap=3) == [(0, 3), (3, 4)]
-    assert pack([3, 3, 3, 9, 3], [True] + [False] * 4, size=10, overlap=4) == [(0, 3), (3, 4), (4, 5)]
+    assert pack_sentences([1, 1, 1, 10], [True, False, False, False], size=10, overlap=3) == [(0, 3), (3, 4)]
+    assert pack_sentences([3, 3, 3, 9, 3], [True] + [False] * 4, size=10, overlap=4) == [(0, 3), (3, 4), (4, 5)]
     # overlap stays wherever the next chunk gets past the one before
-    assert pack([3, 3, 3, 4, 3], [True] + [False] * 4, size=10, overlap=4) == [(0, 3), (2, 5)]
+    assert pack_sentences([3, 3, 3, 4, 3], [True] + [False] * 4, size=10, overlap=4) == [(0, 3), (2, 5)]
 
 
 def test_a_local_tokenizer_json_sets_the_size(tmp_path):

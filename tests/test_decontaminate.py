@@ -6,7 +6,7 @@ import random
 import pytest
 
 from self_instruct.core import decontaminate
-from self_instruct.core.decontaminate import Decontaminator, normalize
+from self_instruct.core.decontaminate import Decontaminator, ngram_words
 from self_instruct.dedup import cli
 
 PLANTED = "the committee agreed that every river in the northern valley should be measured twice a year"
@@ -44,7 +44,7 @@ def test_normalisation_ignores_case_punctuation_and_spacing():
     index = Decontaminator.from_texts({"b": ["It's a state-of-the-art model: fast,  small and free!"]}, n=5)
     assert index.hit("its A STATE OF the art") is None  # hyphens join words: stateoftheart
     assert index.hit("Note: its a   stateoftheart model, FAST.") == ("b", "its a stateoftheart model fast")
-    assert normalize("Ünïcode WORDS\u00a0too") == ["ünïcode", "words", "too"]
+    assert ngram_words("Ünïcode WORDS\u00a0too") == ["ünïcode", "words", "too"]
 
 
 def test_ngrams_do_not_cross_fields_or_list_items(tmp_path):

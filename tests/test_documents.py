@@ -23,8 +23,8 @@ from self_instruct.teachers.local import LocalChatTeacher
 from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
-    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, fill, group_sections, json_values,
-    load_document_template, merge_short, meta_reference, parse_items, parse_verdicts, shaped, window_examples, window_ranges,
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, group_sections, merge_short,
+    meta_reference, parse_grounding, parse_items, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.loaders import Document, Section, load_paths
@@ -99,14 +99,13 @@ def test_a_line_break_typed_inside_a_string_is_read_as_one():
 def test_nothing_parses_from_prose_or_broken_json():
     assert parse_items("I cannot help with that.", ("question", "answer")) == ([], [])
     assert parse_items('[{"question": "Q?", "answer": "A', ("question", "answer")) == ([], [])
-    assert list(json_values('[] {"a": [1} [1, 2] x')) == [[], [1, 2]]
 
 
 def test_verdicts_by_id_in_order_or_bare():
-    assert parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) == [True, False, None]
-    assert parse_verdicts("Verdicts:\n```\n[true, false]\n```", 2) == [True, False]
-    assert parse_verdicts('{"results": [{"id": "1", "supported": "Yes"}]}', 1) == [True]
-    assert parse_verdicts("all fine", 2) == [None, None]
+    assert parse_grounding('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) == [True, False, None]
+    assert parse_grounding("Verdicts:\n```\n[true, false]\n```", 2) == [True, False]
+    assert parse_grounding('{"results": [{"id": "1", "supported": "Yes"}]}', 1) == [True]
+    assert parse_grounding("all fine", 2) == [None, None]
 
 
 @pytest.mark.parametrize("question, leaning", [
@@ -122,13 +121,13 @@ def test_questions_must_stand_alone(question, leaning):
 
 # --- prompts ---
 
-def test_prompt_templates_fill_in_one_pass_and_name_missing_placeholders(tmp_path):
-    assert fill('{"q": "..."} on {chunk} ({n})', chunk="{n}", n=2) == '{"q": "..."} on {n} (2)'
-    for name in ("qa", "instruct", "backtranslate", "verify"):
-        load_document_template(name)
+def test_user_templates_name_their_flag_and_missing_placeholder(tmp_path):
     (tmp_path / "mine.txt").write_text("Questions about {chunk}", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"mine.txt: the qa template must hold \{num_questions\}"):
-        load_document_template("qa", tmp_path / "mine.txt")
+    with pytest.raises(ConfigError, match=r"^--prompt_path: .*mine.txt must hold \{num_questions\}$"):
+        DocumentsPipeline([], DocumentSettings(mode="qa", prompt_path=str(tmp_path / "mine.txt")))
+    with pytest.raises(ConfigError, match=r"^--verify_prompt_path: .*mine.txt must hold \{items\}$"):
+        DocumentsPipeline([], DocumentSettings(mode="qa", verify_prompt_path=str(tmp_path / "mine.txt")))
+    DocumentsPipeline([], DocumentSettings(mode="instruct"))  # the bundled templates hold theirs
 
 
 def test_counts_grow_with_length_and_categories_rotate():

@@ -24,7 +24,7 @@ from self_instruct.engine.judge import Judge
 from self_instruct.engine.ledger import Ledger
 from self_instruct.pipelines.alpaca import AlpacaPipeline
 from self_instruct.engine.pool import InstructionPool
-from self_instruct.core.prompts import load_template
+from self_instruct.core.prompts import load_list_template
 from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding, Example
@@ -143,7 +143,7 @@ def test_a_killed_and_resumed_run_sends_the_prompts_of_an_uninterrupted_one(tmp_
     # Every round's prompts, recomputed from the final pool, reached both servers; the killed
     # run sent nothing else for those rounds (the replies it had were not asked for twice).
     with InstructionPool.open(tmp_path / "a") as pool:
-        pipeline = AlpacaPipeline(load_seed_tasks(), load_template(), num_prompt_instructions=3, num_machine_instructions=machine,
+        pipeline = AlpacaPipeline(load_seed_tasks(), load_list_template(), num_prompt_instructions=3, num_machine_instructions=machine,
                                   num_tasks=8, request_batch_size=3, seed=7)
         rounds = [pipeline.unit(r, pool).prompts for r in range(pool.next_unit)]
     expected = {p for prompts in rounds for p in prompts}

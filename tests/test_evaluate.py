@@ -36,13 +36,13 @@ def reader_and_judge(prompt, body):
     if body["model"] == "judge":
         answer = prompt.split("Answer to grade:", 1)[1].split("\n", 1)[0]
         reference = prompt.split("Reference answer:", 1)[1].split("\n", 1)[0]
-        verdict = "correct" if metrics.normalize(reference) in metrics.normalize(answer) else "wrong"
+        verdict = "correct" if metrics.normalize_answer(reference) in metrics.normalize_answer(answer) else "wrong"
         return f'{{"verdict": "{verdict}", "reason": "compared with the reference"}}'
     question = next(q for q in FACTS if q in prompt)
     fact = FACTS[question]
     # The reader finds the fact when its prompt, beside the question, holds the answer's last word.
-    key = metrics.normalize(fact).split()[-1]
-    return fact if key in metrics.normalize(prompt.replace(question, "")).split() else "I do not know."
+    key = metrics.normalize_answer(fact).split()[-1]
+    return fact if key in metrics.normalize_answer(prompt.replace(question, "")).split() else "I do not know."
 
 
 def write_questions(path, questions=QUESTIONS):

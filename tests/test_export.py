@@ -197,7 +197,7 @@ def test_a_bad_row_is_one_line_naming_it(tmp_path, capsys, fmt, row, column, val
 
 
 def test_messages_prompt_completion_and_sharegpt_have_the_shapes_their_tools_read(tmp_path, capsys):
-    from self_instruct.train import load_templates, render_prompt
+    from self_instruct.core.templates import load_training_templates, render_training_prompt
 
     records = hostile_records()[:6]
     source = write_jsonl(tmp_path / "generated.jsonl", records)
@@ -215,8 +215,8 @@ def test_messages_prompt_completion_and_sharegpt_have_the_shapes_their_tools_rea
 
     pc = datasets.load_dataset("json", data_files=str(tmp_path / "pc.jsonl"), split="train")
     assert pc.column_names == ["prompt", "completion"]
-    templates = load_templates()
-    assert pc["prompt"] == [render_prompt(dict(r), templates) for r in records]  # exactly what train.py trains on
+    templates = load_training_templates()
+    assert pc["prompt"] == [render_training_prompt(dict(r), templates) for r in records]  # exactly what train.py trains on
     assert pc["completion"] == [r["output"] for r in records]
 
     share = datasets.load_dataset("json", data_files=str(tmp_path / "sharegpt.json"), split="train")

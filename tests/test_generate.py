@@ -188,7 +188,7 @@ def test_library_api(fake_server, tmp_path):
                                     num_instructions_to_generate=5, quiet=True)
     assert result.kept == 5
     tasks = self_instruct.load_seed_tasks()
-    prompt = self_instruct.encode_prompt(self_instruct.seed_examples(tasks[:3]), self_instruct.load_template())
+    prompt = self_instruct.encode_prompt(self_instruct.seed_examples(tasks[:3]), self_instruct.load_list_template())
     assert prompt.endswith("###\n4. Instruction:")
     index = self_instruct.RougeIndex(t.instruction for t in tasks)
     assert index.check(tasks[0].instruction).similar

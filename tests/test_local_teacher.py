@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from self_instruct.errors import TeacherError
-from self_instruct.core.prompts import check_template, encode_prompt, load_template, stop_sequences
+from self_instruct.core.prompts import encode_prompt, load_list_template, stop_sequences
 from self_instruct.teachers import local
 from self_instruct.teachers.local import LocalTeacher, decode, gguf_context_length
 from self_instruct.types import Decoding, Example
@@ -183,8 +183,7 @@ def test_missing_pieces_name_the_install_command(monkeypatch, tmp_path):
 
 
 def test_the_local_template_fits_the_prompt_format():
-    template = load_template(None, LocalTeacher.default_template)
-    check_template(template)
+    template = load_list_template(LocalTeacher.default_template)  # checks {tasks} is there once
     prompt = encode_prompt([Example("Add two numbers.", "2 and 3", "5")] * 3, template, num_tasks=10)
     assert prompt.endswith("###\n4. Instruction:")
     assert "{" not in prompt.replace("{tasks}", "")
@@ -348,7 +347,7 @@ def test_a_self_instruct_prompt_yields_several_parsable_tasks(teacher):
         Example("Is this review positive or negative?", "The food was cold.", "Negative"),
     ]
     options = LocalTeacher.default_options
-    prompt = encode_prompt(seeds, load_template(None, LocalTeacher.default_template), options["num_tasks"])
+    prompt = encode_prompt(seeds, load_list_template(LocalTeacher.default_template), options["num_tasks"])
     decoding = Decoding(max_tokens=options["max_tokens"], stop=stop_sequences(options["num_tasks"]))
     # A 135M model drifts off the format on some draws: ask a few times, as the loop would.
     found = 0

@@ -21,11 +21,11 @@ def test_plain_install_ships_seeds_and_prompts(tmp_path):
     probe = (
         "import self_instruct, pathlib;"
         "from self_instruct.core.seeds import load_seed_tasks;"
-        "from self_instruct.core.prompts import load_template;"
+        "from self_instruct.core.templates import REQUIRED, load_template;"
         "from self_instruct.io.resources import default_seed_tasks_path;"
         "assert pathlib.Path(self_instruct.__file__).is_relative_to(pathlib.Path(r'%s'));"
         "assert default_seed_tasks_path().is_relative_to(pathlib.Path(r'%s'));"
-        "print(len(load_seed_tasks()), '{tasks}' in load_template())" % (target, target)
+        "print(len(load_seed_tasks()), '{tasks}' in load_template('generate.txt') and all(map(load_template, REQUIRED)))" % (target, target)
     )
     # cwd is an empty directory and the checkout is not on the path: only the install can answer.
     run = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, r'{target}'); " + probe],

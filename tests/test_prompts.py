@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from self_instruct import ConfigError, Example
-from self_instruct.core.prompts import check_template, clean_instruction, encode_prompt, load_template, stop_sequences
+from self_instruct.core.prompts import clean_instruction, encode_prompt, load_list_template, stop_sequences
 
 EXAMPLES = [
     Example("Name three   primary\ncolors:", "", "Red, yellow and blue."),
@@ -28,8 +28,8 @@ J'aime le thé.
 
 
 def test_bundled_prompt_renders_golden_string():
-    prompt = encode_prompt(EXAMPLES, load_template(), num_tasks=5)
-    header = load_template().split("{tasks}")[0].replace("{num_tasks}", "5")
+    prompt = encode_prompt(EXAMPLES, load_list_template(), num_tasks=5)
+    header = load_list_template().split("{tasks}")[0].replace("{num_tasks}", "5")
     assert prompt == header + GOLDEN_TAIL.split("List of 5 tasks:\n", 1)[1]
     assert prompt.endswith(GOLDEN_TAIL)
     assert prompt.startswith("You are helping to build a training set")
@@ -47,19 +47,20 @@ def test_alpaca_prompt_with_tasks_line_matches_alpaca_layout(anchors):
 def test_user_template_with_braces_and_without_num_tasks(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text('Answer in JSON like {"a": 1}.\n{tasks}')
-    prompt = encode_prompt(EXAMPLES[:1], load_template(path), num_tasks=4)
+    prompt = encode_prompt(EXAMPLES[:1], load_list_template(path=path), num_tasks=4)
     assert prompt.startswith('Answer in JSON like {"a": 1}.\n###\n1. Instruction:')
 
 
 @pytest.mark.parametrize("text", ["no placeholder here", "{tasks} twice {tasks}"])
 def test_template_needs_tasks_placeholder_once(tmp_path, text):
-    with pytest.raises(ConfigError, match=r"\{tasks\} exactly once"):
-        check_template(text, "t.txt")
+    (tmp_path / "t.txt").write_text(text)
+    with pytest.raises(ConfigError, match=r"--prompt_path: .*t.txt must hold the placeholder \{tasks\} exactly once"):
+        load_list_template(path=tmp_path / "t.txt")
 
 
 def test_missing_template_names_flag(tmp_path):
     with pytest.raises(ConfigError, match="--prompt_path: .* does not exist"):
-        load_template(tmp_path / "nope.txt")
+        load_list_template(path=tmp_path / "nope.txt")
 
 
 def test_num_tasks_must_exceed_examples():
@@ -75,4 +76,4 @@ def test_clean_instruction_and_stop():
 def test_trailing_newline_after_tasks_is_dropped(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("Header\n{tasks}\n\n")
-    assert encode_prompt(EXAMPLES[:1], load_template(path), num_tasks=4).endswith("###\n2. Instruction:")
+    assert encode_prompt(EXAMPLES[:1], load_list_template(path=path), num_tasks=4).endswith("###\n2. Instruction:")

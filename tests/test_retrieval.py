@@ -76,7 +76,7 @@ CHUNKING = {"max_tokens": 25, "overlap": 5}
 
 
 def planted_chunks(directory):
-    return retrieval.chunk_documents([directory], **CHUNKING)
+    return retrieval.load_passages([directory], **CHUNKING)
 
 
 def write_documents(directory):
@@ -203,7 +203,7 @@ def test_hits_count_only_snippets_from_the_named_file():
 
 def test_bad_settings_are_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="missing: no such file or directory"):
-        retrieval.chunk_documents([tmp_path / "missing"])
+        retrieval.load_passages([tmp_path / "missing"])
     with pytest.raises(ConfigError, match="--retrieval must be one of hybrid, dense, bm25"):
         retrieval.Index.build([("a", "a.md")], mode="sparse")
     with pytest.raises(ConfigError, match="--retrieval hybrid needs an embedder"):

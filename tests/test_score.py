@@ -5,7 +5,7 @@ import re
 import pytest
 
 from self_instruct.io.jsonl import read_jsonl
-from self_instruct.pipelines.score import parse_verdicts
+from self_instruct.pipelines.score import parse_scores
 from self_instruct.score import cli, score_file
 
 RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."}
@@ -35,9 +35,10 @@ def scores_by_task(scores: dict, style: str = "fence"):
      [(5, ""), (3, "ok")]),
     ('[{"index": 1, "score": 9, "reason": "off scale"}, {"index": 2, "reason": "no score"}]', [None, None]),
     ('I cannot rate these.', [None, None]),
+    ('{"verdicts": [{"index": 1, "score": 4, "reason": "good"}, {"index": 2, "score": 2}]}', [(4, "good"), (2, "")]),
 ])
 def test_verdicts_parse_from_fences_and_preambles(reply, expected):
-    assert parse_verdicts(reply, 2) == expected
+    assert parse_scores(reply, 2) == expected
 
 
 @pytest.mark.parametrize("style", ["fence", "preamble"])
@@ -66,6 +67,20 @@ def test_a_reply_without_a_valid_score_is_unscored_with_the_raw_reply(fake_serve
     assert [r["metadata"]["score"] for r in json.loads((tmp_path / "out.json").read_text())] == [4]
     [bad] = read_jsonl(result.output_dir / "rejected.jsonl")
     assert bad["reason"] == "unscored" and bad["instruction"] == "Task number two." and '"score": 7' in bad["raw"]
+
+
+def test_a_reason_with_a_raw_line_break_is_scored(fake_server, tmp_path):
+    """Judges type line breaks inside strings; the documents pipeline reads such replies, and so
+    does score (one reader for both): the record is scored, its reason kept whole."""
+    fake_server.reply_fn = lambda prompt, body: '```json\n[{"index": 1, "score": 4, "reason": "Clear.\nBut terse."}]\n```'
+    score_file(write_input(tmp_path, RECORDS[:1]), str(tmp_path / "out.json"), base_url=fake_server.base_url, quiet=True)
+    [scored] = json.loads((tmp_path / "out.json").read_text())
+    assert scored["metadata"]["score"] == 4 and scored["metadata"]["score_reason"] == "Clear.\nBut terse."
+
+
+def test_verdicts_cut_off_by_max_tokens_are_read_up_to_the_cut():
+    reply = '[{"index": 1, "score": 4, "reason": "ok"}, {"index": 2, "score": 2, "reason": "vague"}, {"index": 3, "sco'
+    assert parse_scores(reply, 3) == [(4, "ok"), (2, "vague"), None]
 
 
 def test_a_rerun_with_the_same_rubric_sends_no_request(fake_server, tmp_path):

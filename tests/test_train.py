@@ -21,7 +21,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from self_instruct import train
+from self_instruct.core.templates import load_training_templates, render_training_prompt
 from self_instruct.errors import ConfigError, DataError
+from self_instruct.io.models import resize_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA_SAMPLE = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
@@ -92,20 +94,6 @@ def test_bad_records_name_file_line_and_field(tmp_path, name, text, message):
     with pytest.raises(DataError) as error:
         train.load_records(tmp_path / name)
     assert str(error.value).startswith(f"{tmp_path / name}{message[len(name):]}")
-
-
-def test_render_prompt_picks_the_template_and_keeps_braces():
-    templates = train.load_templates()
-    no_input = train.render_prompt({"instruction": "Print {x}.", "input": "", "output": ""}, templates)
-    with_input = train.render_prompt({"instruction": "Sort.", "input": "b {input} a", "output": ""}, templates)
-    assert "Print {x}." in no_input and "### Input:" not in no_input and no_input.endswith("### Response:\n")
-    assert "Sort." in with_input and "### Input:\nb {input} a\n" in with_input
-
-
-def test_user_template_without_placeholder_is_refused(tmp_path):
-    (tmp_path / "bad.txt").write_text("Answer this:\n")
-    with pytest.raises(ConfigError, match=r"lacks \{instruction\}"):
-        train.load_templates(prompt_no_input=str(tmp_path / "bad.txt"))
 
 
 def test_pack_keeps_whole_examples_and_restarts_positions():
@@ -329,10 +317,10 @@ def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool)
     """On every pool record, for byte-level BPE and SentencePiece alike, the model trains on
     exactly the tokens of prompt + response + EOS read as one text (which it sees at inference),
     and learns exactly those that start inside the response, EOS included."""
-    tokenizer, templates = any_tokenizer, train.load_templates()
+    tokenizer, templates = any_tokenizer, load_training_templates()
     records, alpaca_agrees = train.load_records(pool), 0
     for record in records:
-        prompt = train.render_prompt(record, templates)
+        prompt = render_training_prompt(record, templates)
         text = prompt + record["output"] + tokenizer.eos_token
         ids, labels = reference_labels(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
         example = train.build_example(tokenizer, record, templates, model_max_length=10**6)
@@ -348,7 +336,7 @@ def test_labels_are_the_joint_tokens_with_the_prompt_masked(any_tokenizer, pool)
 def test_sentencepiece_response_has_no_word_start_piece_of_its_own(sentencepiece_tokenizer):
     """The defect this guards: tokenized apart, the response began with "▁Red", a token the model
     never sees after "### Response:\n" at inference."""
-    tokenizer, templates = sentencepiece_tokenizer, train.load_templates()
+    tokenizer, templates = sentencepiece_tokenizer, load_training_templates()
     record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
     example = train.build_example(tokenizer, record, templates, 512)
     learned = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
@@ -365,7 +353,7 @@ def test_chat_records_learn_only_the_assistant_turns(any_tokenizer):
     # Each assistant turn is its content and end-of-turn marker, found in the rendered text.
     spans = [(text.index(turn), text.index(turn) + len(turn)) for turn in ("Red.</s>\n", "Blue.</s>\n")]
     ids, labels = reference_labels(tokenizer, text, spans, add_special_tokens=False)
-    example = train.build_example(tokenizer, {"messages": messages}, train.load_templates(), 512)
+    example = train.build_example(tokenizer, {"messages": messages}, load_training_templates(), 512)
     assert example == {"input_ids": ids, "labels": labels}
     runs, current = [], []
     for token, label in zip(ids, labels):
@@ -379,7 +367,7 @@ def test_chat_records_learn_only_the_assistant_turns(any_tokenizer):
 
 def test_packing_keeps_each_examples_masking(any_tokenizer):
     tokenizer = any_tokenizer
-    templates = train.load_templates()
+    templates = load_training_templates()
     records = [{"instruction": "Say yes.", "input": "", "output": "Yes."},
                {"instruction": "Add these.", "input": "2 and 2", "output": "4"},
                {"instruction": "Say no.", "input": "", "output": "No."}]
@@ -399,9 +387,9 @@ def test_packing_keeps_each_examples_masking(any_tokenizer):
 
 def test_truncation_cuts_the_response_and_drops_prompt_only_examples(any_tokenizer):
     tokenizer = any_tokenizer
-    templates = train.load_templates()
+    templates = load_training_templates()
     record = {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."}
-    prompt_length = len(tokenizer(train.render_prompt(record, templates))["input_ids"])
+    prompt_length = len(tokenizer(render_training_prompt(record, templates))["input_ids"])
     assert train.build_example(tokenizer, record, templates, prompt_length) is None
     cut = train.build_example(tokenizer, record, templates, prompt_length + 2)
     assert len(cut["input_ids"]) == prompt_length + 2 and cut["labels"][-1] != tokenizer.eos_token_id
@@ -437,7 +425,7 @@ def test_new_pad_row_is_the_mean_of_the_old_rows(tokenizer):
     model, tokenizer = tiny_llama(tokenizer), copy.deepcopy(tokenizer)
     old = model.get_input_embeddings().weight.detach().clone()
     tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-    train.resize_embeddings(model, tokenizer)
+    resize_embeddings(model, tokenizer)
     for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
         assert embedding.weight.shape[0] == len(tokenizer) == old.shape[0] + 1
     torch.testing.assert_close(model.get_input_embeddings().weight[-1], old.mean(dim=0))
@@ -538,7 +526,7 @@ def test_lora_fine_tune_lowers_the_loss_and_the_adapter_reloads(base_dir, pool, 
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
     saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lora")
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    train.resize_embeddings(base, saved_tokenizer)  # the pad row the trainer added
+    resize_embeddings(base, saved_tokenizer)  # the pad row the trainer added
     ids = torch.tensor([saved_tokenizer("### Instruction:\nName a colour.\n\n### Response:\n")["input_ids"]])
     with torch.no_grad():
         before = base(ids).logits
@@ -578,6 +566,6 @@ def test_smollm2_gguf_lora_round_trip(pool, tmp_path):
                per_device_train_batch_size=2, gradient_accumulation_steps=2, model_max_length=128, logging_steps=1)
     saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    train.resize_embeddings(base, saved_tokenizer)
+    resize_embeddings(base, saved_tokenizer)
     model = PeftModel.from_pretrained(base, tmp_path / "out").eval()
     assert generate(model, saved_tokenizer, "### Instruction:\nName a colour.\n\n### Response:\n")

@@ -2,7 +2,7 @@
 
 The check GPT-3 and lm-evaluation-harness made standard: a generated record is contaminated when
 some run of ``n`` consecutive words of it also occurs in a benchmark. Words come from
-:func:`normalize`: lowercase, every character that is not a letter, digit or whitespace removed
+:func:`ngram_words`: lowercase, every character that is not a letter, digit or whitespace removed
 (``don't`` -> ``dont``, ``state-of-the-art`` -> ``stateoftheart``), split on whitespace. N-grams never
 cross from one field (or one list item) to the next.
 
@@ -39,10 +39,10 @@ _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, so it has an inverse modulo 2**64
 _BATCH = 4096
 
 
-def normalize(text: str) -> list[str]:
+def ngram_words(text: str) -> list[str]:
     """The words of ``text`` as n-grams see them.
 
-    >>> normalize("Don't   STOP: state-of-the-art_results, 3.5%!")
+    >>> ngram_words("Don't   STOP: state-of-the-art_results, 3.5%!")
     ['dont', 'stop', 'stateoftheartresults', '35']
     """
     return _NOT_WORD.sub("", text.lower()).split()
@@ -119,7 +119,7 @@ class Decontaminator:
 
     def _ngram_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]]]:
         """Hashes of every n-gram of each text, the text of each and its first word's index, and the words."""
-        words = [normalize(text) for text in texts]
+        words = [ngram_words(text) for text in texts]
         lengths = np.array([len(row) for row in words])
         values = np.fromiter(map(hash, itertools.chain.from_iterable(words)), dtype=np.int64,
                              count=int(lengths.sum())).view(np.uint64)

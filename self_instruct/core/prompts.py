@@ -13,27 +13,18 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..io.resources import bundled_path
 from ..types import Example
+from .templates import fill, load_template
 
 TASKS = "{tasks}"
-NUM_TASKS = "{num_tasks}"
 NOINPUT = "<noinput>"
 
 
-def load_template(path: str | Path | None = None, default_name: str = "generate.txt") -> str:
-    """Read a template (a user's file, or a bundled one by name) and check its placeholders."""
-    source = Path(path) if path else bundled_path("prompts", default_name)
-    flag = "--prompt_path" if path else "bundled template"
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{flag}: {source} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{flag}: {source} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{flag}: cannot read {source}: {exc.strerror}") from None
-    check_template(text, f"{flag} {source}")
+def load_list_template(name: str = "generate.txt", path: str | Path | None = None) -> str:
+    """A template that ends in a numbered list left open for the teacher (Alpaca's, or
+    self-instruct's list of instructions): the user's --prompt_path, else the bundled `name`.
+    On top of the placeholders every template is checked for, {tasks} must appear exactly once."""
+    text = load_template(name, path, "--prompt_path", check=_tasks_once)
     if text.rstrip().endswith(TASKS):
         # Editors add a final newline; after the open "{n+1}. Instruction:" it would make the
         # teacher start a new line instead of writing the instruction.
@@ -41,26 +32,12 @@ def load_template(path: str | Path | None = None, default_name: str = "generate.
     return text
 
 
-def read_placeholder_template(source: Path, where: str, what: str, placeholders: Sequence[str]) -> str:
-    """A template file's text, with one line naming ``where`` when it cannot be read or lacks one
-    of ``placeholders`` (``what`` names the template in the message)."""
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read the {what} template ({exc})") from None
-    missing = [p for p in placeholders if p not in text]
-    if missing:
-        raise ConfigError(f"{where}: the {what} template must hold {', '.join(missing)}")
-    return text
-
-
-def check_template(text: str, source: str | Path = "template") -> None:
+def _tasks_once(text: str) -> str | None:
     count = text.count(TASKS)
     if count != 1:
-        raise ConfigError(
-            f"{source}: a template must hold the placeholder {TASKS} exactly once (found {count}); "
-            f"put it on the last line, where the numbered example tasks go"
-        )
+        return (f"must hold the placeholder {TASKS} exactly once (found {count}); "
+                f"put it on the last line, where the numbered example tasks go")
+    return None
 
 
 def clean_instruction(text: str) -> str:
@@ -90,8 +67,7 @@ def encode_prompt(examples: Sequence[Example], template: str, num_tasks: int = 2
         )
     blocks = "".join(render_task(i, ex) for i, ex in enumerate(examples, 1))
     blocks += f"###\n{len(examples) + 1}. Instruction:"
-    # Replace the placeholders literally: templates may hold other braces (JSON, code).
-    return template.replace(NUM_TASKS, str(num_tasks)).replace(TASKS, blocks)
+    return fill(template, tasks=blocks, num_tasks=num_tasks)
 
 
 def stop_sequences(num_tasks: int) -> tuple[str, ...]:

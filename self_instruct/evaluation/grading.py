@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..pipelines.documents import fill
+from ..core.replies import json_values
+from ..core.templates import fill
 from ..pipelines.base import Ask, Pipeline, UnitResult
 from ..types import Decoding, Example, Rejection
 
@@ -37,8 +38,6 @@ def parse_grade(text: str) -> dict | None:
     >>> parse_grade('Sure. {"verdict": "Partly", "reason": "Names the city,\\nnot the year."}')
     {'verdict': 'partly', 'reason': 'Names the city, not the year.'}
     """
-    from ..pipelines.documents import json_values
-
     for obj in json_values(text):
         verdict = obj.get("verdict") if isinstance(obj, dict) else None
         if isinstance(verdict, str) and verdict.strip().lower() in VERDICTS:

@@ -23,10 +23,10 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def normalize(text: str) -> str:
+def normalize_answer(text: str) -> str:
     """SQuAD's answer normalisation.
 
-    >>> normalize("The  Cat's hat!")
+    >>> normalize_answer("The  Cat's hat!")
     'cats hat'
     """
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
@@ -38,7 +38,7 @@ def exact_match(answer: str, reference: str) -> float:
     >>> exact_match("An apple.", "apple")
     1.0
     """
-    return float(normalize(answer) == normalize(reference))
+    return float(normalize_answer(answer) == normalize_answer(reference))
 
 
 def token_f1(answer: str, reference: str) -> float:
@@ -47,7 +47,7 @@ def token_f1(answer: str, reference: str) -> float:
     >>> token_f1("red green blue", "green red")
     0.8
     """
-    got, want = normalize(answer).split(), normalize(reference).split()
+    got, want = normalize_answer(answer).split(), normalize_answer(reference).split()
     if not got or not want:
         return float(got == want)
     common = sum((Counter(got) & Counter(want)).values())

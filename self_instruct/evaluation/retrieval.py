@@ -44,8 +44,9 @@ DEFAULT_EMBEDDER = "packaged:all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True, slots=True)
-class Chunk:
-    """A piece of a document and the file it came from."""
+class Passage:
+    """What the index holds: a text and the file it came from (a documents chunk without its
+    offsets, sentences and headings, or any (text, source) pair a caller has)."""
 
     text: str
     source: str
@@ -64,33 +65,33 @@ class Snippet:
         return {"rank": self.rank, "source": self.source, "score": round(self.score, 6), "text": self.text}
 
 
-def as_chunks(items: Iterable) -> list[Chunk]:
-    """Chunks from (text, source) pairs or from objects with .text and .source (the chunker's).
+def as_passages(items: Iterable) -> list[Passage]:
+    """Passages from (text, source) pairs or from objects with .text and .source (the sources' Chunk).
 
-    >>> as_chunks([("Fees are due in May.", "fees.md")])
-    [Chunk(text='Fees are due in May.', source='fees.md')]
+    >>> as_passages([("Fees are due in May.", "fees.md")])
+    [Passage(text='Fees are due in May.', source='fees.md')]
     """
-    chunks = []
+    passages = []
     for item in items:
         text, source = (item.text, item.source) if hasattr(item, "text") else item
         if text.strip():
-            chunks.append(Chunk(text, str(source)))
-    return chunks
+            passages.append(Passage(text, str(source)))
+    return passages
 
 
-def chunk_documents(paths: Sequence[str | Path], max_tokens: int = 300, overlap: int = 50) -> list[Chunk]:
-    """Chunks of the documents at `paths` (files, or directories searched recursively), by the
+def load_passages(paths: Sequence[str | Path], max_tokens: int = 300, overlap: int = 50) -> list[Passage]:
+    """The chunks of the documents at `paths` (files, or directories searched recursively), by the
     documents pipeline's loaders and chunker (self_instruct.sources: text, Markdown, PDF, HTML,
     EPUB, DOCX, captions; sentence-aligned chunks of `max_tokens` words sharing `overlap` words
     of whole sentences). A file that cannot be read is named on stderr and skipped."""
-    from ..sources import chunk_documents as chunk_sources, load_paths, token_counter
+    from ..sources import chunk_documents, load_paths, token_counter
 
     documents, problems = load_paths(paths)
     for problem in problems:
         print(f"self_instruct: {problem}", file=sys.stderr)
     if not documents:
         raise ConfigError(f"--docs {' '.join(map(str, paths))}: no readable documents")
-    return as_chunks(chunk_sources(documents, token_counter(None), size=max_tokens, overlap=overlap))
+    return as_passages(chunk_documents(documents, token_counter(None), size=max_tokens, overlap=overlap))
 
 
 # -----------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def make_embedder(spec: str | None = None, api_key: str | None = None):
 class Index:
     """Chunks with their embeddings and a BM25 index; `search` fuses the two by reciprocal rank."""
 
-    def __init__(self, chunks: Sequence[Chunk], embeddings: np.ndarray | None, embedder=None,
+    def __init__(self, chunks: Sequence[Passage], embeddings: np.ndarray | None, embedder=None,
                  mode: str = "hybrid", similarity: str = "cosine"):
         check_settings(mode, similarity)
         if not chunks:
@@ -172,7 +173,7 @@ class Index:
     def build(cls, chunks: Iterable, embedder=None, directory: str | Path | None = None,
               mode: str = "hybrid", similarity: str = "cosine") -> "Index":
         """Embed the chunks (or load their embeddings from `directory` when nothing changed) and index them."""
-        chunks = as_chunks(chunks)
+        chunks = as_passages(chunks)
         check_settings(mode, similarity)
         if mode != "bm25" and embedder is None:
             raise ConfigError(f"--retrieval {mode} needs an embedder")
@@ -272,7 +273,7 @@ def fuse(rankings: Iterable[list[tuple[int, float]]], k: int = RRF_K) -> dict[in
 # the index on disk
 
 
-def fingerprint(chunks: Sequence[Chunk], embedder_name: str) -> str:
+def fingerprint(chunks: Sequence[Passage], embedder_name: str) -> str:
     """SHA-256 over the embedder's name and every chunk's source and text: equal exactly when the
     stored embeddings can be reused."""
     digest = hashlib.sha256(embedder_name.encode())
@@ -281,7 +282,7 @@ def fingerprint(chunks: Sequence[Chunk], embedder_name: str) -> str:
     return digest.hexdigest()
 
 
-def save_index(directory: str | Path, chunks: Sequence[Chunk], embedder_name: str, embeddings: np.ndarray) -> None:
+def save_index(directory: str | Path, chunks: Sequence[Passage], embedder_name: str, embeddings: np.ndarray) -> None:
     """chunks.jsonl and embeddings.npy, then index.json last: a kill leaves no index that looks whole."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,7 @@ def save_index(directory: str | Path, chunks: Sequence[Chunk], embedder_name: st
                                                  "chunks": len(chunks), "dimensions": int(embeddings.shape[1])})
 
 
-def load_embeddings(directory: str | Path, chunks: Sequence[Chunk], embedder_name: str) -> np.ndarray | None:
+def load_embeddings(directory: str | Path, chunks: Sequence[Passage], embedder_name: str) -> np.ndarray | None:
     """The stored embeddings when the index in `directory` was built from these chunks by this embedder."""
     meta = read_json(Path(directory) / "index.json")
     if not meta or meta.get("fingerprint") != fingerprint(chunks, embedder_name):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..core.templates import render_training_prompt
 from ..errors import ConfigError
 from ..teachers.base import Teacher
 from ..types import Completion, Decoding
@@ -86,10 +87,8 @@ def build_prompt(question: str, snippets: Sequence[dict], layout: str, system_me
     """
     context = "\n\n".join(f"[{i}] {s['text']}" for i, s in enumerate(snippets, 1))
     if layout == "template":
-        from ..train import render_prompt
-
         instruction = "\n\n".join(part for part in (system_message, question) if part)
-        return render_prompt({"instruction": instruction, "input": context}, templates)
+        return render_training_prompt({"instruction": instruction, "input": context}, templates)
     return "\n\n".join(part for part in (system_message, context and f"Context:\n{context}", f"Question: {question}") if part)
 
 
@@ -126,7 +125,7 @@ class LocalModel:
         if adapter:
             from peft import PeftModel
 
-            from ..train import resize_embeddings
+            from ..io.models import resize_embeddings
 
             resize_embeddings(model, self.tokenizer)
             model = PeftModel.from_pretrained(model, adapter)

@@ -14,22 +14,20 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..core.parse import parse_completion
-from ..types import Rejection
-from .base import Ask, Pipeline, UnitResult
 from ..core.prompts import encode_prompt
 from ..core.seeds import seed_examples
-from ..types import Example, SeedTask
+from ..types import Example, Rejection, SeedTask
+from .base import Pipeline, UnitResult
 
 # Rounds that may be out at once while later rounds sample grown tasks from earlier ones.
 MACHINE_LAG = 4
 
 
 @dataclass(frozen=True)
-class Round:
+class AlpacaRound:
     index: int
     prompts: tuple[str, ...]
     sizes: tuple[int, ...]  # example tasks each prompt shows (the reply continues after them)
-
 
 
 class AlpacaPipeline(Pipeline):
@@ -46,13 +44,13 @@ class AlpacaPipeline(Pipeline):
         # reply's worth until replies come back.
         self.candidates_per_request = max(1, num_tasks - num_prompt_instructions)
 
-    def unit(self, index: int, pool) -> Round:
+    def unit(self, index: int, pool) -> AlpacaRound:
         rng = random.Random(f"{self.seed}:{index}")
         records = pool.records_before(index - MACHINE_LAG) if self.m else []
         drawn = [self.draw_prompt(rng, records) for _ in range(self.batch)]
-        return Round(index, tuple(p for p, _ in drawn), tuple(s for _, s in drawn))
+        return AlpacaRound(index, tuple(p for p, _ in drawn), tuple(s for _, s in drawn))
 
-    def requests(self, unit: Round) -> int:
+    def requests(self, unit: AlpacaRound) -> int:
         return len(unit.prompts)
 
     def draw_prompt(self, rng: random.Random, records: Sequence[dict]) -> tuple[str, int]:
@@ -64,7 +62,7 @@ class AlpacaPipeline(Pipeline):
         rng.shuffle(examples)
         return encode_prompt(examples, self.template, self.num_tasks), len(examples)
 
-    async def run_unit(self, unit: Round, ask) -> "UnitResult":
+    async def run_unit(self, unit: AlpacaRound, ask) -> "UnitResult":
         replies = await asyncio.gather(*(ask(p) for p in unit.prompts), return_exceptions=True)
         for reply in replies:  # the round is recorded whole or not at all
             if isinstance(reply, BaseException):

@@ -25,26 +25,18 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
+from ..core.replies import reply_list
+from ..core.templates import fill, load_template
 from ..errors import ConfigError
-from ..types import Rejection
-from .base import Pipeline, UnitResult
-from ..core.prompts import read_placeholder_template
-from ..io.resources import bundled_path
 from ..sources.chunking import Chunk
-from ..types import Completion, Decoding, Example
+from ..types import Decoding, Example, Rejection
+from .base import Ask, Pipeline, UnitResult
 
 MODES = ("qa", "instruct", "backtranslate", "windows")
 # Dolly's categories that a passage can ground (open_qa and general_qa need none).
 CATEGORIES = ("closed_qa", "summarization", "information_extraction", "classification", "brainstorming", "creative_writing")
-# What each template must hold; {source} (file, section, page) is optional everywhere.
-PLACEHOLDERS = {
-    "qa": ("{chunk}", "{num_questions}"),
-    "instruct": ("{chunk}", "{num_tasks}", "{categories}"),
-    "backtranslate": ("{chunk}",),
-    "verify": ("{chunk}", "{items}"),
-}
 UNITS = ("chunk", "paragraph")  # what one backtranslated answer is
 # Words a paragraph needs to be an answer by itself; shorter ones join the next (a heading-like
 # line or a one-sentence transition is no answer to anything).
@@ -55,26 +47,8 @@ WINDOW_UNIT_CHARS = 100_000
 # that differs from the first is not answered from the response cache.
 RETRY_NOTE = "\n\nYour previous reply could not be read as JSON. Reply with the JSON only, nothing before or after it."
 
-Ask = Callable[[str, "Decoding | None"], Awaitable[Completion]]
 
-
-# --- templates ---
-
-def load_document_template(name: str, path: str | Path | None = None) -> str:
-    """A template by mode name ("qa", "instruct", "backtranslate", "verify"): the user's file
-    or the bundled prompts/documents_{name}.txt, checked for its placeholders."""
-    source = Path(path) if path else bundled_path("prompts", f"documents_{name}.txt")
-    return read_placeholder_template(source, str(source), name, PLACEHOLDERS[name])
-
-
-def fill(template: str, **values: Any) -> str:
-    """Replace {name} placeholders in one pass: braces in the values, or in a JSON example in
-    the template, are left alone.
-
-    Example: fill('{"q": "..."} about {chunk}', chunk="{x}") -> '{"q": "..."} about {x}'
-    """
-    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
-
+# --- prompts ---
 
 def source_label(chunk: Chunk) -> str:
     """Example: 'garden.pdf, section "Part One > Soil", page 3'"""
@@ -85,8 +59,6 @@ def source_label(chunk: Chunk) -> str:
         label += f", page {chunk.page}" if chunk.last_page in (None, chunk.page) else f", pages {chunk.page}-{chunk.last_page}"
     return label
 
-
-# --- prompts ---
 
 def count_for(tokens: int, per_chunk: int | None, per_1k_tokens: float) -> int:
     """Questions (or tasks) to ask of a chunk: a fixed number, or a rate per 1,000 tokens, at least 1.
@@ -167,7 +139,7 @@ def _record(**properties: dict) -> dict:
 
 
 # The shapes are the ones the prompts show (a bare array; backtranslate's one object), which
-# `reply_list` and `parse_verdicts` read directly, rather than an object wrapping an array as
+# `parse_items` and `parse_grounding` read directly, rather than an object wrapping an array as
 # OpenAI's JSON mode would force: a grammar can start at an array, and a model held to the form
 # its prompt shows follows it more easily than one pushed into another.
 
@@ -196,47 +168,6 @@ def verify_schema(count: int) -> dict:
 
 # --- replies ---
 
-_OPENER = re.compile(r"[\[{]")
-
-
-def json_values(text: str) -> Iterator[Any]:
-    """Every JSON array or object in a reply, in order, wherever it starts: after a preamble,
-    inside a ``` fence, before a closing remark. A value that does not parse (an array cut off
-    by max_tokens) yields the whole values inside it.
-
-    Example: list(json_values('See [1]. ```json\\n[{"q": "Q?"}, {"q": "R')) -> [[1], {'q': 'Q?'}]
-    """
-    # strict=False: a line break typed inside a string (as models and llama.cpp's schema grammars
-    # write them) is read as one, not a reason to lose the reply
-    decoder, pos = json.JSONDecoder(strict=False), 0
-    while match := _OPENER.search(text, pos):
-        try:
-            value, pos = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            pos = match.start() + 1
-            continue
-        yield value
-
-
-def reply_list(text: str, kinds: tuple[type, ...], is_item: Callable[[dict], bool]) -> list:
-    """The list a reply holds: its first array holding values of `kinds`; or the array inside a
-    wrapping object, as JSON modes force ({"pairs": [...]}); or the objects that follow one
-    another (an array cut off by max_tokens, one object a line).
-
-    Example: reply_list('{"pairs": [{"q": "Q?"}]}', (dict,), lambda d: "q" in d) -> [{'q': 'Q?'}]
-    """
-    values = list(json_values(text))
-    for i, value in enumerate(values):
-        if isinstance(value, list) and any(isinstance(v, kinds) for v in value):
-            return value
-        if isinstance(value, dict):
-            inner = [v for v in value.values() if isinstance(v, list) and any(isinstance(x, kinds) for x in v)]
-            if inner and not is_item(value):
-                return inner[0]
-            return [v for v in values[i:] if isinstance(v, dict)]
-    return []
-
-
 def parse_items(text: str, fields: Sequence[str]) -> tuple[list[dict[str, str]], list[Rejection]]:
     """The objects of a reply that hold every field as text, and a rejection for each that does not.
 
@@ -256,11 +187,11 @@ def parse_items(text: str, fields: Sequence[str]) -> tuple[list[dict[str, str]],
     return items, rejections
 
 
-def parse_verdicts(text: str, count: int) -> list[bool | None]:
+def parse_grounding(text: str, count: int) -> list[bool | None]:
     """One verdict per item (True supported, False not, None not given) from the check's reply:
     objects with "id" and "supported" (true/false or "yes"/"no"), or bare booleans in order.
 
-    Example: parse_verdicts('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
+    Example: parse_grounding('[{"id": 2, "supported": "no"}, {"id": 1, "supported": true}]', 3) -> [True, False, None]
     """
     verdicts: list[bool | None] = [None] * count
     for position, item in enumerate(reply_list(text, (dict, bool), lambda d: "supported" in d)):
@@ -490,8 +421,9 @@ class DocumentsPipeline(Pipeline):
         self.decoding = decoding
         self.unit_name = "chunk" if settings.uses_teacher else "section group"
         self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
-        self.template = load_document_template(settings.mode, settings.prompt_path) if settings.uses_teacher else ""
-        self.verify_template = load_document_template("verify", settings.verify_prompt_path) if settings.verifies else ""
+        self.template = load_template(f"documents_{settings.mode}.txt", settings.prompt_path) if settings.uses_teacher else ""
+        self.verify_template = (load_template("documents_verify.txt", settings.verify_prompt_path, "--verify_prompt_path")
+                                if settings.verifies else "")
 
     @property
     def unit_count(self) -> int:
@@ -633,7 +565,7 @@ class DocumentsPipeline(Pipeline):
         """The second call: is each answer supported by the chunk? A missing verdict keeps
         nothing: the example is rejected as `unverified`."""
         completion = await ask(verify_prompt(chunk, examples, self.verify_template), self.check_decoding(len(examples)))
-        verdicts = parse_verdicts(completion.text, len(examples)) if completion.ok else [None] * len(examples)
+        verdicts = parse_grounding(completion.text, len(examples)) if completion.ok else [None] * len(examples)
         kept, rejections = [], []
         for example, verdict in zip(examples, verdicts):
             if verdict:

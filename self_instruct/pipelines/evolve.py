@@ -17,16 +17,13 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
-from ..types import Rejection
-from .base import Ask, Pipeline, UnitResult
-from ..io.resources import bundled_path
+from ..core.replies import json_values
 from ..core.similarity import RougeIndex
-from ..types import Decoding, Example
-from .score import json_values
+from ..core.templates import fill, load_template
+from ..types import Decoding, Example, Rejection
+from .base import Ask, Pipeline, UnitResult
 
 # In-depth operations: what the depth template's {operation} says.
 DEPTH = {
@@ -46,14 +43,6 @@ COPIED = ("#rewritten prompt#", "#given prompt#", "#created prompt#", "task to c
 def record_id(instruction: str, input: str) -> str:
     """A stable id for a record: sha256 of its task. Example: record_id("Say hi.", "")[:8] -> '2b9f6b8d'"""
     return hashlib.sha256(f"{instruction}\n{input}".encode("utf-8")).hexdigest()
-
-
-def load_evolve_template(name: str, path: str | Path | None = None) -> str:
-    source = Path(path) if path else bundled_path("prompts", f"evolve_{name}.txt")
-    try:
-        return source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the evolve {name} template ({exc})") from None
 
 
 def task_text(example: Example) -> str:
@@ -78,7 +67,7 @@ class EvolvePipeline(Pipeline):
                  no_change_threshold: float = 0.9, max_words: int = 400):
         self.parents, self.generation, self.seed = list(parents), generation, seed
         self.decoding, self.no_change_threshold, self.max_words = decoding, no_change_threshold, max_words
-        self.templates = {name: load_evolve_template(name) for name in ("depth", "breadth", "answer")}
+        self.templates = {name: load_template(f"evolve_{name}.txt") for name in ("depth", "breadth", "answer")}
 
     def operation(self, index: int) -> str:
         return random.Random(f"{self.seed}:{self.generation}:{index}").choice(OPERATIONS)
@@ -90,8 +79,8 @@ class EvolvePipeline(Pipeline):
 
     def evolve_prompt(self, parent: Parent) -> str:
         if parent.operation == "breadth":
-            return self.templates["breadth"].replace("{task}", task_text(parent.example))
-        return self.templates["depth"].replace("{operation}", DEPTH[parent.operation]).replace("{task}", task_text(parent.example))
+            return fill(self.templates["breadth"], task=task_text(parent.example))
+        return fill(self.templates["depth"], operation=DEPTH[parent.operation], task=task_text(parent.example))
 
     async def run_unit(self, parent: Parent, ask: Ask) -> UnitResult:
         reply = await ask(self.evolve_prompt(parent), self.decoding)
@@ -100,7 +89,7 @@ class EvolvePipeline(Pipeline):
         child, why = self.read_child(parent, reply.text, reply.finish_reason)
         if why:
             return UnitResult([], [Rejection(why, child, raw=reply.text[:2000])])
-        answer = await ask(self.templates["answer"].replace("{instruction}", task_text(child)), self.decoding)
+        answer = await ask(fill(self.templates["answer"], instruction=task_text(child)), self.decoding)
         if not answer.ok:
             return UnitResult([], [Rejection("request_failed", child, detail=answer.error or "")])
         child.output = answer.text.strip()

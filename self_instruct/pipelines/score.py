@@ -4,7 +4,7 @@ Units are batches of `records_per_request` records in input order; a batch is on
 temperature 0 whose prompt depends only on the records and the rubric, so the engine's reply cache
 and resume make a rerun free. The reply is one JSON array of verdicts keyed by 1-based index:
 
-    parse_verdicts('Sure!\\n```json\\n[{"index": 1, "score": 4, "reason": "ok"}]\\n```', 1)
+    parse_scores('Sure!\\n```json\\n[{"index": 1, "score": 4, "reason": "ok"}]\\n```', 1)
     # -> [(4, "ok")]
 """
 from __future__ import annotations
@@ -15,26 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..core.replies import reply_list
+from ..core.templates import fill
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
-from ..types import Rejection
+from ..types import Decoding, Example, Rejection
 from .base import Ask, Pipeline, UnitResult
-from ..io.resources import bundled_path
-from ..types import Decoding, Example
 
 SCORE_RANGE = (1.0, 5.0)
-
-
-def load_rubric(path: str | Path | None = None) -> str:
-    """The user's rubric template or the bundled prompts/score.txt; it must hold {records}."""
-    source = Path(path) if path else bundled_path("prompts", "score.txt")
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the score rubric ({exc})") from None
-    if "{records}" not in text:
-        raise ConfigError(f"{source}: the score rubric must hold {{records}}")
-    return text
 
 
 def score_prompt(examples: Sequence[Example], rubric: str) -> str:
@@ -43,24 +30,7 @@ def score_prompt(examples: Sequence[Example], rubric: str) -> str:
     for i, ex in enumerate(examples, 1):
         fields = {"instruction": ex.instruction, "input": ex.input, "response": ex.output}
         blocks.append(f"### Record {i}\n" + json.dumps(fields, ensure_ascii=False, indent=1))
-    return rubric.replace("{records}", "\n\n".join(blocks))
-
-
-def json_values(text: str):
-    """Every JSON array or object in `text`, in order, skipping prose and ``` fences around them."""
-    decoder, pos = json.JSONDecoder(), 0
-    while True:
-        starts = [i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0]
-        if not starts:
-            return
-        start = min(starts)
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            pos = start + 1
-            continue
-        yield value
-        pos = end
+    return fill(rubric, records="\n\n".join(blocks))
 
 
 def _score_of(item: Any) -> tuple[float, str] | None:
@@ -79,20 +49,16 @@ def _score_of(item: Any) -> tuple[float, str] | None:
     return (int(score) if float(score).is_integer() else float(score)), str(item.get("reason", "")).strip()
 
 
-def parse_verdicts(text: str, count: int) -> list[tuple[float, str] | None]:
+def parse_scores(text: str, count: int) -> list[tuple[float, str] | None]:
     """(score, reason) per record, None where the reply has no valid score for it. Verdicts are
-    matched by their "index" (1-based), else by position; a lone object answers a batch of one."""
+    matched by their "index" (1-based), else by position; a lone object answers a batch of one,
+    and objects one after another (an array cut off by max_tokens) answer in order."""
     verdicts: list[tuple[float, str] | None] = [None] * count
-    for value in json_values(text):
-        items = value if isinstance(value, list) else [value]
-        if not any(isinstance(i, dict) and "score" in i for i in items):
-            continue
-        for position, item in enumerate(items):
-            index = item.get("index") if isinstance(item, dict) else None
-            slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
-            if slot < count and verdicts[slot] is None:
-                verdicts[slot] = _score_of(item)
-        break
+    for position, item in enumerate(reply_list(text, (dict,), lambda d: "score" in d)):
+        index = item.get("index") if isinstance(item, dict) else None
+        slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
+        if slot < count and verdicts[slot] is None:
+            verdicts[slot] = _score_of(item)
     return verdicts
 
 
@@ -121,7 +87,7 @@ class VerdictCache:
 
 
 @dataclass(frozen=True)
-class Batch:
+class RecordBatch:
     index: int
     examples: tuple[Example, ...]
     requests: int = 1
@@ -142,10 +108,10 @@ class ScorePipeline(Pipeline):
     def unit_count(self) -> int:
         return -(-len(self.examples) // self.size)
 
-    def unit(self, index: int, pool: Any = None) -> Batch | None:
+    def unit(self, index: int, pool: Any = None) -> RecordBatch | None:
         if index >= self.unit_count:
             return None
-        return Batch(index, tuple(self.examples[index * self.size:(index + 1) * self.size]))
+        return RecordBatch(index, tuple(self.examples[index * self.size:(index + 1) * self.size]))
 
     def decoding(self, count: int) -> Decoding:
         """Greedy (the same reply again), room for `count` one-line verdicts."""
@@ -161,13 +127,13 @@ class ScorePipeline(Pipeline):
         completion = await ask(score_prompt(todo, self.rubric), self.decoding(len(todo)))
         if not completion.ok:
             return known, "", completion.error or "request failed"
-        fresh = iter(parse_verdicts(completion.text, len(todo)))
+        fresh = iter(parse_scores(completion.text, len(todo)))
         verdicts = [v if v is not None else next(fresh) for v in known]
         if self.cache:
             self.cache.put([(ex, v) for ex, v, old in zip(examples, verdicts, known) if old is None and v is not None])
         return verdicts, completion.text, None
 
-    async def run_unit(self, batch: Batch, ask: Ask) -> UnitResult:
+    async def run_unit(self, batch: RecordBatch, ask: Ask) -> UnitResult:
         verdicts, reply, error = await self.verdicts(batch.examples, ask)
         kept, rejections = [], []
         for ex, verdict in zip(batch.examples, verdicts):

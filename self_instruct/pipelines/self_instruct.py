@@ -36,18 +36,15 @@ import re
 from collections import Counter, defaultdict
 from itertools import zip_longest
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from ..core.filters import duplicate_key, first_rejection
 from ..core.parse import is_noinput
-from ..types import Rejection
-from ..core.prompts import clean_instruction, read_placeholder_template
-from ..io.resources import bundled_path
-from ..types import Decoding, Example, SeedTask
+from ..core.prompts import clean_instruction, load_list_template
+from ..core.templates import fill, load_template
+from ..types import Decoding, Example, Rejection, SeedTask
 from .alpaca import MACHINE_LAG
 from .base import Ask, Pipeline, UnitResult
-from .documents import fill
 
 # Wang et al.: 8 instructions in context, 2 of them machine-made; the list stops at item 16.
 PROMPT_INSTRUCTIONS, MACHINE_INSTRUCTIONS, NUM_TASKS = 8, 2, 16
@@ -55,23 +52,9 @@ NUM_INSTANCES = 3
 # Few-shot examples of each verdict in the classification prompt.
 CLASSIFY_SHOTS = 6
 MAX_FIELD_CHARS = 4000
-PLACEHOLDERS = {
-    "instructions": ("{tasks}",),
-    "classify": ("{examples}", "{instruction}"),
-    "input_first": ("{instruction}", "{num_instances}"),
-    "output_first": ("{instruction}",),
-}
 _NUMBERED = re.compile(r"\n[ \t]*\d+[ \t]?\.[ \t]")
 _EXAMPLE = re.compile(r"^[ \t*#]*Example[ \t]*\d*[ \t]*[:.]?[ \t*]*$", re.MULTILINE | re.IGNORECASE)
 _FIELD = re.compile(r"^[ \t*]*(Input|Output|Class label)[ \t*]*:[ \t*]*", re.MULTILINE | re.IGNORECASE)
-
-
-def load_self_instruct_template(name: str, path: str | None = None) -> str:
-    """A bundled prompts/self_instruct_{name}.txt, or the user's file, checked for its placeholders."""
-    source = Path(path) if path else bundled_path("prompts", f"self_instruct_{name}.txt")
-    where = f"--prompt_path {source}" if path else str(source)
-    text = read_placeholder_template(source, where, f"self_instruct {name}", PLACEHOLDERS[name])
-    return text.rstrip()  # the prompt ends where the teacher goes on
 
 
 # --- prompts ---
@@ -113,8 +96,9 @@ def parse_instructions(text: str, finish_reason: str | None) -> tuple[list[str],
     return [f for f in found if f], rejections
 
 
-def parse_verdict(text: str) -> bool:
-    """Example: parse_verdict(" Yes.") -> True; anything but a leading yes is No, as in Wang et al."""
+def parse_yes_no(text: str) -> bool:
+    """The classification check's answer. Example: parse_yes_no(" Yes.") -> True; anything but a
+    leading yes is No, as in Wang et al."""
     words = re.findall(r"[a-z]+", text.casefold())
     return bool(words) and words[0] == "yes"
 
@@ -202,7 +186,7 @@ def balance_labels(instruction: str, pairs: list[tuple[str, str]], rejections: l
 # --- the pipeline ---
 
 @dataclass(frozen=True)
-class Round:
+class SelfInstructRound:
     index: int
     prompts: tuple[str, ...]
     requests: int  # what the round makes if every list is full, for the engine's concurrency estimate
@@ -219,8 +203,9 @@ class Templates:
     @classmethod
     def load(cls, instructions: str | None = None) -> "Templates":
         """The bundled templates; `instructions`, when given, is the text of the list template."""
-        return cls(instructions or load_self_instruct_template("instructions"),
-                   *(load_self_instruct_template(name) for name in ("classify", "input_first", "output_first")))
+        # each prompt ends where the teacher goes on: a final newline would start its reply on a new line
+        return cls(instructions or load_list_template("self_instruct_instructions.txt"),
+                   *(load_template(f"self_instruct_{name}.txt").rstrip() for name in ("classify", "input_first", "output_first")))
 
 
 class SelfInstructPipeline(Pipeline):
@@ -240,12 +225,12 @@ class SelfInstructPipeline(Pipeline):
         self.instance_decoding = dataclasses.replace(decoding, max_tokens=min(decoding.max_tokens, 1024), temperature=0.0,
                                                      stop=(f"Example {num_instances + 1}", "Task:"))
 
-    def unit(self, index: int, pool) -> Round:
+    def unit(self, index: int, pool) -> SelfInstructRound:
         rng = random.Random(f"{self.seed}:{index}")
         records = pool.records_before(index - MACHINE_LAG)
         drawn = [self.draw_instructions(rng, records) for _ in range(self.batch)]
         prompts = tuple(encode_instructions(shown, self.templates.instructions, self.num_tasks) for shown in drawn)
-        return Round(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
+        return SelfInstructRound(index, prompts, self.batch * (1 + 2 * (self.num_tasks - 1 - self.n)),
                      frozenset(duplicate_key(text) for shown in drawn for text in shown))
 
     def draw_instructions(self, rng: random.Random, records: Sequence[dict]) -> list[str]:
@@ -256,10 +241,10 @@ class SelfInstructPipeline(Pipeline):
         rng.shuffle(shown)
         return shown
 
-    def requests(self, unit: Round) -> int:
+    def requests(self, unit: SelfInstructRound) -> int:
         return unit.requests
 
-    async def run_unit(self, unit: Round, ask: Ask) -> UnitResult:
+    async def run_unit(self, unit: SelfInstructRound, ask: Ask) -> UnitResult:
         replies = await _all(ask(p, self.list_decoding) for p in unit.prompts)
         result, instructions, seen = UnitResult(), [], set(unit.shown)
         for completion in replies:
@@ -290,7 +275,7 @@ class SelfInstructPipeline(Pipeline):
         verdict = await ask(fill(self.templates.classify, examples=self.examples, instruction=instruction), self.verdict_decoding)
         if not verdict.ok:
             return None, [Rejection("request_failed", Example(instruction), detail=verdict.error or "")]
-        is_classification = parse_verdict(verdict.text)
+        is_classification = parse_yes_no(verdict.text)
         template = self.templates.output_first if is_classification else self.templates.input_first
         reply = await ask(fill(template, instruction=instruction, num_instances=self.num_instances), self.instance_decoding)
         if not reply.ok:

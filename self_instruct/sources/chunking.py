@@ -198,12 +198,12 @@ def _gguf_counter(model_path: str | None) -> TokenCounter:
 
 # --- chunks ---
 
-def pack(tokens: Sequence[int], paragraph_starts: Sequence[bool], size: int | None, overlap: int) -> list[tuple[int, int]]:
+def pack_sentences(tokens: Sequence[int], paragraph_starts: Sequence[bool], size: int | None, overlap: int) -> list[tuple[int, int]]:
     """Group sentences [i, j) into chunks of at most `size` tokens (a sentence over the size
     stands alone), ending at a paragraph break when one falls in the chunk's second half; the
     next chunk repeats the last sentences of this one that fit in `overlap` tokens.
 
-    Example: pack([4, 4, 4, 4], [True, False, False, False], size=8, overlap=4) -> [(0, 2), (1, 3), (2, 4)]
+    Example: pack_sentences([4, 4, 4, 4], [True, False, False, False], size=8, overlap=4) -> [(0, 2), (1, 3), (2, 4)]
     """
     n, ranges, i = len(tokens), [], 0
     while i < n:
@@ -257,7 +257,7 @@ def chunk_document(document: Document, counter: TokenCounter, size: int | None, 
         tokens = counter([text[a:b] for a, b in spans])
         para_starts = [True] + [_PARAGRAPH_BREAK.search(text, spans[k - 1][1], spans[k][0]) is not None
                                 for k in range(1, len(spans))]
-        for i, j in pack(tokens, para_starts, size, overlap):
+        for i, j in pack_sentences(tokens, para_starts, size, overlap):
             start, end = spans[i][0], spans[j - 1][1]
             chunks.append(Chunk(
                 index=first_index + len(chunks), source=document.path, start=start, end=end, text=text[start:end],
