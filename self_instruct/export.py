@@ -19,7 +19,7 @@ Formats, and what reads them:
 - sharegpt           JSON list of {"conversations": [{"from", "value"}], "system"?}, and its entry in
                      dataset_info.json beside it, for LLaMA-Factory
 - csv, xlsx          a row a record for people to review, with the columns similarity, source,
-                     round and score; edited rows come back as records (cells edited, rows deleted
+                     unit and score; edited rows come back as records (cells edited, rows deleted
                      or added)
 - hf                 a datasets.Dataset saved with save_to_disk (a DatasetDict with --split)
 
@@ -49,7 +49,7 @@ SHEETS = ("csv", "xlsx")
 TEXT_COLUMNS = ("instruction", "input", "output")
 # Review columns: the sheet's name for each, where it lives in a record, and its type.
 META_COLUMNS = {"similarity": ("avg_similarity_score", float), "source": ("metadata.source", str),
-                "round": ("metadata.round", int), "score": ("metadata.score", float)}
+                "unit": ("provenance.unit", int), "score": ("metadata.score", float)}
 SHEET_COLUMNS = TEXT_COLUMNS + tuple(META_COLUMNS)
 INSTALL_HINT = "pip install 'self_instruct[export]'"
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP's CSV injection list).
@@ -472,13 +472,18 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
          prompt_with_input: str | None = None, prompt_no_input: str | None = None) -> None:
     """Export instruction records to a trainer's format or a sheet for review, or read a sheet back.
 
-    INPUT: files or run directories (several: separated by spaces or commas), concatenated in order. --format one
-    of alpaca, jsonl, messages, prompt-completion, sharegpt, csv, xlsx, hf; --output the file
-    (a directory for hf). --system: a system message for messages and sharegpt. --split 0.95:
-    a seeded train/test split (--seed) into OUTPUT's .train and .test files. --from csv|xlsx:
-    read the inputs as sheets (implied by a .csv or .xlsx name). --prompt_with_input and
-    --prompt_no_input: the training templates for prompt-completion (default prompts/train_*.txt).
     Records whose metadata.holdout is true are skipped and counted.
+
+    Args:
+        input: files or run directories (several: separated by spaces or commas), concatenated in order.
+        format: alpaca, jsonl, messages, prompt-completion, sharegpt, csv, xlsx or hf.
+        output: the file to write (a directory for hf).
+        system: a system message for messages and sharegpt.
+        split: a seeded train/test split, e.g. 0.95: OUTPUT's .train and .test files.
+        seed: the split's seed.
+        from_: csv or xlsx: read the inputs as sheets (implied by a .csv or .xlsx name); written --from.
+        prompt_with_input: the training template with {instruction} and {input}, for prompt-completion.
+        prompt_no_input: the training template with {instruction}, for prompt-completion.
     """
     if output is None:
         raise ConfigError("--output is required: the file to write (a directory for --format hf)")

@@ -45,7 +45,8 @@ def hostile_records():
     for i, text in enumerate(HOSTILE):
         records.append({"instruction": f"Task {i}: {text}", "input": text if i % 2 else "", "output": text,
                         "most_similar_instructions": {"x": 0.1}, "avg_similarity_score": 0.1 + i / 100,
-                        "metadata": {"round": i, "model": "m", **({"source": f"doc_{i}.md", "score": i / 2} if i % 3 == 0 else {})}})
+                        "metadata": {**({"source": f"doc_{i}.md", "score": i / 2} if i % 3 == 0 else {})},
+                        "provenance": {"run": "r1", "unit": i, "model": "m"}})
     return records
 
 
@@ -171,7 +172,7 @@ def test_edited_xlsx_comes_back_with_edits_deletions_and_additions(tmp_path, cap
 
 @pytest.mark.parametrize("fmt,row,column,value,message", [
     ("csv", 4, 0, "", 'review.csv: row 4: field "instruction" is empty'),
-    ("csv", 3, 5, "second", 'review.csv: row 3: column "round" must be a whole number (got \'second\')'),
+    ("csv", 3, 5, "second", 'review.csv: row 3: column "unit" must be a whole number (got \'second\')'),
     ("csv", 1, 2, "answer", "review.csv: row 1: the header lacks 'output'"),
     ("xlsx", 5, 3, "high", 'review.xlsx: row 5: column "similarity" must be a number (got \'high\')'),
     ("xlsx", 2, 2, None, 'review.xlsx: row 2: field "output" is empty'),
