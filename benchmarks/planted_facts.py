@@ -1,4 +1,4 @@
-"""Retrieval and answers on the planted facts of tests/test_retrieval.py (eight made-up documents,
+"""Retrieval and answers on the planted facts of tests/planted.py (eight made-up documents,
 7 questions said otherwise than the text, 8 that name a code differing from the others only in the
 order of its digits).
 
@@ -25,7 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from self_instruct import evaluate  # noqa: E402
 from self_instruct.evaluation import retrieval  # noqa: E402
-from test_retrieval import CHUNKING, EXACT_TERMS, PARAPHRASES, QUESTIONS, write_documents  # noqa: E402
+from planted import CHUNKING, EXACT_TERMS, PARAPHRASES, QUESTIONS, write_documents  # noqa: E402
 
 
 def retrieval_table(docs: Path) -> str:

@@ -254,7 +254,7 @@ class _CallableModule(types.ModuleType):
     """`self_instruct.generate(...)` stays the function even after this submodule, which shares
     its name, has been imported (importing it rebinds the package attribute to the module)."""
 
-    def __call__(self, *args, **kwargs) -> GenerateResult:
+    def __call__(self, *args, **kwargs) -> Outcome:
         return generate(*args, **kwargs)
 
 

@@ -10,7 +10,6 @@ reason and a detail for rejected.jsonl), or None; users extend the chain with th
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable, Sequence
 
 from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word, duplicate_key

@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..io.secrets import redact
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic

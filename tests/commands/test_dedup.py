@@ -166,7 +166,7 @@ def test_module_entry_point_runs(tmp_path):
     source = tmp_path / "data.json"
     source.write_text(json.dumps(RECORDS))
     result = subprocess.run([sys.executable, "-m", "self_instruct.dedup", str(source), "--threshold", "0.7"],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "data.dedup.json").read_text()) == KEPT
 

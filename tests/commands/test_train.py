@@ -21,16 +21,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from self_instruct import train
+
+from tiny_models import CHAT_TEMPLATE, tiny_llama  # noqa: E402
 from self_instruct.core.templates import load_training_templates, render_training_prompt
 from self_instruct.errors import ConfigError, DataError
 from self_instruct.io.models import resize_embeddings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALPACA_SAMPLE = REPO.parent / "shared" / "anchors" / "alpaca_data_5000_sample.json"
 # A plain chat format whose shorter conversations render as prefixes of longer ones.
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -278,20 +277,6 @@ def sentencepiece_tokenizer(pool):
 def any_tokenizer(request):
     """Each kind of tokenizer in turn: the byte-level BPE and the SentencePiece-style one."""
     return request.getfixturevalue("tokenizer" if request.param == "byte_level" else "sentencepiece_tokenizer")
-
-
-def tiny_llama(tokenizer, seed=0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    # initializer_range 0.15 rather than 0.02: LoRA leaves the random head and norms frozen, and
-    # at 0.02 their outputs are too flat for any adapter to express a confident prediction.
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         initializer_range=0.15,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

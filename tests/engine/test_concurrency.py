@@ -19,7 +19,7 @@ from self_instruct.generate import GenerateConfig, agenerate
 from self_instruct.engine.pool import InstructionPool
 from self_instruct.teachers.fake import FakeTeacher
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_jsonl(path):

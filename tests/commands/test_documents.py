@@ -454,7 +454,7 @@ def test_each_request_names_the_json_shape_its_reply_is_read_in(fake_server, tmp
 
 # --- the command, end to end ---
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def field_guide(path: Path, sections: int, seed: int, words: int, section) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from self_instruct import export
 from self_instruct.export import cli, read_inputs, to_row
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 datasets = pytest.importorskip("datasets")
 openpyxl = pytest.importorskip("openpyxl")
 pytest.importorskip("jsonlines")
@@ -339,7 +339,7 @@ def test_trl_sft_trainer_trains_on_messages_and_prompt_completion(tmp_path, caps
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     trl = pytest.importorskip("trl")
-    from test_train import CHAT_TEMPLATE, tiny_llama
+    from tiny_models import CHAT_TEMPLATE, tiny_llama
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     records = [{"instruction": f"Repeat the word number {i}.", "input": "" if i % 2 else f"word {i}", "output": f"word {i}"}

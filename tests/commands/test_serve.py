@@ -28,7 +28,7 @@ from self_instruct.serve import CHAT_MAX_TOKENS, TeacherServer, chat_messages, c
 from self_instruct.teachers.base import Teacher
 from self_instruct.types import Completion, Decoding
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ScriptedTeacher(Teacher):

@@ -13,7 +13,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

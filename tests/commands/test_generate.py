@@ -13,11 +13,11 @@ from rouge_score import rouge_scorer
 
 from fake_openai import FakeOpenAI, make_task, self_instruct_reply
 from self_instruct.core.filters import first_rejection
-from self_instruct.generate import GenerateConfig, dry_run, generate
+from self_instruct.generate import generate
 from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.types import Example
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
@@ -163,7 +163,7 @@ def test_dry_run_bounds_requests_tokens_and_cost(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     prompt_tokens = len(proc.stdout[:-1].encode("utf-8")) + 32
-    assert f"requests: about 3 " in proc.stderr
+    assert "requests: about 3 " in proc.stderr
     assert f"tokens: at most {prompt_tokens + 1000} a request, at most {3 * (prompt_tokens + 1000)}" in proc.stderr
     cost = 3 * (prompt_tokens * 0.15 + 1000 * 0.60) / 1e6
     assert f"cost: at most ${cost:.4f}" in proc.stderr

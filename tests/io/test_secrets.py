@@ -11,7 +11,7 @@ from fake_openai import FakeOpenAI
 from self_instruct.errors import SelfInstructError
 from self_instruct.generate import cli, generate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-SENTINEL-7f3a9c1e5b2d4680"
 
 

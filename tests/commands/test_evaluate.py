@@ -24,10 +24,10 @@ import pytest
 from self_instruct import evaluate
 from self_instruct.evaluation import grading, questions as question_sets, systems
 from self_instruct.evaluation import metrics
-from self_instruct.errors import ConfigError, DataError
-from test_retrieval import PARAPHRASES, QUESTIONS, write_documents
+from self_instruct.errors import ConfigError
+from planted import PARAPHRASES, QUESTIONS, write_documents
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FACTS = {q["question"]: q["answer"] for q in QUESTIONS}
 
 
@@ -405,7 +405,7 @@ def tiny_models(tmp_path_factory):
     torch = pytest.importorskip("torch")
     pytest.importorskip("peft")
     from self_instruct import train
-    from test_train import tiny_llama
+    from tiny_models import tiny_llama
 
     root = tmp_path_factory.mktemp("tiny")
     records = [{"instruction": q["question"], "input": "", "output": q["answer"]} for q in PARAPHRASES]
@@ -450,7 +450,6 @@ def test_base_vs_lora_fine_tune_on_planted_facts(tiny_models, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_batched_generation_equals_one_at_a_time(tiny_models):
-    import asyncio
 
     from self_instruct.types import Decoding
 

@@ -29,7 +29,7 @@ from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding, Example
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli_run(cwd, *args, wait=True):

@@ -25,7 +25,7 @@ from self_instruct.io.jsonl import read_jsonl
 from self_instruct.pipelines.self_instruct import check_instances, parse_instances, parse_instructions
 
 LABELS = ("red", "green", "blue")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_seeds(path, classification: int = 5, other: int = 5):

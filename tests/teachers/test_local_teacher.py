@@ -25,7 +25,7 @@ from self_instruct.teachers import local
 from self_instruct.teachers.local import LocalTeacher, decode, gguf_context_length
 from self_instruct.types import Decoding, Example
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EOS = -1
 
 

@@ -18,7 +18,7 @@ from fake_openai import FakeOpenAI
 from self_instruct.generate import cli, generate
 from self_instruct.core.seeds import load_seed_tasks
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def task(i: int = 0, **fields) -> dict:
