@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Sequence
 
 from . import cli as cli_edge
 from .core.templates import load_template
-from .engine.prices import find_price, format_cost, prompt_bound
+from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
 from .io.jsonl import sha256_of
@@ -33,7 +32,7 @@ from .pipelines.documents import (
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths
 from .teachers.base import Teacher
-from .teachers.choose import DEFAULT_OPENAI_MODEL, choose_teacher_kind
+from .teachers.choose import planned_teacher
 from .types import Decoding, Example
 
 # Settings that shape the data: resuming with any of them changed would mix two runs in one pool.
@@ -198,18 +197,6 @@ def bounds(pipeline: DocumentsPipeline, max_tokens: int, verify_template: str) -
     return writing, checks
 
 
-def runs_locally(cfg: DocumentsConfig) -> bool:
-    """Whether the run would use the embedded model, as `adocuments` would choose it (with no
-    teacher configured at all, the dry run prices the default OpenAI model)."""
-    if cfg.teacher:
-        return cfg.teacher == "local"
-    try:
-        return choose_teacher_kind(cfg.base_url or os.environ.get("OPENAI_BASE_URL"),
-                                   cfg.api_key or os.environ.get("OPENAI_API_KEY")) == "local"
-    except ConfigError:
-        return False
-
-
 def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
     """The first prompt of the run (for windows, its first pair), and the most the run can take.
     Calls nothing."""
@@ -223,8 +210,8 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
         pairs = [e for c in chunks for e in window_examples(c, cfg.window)]
         first = json.dumps(pairs[0].to_alpaca(), ensure_ascii=False) if pairs else ""
         return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
-    price = find_price(cfg.model_name or DEFAULT_OPENAI_MODEL, cfg.price_prompt, cfg.price_completion,
-                       local=runs_locally(cfg))
+    kind, model = planned_teacher(cfg)
+    price = price_of(model, cfg, local=kind == "local")
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens,
                              load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
     asked = "each chunk"

@@ -29,14 +29,14 @@ from .errors import ConfigError
 from .io.resources import default_seed_tasks_path
 from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, one_of,
                       option, positive_int, validate)
-from .engine.prices import find_price, format_cost, prompt_bound
+from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .io.jsonl import sha256_of
 from .pipelines.alpaca import AlpacaPipeline
 from .pipelines.self_instruct import NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates
 from .teachers.base import Teacher
-from .teachers.choose import DEFAULT_OPENAI_MODEL, choose_teacher_kind
+from .teachers.choose import planned_teacher
 from .types import Decoding
 
 __all__ = ["GenerateConfig", "Outcome", "StallError", "agenerate", "generate", "dry_run", "cli"]
@@ -168,15 +168,9 @@ def generate(output_dir: str = "out", *, teacher: Teacher | None = None, **optio
 def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     """The first prompt of the run, and what the whole run may take (requests, tokens and the
     most it can cost). Calls nothing."""
-    import os
-
     cfg.validate()
     _, seeds = load_seeds_for(cfg)
-    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
-    try:  # the teacher a real run would pick, without loading it
-        kind = cfg.teacher or choose_teacher_kind(base_url, cfg.api_key or os.environ.get("OPENAI_API_KEY"))
-    except ConfigError:
-        kind = "openai"
+    kind, model = planned_teacher(cfg)
     teacher_class: type[Teacher] = Teacher
     if kind == "local":
         from .teachers.local import LocalTeacher
@@ -185,11 +179,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     template = load_template_for(cfg, teacher_class.default_template)
     pipeline = make_pipeline(cfg, seeds, template)
     prompt = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: [])).prompts[0]
-    model = "local" if kind == "local" else (cfg.model_name or DEFAULT_OPENAI_MODEL)
-    price = find_price(model, cfg.price_prompt, cfg.price_completion, local=kind == "local")
-    if cfg.max_cost is not None and price is None:
-        raise ConfigError(f"--max_cost needs the price of {model!r}: pass --price_prompt and --price_completion "
-                          f"(dollars per million tokens)")
+    price = price_of(model, cfg, local=kind == "local")
     return prompt, estimate(cfg, prompt, price)
 
 

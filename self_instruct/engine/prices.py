@@ -3,6 +3,7 @@ bound of a prompt's tokens that every request reserves before it is sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -60,3 +61,14 @@ def prompt_bound(prompt: str) -> int:
 def format_cost(cost: float) -> str:
     """Example: format_cost(0.0123) -> '$0.0123'; format_cost(12.5) -> '$12.50'"""
     return f"${cost:.2f}" if cost >= 1 else f"${cost:.4f}"
+
+
+def price_of(model: str, options: Any, local: bool) -> Price | None:
+    """The price a run with these options pays for `model` (--price_prompt/--price_completion, the
+    table, free when local). --max_cost without a known price is refused: it could not be kept."""
+    price = find_price(model, getattr(options, "price_prompt", None), getattr(options, "price_completion", None),
+                       local=local)
+    if getattr(options, "max_cost", None) is not None and price is None:
+        raise ConfigError(f"--max_cost needs the price of {model!r}: pass --price_prompt and --price_completion "
+                          f"(dollars per million tokens)")
+    return price

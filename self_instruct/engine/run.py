@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
-from ..errors import ConfigError
 from ..io.secrets import redact, redact_url, register_secret
 from ..options import recorded
 from ..teachers.base import Teacher
@@ -40,7 +39,7 @@ from .judge import Judge
 from .ledger import Budget, Ledger, Spend, read_spend
 from .pool import LEDGER
 from .pool import OUTPUTS, InstructionPool
-from .prices import Price, find_price
+from .prices import Price, price_of
 from .progress import Stats
 
 
@@ -116,15 +115,8 @@ class Run:
         await teacher.aclose()
 
     def price_of(self, teacher: Teacher) -> Price | None:
-        """The teacher's price (flags, then the table; the embedded model is free). --max_cost
-        without a known price is refused: the cap could not be kept."""
-        o = self.options
-        price = find_price(teacher.model_id, getattr(o, "price_prompt", None), getattr(o, "price_completion", None),
-                           local=is_local(teacher))
-        if getattr(o, "max_cost", None) is not None and price is None:
-            raise ConfigError(f"--max_cost needs the price of {teacher.model_id!r}: pass --price_prompt and "
-                              f"--price_completion (dollars per million tokens)")
-        return price
+        """The teacher's price (flags, then the table; the embedded model is free)."""
+        return price_of(teacher.model_id, self.options, local=is_local(teacher))
 
     async def check(self, teacher: Teacher | None = None) -> None:
         """Let the teacher fail fast (a refused key, no server), before anything is written."""

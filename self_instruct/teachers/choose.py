@@ -26,6 +26,20 @@ def choose_teacher_kind(base_url: str | None, api_key: str | None) -> str:
     )
 
 
+def planned_teacher(options: Any) -> tuple[str, str]:
+    """The teacher a run with these options would get, without loading it: its kind ("local" or
+    "openai") and the model name it is priced by. With no teacher configured at all (a dry run on a
+    fresh machine), the default OpenAI model."""
+    import os
+
+    try:
+        kind = options.teacher or choose_teacher_kind(options.base_url or os.environ.get("OPENAI_BASE_URL"),
+                                                      options.api_key or os.environ.get("OPENAI_API_KEY"))
+    except ConfigError:
+        kind = "openai"
+    return kind, ("local" if kind == "local" else options.model_name or DEFAULT_OPENAI_MODEL)
+
+
 def make_teacher(options: Any, *, base_url: str | None, api_key: str | None, follows_instructions: bool = False) -> Teacher:
     """The teacher of `options` (a TeacherOptions and RateOptions), with the address and key resolved.
 
