@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from .cli import run
 from .core.decontaminate import Decontaminator
+from .core.similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 from .errors import ConfigError, DataError
 from .io.jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
-from .core.similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # The fields of a record that decontamination looks at.

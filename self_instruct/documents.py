@@ -24,10 +24,25 @@ from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, option,
-                      positive_int, validate)
+from .options import (
+    BudgetOptions,
+    CostOptions,
+    JudgeOptions,
+    RateOptions,
+    RunOptions,
+    TeacherOptions,
+    command,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.documents import (
-    MIN_PARAGRAPH_WORDS, RETRY_NOTE, DocumentSettings, DocumentsPipeline, verify_prompt, window_examples,
+    MIN_PARAGRAPH_WORDS,
+    RETRY_NOTE,
+    DocumentSettings,
+    DocumentsPipeline,
+    verify_prompt,
+    window_examples,
 )
 from .sources.chunking import Chunk, chunk_documents, token_counter
 from .sources.loaders import load_paths

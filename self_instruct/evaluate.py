@@ -36,20 +36,41 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli as cli_edge
+from .core.templates import load_training_templates
 from .engine.ledger import Budget, Spend, read_spend
 from .engine.pool import LEDGER
 from .engine.run import Run, execute
-from .core.templates import load_training_templates
 from .errors import ConfigError
 from .evaluation import metrics
 from .evaluation.answering import AnswerPipeline, Asked, answered_ids
 from .evaluation.grading import VERDICTS, GradePipeline, ToGrade, grade_key, verdicts_of
 from .evaluation.questions import Question, holdout_questions, load_questions
 from .evaluation.results import render_results, summarize
-from .evaluation.systems import (LAYOUTS, SYSTEM_MESSAGE, TEMPLATE_STOP, LocalModelTeacher, SystemSpec, build_prompt,
-                                 parse_systems)
-from .io.jsonl import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .options import BudgetOptions, KeyOptions, RunOptions, command, one_of, option, positive_int, validate
+from .evaluation.systems import (
+    LAYOUTS,
+    SYSTEM_MESSAGE,
+    TEMPLATE_STOP,
+    LocalModelTeacher,
+    SystemSpec,
+    build_prompt,
+    parse_systems,
+)
+from .io.jsonl import (
+    read_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from .options import (
+    BudgetOptions,
+    KeyOptions,
+    RunOptions,
+    command,
+    one_of,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.score import keep_all
 from .teachers.base import Teacher
 from .types import Decoding
@@ -144,7 +165,12 @@ def check_resume(output_dir: Path, settings: dict, overwrite: bool) -> dict:
 
 def retrieve(questions: Sequence[Question], cfg: EvalConfig, api_key: str | None) -> list[list[dict]]:
     """Top-k snippets for every question; writes retrieval.json."""
-    from .evaluation.retrieval import Index, load_passages, make_embedder, retrieval_quality
+    from .evaluation.retrieval import (
+        Index,
+        load_passages,
+        make_embedder,
+        retrieval_quality,
+    )
 
     output_dir = Path(cfg.output_dir)
     chunks = load_passages(cfg.doc_paths, cfg.chunk_tokens, cfg.chunk_overlap)

@@ -23,8 +23,18 @@ from .engine.run import Run, execute, say
 from .errors import ConfigError
 from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, CostOptions, RateOptions, RunOptions, TeacherOptions, command, fraction, option,
-                      positive_int, validate)
+from .options import (
+    BudgetOptions,
+    CostOptions,
+    RateOptions,
+    RunOptions,
+    TeacherOptions,
+    command,
+    fraction,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.evolve import EvolvePipeline
 from .teachers.base import Teacher
 from .types import Decoding, Example

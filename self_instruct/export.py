@@ -42,7 +42,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 from .cli import run, words_as_flag
 from .core.templates import load_training_templates, render_training_prompt
 from .errors import ConfigError, DataError
-from .io.jsonl import fsync_dir, iter_records, read_json, type_name, write_json_atomic, write_text_atomic
+from .io.jsonl import (
+    fsync_dir,
+    iter_records,
+    read_json,
+    type_name,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "csv", "xlsx", "hf")
 SHEETS = ("csv", "xlsx")

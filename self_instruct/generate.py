@@ -24,17 +24,32 @@ from typing import Any, Mapping, Sequence
 from . import cli as cli_edge
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
-
-from .errors import ConfigError
-from .io.resources import default_seed_tasks_path
-from .options import (BudgetOptions, CostOptions, JudgeOptions, RateOptions, RunOptions, TeacherOptions, command, one_of,
-                      option, positive_int, validate)
 from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
+from .errors import ConfigError
 from .io.jsonl import sha256_of
+from .io.resources import default_seed_tasks_path
+from .options import (
+    BudgetOptions,
+    CostOptions,
+    JudgeOptions,
+    RateOptions,
+    RunOptions,
+    TeacherOptions,
+    command,
+    one_of,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.alpaca import AlpacaPipeline
-from .pipelines.self_instruct import NUM_TASKS, PROMPT_INSTRUCTIONS, SelfInstructPipeline, Templates
+from .pipelines.self_instruct import (
+    NUM_TASKS,
+    PROMPT_INSTRUCTIONS,
+    SelfInstructPipeline,
+    Templates,
+)
 from .teachers.base import Teacher
 from .teachers.choose import planned_teacher
 from .types import Decoding

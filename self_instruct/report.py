@@ -32,8 +32,8 @@ from typing import Sequence
 
 from .cli import run, words_as_flag
 from .errors import ConfigError, DataError, SelfInstructError
-from .io.secrets import redact, redact_url
 from .io.jsonl import iter_jsonl, read_json, write_text_atomic
+from .io.secrets import redact, redact_url
 
 REPORT = "report.html"
 SAMPLE_SIZE = 20

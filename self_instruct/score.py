@@ -22,8 +22,17 @@ from .engine.run import Outcome, Run, execute, finish, say
 from .errors import ConfigError
 from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, CostOptions, RateOptions, RunOptions, TeacherOptions, command, option, positive_int,
-                      validate)
+from .options import (
+    BudgetOptions,
+    CostOptions,
+    RateOptions,
+    RunOptions,
+    TeacherOptions,
+    command,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.score import ScorePipeline, VerdictCache, keep_all
 from .teachers.base import Teacher
 

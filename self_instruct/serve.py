@@ -31,8 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Awaitable, Callable, Sequence
 
 from .cli import run
-from .io.secrets import redact, register_secret
 from .errors import ConfigError
+from .io.secrets import redact, register_secret
 from .teachers.base import Teacher
 from .types import Completion, Decoding
 

@@ -323,7 +323,11 @@ def merge_lora(model, mode: str, reload_base):
     (through reload_base) and the trained adapter weights are applied to it.
     """
     if mode == "qlora":
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import (
+            get_peft_model,
+            get_peft_model_state_dict,
+            set_peft_model_state_dict,
+        )
 
         adapter, config = get_peft_model_state_dict(model), model.peft_config["default"]
         model = get_peft_model(reload_base(), config)

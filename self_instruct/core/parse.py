@@ -19,6 +19,7 @@ silently: it comes back as a Rejection with its reason.
 from __future__ import annotations
 
 import re
+
 from ..types import Example, Rejection
 
 # "<noinput>", "<No input>.", '"<noinput>"', "N/A <noinput>" are all seen in real data; Alpaca's

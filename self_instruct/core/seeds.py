@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DataError, SeedFormatError
-from ..io.jsonl import loads_line, type_name as _json_type
+from ..io.jsonl import loads_line
+from ..io.jsonl import type_name as _json_type
 from ..io.resources import default_seed_tasks_path
 from ..types import Example, Instance, SeedTask
 

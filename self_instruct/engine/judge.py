@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word, duplicate_key
-from ..types import Rejection
 from ..core.similarity import RougeIndex
-from ..types import Example
+from ..types import Example, Rejection
 
 
 class Judge:

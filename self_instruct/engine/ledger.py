@@ -25,11 +25,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..io.secrets import redact
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic
-from .pool import LEDGER, RESPONSES
+from ..io.secrets import redact
 from ..types import Completion, Decoding
+from .pool import LEDGER, RESPONSES
 from .prices import Price
+
 
 @dataclass
 class Spend:

@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
-from ..io.jsonl import (append_jsonl, dumps, iter_jsonl, read_json, remove_stale_temps, repair_torn_tail,
-                        sha256_of, write_json_atomic)
+from ..io.jsonl import (
+    append_jsonl,
+    dumps,
+    iter_jsonl,
+    read_json,
+    remove_stale_temps,
+    repair_torn_tail,
+    sha256_of,
+    write_json_atomic,
+)
 
 GENERATED, REJECTED, RUN, STATE, REGEN = "generated.jsonl", "rejected.jsonl", "run.json", "state.json", "regen.json"
 COMMITS, LEDGER, RESPONSES, LOCK = "commits.jsonl", "ledger.jsonl", "responses.jsonl", ".lock"

@@ -37,8 +37,7 @@ from ..teachers.choose import make_teacher
 from ..types import Completion, Decoding
 from .judge import Judge
 from .ledger import Budget, Ledger, Spend, read_spend
-from .pool import LEDGER
-from .pool import OUTPUTS, InstructionPool
+from .pool import LEDGER, OUTPUTS, InstructionPool
 from .prices import Price, price_of
 from .progress import Stats
 

@@ -34,8 +34,8 @@ import dataclasses
 import random
 import re
 from collections import Counter, defaultdict
-from itertools import zip_longest
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Sequence
 
 from ..core.filters import duplicate_key, first_rejection

@@ -26,14 +26,31 @@ from functools import partial
 from typing import Sequence
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
 from ..errors import ConfigError, TeacherError
 from ..io.secrets import redact_url
 from ..types import Completion, Decoding
 from .base import Teacher
-from .faults import (FAULTS, BadReply, Interrupted, SlowReply, fault_name, is_context_error, is_transient,
-                     is_unhealthy, permanent_reason, retry_after, server_message, shrink_max_tokens)
+from .faults import (
+    FAULTS,
+    BadReply,
+    Interrupted,
+    SlowReply,
+    fault_name,
+    is_context_error,
+    is_transient,
+    is_unhealthy,
+    permanent_reason,
+    retry_after,
+    server_message,
+    shrink_max_tokens,
+)
 from .fleet import Endpoint, Fleet, make_client, parse_base_urls
 from .rate_limits import RateLimits, Ticket, estimate_tokens
 
