@@ -117,3 +117,16 @@ def test_slug_matches_github():
     assert slug("`--judge`: rating a run at its end") == "--judge-rating-a-run-at-its-end"
     assert slug("Self-instruct's pipeline: classification-aware instances") == \
         "self-instructs-pipeline-classification-aware-instances"
+
+
+@pytest.mark.parametrize("command", list(flags.COMMANDS))
+def test_every_flag_has_a_line_of_help(command, fresh_sections):
+    """Every flag and positional argument --help lists says what it is for (one options layer
+    writes each flag's help once, for the flag, the library keyword and this page)."""
+    section = fresh_sections[command]
+    listed = re.search(r"^(?:POSITIONAL ARGUMENTS|FLAGS)\n(.*?)(?:^NOTES\n|^```)", section, re.M | re.S).group(1)
+    entries = re.findall(r"^    (-.*|[A-Z_]+)\n((?:        .*\n)*)", listed, re.M)
+    assert entries, f"{command}: no flags found in its --help"
+    silent = [head for head, body in entries
+              if not [line for line in body.splitlines() if not line.strip().startswith(("Type:", "Default:"))]]
+    assert not silent, f"{command}: no help line for {silent}"
