@@ -57,6 +57,10 @@ def run_cli(args, capsys=None):
 
 @pytest.fixture
 def study(tmp_path, fake_server):
+    """Two systems, with and without retrieval over the planted documents (the [docs] and [eval]
+    extras read and rank them), and a judge."""
+    pytest.importorskip("bm25s")
+    pytest.importorskip("markdown_it")
     fake_server.reply_fn = reader_and_judge
     docs = write_documents(tmp_path / "docs")
     questions = write_questions(tmp_path / "questions.jsonl")
