@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..errors import ConfigError
-from .loaders import Document, Section
+from .document import Document, Section
 
 #: Token counts of a batch of texts.
 TokenCounter = Callable[[Sequence[str]], list[int]]

@@ -27,7 +27,8 @@ from self_instruct.pipelines.documents import (
     meta_reference, parse_grounding, parse_items, shaped, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
-from self_instruct.sources.loaders import Document, Section, load_paths
+from self_instruct.sources.document import Document, Section
+from self_instruct.sources.loaders import load_paths
 from self_instruct.teachers.local import local_available
 from self_instruct.teachers.openai_compat import OpenAITeacher
 from self_instruct.types import Decoding

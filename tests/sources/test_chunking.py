@@ -8,7 +8,8 @@ import pytest
 
 from self_instruct.errors import ConfigError
 from self_instruct.sources.chunking import chunk_documents, pack_sentences, split_sentences, token_counter, word_counts
-from self_instruct.sources.loaders import Document, Section, load_document
+from self_instruct.sources.document import Document, Section
+from self_instruct.sources.loaders import load_document
 
 pytest.importorskip("pysbd", reason="needs the [docs] extra")
 

@@ -11,7 +11,8 @@ from urllib.parse import quote, unquote
 import pytest
 
 from self_instruct.errors import ConfigError
-from self_instruct.sources.loaders import Document, UnreadableFile, load_document, load_paths, markdown_sections
+from self_instruct.sources.document import Document, UnreadableFile, markdown_sections
+from self_instruct.sources.loaders import load_document, load_paths
 
 pytest.importorskip("pysbd", reason="needs the [docs] extra")
 
