@@ -29,7 +29,7 @@ COMMANDS = {
     "generate": "generate.md", "documents": "documents.md", "score": "score-and-evolve.md",
     "evolve": "score-and-evolve.md", "dedup": "dedup.md", "export": "export-and-report.md",
     "report": "export-and-report.md#the-run-report", "train": "train.md", "evaluate": "evaluate.md",
-    "serve": "embedded-teacher.md#serving-it-self_instructserve",
+    "serve": "embedded-teacher.md#serving-it-self_instructserve", "preferences": "preferences.md",
 }
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERSIONS = re.compile(r"<!-- made with fire (\S+) on Python (\S+) -->")

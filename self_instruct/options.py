@@ -162,7 +162,15 @@ class CostOptions:
 
 
 @dataclass(kw_only=True)
-class JudgeOptions:
+class RaterOptions:
+    """Which model rates records, when it is not the teacher."""
+
+    judge_model: str | None = option(None, "the model that rates (default the teacher's model)")
+    judge_base_url: str | None = option(None, "the server that rates (default --base_url)")
+
+
+@dataclass(kw_only=True)
+class JudgeOptions(RaterOptions):
     """What joins the pool besides the filters: near-duplicates, benchmarks, and an optional rating."""
 
     similarity_threshold: float = option(
@@ -172,11 +180,9 @@ class JudgeOptions:
         None, "benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them")
     judge: bool = option(False, "rate every kept record 1-5 at the end into OUTPUT_DIR/scored.json")
     min_score: float | None = option(None, "with --judge: scored.json keeps records rated at least this")
-    judge_model: str | None = option(None, "with --judge: another model to rate with (default the teacher)")
-    judge_base_url: str | None = option(None, "with --judge: another server to rate with (default --base_url)")
 
 
-GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, JudgeOptions)
+GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, RaterOptions, JudgeOptions)
 
 
 # --- reading a config ---

@@ -47,6 +47,7 @@ from .io.models import resize_embeddings
 IGNORE_INDEX = -100  # label value that torch's cross_entropy skips
 INSTALL_HINT = "pip install 'self_instruct[train]'"
 MODES = ("full", "lora", "qlora")
+METHODS = ("sft", "dpo")
 ROLES = ("system", "user", "assistant")
 # The transformers schedules that need nothing beyond warmup and total steps.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
@@ -100,6 +101,28 @@ def _check_messages(messages) -> list[dict]:
     if messages[-1]["role"] != "assistant":
         raise ValueError('field "messages" must end with an assistant turn (it is what the model learns)')
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """Preference pairs for --method dpo: TRL's preference rows ({"prompt", "chosen", "rejected"},
+    text) or the records `self_instruct.preferences` writes (instruction, input, output as the
+    chosen answer, metadata.rejected). Returns {"instruction", "input", "chosen", "rejected"}."""
+    pairs = []
+    for line, item in iter_records(path):
+        meta = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+        pair = ({"instruction": item.get("prompt"), "input": "", "chosen": item.get("chosen"), "rejected": item.get("rejected")}
+                if "prompt" in item else
+                {"instruction": item.get("instruction"), "input": item.get("input") or "", "chosen": item.get("output"),
+                 "rejected": meta.get("rejected")})
+        for field, value in pair.items():
+            if not isinstance(value, str) or (field != "input" and not value.strip()):
+                where = f"metadata.rejected" if field == "rejected" and "prompt" not in item else field
+                raise DataError(f'{path}:{line}: field "{where}" must be a non-empty string (a preference pair needs '
+                                f'prompt, chosen and rejected, or instruction, output and metadata.rejected)')
+        pairs.append(pair)
+    if not pairs:
+        raise DataError(f"{path}: no preference pairs")
+    return pairs
 
 
 # -----------------------------------------------------------------------------
@@ -238,6 +261,85 @@ def split_examples(tokenizer, records: list[dict], templates: dict[str, str], mo
     train_examples = [e for e in examples[held_out:] if e is not None]
     eval_examples = [e for e in examples[:held_out] if e is not None]
     return train_examples, eval_examples, len(examples) - len(train_examples) - len(eval_examples)
+
+
+def build_pair(tokenizer, pair: dict, templates: dict[str, str], model_max_length: int) -> dict | None:
+    """The chosen and the rejected answer after the same prompt, each labelled as build_example
+    labels a response; None when truncation leaves either without a token to score."""
+    sides = {}
+    for side in ("chosen", "rejected"):
+        example = build_example(tokenizer, {"instruction": pair["instruction"], "input": pair["input"],
+                                            "output": pair[side]}, templates, model_max_length)
+        if example is None:
+            return None
+        sides[side] = example
+    return sides
+
+
+def sequence_logps(model, batch: dict):
+    """The summed log-probability of each row's labelled tokens: log pi(answer | prompt)."""
+    import torch
+
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    scored = labels != IGNORE_INDEX
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * scored).sum(-1)
+
+
+def pair_logps(model, pairs: list[dict], pad_token_id: int, device):
+    """(chosen, rejected) log-probabilities of a batch of pairs, one forward pass for both sides."""
+    rows = [pair["chosen"] for pair in pairs] + [pair["rejected"] for pair in pairs]
+    logps = sequence_logps(model, {k: v.to(device) for k, v in collate(rows, pad_token_id).items()})
+    return logps[:len(pairs)], logps[len(pairs):]
+
+
+def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float):
+    """Rafailov et al.'s DPO loss, -log sigmoid(beta * (policy margin - reference margin)), per pair."""
+    import torch
+
+    return -torch.nn.functional.logsigmoid(beta * ((chosen - rejected) - (ref_chosen - ref_rejected)))
+
+
+def dpo_step(model, micro_batches: list[list[dict]], optimizer, scheduler, scaler, autocast, max_grad_norm: float,
+             *, beta: float, pad_token_id: int, device) -> float:
+    """One optimizer step of DPO over the micro-batches; every pair weighs the same. Each pair
+    holds its reference log-probabilities (the model before training, computed once)."""
+    import torch
+
+    count = sum(len(batch) for batch in micro_batches)
+    step_loss = 0.0
+    for batch in micro_batches:
+        with autocast():
+            chosen, rejected = pair_logps(model, batch, pad_token_id, device)
+        refs = torch.tensor([[pair["ref"][0], pair["ref"][1]] for pair in batch], device=device)
+        loss = dpo_loss(chosen, rejected, refs[:, 0], refs[:, 1], beta).sum() / count
+        scaler.scale(loss).backward()
+        step_loss += loss.item()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+def reference_logps(model, pairs: list[dict], batch_size: int, pad_token_id: int, device, autocast) -> None:
+    """Give each pair the log-probabilities of its two answers under the model as loaded: DPO's
+    frozen reference, computed once before training instead of kept as a second model."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            with autocast():
+                chosen, rejected = pair_logps(model, batch, pad_token_id, device)
+            for pair, c, r in zip(batch, chosen.tolist(), rejected.tolist()):
+                pair["ref"] = (c, r)
+    model.train()
 
 
 def batches(items: list[dict], batch_size: int, rng: random.Random):
@@ -416,7 +518,7 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
          gradient_checkpointing: bool = False, lora_r: int = 8, lora_alpha: int = 16,
          lora_dropout: float = 0.05, lora_target_modules: str | None = None, merge: bool = False,
          prompt_with_input: str | None = None, prompt_no_input: str | None = None,
-         gguf_file: str | None = None):
+         gguf_file: str | None = None, method: str = "sft", beta: float = 0.1):
     """Fine-tune a causal LM on instruction records; writes the model or adapter to output_dir.
 
     Args:
@@ -452,10 +554,14 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
         prompt_with_input: your own template file with {instruction} and {input}.
         prompt_no_input: your own template file with {instruction}.
         gguf_file: a GGUF file inside model_name_or_path to load (dequantised) instead of safetensors.
+        method: sft (supervised, on instruction or chat records) or dpo (direct preference optimisation
+            on preference pairs, against the model as loaded as the frozen reference).
+        beta: with --method dpo, how far the model may move from the reference (DPO's beta).
     """
     args = dict(locals())
     check_flags(args)
-    records = load_records(data_path)
+    dpo = method == "dpo"
+    records = load_pairs(data_path) if dpo else load_records(data_path)
     templates = load_training_templates(prompt_with_input, prompt_no_input)
     if not all(_importable(name) for name in ("torch", "transformers", "peft")):
         raise ConfigError(f"training needs torch, transformers and peft: {INSTALL_HINT}")
@@ -485,7 +591,12 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     rng.shuffle(records)
     held_out = round(len(records) * eval_fraction)
     model, tokenizer = load_model_and_tokenizer(model_name_or_path, mode, load_dtype, gguf_file, model_max_length, device)
-    train_examples, eval_examples, dropped = split_examples(tokenizer, records, templates, model_max_length, held_out)
+    if dpo:
+        train_examples = [e for e in (build_pair(tokenizer, r, templates, model_max_length) for r in records) if e]
+        eval_examples, dropped = [], len(records) - len(train_examples)
+        reference_logps(model, train_examples, per_device_train_batch_size, tokenizer.pad_token_id, device, autocast)
+    else:
+        train_examples, eval_examples, dropped = split_examples(tokenizer, records, templates, model_max_length, held_out)
     if not train_examples:
         raise ConfigError(f"no training example has a response within model_max_length={model_max_length}")
     train_items = pack(train_examples, model_max_length) if packing else train_examples
@@ -505,7 +616,8 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     model.train()
 
     # ---- optimizer and schedule
-    learning_rate = learning_rate if learning_rate is not None else 2e-5 if mode == "full" else 2e-4
+    if learning_rate is None:  # Alpaca's for full SFT; DPO moves a trained model, and wants far less
+        learning_rate = (5e-6 if mode == "full" else 5e-5) if dpo else (2e-5 if mode == "full" else 2e-4)
     optimizer = make_optimizer(model, learning_rate, weight_decay)
     scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -523,9 +635,14 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
     progress = _progress(total_steps)
     for step in range(1, total_steps + 1):
         raw = [next(stream) for _ in range(gradient_accumulation_steps)]
-        tokens += sum(len(example["input_ids"]) for batch in raw for example in batch)  # padding not counted
-        micro_batches = [{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()} for batch in raw]
-        step_loss = train_step(model, micro_batches, optimizer, scheduler, scaler, autocast, max_grad_norm)
+        if dpo:
+            tokens += sum(len(pair[side]["input_ids"]) for batch in raw for pair in batch for side in ("chosen", "rejected"))
+            step_loss = dpo_step(model, raw, optimizer, scheduler, scaler, autocast, max_grad_norm, beta=beta,
+                                 pad_token_id=tokenizer.pad_token_id, device=device)
+        else:
+            tokens += sum(len(example["input_ids"]) for batch in raw for example in batch)  # padding not counted
+            micro_batches = [{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()} for batch in raw]
+            step_loss = train_step(model, micro_batches, optimizer, scheduler, scaler, autocast, max_grad_norm)
         losses.append(step_loss)
         progress.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         progress.update()
@@ -568,6 +685,7 @@ FLAG_RULES = {
     "eval_fraction": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "eval_steps": (lambda v: v >= 0, "0 (evaluate at the end only) or more"),
     "lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "beta": (lambda v: v > 0, "a positive number"),
     **{name: (lambda v: v >= 1, "a positive whole number") for name in (
         "model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
         "lora_r", "lora_alpha")},
@@ -585,6 +703,10 @@ def check_flags(args: dict) -> None:
         raise ConfigError("choose one of --bf16 and --fp16")
     if args["merge"] and args["mode"] == "full":
         raise ConfigError("--merge applies to lora and qlora; full mode already saves a whole model")
+    if args["method"] not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)} (got {args['method']!r})")
+    if args["method"] == "dpo" and (args["packing"] or args["eval_fraction"]):
+        raise ConfigError("--packing and --eval_fraction are for --method sft; DPO scores whole answers side by side")
     if args["lr_scheduler_type"] not in SCHEDULERS:
         raise ConfigError(f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {args['lr_scheduler_type']!r})")
     for name, (ok, what) in FLAG_RULES.items():

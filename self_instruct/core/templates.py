@@ -35,6 +35,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "documents_backtranslate.txt": ("{chunk}",),
     "documents_verify.txt": ("{chunk}", "{items}"),
     "score.txt": ("{records}",),
+    "preference.txt": ("{instruction}", "{responses}"),
     "evolve_depth.txt": ("{operation}", "{task}"),
     "evolve_breadth.txt": ("{task}",),
     "evolve_answer.txt": ("{instruction}",),

@@ -156,11 +156,12 @@ class Ledger:
     def in_flight_cost(self) -> float:
         return sum(c for _, c in self.in_flight.values())
 
-    def reserve(self, unit: int, prompt_tokens: int, max_tokens: int, budget: Budget) -> int:
+    def reserve(self, unit: int, prompt_tokens: int, max_tokens: int, budget: Budget, price: Price | None = None) -> int:
         """Count a request about to go out (or raise BudgetExhausted); returns its id. It reserves
         the most it can use: `prompt_tokens` (an upper bound) and `max_tokens`."""
         tokens = prompt_tokens + max_tokens
-        cost = self.price.cost(prompt_tokens, max_tokens) if self.price else 0.0
+        price = price or self.price  # another teacher of the run may have its own
+        cost = price.cost(prompt_tokens, max_tokens) if price else 0.0
         reason = budget.refusal(self.spend, self.in_flight_cost(), tokens, cost)
         if reason:
             raise BudgetExhausted(reason)
@@ -189,11 +190,12 @@ class Ledger:
             else:
                 await asyncio.shield(self._flush)
 
-    def done(self, rid: int, unit: int, key: str, completion: Completion) -> float:
+    def done(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None = None) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""
         tokens, _ = self.in_flight.pop(rid)
         self.spend.reserved_tokens -= tokens
-        cost = self.price.cost(completion.prompt_tokens, completion.completion_tokens) if self.price else 0.0
+        price = price or self.price
+        cost = price.cost(completion.prompt_tokens, completion.completion_tokens) if price else 0.0
         line = {"event": "done", "id": rid, "unit": unit, "t": round(time.time(), 3),
                 "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
                 "cost": cost, "faults": list(completion.faults)}

@@ -184,15 +184,17 @@ class Run:
     async def engine(self, pool: InstructionPool, pipeline: Any, judge: Any, *, decoding: Decoding,
                      teacher: Teacher | None = None, price: Price | None = None, target: int | None = None,
                      total_units: int | None = None, max_stall_units: int | None = None,
-                     budget: Budget | None = None) -> Outcome:
+                     budget: Budget | None = None, others: dict[str, Teacher] | None = None) -> Outcome:
         """Run `pipeline` on the engine into `pool`; whatever ends it, regen.json and state.json are
-        written and the replies of recorded units leave the cache."""
+        written and the replies of recorded units leave the cache. `others`: teachers the pipeline
+        may ask by name besides the main one (a rival, a rater), each priced as the main one is."""
         from .scheduler import Engine
 
         teacher = teacher or self.teacher
         ledger = Ledger(pool.dir, price if teacher is not self.teacher else self.price, pool.next_unit, pool.state)
         o = self.options
         engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
+                        others={name: (t, self.price_of(t)) for name, t in (others or {}).items()},
                         budget=budget or self.budget(pool.dir),
                         max_concurrency=getattr(o, "max_concurrency", 8), target=target, total_units=total_units,
                         max_stall_units=max_stall_units, quiet=getattr(o, "quiet", False),

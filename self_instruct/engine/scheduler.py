@@ -25,7 +25,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Mapping
 
 from tqdm import tqdm
 
@@ -35,7 +35,7 @@ from ..types import Completion, Decoding, Rejection
 from .judge import Judge, reject_record
 from .ledger import Budget, BudgetExhausted, Ledger, cache_key
 from .pool import PROVENANCE, InstructionPool
-from .prices import prompt_bound
+from .prices import Price, prompt_bound
 from .progress import StallError, Stats, stall_message
 
 # The request (ledger id, unit) the current task is making, for the teacher's retry hook.
@@ -57,10 +57,13 @@ class Engine:
     """Runs one pipeline over an open pool with one teacher, one judge and one ledger."""
 
     def __init__(self, teacher: Teacher, pool: InstructionPool, judge: Judge, ledger: Ledger, *,
+                 others: Mapping[str, tuple[Teacher, Price | None]] | None = None,
                  decoding: Decoding, budget: Budget = Budget(), max_concurrency: int = 8,
                  target: int | None = None, max_stall_units: int | None = 10, quiet: bool = False,
                  total_units: int | None = None, api: str = ""):
         self.teacher, self.pool, self.judge, self.ledger = teacher, pool, judge, ledger
+        # teachers a pipeline may ask by name besides the main one (a rival, a rater), with their prices
+        self.others = dict(others or {})
         self.decoding, self.budget, self.target = decoding, budget, target
         self.max_concurrency, self.max_stall_units, self.api = max_concurrency, max_stall_units, api
         self.slots = asyncio.Semaphore(max_concurrency)
@@ -84,13 +87,17 @@ class Engine:
         self.bar = tqdm(total=total, initial=initial, desc="kept" if target is not None else "units",
                         unit="inst" if target is not None else "unit", file=sys.stderr, disable=quiet,
                         dynamic_ncols=True)
-        teacher.before_retry = self._admit_retry
+        for each in [teacher, *(t for t, _ in self.others.values())]:
+            each.before_retry = self._admit_retry
 
     # -- the teacher call pipelines get --------------------------------------------------------
 
-    async def ask(self, unit: int, prompt: str, decoding: Decoding | None = None) -> Completion:
+    async def ask(self, unit: int, prompt: str, decoding: Decoding | None = None, *,
+                  teacher: str | None = None) -> Completion:
+        """`teacher`: the name of another teacher of the run (see `others`) to ask instead of the main one."""
         decoding = decoding or self.decoding
-        key = cache_key(self.teacher.model_id, self.api, prompt, decoding)
+        who, price = (self.teacher, None) if teacher is None else self.others[teacher]
+        key = cache_key(who.model_id, self.api if teacher is None else f"{self.api}:{teacher}", prompt, decoding)
         self.active[unit] = self.active.get(unit, 0) + 1
         try:
             hit = self.ledger.cached(key)
@@ -103,7 +110,7 @@ class Engine:
                 return await asyncio.shield(twin)
             self.asking[key] = reply = asyncio.get_running_loop().create_future()
             try:
-                completion = await self._send(unit, key, prompt, decoding)
+                completion = await self._send(unit, key, prompt, decoding, who, price)
                 reply.set_result(completion)
                 return completion
             except BaseException as exc:
@@ -122,17 +129,18 @@ class Engine:
             if self.pipeline is not None:  # asked inside run(): room may have opened for a unit
                 self._launch()
 
-    async def _send(self, unit: int, key: str, prompt: str, decoding: Decoding) -> Completion:
+    async def _send(self, unit: int, key: str, prompt: str, decoding: Decoding, teacher: Teacher,
+                    price: Price | None) -> Completion:
         """One request, counted on disk before it goes and settled when its reply is back."""
         async with self.slots:
-            rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget)
+            rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget, price)
             await self.ledger.sync()  # on disk before it goes
             token = _REQUEST.set((rid, unit))
             try:
-                completion = (await self.teacher.complete([prompt], decoding))[0]
+                completion = (await teacher.complete([prompt], decoding))[0]
             finally:
                 _REQUEST.reset(token)
-            self.ledger.done(rid, unit, key, completion)
+            self.ledger.done(rid, unit, key, completion, price)
             return completion
 
     async def _admit_retry(self) -> bool:

@@ -33,7 +33,7 @@ def score_prompt(examples: Sequence[Example], rubric: str) -> str:
     return fill(rubric, records="\n\n".join(blocks))
 
 
-def _score_of(item: Any) -> tuple[float, str] | None:
+def _score_of(item: Any, scale: tuple[float, float] = SCORE_RANGE) -> tuple[float, str] | None:
     if not isinstance(item, dict):
         return None
     score = item.get("score")
@@ -44,12 +44,12 @@ def _score_of(item: Any) -> tuple[float, str] | None:
             return None
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         return None
-    if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+    if not scale[0] <= score <= scale[1]:
         return None
     return (int(score) if float(score).is_integer() else float(score)), str(item.get("reason", "")).strip()
 
 
-def parse_scores(text: str, count: int) -> list[tuple[float, str] | None]:
+def parse_scores(text: str, count: int, scale: tuple[float, float] = SCORE_RANGE) -> list[tuple[float, str] | None]:
     """(score, reason) per record, None where the reply has no valid score for it. Verdicts are
     matched by their "index" (1-based), else by position; a lone object answers a batch of one,
     and objects one after another (an array cut off by max_tokens) answer in order."""
@@ -58,7 +58,7 @@ def parse_scores(text: str, count: int) -> list[tuple[float, str] | None]:
         index = item.get("index") if isinstance(item, dict) else None
         slot = index - 1 if isinstance(index, int) and not isinstance(index, bool) and 1 <= index <= count else position
         if slot < count and verdicts[slot] is None:
-            verdicts[slot] = _score_of(item)
+            verdicts[slot] = _score_of(item, scale)
     return verdicts
 
 

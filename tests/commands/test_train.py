@@ -21,6 +21,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from self_instruct import train
+from self_instruct.train import load_records
 
 from tiny_models import CHAT_TEMPLATE, tiny_llama  # noqa: E402
 from self_instruct.core.templates import load_training_templates, render_training_prompt
@@ -554,3 +555,56 @@ def test_smollm2_gguf_lora_round_trip(pool, tmp_path):
     resize_embeddings(base, saved_tokenizer)
     model = PeftModel.from_pretrained(base, tmp_path / "out").eval()
     assert generate(model, saved_tokenizer, "### Instruction:\nName a colour.\n\n### Response:\n")
+
+
+@pytest.fixture(scope="module")
+def pairs_path(pool, tmp_path_factory):
+    """Preference pairs as self_instruct.preferences writes them: each record's own output is the
+    chosen answer, another record's output the rejected one."""
+    records = load_records(pool)[:40]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps({**r, "metadata": {"rejected": records[(i + 7) % len(records)]["output"]}}) + "\n"
+                            for i, r in enumerate(records)))
+    return path
+
+
+def mean_margin(model, tokenizer, pairs, templates):
+    """Mean log pi(chosen) - log pi(rejected) over the pairs."""
+    import torch
+
+    examples = [train.build_pair(tokenizer, pair, templates, 256) for pair in pairs]
+    with torch.no_grad():
+        chosen, rejected = train.pair_logps(model.eval(), examples, tokenizer.pad_token_id, torch.device("cpu"))
+    return float((chosen - rejected).mean())
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_chosen_over_rejected_margin(base_dir, pairs_path, short_templates, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train.main(str(base_dir), str(pairs_path), str(tmp_path / "dpo"), method="dpo", mode="lora", beta=0.1,
+               max_steps=30, per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=5e-3,
+               warmup_ratio=0.0, model_max_length=256, logging_steps=1, lora_r=16, lora_alpha=32, lora_dropout=0.0,
+               **short_templates)
+    pairs = train.load_pairs(pairs_path)
+    templates = load_training_templates(short_templates["prompt_with_input"], short_templates["prompt_no_input"])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "dpo")
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    resize_embeddings(base, tokenizer)
+    before = mean_margin(base, tokenizer, pairs, templates)
+    after = mean_margin(PeftModel.from_pretrained(base, tmp_path / "dpo"), tokenizer, pairs, templates)
+    assert after > before + 1.0, f"the margin moved only from {before:.2f} to {after:.2f}"
+    losses = [entry["loss"] for entry in map(json.loads, (tmp_path / "dpo" / "loss_log.jsonl").read_text().splitlines())
+              if "loss" in entry]
+    # at the first step the policy is the reference, so every pair's loss is log 2; then it falls
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-3) and sum(losses[-5:]) / 5 < 0.5 * math.log(2)
+
+
+def test_preference_data_must_hold_both_answers(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"instruction": "Add 2 and 2.", "output": "4"}) + "\n")
+    with pytest.raises(DataError, match=r'pairs.jsonl:1: field "metadata.rejected" must be a non-empty string'):
+        train.load_pairs(path)
+    path.write_text(json.dumps({"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5"}) + "\n")
+    assert train.load_pairs(path) == [{"instruction": "Add 2 and 2.", "input": "", "chosen": "4", "rejected": "5"}]
