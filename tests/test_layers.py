@@ -4,7 +4,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "self_instruct"
-COMMANDS = {"generate", "documents", "score", "evolve", "evaluate", "dedup", "export", "report", "serve", "train"}
+COMMANDS = {"generate", "documents", "score", "evolve", "preferences", "evaluate", "dedup", "export", "report", "serve",
+            "train"}
 
 
 def imports() -> dict[str, set[str]]:
