@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
+from .core.conditioning import Conditions
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
 from .engine.prices import format_cost, price_of, prompt_bound
@@ -32,6 +33,7 @@ from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
     BudgetOptions,
+    ConditionOptions,
     CostOptions,
     JudgeOptions,
     RateOptions,
@@ -63,12 +65,12 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate", "pipeline",
+    "decontaminate", "pipeline", "personas_sha256", "topics_sha256",
 )
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a generate run: its flags, and the library's keywords."""
 
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
@@ -132,7 +134,8 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     return path, seeds
 
 
-def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipeline | SelfInstructPipeline:
+def make_pipeline(cfg: GenerateConfig, seeds: list, template: str,
+                  conditions: Conditions = Conditions()) -> AlpacaPipeline | SelfInstructPipeline:
     if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
         return SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
                                     request_batch_size=cfg.request_batch_size, seed=cfg.seed)
@@ -140,7 +143,13 @@ def make_pipeline(cfg: GenerateConfig, seeds: list, template: str) -> AlpacaPipe
                           num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
                           request_batch_size=cfg.request_batch_size, seed=cfg.seed,
                           # chat models drift in their numbering; a completion continues it exactly
-                          renumber=cfg.api == "chat")
+                          renumber=cfg.api == "chat", conditions=conditions)
+
+
+def condition_sha256(cfg: GenerateConfig) -> dict:
+    """Fingerprints of the persona and topic files, which shape the data (run.json, resume check)."""
+    return {f"{name}_sha256": sha256_of(Path(path).read_bytes()) if path else None
+            for name, path in (("personas", cfg.personas), ("topics", cfg.topics))}
 
 
 def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
@@ -157,17 +166,18 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
     flag and the teacher's endpoint have been checked and the output directory is locked."""
     cfg.validate()
     seeds_path, seeds = load_seeds_for(cfg)
+    conditions = Conditions.load(cfg.personas, cfg.topics)
     out = Path(cfg.output_dir)
     async with Run(cfg, teacher=teacher, stages=[out, out / "score"]) as run:
         cfg = cfg.resolved(run.teacher.default_options)
         run.options = cfg
         template = load_template_for(cfg, run.teacher.default_template)
         config = run.config(seed_tasks_path=str(seeds_path), seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
-                            template_sha256=sha256_of(template))
+                            template_sha256=sha256_of(template), **condition_sha256(cfg))
         await run.check()
         with run.open(out, config, SHAPING) as pool:
             judge = judge_of([s.instruction for s in seeds] + [r["instruction"] for r in pool.records], cfg)
-            outcome = await run.engine(pool, make_pipeline(cfg, seeds, template), judge, decoding=cfg.decoding(),
+            outcome = await run.engine(pool, make_pipeline(cfg, seeds, template, conditions), judge, decoding=cfg.decoding(),
                                        target=cfg.num_instructions_to_generate, max_stall_units=cfg.max_stall_rounds)
         if cfg.judge:
             from .score import judge_run
@@ -192,7 +202,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
         teacher_class = LocalTeacher
     cfg = cfg.resolved(teacher_class.default_options)
     template = load_template_for(cfg, teacher_class.default_template)
-    pipeline = make_pipeline(cfg, seeds, template)
+    pipeline = make_pipeline(cfg, seeds, template, Conditions.load(cfg.personas, cfg.topics))
     prompt = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: [])).prompts[0]
     price = price_of(model, cfg, local=kind == "local")
     return prompt, estimate(cfg, prompt, price)

@@ -162,6 +162,16 @@ class CostOptions:
 
 
 @dataclass(kw_only=True)
+class ConditionOptions:
+    """Who asks and about what: each prompt conditioned on a persona and a topic, drawn in turn."""
+
+    personas: str | None = option(None, "a file of personas (one a line, or JSONL with a persona field): each prompt "
+                                        "is written as one of them would ask; records keep metadata.persona")
+    topics: str | None = option(None, "a topic tree (indented text, or JSON): each prompt is about one of its leaves; "
+                                      "records keep metadata.topic")
+
+
+@dataclass(kw_only=True)
 class RaterOptions:
     """Which model rates records, when it is not the teacher."""
 
@@ -182,7 +192,8 @@ class JudgeOptions(RaterOptions):
     min_score: float | None = option(None, "with --judge: scored.json keeps records rated at least this")
 
 
-GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, RaterOptions, JudgeOptions)
+GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, ConditionOptions, RaterOptions,
+          JudgeOptions)
 
 
 # --- reading a config ---

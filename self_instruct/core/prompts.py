@@ -17,6 +17,7 @@ from ..types import Example
 from .templates import fill, load_template
 
 TASKS = "{tasks}"
+CONDITIONS = "{conditions}"
 NOINPUT = "<noinput>"
 
 
@@ -58,16 +59,21 @@ def render_task(i: int, example: Example) -> str:
     )
 
 
-def encode_prompt(examples: Sequence[Example], template: str, num_tasks: int = 20) -> str:
+def encode_prompt(examples: Sequence[Example], template: str, num_tasks: int = 20, conditions: str = "") -> str:
     """Render the prompt: the examples numbered from 1, then `###\\n{n+1}. Instruction:` left
-    open for the teacher to continue."""
+    open for the teacher to continue. `conditions` (a persona, a topic: core/conditioning.py) goes
+    where the template holds {conditions}, else before everything; without them {conditions} says
+    nothing."""
     if num_tasks <= len(examples):
         raise ConfigError(
             f"--num_tasks ({num_tasks}) must be larger than --num_prompt_instructions ({len(examples)})"
         )
     blocks = "".join(render_task(i, ex) for i, ex in enumerate(examples, 1))
     blocks += f"###\n{len(examples) + 1}. Instruction:"
-    return fill(template, tasks=blocks, num_tasks=num_tasks)
+    paragraph = conditions + "\n\n" if conditions else ""  # {conditions} opens a line of its own
+    if paragraph and CONDITIONS not in template:
+        template = CONDITIONS + template
+    return fill(template, tasks=blocks, num_tasks=num_tasks, conditions=paragraph)
 
 
 def stop_sequences(num_tasks: int) -> tuple[str, ...]:

@@ -262,3 +262,30 @@ def test_judge_rates_the_pool_at_the_end_and_a_rerun_sends_nothing_new(fake_serv
     asked = len(fake_server.requests)
     generate(str(tmp_path / "out"), **options)
     assert len(fake_server.requests) == asked  # the pool is at its target and every record is rated
+
+
+def test_personas_and_topics_condition_every_prompt_and_tag_its_records(fake_server, tmp_path):
+    personas = REPO / "seed_tasks" / "personas.txt"
+    topics = tmp_path / "topics.txt"
+    topics.write_text("Science\n  Physics\n    Optics\n  Biology\nCooking\n  Baking\n")
+    fake_server.tasks_per_reply = 2  # many prompts, so many draws
+    out = tmp_path / "out"
+    result = generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=40,
+                      personas=str(personas), topics=str(topics), quiet=True)
+    assert result.kept == 40
+    known = {line for line in personas.read_text().splitlines() if line and not line.startswith("#")}
+    leaves = {"Science > Physics > Optics", "Science > Biology", "Cooking > Baking"}
+    records = read_jsonl(out / "generated.jsonl")
+    assert all(r["metadata"]["persona"] in known and r["metadata"]["topic"] in leaves for r in records)
+    assert len({r["metadata"]["persona"] for r in records}) > 3 and len({r["metadata"]["topic"] for r in records}) == 3
+    # each prompt names the persona and topic its records are tagged with
+    prompts = [body["prompt"] for body in fake_server.requests]
+    assert all(re.search(r"^The person asking: .+\.", p, re.M) and re.search(r"^The topic: .+\.", p, re.M)
+               for p in prompts)
+    config = json.loads((out / "run.json").read_text())
+    assert config["personas_sha256"] and config["topics_sha256"]
+    # another topic tree is another run: resuming with it is refused
+    topics.write_text("Music\n")
+    with pytest.raises(Exception, match="topics_sha256"):
+        generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=50,
+                 personas=str(personas), topics=str(topics), quiet=True)

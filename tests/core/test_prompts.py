@@ -28,11 +28,19 @@ J'aime le thé.
 
 def test_bundled_prompt_renders_golden_string():
     prompt = encode_prompt(EXAMPLES, load_list_template(), num_tasks=5)
-    header = load_list_template().split("{tasks}")[0].replace("{num_tasks}", "5")
+    header = load_list_template().split("{tasks}")[0].replace("{num_tasks}", "5").replace("{conditions}", "")
     assert prompt == header + GOLDEN_TAIL.split("List of 5 tasks:\n", 1)[1]
     assert prompt.endswith(GOLDEN_TAIL)
     assert prompt.startswith("You are helping to build a training set")
     assert "invent 5 new tasks" in prompt
+
+
+def test_a_persona_and_topic_open_a_paragraph_before_the_list_or_the_prompt():
+    paragraph = "The person asking: a baker."
+    bundled = encode_prompt(EXAMPLES, load_list_template(), num_tasks=5, conditions=paragraph)
+    assert f"in fewer than 100 words.\n\n{paragraph}\n\nList of 5 tasks:\n###\n1." in bundled
+    own = encode_prompt(EXAMPLES, "Continue:\n{tasks}", num_tasks=5, conditions=paragraph)
+    assert own.startswith(f"{paragraph}\n\nContinue:\n###\n1. Instruction:")
 
 
 def test_alpaca_prompt_with_tasks_line_matches_alpaca_layout(anchors):
