@@ -131,3 +131,20 @@ def test_a_flag_error_does_not_echo_the_key(tmp_path, capsys, monkeypatch):
             cli(["--output_dir", str(tmp_path / "out"), *args])
         err = capsys.readouterr().err
         assert "self_instruct: error:" in err and KEY not in err
+
+
+def test_any_teachers_error_is_masked_where_it_enters_the_engine(tmp_path):
+    """A teacher of a library caller's own that repeats a URL's password, a query key and an
+    Authorization header in its errors: the ledger, the rejects and state.json show none of it."""
+    from self_instruct.teachers.fake import FakeTeacher
+    from self_instruct.types import Completion
+
+    error = "502 from http://ann:PWSENT1x@host/v1?api_key=QSENT2x: headers {'Authorization': 'Bearer BSENT3x'}"
+    teacher = FakeTeacher(respond=lambda prompt: Completion("", finish_reason="error", error=error))
+    with pytest.raises(SelfInstructError):  # every round fails: the run stalls, saying why
+        generate(str(tmp_path / "out"), teacher=teacher, request_batch_size=2, max_stall_rounds=2, quiet=True)
+    rejected = (tmp_path / "out" / "rejected.jsonl").read_text()
+    assert "http://ann:***@host/v1?api_key=***" in rejected and "'Bearer ***'" in rejected
+    for path in (tmp_path / "out").iterdir():
+        for sentinel in ("PWSENT1x", "QSENT2x", "BSENT3x"):
+            assert sentinel not in path.read_text(), path
