@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
-from typing import Any
+import sys
+from typing import Any, Iterator, TextIO
 
 MASK = "***"
 SECRET = "[secret]"
 # What a value already masked looks like (here, or by a teacher that masks its own key).
 _MASKS = (MASK, SECRET, "[api key]", "[hidden]")
 
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"<>`]*)@")
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]+:/{1,2})(?P<userinfo>[^/?#\s'\"<>`]*)@")
 # Names a query string gives a credential: the whole name, or its last part after _ - or .
 # (client_secret, x-api-key), so that monkey= or tokens= stay as they are.
 _QUERY_NAMES = r"(?:api[_-]?key|key|token|secret|password|passwd|pwd|pass|sig|signature|auth|credentials?|jwt)"
@@ -121,3 +123,33 @@ def redact_record(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact_record(item) for item in value]
     return value
+
+
+class RedactedStream:
+    """A text stream whose every write passes through :func:`redact` first; the rest is the
+    stream's own (isatty, fileno, encoding...), so progress bars draw as before."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(redact(text))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_stderr() -> Iterator[None]:
+    """While a command runs, whatever reaches sys.stderr (its messages, its progress bar, a
+    library's warning) is redacted. stdout is left alone: it carries data (a dry run's prompt)."""
+    previous = sys.stderr
+    sys.stderr = RedactedStream(previous)
+    try:
+        yield
+    finally:
+        sys.stderr = previous
