@@ -117,7 +117,7 @@ def fleet(servers: Servers) -> str:
     return ",".join(servers.urls())
 
 
-def teacher_flags(servers: Servers, out: Path) -> list:
+def teacher_flags(servers: Servers) -> list:
     return ["--base_url", fleet(servers), "--api_key", KEY, "--model_name", "m", "--max_attempts", "1",
             "--retry_backoff", "0.01", "--max_concurrency", "5"]
 
@@ -136,7 +136,7 @@ def ratings(prompt, body):
 def test_generate_with_a_judge_then_dedup_export_report(servers, leaks, tmp_path):
     servers.teach(lambda prompt, body: ratings(prompt, body) if "### Record 1" in prompt else alpaca(prompt, body))
     out = tmp_path / "gen"
-    leaks.run(generate.cli, ["--output_dir", out, *teacher_flags(servers, out), "--num_instructions_to_generate", 15,
+    leaks.run(generate.cli, ["--output_dir", out, *teacher_flags(servers), "--num_instructions_to_generate", 15,
                              "--request_batch_size", 5, "--judge", "--judge_base_url", servers.urls()[2],
                              "--judge_model", "rater"])
     assert (out / "generated.jsonl").stat().st_size and (out / "report.html").exists()
@@ -148,7 +148,7 @@ def test_generate_with_a_judge_then_dedup_export_report(servers, leaks, tmp_path
     assert leaks.found(tmp_path) == []
 
 
-def test_documents_score_and_evolve(servers, leaks, tmp_path):
+def test_documents_score_and_evolve(servers, leaks, tmp_path, monkeypatch):
     docs = write_documents(tmp_path / "docs")
     data = tmp_path / "data.json"
     data.write_text(json.dumps(RECORDS))
@@ -167,11 +167,15 @@ def test_documents_score_and_evolve(servers, leaks, tmp_path):
             return json.dumps({"instruction": task[1] + " Then give one worked example from the harbour.", "input": ""})
         return "An answer in one sentence."
     servers.teach(teacher)
-    leaks.run(documents.cli, [docs, "--output_dir", tmp_path / "docs_out", *teacher_flags(servers, tmp_path), "--mode", "qa"])
+    leaks.run(documents.cli, [docs, "--output_dir", tmp_path / "docs_out", *teacher_flags(servers), "--mode", "qa"])
+    # the key and the addresses from the environment this time
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fleet(servers))
     leaks.run(score.cli, [data, "--output", tmp_path / "scored.jsonl", "--output_dir", tmp_path / "score_run",
-                          *teacher_flags(servers, tmp_path)])
+                          "--max_attempts", 1, "--max_concurrency", 5])
+    monkeypatch.delenv("OPENAI_BASE_URL")
     leaks.run(evolve.cli, [data, "--output", tmp_path / "evolved.json", "--output_dir", tmp_path / "evolve_run",
-                           "--rounds", 1, *teacher_flags(servers, tmp_path)])
+                           "--rounds", 1, *teacher_flags(servers)])
     assert (tmp_path / "scored.jsonl").exists() and (tmp_path / "evolved.json").exists()
     assert leaks.found(tmp_path) == []
 

@@ -43,7 +43,7 @@ _QUERY = re.compile(rf"(?P<name>[?&;](?:[A-Za-z0-9_.-]*[_.-])?{_QUERY_NAMES}=)(?
 _SETTING_NAMES = (r"(?:x-)?api[_-]?key|(?:proxy-)?authorization|access[_-]token|auth[_-]token|refresh[_-]token|"
                   r"id[_-]token|client[_-]secret|secret[_-]key|password|passwd")
 _SETTING = re.compile(rf"(?P<name>\b(?:{_SETTING_NAMES})['\"]?\s*[:=]\s*['\"]?(?:(?:bearer|basic|token)\s+)?)"
-                      rf"(?P<value>[^\s'\"&,;<>`]+)", re.IGNORECASE)
+                      rf"(?P<value>(?!(?:bearer|basic|token)\b)[^\s'\"&,;<>`]+)", re.IGNORECASE)
 _BEARER = re.compile(r"(?P<name>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
 # Prefixes of the keys of OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Hugging Face (hf_) and GitHub.
 _KEY_SHAPE = re.compile(r"\b(?:sk-|hf_|ghp_|gho_|github_pat_)[A-Za-z0-9_-]{16,}")

@@ -52,6 +52,7 @@ def test_every_form_of_credential_is_masked(text, shown):
     "Basic arithmetic and the bearer. of news", "max_tokens=256 prompt_tokens: 12 monkey=3",
     "http://127.0.0.1:8000/v1?model=m&stream=true", "a key: instruction", "user@example.com wrote",
     "see https://host/v1/@mention", "round 3: 429 Too Many Requests",
+    "send it as 'Authorization: Bearer <key>'",
 ])
 def test_text_without_credentials_is_left_as_it_is(text):
     assert redact(text) == text
