@@ -9,8 +9,10 @@ commands forgotten, as in a process of its own; capfd sees what reaches the file
 """
 import base64
 import importlib
+import importlib.util
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -18,9 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_openai import FakeOpenAI, self_instruct_reply
 from planted import QUESTIONS, write_documents
+
 from self_instruct.io import secrets
 
 # The command modules (the package's names generate, documents... are its library functions).
@@ -37,6 +39,10 @@ QUERY_KEY, QUERY_TOKEN = "QKSENT4d5e6f7a8b", "QTSENT5e6f7a8b9c"
 # What an echoed "Authorization: Basic ..." header of each URL's user part would show.
 BASIC = [base64.b64encode(s.encode()).decode() for s in (f"ann:{PASSWORD}", f"{TOKEN}:", f"ann:{AT_PASSWORD}")]
 SENTINELS = [KEY, PASSWORD, TOKEN, AT_PASSWORD.split("@")[1], QUERY_KEY, QUERY_TOKEN, *BASIC]
+
+# The [docs] extra reads and splits the planted Markdown; the [export] extra draws report.html.
+HAS_DOCS = all(importlib.util.find_spec(name) for name in ("pysbd", "markdown_it"))
+HAS_REPORT = importlib.util.find_spec("matplotlib") is not None
 
 RECORDS = [{"instruction": f"Explain the {w} rule of the harbour guild in two sentences.", "input": "",
             "output": f"The {w} rule says the guild meets at dawn."} for w in ("first", "second", "third", "fourth")]
@@ -124,7 +130,7 @@ def teacher_flags(servers: Servers) -> list:
 
 def alpaca(prompt, body):
     stop = (body.get("stop") or ["21. Instruction:"])[0]
-    return self_instruct_reply(prompt, int(re.match(r"(\d+)", stop).group(1)) - 1, __import__("random").Random(len(prompt)),
+    return self_instruct_reply(prompt, int(re.match(r"(\d+)", stop).group(1)) - 1, random.Random(len(prompt)),
                                synthetic=True)
 
 
@@ -139,7 +145,7 @@ def test_generate_with_a_judge_then_dedup_export_report(servers, leaks, tmp_path
     leaks.run(generate.cli, ["--output_dir", out, *teacher_flags(servers), "--num_instructions_to_generate", 15,
                              "--request_batch_size", 5, "--judge", "--judge_base_url", servers.urls()[2],
                              "--judge_model", "rater"])
-    assert (out / "generated.jsonl").stat().st_size and (out / "report.html").exists()
+    assert (out / "generated.jsonl").stat().st_size and (out / "report.html").exists() == HAS_REPORT
     assert "upstream failed for credentials" in (out / "rejected.jsonl").read_text()  # the servers' echoes, masked
     assert all(server.faults_sent for server in servers.all)  # every form of credential went over the wire
     leaks.run(dedup.cli, [out / "generated.jsonl", "--output", tmp_path / "dedup.jsonl"])
@@ -148,26 +154,35 @@ def test_generate_with_a_judge_then_dedup_export_report(servers, leaks, tmp_path
     assert leaks.found(tmp_path) == []
 
 
-def test_documents_score_and_evolve(servers, leaks, tmp_path, monkeypatch):
-    docs = write_documents(tmp_path / "docs")
+def a_teacher(prompt, body):
+    """Replies that documents (qa, then the grounding check), score and evolve can read."""
+    if prompt.startswith("Check each answer"):
+        return json.dumps([{"id": k, "supported": True} for k in range(1, prompt.count("\nAnswer:") + 1)])
+    if '"""' in prompt and "question and answer pairs" in prompt:
+        passage = prompt.split('"""')[1].strip()
+        return json.dumps([{"question": f"What is the first rule that concerns {passage.split()[1]} in {passage.split()[3]}?",
+                            "answer": passage.split("\n")[0]}])
+    if "### Record 1" in prompt:
+        return ratings(prompt, body)
+    task = re.search(r"Task to (?:change|start from):\n(.*?)\n\nReply with", prompt, re.S)
+    if task:
+        return json.dumps({"instruction": task[1] + " Then give one worked example from the harbour.", "input": ""})
+    return "An answer in one sentence."
+
+
+@pytest.mark.skipif(not HAS_DOCS, reason="needs the [docs] extra")
+def test_documents(servers, leaks, tmp_path):
+    servers.teach(a_teacher)
+    out = tmp_path / "docs_out"
+    leaks.run(documents.cli, [write_documents(tmp_path / "docs"), "--output_dir", out, *teacher_flags(servers), "--mode", "qa"])
+    assert (out / "generated.jsonl").stat().st_size
+    assert leaks.found(tmp_path) == []
+
+
+def test_score_and_evolve(servers, leaks, tmp_path, monkeypatch):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(RECORDS))
-
-    def teacher(prompt, body):
-        if prompt.startswith("Check each answer"):
-            return json.dumps([{"id": k, "supported": True} for k in range(1, prompt.count("\nAnswer:") + 1)])
-        if '"""' in prompt and "question and answer pairs" in prompt:
-            passage = prompt.split('"""')[1].strip()
-            return json.dumps([{"question": f"What does the passage about {passage.split()[1]} say first?",
-                                "answer": passage.split("\n")[0]}])
-        if "### Record 1" in prompt:
-            return ratings(prompt, body)
-        task = re.search(r"Task to (?:change|start from):\n(.*?)\n\nReply with", prompt, re.S)
-        if task:
-            return json.dumps({"instruction": task[1] + " Then give one worked example from the harbour.", "input": ""})
-        return "An answer in one sentence."
-    servers.teach(teacher)
-    leaks.run(documents.cli, [docs, "--output_dir", tmp_path / "docs_out", *teacher_flags(servers), "--mode", "qa"])
+    servers.teach(a_teacher)
     # the key and the addresses from the environment this time
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", fleet(servers))
@@ -194,14 +209,14 @@ def test_evaluate_with_endpoint_systems_and_a_judge(servers, leaks, tmp_path, mo
     out = tmp_path / "eval"
     leaks.run(evaluate.cli, ["--questions", questions, "--output_dir", out, "--system", *systems,
                              "--judge", f"openai:judge@{urls[4]}", "--batch_size", 2])
-    for name in ("results.json", "results.md", "eval.json", "answers.jsonl", "state.json", "report.html"):
+    for name in ("results.json", "results.md", "eval.json", "answers.jsonl", "state.json") + ("report.html",) * HAS_REPORT:
         assert (out / name).exists(), name
-    # an embedder at a URL with a token (the fake server has no /embeddings: the run stops there)
-    said = leaks.run(evaluate.cli, ["--questions", questions, "--output_dir", tmp_path / "eval_rag", "--docs",
-                                    write_documents(tmp_path / "docs"), "--embedder", f"openai:e@{urls[3]}",
-                                    "--retrieval", "dense", "--system", f"s+rag=openai:reader@{urls[1]}"], fails=True)
-    assert "error: the embedder openai:e@http://***@127.0.0.1:" in said
-    assert json.loads((tmp_path / "eval_rag" / "eval.json").read_text())["embedder"].startswith("openai:e@http://***@")
+    if HAS_DOCS:  # an embedder at a URL with a token (the fake server has no /embeddings: the run stops there)
+        said = leaks.run(evaluate.cli, ["--questions", questions, "--output_dir", tmp_path / "eval_rag", "--docs",
+                                        write_documents(tmp_path / "docs"), "--embedder", f"openai:e@{urls[3]}",
+                                        "--retrieval", "dense", "--system", f"s+rag=openai:reader@{urls[1]}"], fails=True)
+        assert "error: the embedder openai:e@http://***@127.0.0.1:" in said
+        assert json.loads((tmp_path / "eval_rag" / "eval.json").read_text())["embedder"].startswith("openai:e@http://***@")
     # a server that cannot be reached, its password in the URL: one line, masked
     leaks.run(evaluate.cli, ["--questions", questions, "--output_dir", tmp_path / "eval2",
                              "--system", f"x=openai:reader@http://ann:{PASSWORD}@127.0.0.1:9/v1"], fails=True)
