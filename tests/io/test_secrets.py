@@ -149,3 +149,21 @@ def test_any_teachers_error_is_masked_where_it_enters_the_engine(tmp_path):
     for path in (tmp_path / "out").iterdir():
         for sentinel in ("PWSENT1x", "QSENT2x", "BSENT3x"):
             assert sentinel not in path.read_text(), path
+
+
+def test_whatever_a_command_writes_to_stderr_is_masked_and_stdout_is_left_alone(capsys):
+    """A print of the command's own or a library's, a progress line: all pass the redaction at the
+    CLI edge; stdout carries data (a dry run's prompt) and is written as it is."""
+    from self_instruct.cli import run
+
+    def main(path: str = "x"):
+        print(f"self_instruct: skipped {path}", file=sys.stderr)
+        sys.stderr.write("progress | Authorization: Bearer tok-123\r")
+        print("The prompt says: Authorization: Bearer tok-123")
+
+    run(main, ["--path", "http://TOKSENT9@host/docs?token=QSENT9"], name="self_instruct.thing")
+    out, err = capsys.readouterr()
+    assert "TOKSENT9" not in err and "QSENT9" not in err and "tok-123" not in err
+    assert "skipped http://***@host/docs?token=***\n" in err and "Bearer ***\r" in err
+    assert out == "The prompt says: Authorization: Bearer tok-123\n"
+    assert not isinstance(sys.stderr, secrets.RedactedStream)  # put back when the command ends
