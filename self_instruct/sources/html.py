@@ -30,11 +30,15 @@ def load_html(path: Path) -> Document:
     need("lxml")
     from lxml import etree, html
 
-    parser = html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
+    # huge_tree: past 255 levels of nesting libxml2 would drop the rest of the page.
+    parser = html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, huge_tree=True)
     try:
         root = html.document_fromstring(decode_page(path.read_bytes()).encode("utf-8"), parser=parser)
     except etree.ParserError:  # "Document is empty"
         raise UnreadableFile("no text found in the page (it is empty)") from None
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        # libxml2 stops there, and the rest of the page would be lost without a word.
+        raise UnreadableFile("elements nested more than 2,048 deep (unclosed tags?): close them and load it again")
     builder = SectionBuilder()
     html_blocks(main_content(root), builder)
     document = builder.build(str(path))
@@ -54,7 +58,8 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs
 def decode_page(raw: bytes) -> str:
     """The page's text: by its byte-order mark, else the charset its <meta> (or XML declaration)
     declares in the first 4 KiB, else UTF-8 when it is valid UTF-8, else charset_normalizer's guess
-    (windows-1252 among guesses it scores the same).
+    (windows-1252 among guesses it scores the same); bytes that are text in no encoding (a binary
+    file) raise UnreadableFile.
     Like browsers, a declared ISO-8859-1 or ASCII reads as windows-1252, and bytes the declared
     charset does not have become U+FFFD.
 
@@ -72,7 +77,8 @@ def decode_page(raw: bytes) -> str:
         pass
     guesses = list(need("charset_normalizer", "charset-normalizer").from_bytes(raw))
     if not guesses:
-        return raw.decode("cp1252", errors="replace")
+        raise UnreadableFile("its bytes read as text in no encoding: if it is a web page, "
+                             'declare its charset (<meta charset="...">)')
     # Western text reads alike in windows-1252, -1250 and -1257 as far as the detector can tell
     # (é and è score the same as é and č): between equals, take the one browsers fall back to.
     best = [g for g in guesses if (g.chaos, g.coherence) == (guesses[0].chaos, guesses[0].coherence)]
@@ -107,15 +113,17 @@ def main_content(root):
     """The element a page's content is in, the page's chrome taken out around it: page-level
     <header> and <footer> (outside any article or section), navigation, forms' widgets, hidden
     elements, and blocks whose class or id names navigation ("navbar", "NAVFOOTER", "site-menu",
-    "skip-link"...). The content is the page's <main> (or role="main"), or its one <article>,
+    "skip-link"...). The content is the page's one <main> (or role="main"), or its one <article>,
     when that holds at least half of the words left (a <main> around a banner alone is not the
     page); else the whole <body>."""
     body = root.find("body")
     if body is None:
         return root
-    marked = body.xpath(".//main | .//*[@role='main']")
+    # The outermost <main> or role="main" (a <main> may sit in a role="main"), if there is one only.
+    marked = body.xpath(".//main[not(ancestor::main or ancestor::*[@role='main'])]"
+                        " | .//*[@role='main'][not(ancestor::main or ancestor::*[@role='main'])]")
     articles = body.xpath(".//article")
-    region = marked[0] if marked else articles[0] if len(articles) == 1 else None
+    region = marked[0] if len(marked) == 1 else articles[0] if not marked and len(articles) == 1 else None
     around = [region, *region.iterancestors()] if region is not None else []
     for element in list(body.iter()):
         tag = element.tag if isinstance(element.tag, str) else ""
@@ -171,13 +179,28 @@ _BREAK = None  # a <br> in the flow of text
 def html_blocks(root, builder: SectionBuilder) -> None:
     """Feed `builder` the headings and paragraphs of `root` (its <body>, when it has one) in
     reading order. Inline text between block elements is one paragraph, whitespace collapsed as
-    a browser shows it and <br> kept as a line break; <pre> is kept as written.
+    a browser shows it and <br> kept as a line break; <pre> is kept as written. An iterative
+    walk: a page may nest thousands of unclosed <font>s.
 
     Example: <div>Intro <b>text</b><p>Para.</p>tail</div> -> paragraphs 'Intro text', 'Para.', 'tail'
     """
+    from lxml import etree
+
     body = root.find(".//body") if root.tag == "html" else None
+    top = body if body is not None else root
     walk = _Walk(builder)
-    walk.element(body if body is not None else root)
+    kinds = []  # what each open element is: "block", "inline", or "done" (skipped, or read whole)
+    events = etree.iterwalk(top, events=("start", "end", "comment", "pi"))
+    for event, element in events:
+        if event == "start":
+            kinds.append(walk.start(element))
+            if kinds[-1] == "done":
+                events.skip_subtree()  # its "end" still comes
+            continue
+        if event == "end":
+            walk.end(element, kinds.pop())
+        if element is not top and element.tail:  # the text after an element is its parent's
+            walk.line.append(element.tail)
     walk.flush()
 
 
@@ -186,44 +209,47 @@ class _Walk:
         self.builder = builder
         self.line: list[str | None] = []  # the inline text of the paragraph being read
         self.marker = ""  # an ordered list item's number, for the item's first paragraph
+        self.lists: list[list] = []  # each open <ol>'s [next number, type]
 
-    def element(self, element, marker: str = "") -> None:
-        tag = element.tag if isinstance(element.tag, str) else ""  # comments and PIs have no text
-        if not tag or _skipped(element, tag):
-            return
+    def start(self, element) -> str:
+        tag = element.tag
+        if _skipped(element, tag):
+            return "done"
         heading = _HEADING.fullmatch(tag)
         if heading:
             self.flush()
             self.builder.heading(int(heading.group(1)), _collapse(_text(element)))
-        elif tag in _PREFORMATTED:
+            return "done"
+        if tag in _PREFORMATTED:
             self.flush()
             self.builder.code(_text(element))
-        elif tag == "br":
+            return "done"
+        if tag == "br":
             self.line.append(_BREAK)
-        elif tag in _BLOCKS:
+            return "done"
+        kind = "inline"
+        if tag in _BLOCKS:
             self.flush()
-            if marker:  # an item's number waits for the item's first text, which may be in a <p> in it
-                self.marker = marker
-            self.children(element)
-            self.flush()
-            if marker:
-                self.marker = ""
-        else:
-            self.children(element)
-
-    def children(self, element) -> None:
+            kind = "block"
+            if tag == "ol":
+                self.lists.append([_integer(element.get("start"), 1), element.get("type", "1")])
+            elif tag == "li" and self.lists and element.getparent().tag == "ol":
+                number = self.lists[-1][0] = _integer(element.get("value"), self.lists[-1][0])
+                self.lists[-1][0] += 1
+                # The number waits for the item's first text, which may be in a <p> inside it.
+                self.marker = kind = _ordinal(number, self.lists[-1][1])
         if element.text:
             self.line.append(element.text)
-        number = _integer(element.get("start"), 1) if element.tag == "ol" else None
-        for child in element:
-            if number is not None and child.tag == "li":
-                number = _integer(child.get("value"), number)
-                self.element(child, _ordinal(number, element.get("type", "1")))
-                number += 1
-            else:
-                self.element(child)
-            if child.tail:  # the text after a child is the parent's, even after a skipped child
-                self.line.append(child.tail)
+        return kind
+
+    def end(self, element, kind: str) -> None:
+        if kind == "done" or kind == "inline":
+            return
+        self.flush()
+        if element.tag == "ol":
+            self.lists.pop()
+        elif kind != "block":  # a numbered item: its number goes with it
+            self.marker = ""
 
     def take(self) -> list[str]:
         """The lines of the paragraph read so far (split at <br>), whitespace collapsed."""
@@ -309,18 +335,20 @@ def _permalink(anchor) -> bool:
 def _text(element) -> str:
     """An element's text as written, less what the walk skips (a heading's permalink, a "copy"
     button in a <pre>); a <br> is a line break, and newlines are "\\n"."""
+    from lxml import etree
+
     pieces = [element.text or ""]
-
-    def add(child) -> None:
-        tag = child.tag if isinstance(child.tag, str) else ""
-        if tag == "br":
-            pieces.append("\n")
-        elif tag and not _skipped(child, tag):
-            pieces.append(child.text or "")
-            for grandchild in child:
-                add(grandchild)
-        pieces.append(child.tail or "")
-
-    for child in element:
-        add(child)
+    events = etree.iterwalk(element, events=("start", "end", "comment", "pi"))
+    for event, node in events:
+        if node is element:
+            continue
+        if event == "start":
+            if node.tag == "br":
+                pieces.append("\n")
+            elif _skipped(node, node.tag):
+                events.skip_subtree()
+            else:
+                pieces.append(node.text or "")
+        else:  # the text after a node, skipped or not
+            pieces.append(node.tail or "")
     return "".join(pieces).replace("\r\n", "\n").replace("\r", "\n")

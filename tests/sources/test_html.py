@@ -9,6 +9,7 @@ those pages.
 from __future__ import annotations
 
 import collections
+import random
 import re
 import shutil
 import subprocess
@@ -204,7 +205,11 @@ def test_the_declared_charset_is_honoured_and_an_undeclared_one_detected(tmp_pat
     (b"", "no text found in the page (it is empty)"),
     (b"<html><body><nav><a href='/'>Home</a></nav><script>x()</script></body></html>",
      "no text found in the page (a page that scripts fill in must be saved from the browser after it renders)"),
-], ids=["empty", "navigation-and-scripts"])
+    (random.Random(0).randbytes(4000), 'its bytes read as text in no encoding: if it is a web page, '
+                                      'declare its charset (<meta charset="...">)'),
+    (b"<p>" + b"<font>word " * 3000 + b"<p>The rest of the page.",
+     "elements nested more than 2,048 deep (unclosed tags?): close them and load it again"),
+], ids=["empty", "navigation-and-scripts", "binary", "nested-past-lxml-s-limit"])
 def test_a_page_without_text_is_one_line_naming_it(tmp_path, page, why):
     (tmp_path / "empty.html").write_bytes(page)
     (tmp_path / "good.html").write_text("<p>Some text.</p>", encoding="utf-8")
@@ -212,6 +217,13 @@ def test_a_page_without_text_is_one_line_naming_it(tmp_path, page, why):
     assert problems == [f"{tmp_path / 'empty.html'}: {why}"] and [d.text for d in documents] == ["Some text."]
     with pytest.raises(UnreadableFile):
         load_document(tmp_path / "empty.html")
+
+
+def test_two_thousand_unclosed_tags_are_read_to_the_end(tmp_path):
+    # Old pages leave <font> open; each nests in the one before. The walk is iterative: no
+    # recursion limit, and libxml2 reads 2,048 levels (huge_tree) instead of stopping at 255.
+    doc = load(tmp_path, b"<p>Start " + b"<font size=2>word " * 2000 + b"<p>The rest of the page.")
+    assert doc.text == "Start" + " word" * 2000 + "\n\nThe rest of the page."
 
 
 def test_epub_chapters_are_walked_the_same_way(tmp_path):
