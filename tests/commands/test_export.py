@@ -513,7 +513,7 @@ def trl_qwen_template():
 @pytest.mark.slow
 def test_trl_trains_on_the_answer_only_with_the_documented_recipes(tmp_path, capsys):
     """docs/export-and-report.md's two TRL recipes on our exports of instruct-mode records (the
-    chunk is the input, nine tenths of the tokens): SFTConfig(assistant_only_loss=True) on the
+    chunk is the input, 95% of the tokens): SFTConfig(assistant_only_loss=True) on the
     messages export, under Qwen2.5's chat template, for which TRL swaps in its training template,
     and SFTConfig(completion_only_loss=True) on the prompt-completion export. In both, every
     prompt and chunk token is labelled -100 and the labels left are exactly the answer and the
@@ -553,7 +553,7 @@ def test_trl_trains_on_the_answer_only_with_the_documented_recipes(tmp_path, cap
             learned = [label for label in row["labels"] if label != -100]
             assert tokenizer.decode(learned) == answer.format(output=record["output"]), fmt
             masked, total = masked + len(row["labels"]) - len(learned), total + len(row["labels"])
-        assert masked / total > 0.85, fmt  # the chunk and the prompt: almost everything, and none of it learned
+        assert masked / total > 0.9, fmt  # the chunk and the prompt (95% here), none of it learned
         batch = next(iter(trainer.get_train_dataloader()))
         assert set(batch) >= {"input_ids", "labels"} and not {"id", "metadata", "provenance"} & set(batch)
         trainer.train()

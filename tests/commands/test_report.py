@@ -307,6 +307,18 @@ def test_a_documents_run_without_its_files_on_disk(tmp_path):
         ["docs/manual_0.md", "2", "2", "3", "1 (missing_field 1)", "3 of 3 (100%)"],
         ["docs/manual_1.md", "2", "1", "1", "1 (ungrounded 1)", "1 of 2 (50%)"],
         ["(no source recorded)", "1", "0", "0", "1 (request_failed 1)", "0 of 0"]]
+    assert ("<p>4 of the 5 answers the teacher checked against their chunk were supported (80.0%); 1 were not and "
+            "were rejected as ungrounded.</p>") in page
+    unverified = rejected + [{"reason": "unverified", "detail": "", "instruction": "Q2?", "input": "", "output": "A.",
+                              "metadata": {"source": "docs/manual_1.md", "chunk": 6}, "provenance": {"unit": 6}}]
+    write_run(tmp_path / "docs", kept, unverified, {"units": 8}, config={"mode": "qa", "verify": True})
+    page = write_report(tmp_path / "docs").read_text(encoding="utf-8")
+    assert "1 were not and were rejected as ungrounded; 1 more got no verdict and were rejected as unverified.</p>" in page
+    write_run(tmp_path / "docs", kept, rejected, {"units": 8}, config={"mode": "qa", "verify": False})
+    page = write_report(tmp_path / "docs").read_text(encoding="utf-8")
+    assert "<p>The grounding check was off (--no_verify): no answer was checked against its chunk.</p>" in page
+    assert "<tr><th>grounded</th><td>not checked (--no_verify)</td></tr>" in page
+    assert [len(row) for row in table_rows(page, "coverage")] == [5, 5, 5]  # no grounded column
 
 
 def test_a_windows_run_counts_sections(tmp_path):
