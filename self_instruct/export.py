@@ -583,8 +583,8 @@ def write_hf(output: Path, parts: dict[str, list[dict]]) -> None:
     if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / "dataset_info.json").exists()
                                                       or (output / "dataset_dict.json").exists())):
         raise ConfigError(f"--output {output} exists and is not a saved dataset; choose a new path")
-    columns = list(next(iter(next(iter(parts.values())) or [{}]), None) or TEXT_COLUMNS)
-    features = datasets.Features({name: datasets.Value("string") for name in columns})
+    first = next((rows[0] for rows in parts.values() if rows), {})
+    features = datasets.Features({name: datasets.Value("string") for name in first or TEXT_COLUMNS})
     made = {name: datasets.Dataset.from_list(rows, features=features) for name, rows in parts.items()}
     dataset = made[""] if "" in made else datasets.DatasetDict(made)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")

@@ -153,7 +153,7 @@ def committed_sizes(directory: Path, notes: list) -> dict | None:
     path = directory / COMMITS
     if not path.is_file():
         return None
-    commits = [entry for entry in read_lines(path, notes)]
+    commits = list(read_lines(path, notes))
     for i, entry in enumerate(commits):
         if not isinstance(entry.get(GENERATED), int) or not isinstance(entry.get(REJECTED), int):
             raise DataError(f"{path}:{i + 1}: a commit without the sizes of {GENERATED} and {REJECTED}; "
