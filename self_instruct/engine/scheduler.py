@@ -23,12 +23,13 @@ import asyncio
 import contextvars
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Mapping
 
 from tqdm import tqdm
 
+from ..io.secrets import redact
 from ..pipelines.base import Pipeline, UnitResult
 from ..teachers.base import Teacher
 from ..types import Completion, Decoding, Rejection
@@ -140,6 +141,8 @@ class Engine:
                 completion = (await teacher.complete([prompt], decoding))[0]
             finally:
                 _REQUEST.reset(token)
+            if completion.error:  # whatever the teacher, its error reaches the ledger, rejects and messages masked
+                completion = replace(completion, error=redact(completion.error))
             self.ledger.done(rid, unit, key, completion, price)
             return completion
 
