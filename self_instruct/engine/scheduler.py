@@ -189,6 +189,9 @@ class Engine:
                     continue
                 result = self.finished.pop(self.next_commit)
                 if isinstance(result, BudgetExhausted):
+                    # Requests already out are paid for: let them come back (no new one can go), so
+                    # their replies reach the cache and the resumed run does not buy them twice.
+                    await asyncio.gather(*self.running.values(), return_exceptions=True)
                     return self.exhausted or result.reason
                 if isinstance(result, BaseException):
                     raise result
