@@ -194,20 +194,21 @@ def describe_os_error(exc: BaseException) -> str:
     return f"{where}: {reason}" if where else reason
 
 
-def words_as_flag(flag: str, argv: Sequence[str]) -> list[str]:
+def words_as_flag(flag: str, argv: Sequence[str], switches: Sequence[str] = ()) -> list[str]:
     """The words that are not flags or their values, as one --flag of comma-separated values
-    (cli.run reads flags only), and --from, a Python keyword, as main's from_. Every flag of
-    export and report takes a value (neither has a switch), so the word after a flag is its value.
+    (cli.run reads flags only), and --from, a Python keyword, as main's from_. A flag takes the
+    word after it as its value, except the `switches` (and --help).
 
-    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "b.json", "--from=csv"])
-    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--from_=csv']
+    >>> words_as_flag("input", ["a.jsonl", "--format", "csv", "--chat", "b.json", "--from=csv"], switches=["chat"])
+    ['--input', 'a.jsonl,b.json', '--format', 'csv', '--chat', '--from_=csv']
     """
     flags, words, args = [], [], iter(argv)
+    bare = {f"--{name}" for name in switches} | {f"--no{name}" for name in switches} | set(HELP)
     for arg in args:
         if not arg.startswith("-") or arg == "-":
             words.append(arg)
             continue
         flags.append(re.sub(r"^--from(?==|$)", "--from_", arg))
-        if "=" not in arg and arg not in HELP:
+        if "=" not in arg and arg not in bare:
             flags += [value for value in [next(args, None)] if value is not None]
     return ([f"--{flag}", ",".join(words)] if words else []) + flags

@@ -18,6 +18,8 @@ Formats, and what reads them:
                      out with the training template (prompts/train_*.txt), as train.py does
 - sharegpt           {"conversations": [{"from", "value"}], "system"?}, and its entry in
                      dataset_info.json beside it, for LLaMA-Factory
+- preference         {"prompt", "chosen", "rejected"}: TRL's DPO data, of the pairs that
+                     self_instruct.preferences makes (conversational messages with --chat)
 - csv, xlsx          a row a record for people to review (SHEET_COLUMNS); edited rows come back as
                      records, joined to what they were by id
 - hf                 a datasets.Dataset saved with save_to_disk (a DatasetDict with --split)
@@ -61,8 +63,8 @@ from .io.jsonl import (
     write_text_atomic,
 )
 
-FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "csv", "xlsx", "hf")
-JSON_FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt")
+FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "preference", "csv", "xlsx", "hf")
+JSON_FORMATS = ("alpaca", "jsonl", "messages", "prompt-completion", "sharegpt", "preference")
 LISTS_BY_DEFAULT = ("alpaca", "sharegpt")  # the layout when the suffix is neither .json nor .jsonl
 SHEETS = ("csv", "xlsx")
 PROVENANCE_CHOICES = ("keep", "drop")
@@ -217,6 +219,24 @@ def to_messages(record: dict, system: str | None) -> dict:
 def to_sharegpt(record: dict, system: str | None) -> dict:
     conversation = {"conversations": [{"from": "human", "value": user_text(record)}, {"from": "gpt", "value": record["output"]}]}
     return {**conversation, "system": system} if system else conversation
+
+
+def to_preference(record: dict, system: str | None, chat: bool) -> dict:
+    """TRL's preference row of a pair `self_instruct.preferences` made (the chosen answer is the
+    record's output, the rejected one metadata.rejected): text, or conversational with --chat.
+
+    >>> to_preference({"instruction": "Add 2 and 2.", "input": "", "output": "4.", "metadata": {"rejected": "5."}}, None, False)
+    {'prompt': 'Add 2 and 2.', 'chosen': '4.', 'rejected': '5.'}
+    """
+    rejected = (record.get("metadata") or {}).get("rejected")
+    if not isinstance(rejected, str) or not rejected.strip():
+        raise DataError(f"record {record['id']}: no metadata.rejected; --format preference writes the pairs "
+                        f"python -m self_instruct.preferences makes")
+    if not chat:
+        return {"prompt": user_text(record), "chosen": record["output"], "rejected": rejected}
+    prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text(record)}]
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": record["output"]}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
 
 
 def prompt_completion(templates: dict[str, str]) -> Callable[[dict], dict]:
@@ -634,13 +654,15 @@ def add_dataset_info(paths: Sequence[Path], system: bool) -> Path:
     return info_path
 
 
-def converter(format: str, system: str | None, templates: dict[str, str] | None, keep: bool) -> Callable[[dict], dict]:
+def converter(format: str, system: str | None, templates: dict[str, str] | None, keep: bool,
+              chat: bool = False) -> Callable[[dict], dict]:
     """A record (with its id) to what `format` writes for it; `keep`: its id and provenance too."""
     if format in SHEETS:
         return to_row if keep else lambda r: {**to_row({k: r[k] for k in TEXT_COLUMNS}), "id": None}
     if format == "hf":
         return hf_row if keep else to_alpaca
-    convert = {"messages": lambda r: to_messages(r, system), "sharegpt": lambda r: to_sharegpt(r, system)}.get(format, to_alpaca)
+    convert = {"messages": lambda r: to_messages(r, system), "sharegpt": lambda r: to_sharegpt(r, system),
+               "preference": lambda r: to_preference(r, system, chat)}.get(format, to_alpaca)
     if format == "prompt-completion":
         convert = prompt_completion(templates or load_training_templates())
     return with_provenance(convert) if keep else convert
@@ -648,7 +670,7 @@ def converter(format: str, system: str | None, templates: dict[str, str] | None,
 
 def export(records: Sequence[dict], format: str, output: str | Path, *, system: str | None = None,
            split: float | None = None, seed: int = 42, templates: dict[str, str] | None = None,
-           provenance: str = "keep") -> list[Path]:
+           provenance: str = "keep", chat: bool = False) -> list[Path]:
     """Write records in `format` to output (two files, or a DatasetDict, with a split); returns what was written.
     Every record gets its id (assign_ids) before the split, so a split does not change them."""
     if format not in FORMATS:
@@ -659,7 +681,7 @@ def export(records: Sequence[dict], format: str, output: str | Path, *, system: 
     output.parent.mkdir(parents=True, exist_ok=True)
     records = assign_ids(records)
     parts = {"": records} if split is None else dict(zip(("train", "test"), split_records(records, split, seed)))
-    convert = converter(format, system, templates, provenance == "keep")
+    convert = converter(format, system, templates, provenance == "keep", chat)
     if format == "hf":
         write_hf(output, {name: [convert(r) for r in rows] for name, rows in parts.items()})
         return [output]
@@ -688,7 +710,8 @@ def require(module: str):
 
 def main(input: str, format: str = "jsonl", output: str | None = None, system: str | None = None,
          split: float | None = None, seed: int = 42, from_: str | None = None,
-         prompt_with_input: str | None = None, prompt_no_input: str | None = None, provenance: str = "keep") -> None:
+         prompt_with_input: str | None = None, prompt_no_input: str | None = None, provenance: str = "keep",
+         chat: bool = False) -> None:
     """Export instruction records to a trainer's format or a sheet for review, or read a sheet back.
 
     Records whose metadata.holdout is true are skipped and counted. Every record goes out with a
@@ -696,7 +719,8 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
 
     Args:
         input: files or run directories (several: separated by spaces or commas), concatenated in order.
-        format: alpaca, jsonl, messages, prompt-completion, sharegpt, csv, xlsx or hf.
+        format: alpaca, jsonl, messages, prompt-completion, sharegpt, preference (TRL's prompt/chosen/rejected
+            rows of the pairs self_instruct.preferences makes), csv, xlsx or hf.
         output: the file to write (a directory for hf); for JSON formats .json writes a JSON list, .jsonl a record a line.
         system: a system message for messages and sharegpt.
         split: a seeded train/test split, e.g. 0.95: OUTPUT's .train and .test files.
@@ -705,6 +729,7 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
         prompt_with_input: the training template with {instruction} and {input}, for prompt-completion.
         prompt_no_input: the training template with {instruction}, for prompt-completion.
         provenance: keep (id, metadata and provenance go with each record) or drop (the format's own fields only).
+        chat: with --format preference, conversational rows (lists of role/content messages) instead of text.
     """
     if output is None:
         raise ConfigError("--output is required: the file to write (a directory for --format hf)")
@@ -720,13 +745,14 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
     if format == "prompt-completion" and (prompt_with_input or prompt_no_input):
         templates = load_training_templates(prompt_with_input, prompt_no_input)
     written = export(records, format, output, system=system, split=split, seed=seed, templates=templates,
-                     provenance=provenance)
+                     provenance=provenance, chat=chat)
     skipped = f"; skipped {held_out} held out for evaluation (metadata.holdout)" if held_out else ""
     print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    run(main, words_as_flag("input", sys.argv[1:] if argv is None else argv), name="self_instruct.export")
+    run(main, words_as_flag("input", sys.argv[1:] if argv is None else argv, switches=["chat"]),
+        name="self_instruct.export")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,57 @@ def test_bad_flags_are_one_line_and_ask_nothing(fake_server, tmp_path, capsys, f
         cli([str(write_input(tmp_path)), "--output", str(tmp_path / "p.json"), "--base_url", fake_server.base_url,
              *flags])
     assert exc.value.code == 2 and message in capsys.readouterr().err and fake_server.requests == []
+
+
+def test_the_pairs_export_as_trl_preference_rows_text_or_conversational(fake_server, tmp_path, capsys):
+    from self_instruct.export import cli as export
+
+    fake_server.reply_fn = answer_and_rate(lambda topic, answers: [8, 2])
+    pairs = tmp_path / "pairs.jsonl"
+    cli([str(write_input(tmp_path, RECORDS[:2])), "--output", str(pairs), "--base_url", fake_server.base_url,
+         "--model_name", "m", "--quiet"])
+    export([str(pairs), "--format", "preference", "--output", str(tmp_path / "dpo.jsonl")])
+    rows = read_jsonl(tmp_path / "dpo.jsonl")
+    assert [(r["prompt"], r["chosen"].endswith("(draw 0)."), r["rejected"].endswith("(draw 1).")) for r in rows] == [
+        ("Explain topic alpha.", True, True), ("Explain topic beta.", True, True)]
+    assert rows[0]["metadata"]["source"] == "alpha.md" and rows[0]["id"]
+    export([str(pairs), "--format", "preference", "--chat", "--system", "Be brief.", "--output", str(tmp_path / "c.jsonl")])
+    chat = read_jsonl(tmp_path / "c.jsonl")[0]
+    assert chat["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain topic alpha."}]
+    assert chat["chosen"][0]["role"] == chat["rejected"][0]["role"] == "assistant"
+    with pytest.raises(SystemExit) as exc:  # records that are not pairs
+        export([str(write_input(tmp_path, RECORDS[:1])), "--format", "preference", "--output", str(tmp_path / "x.jsonl")])
+    assert exc.value.code == 2 and "no metadata.rejected" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trl_dpo_trainer_takes_a_step_on_the_export(fake_server, tmp_path):
+    """TRL's DPOTrainer reads our preference export as it is and trains on it (a tiny Llama built
+    here; nothing comes from a hub)."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from tiny_models import tiny_llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from self_instruct.export import cli as export
+
+    fake_server.reply_fn = answer_and_rate(lambda topic, answers: [8, 2])
+    cli([str(write_input(tmp_path)), "--output", str(tmp_path / "pairs.jsonl"), "--base_url", fake_server.base_url,
+         "--model_name", "m", "--quiet"])
+    export([str(tmp_path / "pairs.jsonl"), "--format", "preference", "--output", str(tmp_path / "dpo.jsonl")])
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([(tmp_path / "dpo.jsonl").read_text()], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                     pad_token="<pad>")
+    dataset = datasets.load_dataset("json", data_files=str(tmp_path / "dpo.jsonl"), split="train")
+    args = trl.DPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
+                         learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                         dataloader_num_workers=0, beta=0.1)
+    trainer = trl.DPOTrainer(model=tiny_llama(tokenizer), ref_model=tiny_llama(tokenizer), args=args,
+                             train_dataset=dataset, processing_class=tokenizer)
+    result = trainer.train()
+    assert result.global_step == 1 and result.training_loss > 0
