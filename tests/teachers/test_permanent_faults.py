@@ -9,6 +9,7 @@ the others carry the run.
 """
 import asyncio
 import functools
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,6 +41,7 @@ class Counted:
                 pass
 
             def handle_one_request(self):
+                self.requestline = ""  # a kept-alive connection's close is no request
                 super().handle_one_request()
                 if self.requestline:
                     counted.requests.append(self.requestline)
@@ -236,3 +238,84 @@ def test_a_request_waiting_in_a_backoff_stops_when_the_teacher_is_down(fake_serv
             await teacher.aclose()
     asyncio.run(run())
     assert len(fake_server.requests) == 2
+
+
+# --- what each answer means: a server answering every completion request the same way ---
+
+class Answering(BaseHTTPRequestHandler):
+    """Answers GET /models with an empty list, and every POST with the class's status and body."""
+
+    protocol_version = "HTTP/1.1"
+    status, content_type, body = 200, "application/json", b"{}"
+
+    def do_GET(self):
+        self._send(200, "application/json", b'{"object": "list", "data": []}')
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(self.status, self.content_type, self.body)
+
+    def _send(self, status, content_type, body):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def answering(status, content_type, body):
+    return type("Answer", (Answering,), {"status": status, "content_type": content_type, "body": body.encode()})
+
+
+JSON = "application/json"
+# (status, content type, body, what the one line says after "the teacher at URL ")
+PERMANENT = [
+    (402, JSON, '{"error": {"message": "Insufficient credits"}}', "refused the request (402: Insufficient credits): the account"),
+    (403, JSON, '{"error": {"message": "Country not supported"}}', "refused the request (403: Country not supported): check OPENAI_API_KEY"),
+    (400, JSON, '{"error": {"message": "The model `m` does not exist", "code": "model_not_found"}}',
+     "cannot serve model 'fake-model' (400: The model `m` does not exist)"),
+    (404, JSON, '{"detail": "Not Found"}', "does not serve POST /completions (404: Not Found); check --base_url"),
+    (405, JSON, '{"detail": "Method Not Allowed"}', "does not serve POST /completions (405: Method Not Allowed); check --base_url"),
+    (404, "text/plain", "404 page not found",
+     'is not an OpenAI-compatible API: POST /completions answered 404 with the text "404 page not found"; check --base_url'),
+    (200, "text/plain", "OK", 'is not an OpenAI-compatible API: POST /completions answered 200 with the text "OK"'),
+]
+
+
+@pytest.mark.parametrize("status,content_type,body,says", PERMANENT, ids=[f"{p[0]}-{p[1]}" for p in PERMANENT])
+def test_an_answer_no_retry_can_mend_raises_at_its_first_sight(status, content_type, body, says):
+    with Counted(answering(status, content_type, body)) as server:
+        teacher = OpenAITeacher("fake-model", base_url=server.url + "/v1", max_concurrency=1, backoff_initial=60)
+        with pytest.raises(TeacherError) as info:
+            ask(teacher, 3)
+    assert str(info.value).startswith(f"the teacher at {server.url}/v1 {says}")
+    assert server.requests == ["POST /v1/completions HTTP/1.1"]  # one request: no retry, no other prompt sent
+
+
+# Answers that leave other requests a chance: (status, body, the failed prompt's error).
+NOT_PERMANENT = [
+    (429, '{"error": {"message": "Rate limit reached", "type": "requests"}}', "429: "),
+    (400, '{"error": {"message": "Unsupported parameter: top_p"}}', "400: "),
+]
+
+
+@pytest.mark.parametrize("status,body,error", NOT_PERMANENT, ids=[str(p[0]) for p in NOT_PERMANENT])
+def test_an_answer_that_may_mend_fails_only_its_prompt(status, body, error):
+    with Counted(answering(status, JSON, body)) as server:
+        (reply,) = ask(OpenAITeacher("fake-model", base_url=server.url + "/v1", max_attempts=2, backoff_initial=0.01), 1)
+    assert not reply.ok and reply.error.startswith(error)
+
+
+def test_a_generate_run_on_a_fleet_records_why_an_endpoint_was_retired(tmp_path, capsys):
+    healthy = FakeOpenAI(synthetic=True, tasks_per_reply=4).start()
+    with Counted(SimpleHTTPRequestHandler, directory=str(tmp_path)) as files:
+        try:
+            cli(["--output_dir", str(tmp_path / "out"), "--base_url", f"{files.url}/v1,{healthy.base_url}",
+                 "--model_name", "fake-model", "--quiet", "--num_instructions_to_generate", "40", "--num_tasks", "8"])
+        finally:
+            healthy.stop()
+    assert "error" not in capsys.readouterr().err
+    state = json.loads((tmp_path / "out" / "state.json").read_text(encoding="utf-8"))
+    assert state["kept"] == 40 and state["failed_requests"] == 0
+    assert "is not an OpenAI-compatible API" in state["endpoints"][f"{files.url}/v1"]["retired"]
+    assert len(files.requests) <= HANDFUL
