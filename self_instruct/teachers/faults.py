@@ -154,7 +154,7 @@ def permanent_reason(exc: BaseException, where: str, model: str, path: str, prov
     if not isinstance(exc, openai.APIStatusError):
         return None
     status, said, page = exc.status_code, _said(exc), _is_page(exc)
-    code = exc.body.get("code") or exc.body.get("type") if isinstance(exc.body, dict) else None
+    code = (exc.body.get("code") or exc.body.get("type")) if isinstance(exc.body, dict) else None
     if status in (401, 403):
         return f"the teacher at {where} refused the request ({status}: {said}): check OPENAI_API_KEY / --api_key"
     if status == 402 or (status == 429 and code == "insufficient_quota"):
