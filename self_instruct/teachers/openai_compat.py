@@ -277,7 +277,8 @@ class OpenAITeacher(Teacher):
                         raise _BudgetSpent()
                     return await self._attempt(prompt, decoding, job)
         except _BudgetSpent:
-            error = f"budget: no request left to retry this prompt (after {', '.join(job.faults)})"
+            after = f" (after {', '.join(job.faults)})" if job.faults else ""
+            error = f"budget: no request left to retry this prompt{after}"
             return Completion("", finish_reason="error", error=error, faults=tuple(job.faults))
         except FAULTS as exc:
             # Retries spent, or a refusal no retry can fix (400, 422, a prompt the context cannot
@@ -311,7 +312,7 @@ class OpenAITeacher(Teacher):
     async def _attempt(self, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         """One attempt, on the endpoint the fleet picks (TeacherError when none is left). A request
         withdrawn from a server's queue, or whose endpoint was retired under it, goes back in
-        line here: that is not a failed attempt."""
+        line here: that is not a failed attempt, but it is one more request to count."""
         while True:
             endpoint = await self._fleet.acquire(avoid=job.failed_on)
             try:
@@ -322,6 +323,12 @@ class OpenAITeacher(Teacher):
                 pass
             finally:
                 self._fleet.release(endpoint)
+            await self._admit_resend()
+
+    async def _admit_resend(self) -> None:
+        """A server saw the prompt once already: sending it again counts against the budget."""
+        if self.before_retry and not await self.before_retry():
+            raise _BudgetSpent()
 
     async def _attempt_on(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         while True:  # once more without streaming when the endpoint refuses it
@@ -337,6 +344,7 @@ class OpenAITeacher(Teacher):
             except Exception as exc:
                 self._settle(job, 0)
                 if isinstance(exc, _Downgrade):
+                    await self._admit_resend()
                     continue
                 if not isinstance(exc, _Withdrawn):
                     self._failed(endpoint, exc, epoch, job)

@@ -208,6 +208,16 @@ def test_max_requests_stops_exactly_and_resumes(fake_server, tmp_path):
     assert records[: len(kept)] == kept
 
 
+def test_a_request_sent_again_counts_against_max_requests(fake_server, tmp_path):
+    # A server without streaming refuses the first wave of streamed requests; each is sent again
+    # plain. The server saw both: together they stay within --max_requests.
+    fake_server.refuse_stream = True
+    result = grow(fake_server, tmp_path / "out", target=500, max_requests=6, request_batch_size=3)
+    assert result.stopped_by == "max_requests"
+    sent = completion_requests(fake_server)
+    assert any(b.get("stream") for b in sent) and len(sent) <= 6
+
+
 def test_max_total_tokens_stops_and_resumes(fake_server, tmp_path):
     out = tmp_path / "out"
     result = grow(fake_server, out, target=500, max_total_tokens=12000, max_tokens=500)
