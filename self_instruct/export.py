@@ -47,6 +47,7 @@ import random
 import re
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -619,6 +620,23 @@ def write_hf(output: Path, parts: dict[str, list[dict]]) -> None:
     fsync_dir(output.parent)
 
 
+def balanced(records: Sequence[dict], tag: str, seed: int) -> list[dict]:
+    """Every value of metadata[tag] (a persona, a topic, a source...) keeps at most as many records
+    as the rarest value has, chosen with `seed`, in their order; records without the tag count as
+    one more value.
+
+    >>> [r["instruction"] for r in balanced([{"instruction": x, "metadata": {"p": x[0]}} for x in "aa ab b".split()], "p", 0)]
+    ['ab', 'b']
+    """
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(str((record.get("metadata") or {}).get(tag)), []).append(i)
+    share = min(len(members) for members in groups.values())
+    rng = random.Random(seed)
+    keep = {i for members in groups.values() for i in rng.sample(members, share)}
+    return [record for i, record in enumerate(records) if i in keep]
+
+
 def split_records(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded train/test split: `fraction` of the records train; each part keeps the input order.
 
@@ -711,7 +729,7 @@ def require(module: str):
 def main(input: str, format: str = "jsonl", output: str | None = None, system: str | None = None,
          split: float | None = None, seed: int = 42, from_: str | None = None,
          prompt_with_input: str | None = None, prompt_no_input: str | None = None, provenance: str = "keep",
-         chat: bool = False) -> None:
+         chat: bool = False, balance: str | None = None) -> None:
     """Export instruction records to a trainer's format or a sheet for review, or read a sheet back.
 
     Records whose metadata.holdout is true are skipped and counted. Every record goes out with a
@@ -730,6 +748,8 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
         prompt_no_input: the training template with {instruction}, for prompt-completion.
         provenance: keep (id, metadata and provenance go with each record) or drop (the format's own fields only).
         chat: with --format preference, conversational rows (lists of role/content messages) instead of text.
+        balance: a metadata key (persona, topic, source...): each of its values keeps at most as many
+            records as the rarest one has (chosen with --seed), so no tag dominates.
     """
     if output is None:
         raise ConfigError("--output is required: the file to write (a directory for --format hf)")
@@ -741,6 +761,11 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
     records, held_out = read_inputs(paths, from_)
     if not records:
         raise DataError(f"{input}: no records to export" + (f" ({held_out} held out)" if held_out else ""))
+    if balance:
+        counts = Counter(str((r.get("metadata") or {}).get(balance)) for r in records)
+        records = balanced(records, balance, seed)
+        print(f"self_instruct: --balance {balance}: {len(counts)} values, {len(records) // len(counts)} records "
+              f"each (from {min(counts.values())} to {max(counts.values())})", file=sys.stderr)
     templates = None
     if format == "prompt-completion" and (prompt_with_input or prompt_no_input):
         templates = load_training_templates(prompt_with_input, prompt_no_input)

@@ -289,3 +289,23 @@ def test_personas_and_topics_condition_every_prompt_and_tag_its_records(fake_ser
     with pytest.raises(Exception, match="topics_sha256"):
         generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=50,
                  personas=str(personas), topics=str(topics), quiet=True)
+
+
+def test_export_balances_records_by_persona(fake_server, tmp_path, capsys):
+    from self_instruct.export import cli as export
+
+    fake_server.tasks_per_reply = 2
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=60,
+             personas=str(REPO / "seed_tasks" / "personas.txt"), quiet=True)
+    counts = {}
+    for r in read_jsonl(out / "generated.jsonl"):
+        counts[r["metadata"]["persona"]] = counts.get(r["metadata"]["persona"], 0) + 1
+    export([str(out), "--balance", "persona", "--output", str(tmp_path / "balanced.jsonl")])
+    kept = read_jsonl(tmp_path / "balanced.jsonl")
+    per = {}
+    for r in kept:
+        per[r["metadata"]["persona"]] = per.get(r["metadata"]["persona"], 0) + 1
+    assert set(per) == set(counts) and set(per.values()) == {min(counts.values())}
+    assert len(kept) == len(counts) * min(counts.values()) < 60
+    assert f"--balance persona: {len(counts)} values" in capsys.readouterr().err
