@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("matplotlib")
-from self_instruct import report  # noqa: E402
+from self_instruct.reporting import summary as report  # noqa: E402
 from self_instruct.engine.progress import StallError  # noqa: E402
 from self_instruct.generate import generate  # noqa: E402
 from self_instruct.report import cli, write_report  # noqa: E402
