@@ -33,3 +33,15 @@ def test_plain_install_ships_seeds_and_prompts(tmp_path):
     assert run.returncode == 0, run.stderr
     count, has_tasks = run.stdout.split()
     assert int(count) >= 175 and has_tasks == "True"
+
+
+def test_setup_cfg_lists_every_subpackage():
+    """setup.cfg names its packages one by one (two come from folders outside the package): a new
+    subpackage left out would be missing from every plain install."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "self_instruct").rglob("__init__.py")}
+    assert found - listed == set()
