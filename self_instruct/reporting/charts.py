@@ -66,7 +66,7 @@ def histograms(pairs: Sequence[tuple[str, list, str]], whole: bool = False) -> s
     """Side-by-side histograms of (title, values, x label); `whole` numbers get a bar each while
     they span at most 60 values."""
     fig, axes = figure(columns=len(pairs))
-    for ax, (title, values, xlabel) in zip(axes, pairs):
+    for ax, (title, values, xlabel) in zip(axes if len(pairs) > 1 else [axes], pairs):
         if values:
             low, high = min(values), max(values)
             if whole and high - low <= 60:
@@ -243,4 +243,18 @@ def evaluation_chart(results: dict) -> str:
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_title(metric)
+    return data_uri(fig)
+
+
+def tags_chart(s: RunSummary, tag: str, most: int = 30) -> str:
+    """Records per value of a tag (persona, topic), beside the values' novelty: one minus the
+    mean ROUGE-L F of their records to the most similar instruction known before them."""
+    values = sorted(s.tags[tag].items(), key=lambda item: -len(item[1]))[:most]
+    fig, (count_ax, novelty_ax) = figure(height=max(3.0, 0.28 * len(values) + 1), columns=2)
+    names = [name if len(name) <= 48 else name[:47] + "..." for name, _ in values][::-1]
+    count_ax.barh(names, [len(sims) for _, sims in values][::-1], color="#1f77b4")
+    count_ax.set(title=f"kept records per {tag}", xlabel="kept records")
+    novelty_ax.barh(names, [1 - sum(sims) / len(sims) for _, sims in values][::-1], color="#2ca02c")
+    novelty_ax.set(title="novelty (1 - mean top-1 ROUGE-L)", xlim=(0, 1))
+    novelty_ax.set_yticklabels([])
     return data_uri(fig)

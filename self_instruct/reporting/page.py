@@ -14,6 +14,7 @@ from .charts import (
     histograms,
     ordered_sources,
     outcomes_chart,
+    tags_chart,
     usage_chart,
 )
 from .summary import NO_SOURCE, RunSummary, count, metadata_of, rejected_sample
@@ -84,6 +85,16 @@ def render(s: RunSummary) -> str:
     asked = asked_chart(s)
     if asked:
         sections.append((*asked, ""))
+    if s.margins:
+        sections.append(("Preference margins", histograms([("best minus worst score", s.margins, "points on 1-10")],
+                                                          whole=all(float(m).is_integer() for m in s.margins)),
+                         f"{len(s.margins)} pairs; mean margin {sum(s.margins) / len(s.margins):.2f}", ""))
+    if s.turns:
+        sections.append(("Turns per conversation", histograms([("user turns", s.turns, "turns")], whole=True),
+                         f"{len(s.turns)} conversations", ""))
+    for tag, values in s.tags.items():
+        sections.append((f"Kept records per {tag}", tags_chart(s, tag),
+                         f"{len(values)} {tag}s; the {min(len(values), 30)} with the most records shown", ""))
     image, note = usage_chart(s)
     sections.append(("Tokens and cost", image, note, ""))
     body = [f"<h1>Run report: {esc(s.directory.resolve().name)}</h1>", nothing_kept(s), overview(s)]

@@ -21,6 +21,7 @@ REPORT = "report.html"
 SAMPLE_SIZE = 20
 
 
+TAGS = ("persona", "topic")  # what --personas and --topics tag each record with
 NO_SOURCE = "(no source recorded)"  # records of a unit that named no file: a request that failed, say
 
 
@@ -72,6 +73,9 @@ class RunSummary:
     config: dict = field(default_factory=dict)
     ledger: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # what was left out of reading, and why
+    margins: list = field(default_factory=list)  # preference pairs: best minus worst score
+    turns: list = field(default_factory=list)  # conversations: user turns in each
+    tags: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))  # tag -> value -> top similarities
 
     @property
     def kept(self) -> int:
@@ -276,7 +280,16 @@ def add_kept(summary: RunSummary, record: dict) -> None:
         add_to_source(summary, record, None)
         words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", instruction)
         summary.openings[words[0].lower() if words else "(no word)"] += 1
-    category = metadata_of(record).get("category")
+    meta = metadata_of(record)
+    preference = meta.get("preference")
+    if isinstance(preference, dict) and isinstance(preference.get("margin"), (int, float)):
+        summary.margins.append(preference["margin"])
+    if isinstance(meta.get("messages"), list):
+        summary.turns.append(sum(isinstance(m, dict) and m.get("role") == "user" for m in meta["messages"]))
+    for tag in TAGS:
+        if isinstance(meta.get(tag), str):
+            summary.tags[tag][meta[tag]].append(max(scores) if scores else 0.0)
+    category = meta.get("category")
     if summary.mode == "instruct" and isinstance(category, str):
         summary.categories[category]["kept"] += 1
 

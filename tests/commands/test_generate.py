@@ -309,3 +309,20 @@ def test_export_balances_records_by_persona(fake_server, tmp_path, capsys):
     assert set(per) == set(counts) and set(per.values()) == {min(counts.values())}
     assert len(kept) == len(counts) * min(counts.values()) < 60
     assert f"--balance persona: {len(counts)} values" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report needs the [export] extra")
+def test_the_report_shows_records_and_novelty_per_persona_and_topic(fake_server, tmp_path):
+    from self_instruct.report import write_report
+
+    topics = tmp_path / "topics.txt"
+    topics.write_text("Science\n  Physics\nCooking\n")
+    fake_server.tasks_per_reply = 2
+    generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", num_instructions_to_generate=20,
+             personas=str(REPO / "seed_tasks" / "personas.txt"), topics=str(topics), quiet=True, no_report=True)
+    page = write_report(tmp_path / "out").read_text()
+    for tag, count in (("persona", None), ("topic", 2)):
+        section = page.split(f"<h2>Kept records per {tag}</h2>", 1)[1].split("<h2>", 1)[0]
+        assert '<img alt="Kept records per' in section and "data:image/png;base64," in section
+        if count:
+            assert section.startswith(f"<p>{count} {tag}s;")

@@ -168,3 +168,15 @@ def test_trl_dpo_trainer_takes_a_step_on_the_export(fake_server, tmp_path):
                              train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss > 0
+
+
+def test_the_report_draws_the_preference_margins(fake_server, tmp_path):
+    pytest.importorskip("matplotlib")
+    from self_instruct.report import write_report
+
+    fake_server.reply_fn = answer_and_rate(lambda topic, answers: [9, 2] if topic < "d" else [6, 4])
+    cli([str(write_input(tmp_path)), "--output", str(tmp_path / "pairs.json"), "--base_url", fake_server.base_url,
+         "--model_name", "m", "--quiet"])
+    page = write_report(tmp_path / "pairs.json.run").read_text()
+    section = page.split("<h2>Preference margins</h2>", 1)[1].split("<h2>", 1)[0]
+    assert section.startswith("<p>6 pairs; mean margin 4.33</p>") and "data:image/png;base64," in section
