@@ -179,4 +179,4 @@ def test_the_report_draws_the_preference_margins(fake_server, tmp_path):
          "--model_name", "m", "--quiet"])
     page = write_report(tmp_path / "pairs.json.run").read_text()
     section = page.split("<h2>Preference margins</h2>", 1)[1].split("<h2>", 1)[0]
-    assert section.startswith("<p>6 pairs; mean margin 4.33</p>") and "data:image/png;base64," in section
+    assert section.startswith("<p>6 pairs; mean margin 3.67</p>") and "data:image/png;base64," in section
