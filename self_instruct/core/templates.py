@@ -39,6 +39,8 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "evolve_depth.txt": ("{operation}", "{task}"),
     "evolve_breadth.txt": ("{task}",),
     "evolve_answer.txt": ("{instruction}",),
+    "conversation_user.txt": ("{transcript}",),
+    "conversation_assistant.txt": ("{transcript}",),
     "train_with_input.txt": ("{instruction}", "{input}"),
     "train_no_input.txt": ("{instruction}",),
 }
