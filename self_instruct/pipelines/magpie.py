@@ -181,7 +181,7 @@ class MagpiePipeline(Pipeline):
         return text, None
 
 
-async def gather(asks) -> list:
+async def gather(*asks) -> list:
     """Every ask's reply, in order; every one is waited for before an error (the budget's
     refusal) is passed on, so none is left running behind the unit."""
     replies = await asyncio.gather(*asks, return_exceptions=True)

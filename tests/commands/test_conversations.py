@@ -1,0 +1,168 @@
+"""generate --turns K against the fake OpenAI server on loopback: each kept task grown into a
+K-turn conversation whose turns follow each other, rejected with reasons when they do not,
+exported with every turn, and trained on the assistant's turns alone."""
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from fake_openai import self_instruct_reply
+from self_instruct.core.filters import duplicate_key
+from self_instruct.export import export, read_inputs
+from self_instruct.generate import cli, generate
+from self_instruct.pipelines.conversations import content_words, transcript
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def made_up(rng, n):
+    # made-up words: no two turns share one by chance, so every overlap is the one the script means
+    return " ".join("".join(rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(n))
+
+
+def last(prompt, label):
+    """The last turn of `label` in a turn prompt's transcript."""
+    return prompt.rsplit(f"{label}: ", 1)[1].rsplit("\n\n", 1)[0]
+
+
+def coherent(prompt, body):
+    """A teacher that stays on topic: a follow-up asks about a word of the answer before it, an
+    answer takes up a word of the question; lists get Alpaca-format tasks."""
+    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+    if prompt.endswith("User:"):
+        word = re.findall(r"[a-z]{5,}", last(prompt, "Assistant"))[0]
+        return f" How does the {word} relate to {made_up(rng, 4)}?"
+    if prompt.endswith("Assistant:"):
+        word = re.findall(r"[a-z]{5,}", last(prompt, "User"))[-1]
+        return f" The {made_up(rng, 2)} explains the {word}: {made_up(rng, 3)}."
+    return self_instruct_reply(prompt, 20, rng)
+
+
+def assert_conversation(record, turns):
+    messages = record["metadata"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * turns
+    first = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
+    assert messages[0]["content"] == first and messages[1]["content"] == record["output"]
+    for i in range(2, len(messages), 2):  # every follow-up takes up the answer it follows
+        assert content_words(messages[i]["content"]) & content_words(messages[i - 1]["content"])
+    return messages
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_every_kept_task_grows_into_turns_that_follow_each_other(fake_server, tmp_path, api):
+    fake_server.reply_fn, fake_server.raw_chat = coherent, True
+    out = tmp_path / "out"
+    result = generate(str(out), base_url=fake_server.base_url, model_name="m", api=api, turns=3,
+                      num_instructions_to_generate=6, request_batch_size=2, quiet=True)
+    assert result.kept == 6 and result.stopped_by == "target"
+    records = read_jsonl(out / "generated.jsonl")
+    assert len({duplicate_key(r["instruction"]) for r in records}) == 6
+    prompts = [b["messages"][-1]["content"] if api == "chat" else b["prompt"] for b in fake_server.requests]
+    for record in records:
+        messages = assert_conversation(record, 3)
+        # the teacher was shown the transcript so far at every turn, as user and as assistant
+        for n in range(2, 6):
+            assert any(transcript(messages[:n]) in p and p.endswith(("User:", "Assistant:")[n % 2]) for p in prompts)
+    assert json.loads((out / "run.json").read_text())["turns"] == 3
+
+
+def test_a_round_grows_only_the_tasks_the_run_needs(fake_server, tmp_path):
+    """Two list replies hold 34 new tasks; the run needs 5, so 5 conversations are grown (4
+    requests each), not 34."""
+    fake_server.reply_fn = coherent
+    result = generate(str(tmp_path / "out"), base_url=fake_server.base_url, model_name="m", turns=3,
+                      num_instructions_to_generate=5, request_batch_size=2, quiet=True)
+    assert result.kept == 5
+    turn_requests = [b for b in fake_server.requests if b["prompt"].endswith(("User:", "Assistant:"))]
+    assert len(fake_server.requests) - len(turn_requests) == 2
+    assert len(turn_requests) == 4 * 5
+
+
+def test_turns_that_ignore_or_repeat_the_conversation_are_rejected_with_reasons(fake_server, tmp_path):
+    """The user's second turn changes the subject in one conversation of three and repeats the
+    first question in another: neither is kept, each is in rejected.jsonl with its reason and
+    its transcript up to the turn that failed."""
+    def script(prompt, body):
+        if prompt.endswith("User:"):
+            kind = int(hashlib.sha256(prompt.split("User: ", 1)[1].encode()).hexdigest(), 16) % 3
+            if kind == 1:
+                return " What is the tallest mountain on Earth?"
+            if kind == 2:
+                return " " + prompt.split("User: ", 1)[1].split("\n\n", 1)[0]  # the first question again
+        return coherent(prompt, body)
+
+    fake_server.reply_fn = script
+    out = tmp_path / "out"
+    result = generate(str(out), base_url=fake_server.base_url, model_name="m", turns=2,
+                      num_instructions_to_generate=12, request_batch_size=2, quiet=True)
+    assert result.kept == 12
+    for record in read_jsonl(out / "generated.jsonl"):
+        assert_conversation(record, 2)
+    rejects = {r["reason"]: r for r in read_jsonl(out / "rejected.jsonl")}
+    unrelated, repeat = rejects["turns_unrelated"], rejects["turns_repeat"]
+    assert unrelated["detail"].startswith("turn 2: no content word of the answer it follows")
+    assert unrelated["metadata"]["messages"][-1] == {"role": "user", "content": "What is the tallest mountain on Earth?"}
+    assert repeat["detail"].startswith("turn 2 repeats an earlier question: 1.0000 vs")
+    messages = repeat["metadata"]["messages"]
+    assert len(messages) == 3 and messages[2]["content"] == messages[0]["content"].split("\n\n")[0]
+
+
+def test_export_writes_every_turn_and_the_trainer_learns_the_assistants_alone(fake_server, tmp_path):
+    fake_server.reply_fn = coherent
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", turns=3, num_instructions_to_generate=4,
+             request_batch_size=1, quiet=True)
+    records, _ = read_inputs([out])
+    export(records, "messages", tmp_path / "chat.jsonl", system="Be brief.")
+    export(records, "sharegpt", tmp_path / "chat.json")
+    for record, row, shared in zip(records, read_jsonl(tmp_path / "chat.jsonl"),
+                                   json.loads((tmp_path / "chat.json").read_text())):
+        turns = record["metadata"]["messages"]
+        assert row["messages"] == [{"role": "system", "content": "Be brief."}] + turns
+        assert shared["conversations"] == [{"from": {"user": "human", "assistant": "gpt"}[t["role"]], "value": t["content"]}
+                                           for t in turns]
+
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from self_instruct import train
+    from self_instruct.core.templates import load_training_templates
+    from tiny_models import CHAT_TEMPLATE
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for r in records for m in r["metadata"]["messages"]]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    for row in train.load_records(tmp_path / "chat.jsonl"):
+        example = train.build_example(tokenizer, row, load_training_templates(), 10**6)
+        runs, run = [], []
+        for token, label in zip(example["input_ids"], example["labels"]):
+            if label != -100:
+                run.append(token)
+            elif run:
+                runs, run = runs + [run], []
+        runs += [run] if run else []
+        assistants = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        assert [tokenizer.decode(r) for r in runs] == [f"{a}</s>\n" for a in assistants]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--turns", "0"], "--turns must be a positive whole number (got 0)"),
+    (["--turns", "2", "--pipeline", "magpie"], "--turns has no use with --pipeline magpie"),
+])
+def test_bad_turns_are_one_line(extra, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["--output_dir", str(tmp_path / "out"), "--base_url", "http://127.0.0.1:9/v1", *extra])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
