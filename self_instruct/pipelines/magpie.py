@@ -157,20 +157,24 @@ class MagpiePipeline(Pipeline):
             if not answer.ok:
                 result.rejections.append(Rejection("request_failed", example, detail=answer.error or ""))
             elif answer.finish_reason == "length":
-                example.output = answer.text.strip()
+                example.output = self.cut(answer.text, self.chat.assistant_end)
                 result.rejections.append(Rejection("response_truncated", example, detail="the answer was cut by max_tokens"))
             else:
-                example.output = answer.text.strip()
+                example.output = self.cut(answer.text, self.chat.assistant_end)
                 result.examples.append(example)
         return result
+
+    @staticmethod
+    def cut(text: str, end: str) -> str:
+        """The turn a reply holds: up to its end-of-turn marker, for a server that returns the
+        marker as text and goes on (one that ignores stop sequences)."""
+        return (text.split(end, 1)[0] if end else text).strip()
 
     def read_instruction(self, reply) -> tuple[str, tuple[str, str] | None]:
         """The instruction a reply holds, and (reason, detail) when it is not one to answer."""
         if not reply.ok:
             return "", ("request_failed", reply.error or "")
-        text = reply.text.strip()
-        if self.chat.user_end and self.chat.user_end in text:  # a server that returns the marker as text
-            text = text.split(self.chat.user_end, 1)[0].strip()
+        text = self.cut(reply.text, self.chat.user_end)
         if reply.finish_reason == "length":
             return text, ("instruction_unfinished", "the user's turn did not end within its tokens")
         if not text:
