@@ -3,54 +3,19 @@ K-turn conversation whose turns follow each other, rejected with reasons when th
 exported with every turn, and trained on the assistant's turns alone."""
 import hashlib
 import json
-import random
-import re
 from pathlib import Path
 
 import pytest
 
-from fake_openai import self_instruct_reply
+from scripted_talk import assert_conversation, coherent
 from self_instruct.core.filters import duplicate_key
 from self_instruct.export import export, read_inputs
 from self_instruct.generate import cli, generate
-from self_instruct.pipelines.conversations import content_words, transcript
+from self_instruct.pipelines.conversations import transcript
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def made_up(rng, n):
-    # made-up words: no two turns share one by chance, so every overlap is the one the script means
-    return " ".join("".join(rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(n))
-
-
-def last(prompt, label):
-    """The last turn of `label` in a turn prompt's transcript."""
-    return prompt.rsplit(f"{label}: ", 1)[1].rsplit("\n\n", 1)[0]
-
-
-def coherent(prompt, body):
-    """A teacher that stays on topic: a follow-up asks about a word of the answer before it, an
-    answer takes up a word of the question; lists get Alpaca-format tasks."""
-    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
-    if prompt.endswith("User:"):
-        word = re.findall(r"[a-z]{5,}", last(prompt, "Assistant"))[0]
-        return f" How does the {word} relate to {made_up(rng, 4)}?"
-    if prompt.endswith("Assistant:"):
-        word = re.findall(r"[a-z]{5,}", last(prompt, "User"))[-1]
-        return f" The {made_up(rng, 2)} explains the {word}: {made_up(rng, 3)}."
-    return self_instruct_reply(prompt, 20, rng)
-
-
-def assert_conversation(record, turns):
-    messages = record["metadata"]["messages"]
-    assert [m["role"] for m in messages] == ["user", "assistant"] * turns
-    first = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
-    assert messages[0]["content"] == first and messages[1]["content"] == record["output"]
-    for i in range(2, len(messages), 2):  # every follow-up takes up the answer it follows
-        assert content_words(messages[i]["content"]) & content_words(messages[i - 1]["content"])
-    return messages
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])

@@ -5,38 +5,22 @@ import hashlib
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from scripted_talk import CHATML, PREFIX, aligned_model
 from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.core.templates import REQUIRED, load_template
 from self_instruct.generate import cli, generate
 
 REPO = Path(__file__).resolve().parents[2]
-CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nBe helpful.<|im_end|>\n"
-          "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-PREFIX = "<|im_start|>system\nBe helpful.<|im_end|>\n<|im_start|>user\n"
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def aligned_model(prompt, body):
-    """What an aligned chat model does with its template: after the open user turn it writes a
-    user's request (one for each seed), after the assistant header it answers."""
-    if prompt.endswith("<|im_start|>assistant\n"):
-        question = prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
-        return f"Here is a careful answer to: {question}<|im_end|>"
-    assert prompt == PREFIX, prompt
-    rng = random.Random(body["seed"])  # made-up words: no two requests alike by chance
-    words = " ".join("".join(rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(5))
-    return f"Could you explain {words}?<|im_end|>"
 
 
 @pytest.fixture
