@@ -31,10 +31,10 @@ def coherent(prompt, body):
     Alpaca-format tasks."""
     rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
     if prompt.endswith("User:"):
-        word = re.findall(r"[a-z]{5,}", last(prompt, "Assistant"))[0]
+        word = re.findall(r"[A-Za-z]{5,}", last(prompt, "Assistant"))[0].lower()
         return f" How does the {word} relate to {made_up(rng, 4)}?"
     if prompt.endswith("Assistant:"):
-        word = re.findall(r"[a-z]{5,}", last(prompt, "User"))[-1]
+        word = re.findall(r"[A-Za-z]{5,}", last(prompt, "User"))[-1].lower()
         return f" The {made_up(rng, 2)} explains the {word}: {made_up(rng, 3)}."
     return self_instruct_reply(prompt, 20, rng)
 

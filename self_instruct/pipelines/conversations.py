@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..core.filters import DEFAULT_FILTERS, Filter, duplicate_key, first_rejection
 from ..core.rouge import rouge_l, tokenize
@@ -148,12 +148,14 @@ def repeated(follow_up: str, messages: Sequence[dict], threshold: float) -> str 
 @dataclass(frozen=True)
 class TurnTemplates:
     user: str
-    assistant: str
+    assistant: str  # holds {transcript}, and {chunk} when the answers are grounded in a document
 
     @classmethod
-    def load(cls) -> "TurnTemplates":
+    def load(cls, grounded: bool = False) -> "TurnTemplates":
+        """The bundled templates; `grounded`: the assistant answers from a document chunk as well."""
+        assistant = "conversation_assistant_document.txt" if grounded else "conversation_assistant.txt"
         # no final newline: after the open "User:" a completion model writes the turn on that line
-        return cls(load_template("conversation_user.txt").rstrip(), load_template("conversation_assistant.txt").rstrip())
+        return cls(load_template("conversation_user.txt").rstrip(), load_template(assistant).rstrip())
 
 
 @dataclass(frozen=True)
@@ -166,13 +168,16 @@ class ConversationPipeline(Pipeline):
     """`inner`'s units, each new task grown to `turns` turns. `known`: the instructions the judge
     starts from (the seeds); `teacher`: the name of the run's teacher that writes the turns
     (None: the main one), for a main teacher that continues lists rather than follows
-    instructions (the embedded model asked raw)."""
+    instructions (the embedded model asked raw); `context`: the text of an inner unit that the
+    assistant answers from (a document chunk), for grounded templates."""
 
     def __init__(self, inner: Pipeline, turns: int, templates: TurnTemplates, decoding: Decoding, *,
                  filters: Iterable[Filter] = DEFAULT_FILTERS, known: Iterable[str] = (), threshold: float = 0.7,
-                 target: int | None = None, repeat_threshold: float = REPEAT_THRESHOLD, teacher: str | None = None):
+                 target: int | None = None, repeat_threshold: float = REPEAT_THRESHOLD, teacher: str | None = None,
+                 context: Callable[[Any], str] | None = None):
         self.inner, self.turns, self.templates = inner, turns, templates
         self.filters, self.target, self.repeat_threshold, self.teacher = tuple(filters), target, repeat_threshold, teacher
+        self.context = context
         self.decoding = replace(decoding, max_tokens=min(decoding.max_tokens, TURN_TOKENS), stop=STOP, json=False)
         self.unit_name = inner.unit_name
         self.lag = LAG if inner.lag is None else min(inner.lag, LAG)
@@ -201,7 +206,8 @@ class ConversationPipeline(Pipeline):
     async def run_unit(self, unit: ConversationUnit, ask: Ask) -> UnitResult:
         first = await self.inner.run_unit(unit.inner, ask)
         growing, result = self.screen(first.examples, unit.room)
-        grown = await asyncio.gather(*(self.grow(example, ask) for example in growing), return_exceptions=True)
+        chunk = self.context(unit.inner) if self.context else ""
+        grown = await asyncio.gather(*(self.grow(example, ask, chunk) for example in growing), return_exceptions=True)
         errors = [g for g in grown if isinstance(g, BaseException)]
         if errors:  # every conversation was waited for: none is left asking behind the unit
             raise errors[0]
@@ -245,8 +251,9 @@ class ConversationPipeline(Pipeline):
             self.keys.add(duplicate_key(record["instruction"]))
         self.indexed = len(records)
 
-    async def grow(self, example: Example, ask: Ask) -> Example | Rejection:
-        """The conversation that starts with `example`, or why it failed."""
+    async def grow(self, example: Example, ask: Ask, chunk: str = "") -> Example | Rejection:
+        """The conversation that starts with `example`, or why it failed. `chunk`: the text the
+        assistant answers from, for a grounded template."""
         messages = [{"role": "user", "content": first_message(example)}, {"role": "assistant", "content": example.output}]
 
         def rejected(reason: str, detail: str, raw: str = "") -> Rejection:
@@ -255,7 +262,8 @@ class ConversationPipeline(Pipeline):
         for turn in range(2, self.turns + 1):
             for role in ("user", "assistant"):
                 template = self.templates.user if role == "user" else self.templates.assistant
-                reply = await ask(fill(template, transcript=transcript(messages)), self.decoding, teacher=self.teacher)
+                prompt = fill(template, transcript=transcript(messages), chunk=chunk)
+                reply = await ask(prompt, self.decoding, teacher=self.teacher)
                 if not reply.ok:
                     return rejected("request_failed", f"turn {turn}, {role}: {reply.error or ''}")
                 if reply.finish_reason == "length":

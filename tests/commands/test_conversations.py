@@ -3,6 +3,7 @@ K-turn conversation whose turns follow each other, rejected with reasons when th
 exported with every turn, and trained on the assistant's turns alone."""
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,51 @@ def test_bad_turns_are_one_line(extra, expected, tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+FIELD_GUIDE = """# Field guide
+
+## Zorvath trees
+
+The zorvath tree grows beside slow kelbrin rivers. Its bark turns silver when the mornel frost arrives.
+
+## Quellin birds
+
+Quellin birds nest in hollow zorvath trunks. They eat tarnip seeds all through the long winter.
+"""
+
+
+def test_documents_conversations_start_grounded_and_answer_from_the_chunk(fake_server, tmp_path):
+    """documents --mode conversations: the first exchange is a qa pair checked against its chunk;
+    every later answer is asked with the chunk shown."""
+    pytest.importorskip("pysbd", reason="needs the [docs] extra")
+    from self_instruct.documents import documents
+
+    def teacher(prompt, body):
+        if prompt.startswith("Check each answer"):
+            return json.dumps([{"id": k, "supported": True} for k in range(1, prompt.count("\nAnswer: ") + 1)])
+        if prompt.endswith("User:"):
+            return coherent(prompt, body)
+        if prompt.endswith("Assistant:"):
+            passage = prompt.split('"""')[1]
+            word = re.findall(r"[a-z]{5,}", prompt.rsplit("User: ", 1)[1])[-1]
+            return f" The passage-free answer: {word} {next(s for s in passage.split('. ') if 'zorvath' in s)}."
+        passage = prompt.split('"""')[1].strip()
+        sentence = next(s for s in re.split(r"(?<=\.)\s+", passage) if s.endswith("."))
+        return json.dumps([{"question": f"Is it true that {sentence[0].lower()}{sentence[1:-1]}?", "answer": sentence}])
+
+    fake_server.reply_fn = teacher
+    path = tmp_path / "guide.md"
+    path.write_text(FIELD_GUIDE, encoding="utf-8")
+    result = documents([path], str(tmp_path / "out"), mode="conversations", turns=2, chunk_size=20, chunk_overlap=0,
+                       base_url=fake_server.base_url, model_name="m", quiet=True)
+    kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert result.kept == len(kept) >= 2
+    text = FIELD_GUIDE
+    for record in kept:
+        messages = assert_conversation(record, 2)
+        meta = record["metadata"]
+        assert meta["grounded"] is True and record["output"] in text[meta["start"]:meta["end"]]
+        asked = next(b["prompt"] for b in fake_server.requests if b["prompt"].endswith(f"User: {messages[2]['content']}\n\nAssistant:"))
+        assert text[meta["start"]:meta["end"]].strip() in asked  # the chunk is shown to the assistant
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["turns"] == 2
