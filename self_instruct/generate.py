@@ -300,7 +300,7 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
                 asyncio.run(teacher.aclose())
     pipeline = make_pipeline(cfg, seeds, template, Conditions.load(cfg.personas, cfg.topics), chat=chat)
     unit = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: []))
-    prompt = unit.prompts[0] if hasattr(unit, "prompts") else pipeline.prompts(unit)[0]
+    prompt = (pipeline.prompts(unit) if hasattr(pipeline, "prompts") else unit.prompts)[0]
     price = price_of(model, cfg, local=kind == "local")
     return prompt, estimate(cfg, prompt, price)
 
@@ -309,16 +309,16 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
-    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, ""
+    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, []
     if cfg.pipeline == "self_instruct":  # a list, then a classification and an instance call per task
         new_tasks = NUM_TASKS - 1 - PROMPT_INSTRUCTIONS
-        calls, asks = 1 + 2 * new_tasks, " (then 2 requests for each task)"
+        calls, asks = 1 + 2 * new_tasks, ["then 2 requests for each task"]
     if cfg.pipeline == "magpie":  # one instruction a request, then its answer
-        new_tasks, calls, asks = 1, 2, " (the model writes it, then answers it: 2 requests)"
+        new_tasks, calls, asks = 1, 2, ["the model writes it, then answers it: 2 requests"]
     if cfg.turns > 1:  # each new task grown: a user's and an assistant's turn a turn
         calls += 2 * (cfg.turns - 1) * new_tasks
-        asks += f" (then {2 * (cfg.turns - 1)} requests to grow each into {cfg.turns} turns)"
-    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2)) * calls
+        asks.append(f"then {2 * (cfg.turns - 1)} requests to grow each task into {cfg.turns} turns")
+    requests = math.ceil(cfg.num_instructions_to_generate / (new_tasks / 2)) * calls
     if cfg.max_requests is not None:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
@@ -329,7 +329,7 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     if cfg.max_total_tokens is not None:
         tokens = min(tokens, cfg.max_total_tokens)
     what = "each request asks for one" if cfg.pipeline == "magpie" else f"each request asks for {new_tasks} new tasks"
-    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; {what}{asks}",
+    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; {what}" + (f" ({'; '.join(asks)})" if asks else ""),
              f"requests: about {requests} (if half of the new tasks are kept)",
              f"tokens: at most {per_request} a request, at most {tokens} for those requests"]
     if price is not None:

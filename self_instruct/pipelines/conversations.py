@@ -180,7 +180,8 @@ class ConversationPipeline(Pipeline):
         self.context = context
         self.decoding = replace(decoding, max_tokens=min(decoding.max_tokens, TURN_TOKENS), stop=STOP, json=False)
         self.unit_name = inner.unit_name
-        self.lag = LAG if inner.lag is None else min(inner.lag, LAG)
+        # the room needs units before index - LAG in the pool; without a target there is none to keep
+        self.lag = inner.lag if target is None else LAG if inner.lag is None else min(inner.lag, LAG)
         self.candidates_per_request = inner.candidates_per_request
         known = list(known)
         self.index = RougeIndex(known, threshold=threshold)
@@ -199,8 +200,15 @@ class ConversationPipeline(Pipeline):
     def requests(self, unit: ConversationUnit) -> int:
         return self.inner.requests(unit.inner)
 
+    def prompts(self, unit: ConversationUnit) -> list[str]:
+        """The first prompts of a unit (what --dry_run shows): the inner unit's."""
+        inner = unit.inner
+        return list(inner.prompts) if hasattr(inner, "prompts") else self.inner.prompts(inner)
+
     def __getattr__(self, name: str) -> Any:
-        # what a command reads of its pipeline (unit_count, prompts, template) is the inner one's
+        # what a command reads of its pipeline (unit_count, template) is the inner one's
+        if "inner" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["inner"], name)
 
     async def run_unit(self, unit: ConversationUnit, ask: Ask) -> UnitResult:

@@ -204,3 +204,13 @@ def test_the_embedded_model_continues_lists_raw_and_writes_turns_through_its_cha
     assert [m["role"] for m in messages] == ["user", "assistant"] * 2 and all(m["content"].strip() for m in messages)
     assert not any("###" in m["content"] or re.search(r"\d+\. (Instruction|Input|Output):", m["content"])
                    for m in messages[2:])
+
+
+def test_dry_run_counts_the_turns_and_calls_nothing(fake_server, tmp_path):
+    from self_instruct.generate import GenerateConfig, dry_run
+
+    prompt, estimate = dry_run(GenerateConfig(output_dir=str(tmp_path / "out"), base_url=fake_server.base_url, turns=3))
+    assert prompt.endswith("###\n4. Instruction:")
+    # 100 kept at half of 17 new tasks a list: 12 lists, each with 4 turn requests for each of its 17 tasks
+    assert "(then 4 requests to grow each task into 3 turns)" in estimate and "requests: about 828 " in estimate
+    assert not fake_server.requests and not (tmp_path / "out").exists()

@@ -121,3 +121,13 @@ def test_the_embedded_model_writes_its_own_instructions(tmp_path):
         assert not any(record["instruction"] in text or text.strip() in record["instruction"] for text in ours)
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["teacher_info"]["prompting"].startswith("formatted") and run["chat_template_sha256"]
+
+
+def test_dry_run_prints_the_prefix_alone_and_calls_nothing(fake_server, tmp_path, template):
+    from self_instruct.generate import GenerateConfig, dry_run
+
+    prompt, estimate = dry_run(GenerateConfig(output_dir=str(tmp_path / "out"), base_url=fake_server.base_url,
+                                              pipeline="magpie", chat_template=str(template)))
+    assert prompt == PREFIX
+    assert "requests: about 400 " in estimate  # 100 kept at one in two: 200 instructions, each then answered
+    assert not fake_server.requests and not (tmp_path / "out").exists()
