@@ -115,6 +115,8 @@ def test_export_writes_every_turn_and_the_trainer_learns_the_assistants_alone(fa
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
     tokenizer.chat_template = CHAT_TEMPLATE
+    # the run's own file trains on every turn as well, not on the first exchange alone
+    assert train.load_records(out / "generated.jsonl") == [{"messages": r["metadata"]["messages"]} for r in records]
     for row in train.load_records(tmp_path / "chat.jsonl"):
         example = train.build_example(tokenizer, row, load_training_templates(), 10**6)
         runs, run = [], []
