@@ -240,11 +240,10 @@ class ConversationPipeline(Pipeline):
                 continue  # past what the run needs: neither grown nor judged
             taken += 1
             key = duplicate_key(example.instruction)
-            match = None if key in seen or key in self.keys else self.index.similar_to(example.instruction)
             if key in seen or key in self.keys:
-                settled.rejections.append(Rejection("duplicate", example, detail="repeats a task of its unit"
-                                                    if key in seen else ""))
-            elif match:
+                detail = "repeats a task of its unit" if key in seen else ""
+                settled.rejections.append(Rejection("duplicate", example, detail=detail))
+            elif match := self.index.similar_to(example.instruction):
                 settled.rejections.append(Rejection("similar", example, detail=f"{match[1]:.4f} vs {match[0]!r}"))
             else:
                 growing.append(example)

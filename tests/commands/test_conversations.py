@@ -216,3 +216,30 @@ def test_dry_run_counts_the_turns_and_calls_nothing(fake_server, tmp_path):
     # 100 kept at half of 17 new tasks a list: 12 lists, each with 4 turn requests for each of its 17 tasks
     assert "(then 4 requests to grow each task into 3 turns)" in estimate and "requests: about 828 " in estimate
     assert not fake_server.requests and not (tmp_path / "out").exists()
+
+
+def test_no_turn_is_paid_for_a_task_the_judge_rejects_anyway(fake_server, tmp_path):
+    """A reply's first task copies a seed and its second holds a blacklisted word: both are
+    rejected for their reasons, and no turn prompt ever shows them."""
+    from self_instruct.core.seeds import load_seed_tasks
+
+    seed = load_seed_tasks()[0].instruction
+
+    def script(prompt, body):
+        if prompt.endswith(("User:", "Assistant:")):
+            return coherent(prompt, body)
+        n = int(re.search(r"(\d+)\. Instruction:$", prompt).group(1))
+        rest = coherent(prompt, body).split(f"{n + 2}. Instruction:", 1)[1]
+        return (f" {seed}\n{n}. Input:\n<noinput>\n{n}. Output:\nPositive.\n###\n"
+                f"{n + 1}. Instruction: Draw a picture of the harbor at dawn.\n{n + 1}. Input:\n<noinput>\n"
+                f"{n + 1}. Output:\nA sketch.\n###\n{n + 2}. Instruction:{rest}")
+
+    fake_server.reply_fn = script
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", turns=2, num_instructions_to_generate=3,
+             request_batch_size=1, quiet=True)
+    rejects = read_jsonl(out / "rejected.jsonl")
+    assert {(r["reason"], r["instruction"]) for r in rejects} >= {("duplicate", seed),
+                                                                 ("blacklist", "Draw a picture of the harbor at dawn.")}
+    turns = [b["prompt"] for b in fake_server.requests if b["prompt"].endswith(("User:", "Assistant:"))]
+    assert turns and not any(seed in p or "harbor at dawn" in p for p in turns)
