@@ -164,7 +164,7 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
         config = run.config(paths=list(cfg.paths), sources=sources, max_tokens=cfg.decoding().max_tokens,
                             verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
                             verify_template_sha256=sha256_of(pipeline.verify_template),
-                            turn_templates_sha256=sha256_of("\n".join(vars(TurnTemplates.load(grounded=True)).values()))
+                            turn_templates_sha256=TurnTemplates.load(grounded=True).sha256()
                             if cfg.mode == "conversations" else None)
         if settings.mode in ("qa", "instruct") and not settings.verifies:
             _, checks = bounds(pipeline, cfg.decoding().max_tokens,

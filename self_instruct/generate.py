@@ -3,10 +3,11 @@
 The command that runs Alpaca's pipeline (pipelines/alpaca.py), self-instruct's
 (pipelines/self_instruct.py) or Magpie's (pipelines/magpie.py) through the one run setup
 (engine/run.py), with --turns K growing each new task into a conversation
-(pipelines/conversations.py); GenerateConfig holds the run's settings, and its flags. Reference behaviour is Stanford Alpaca's generate_instruction.py (prompt
-format, decoding defaults, parse rules, filters, ROUGE-L > 0.7 against seeds and every kept
-instruction, regen.json); on top of it the run is seeded, concurrent, budgeted, resumable after
-any kill, and stops at exactly the requested count.
+(pipelines/conversations.py); GenerateConfig holds the run's settings, and its flags. Reference
+behaviour is Stanford Alpaca's generate_instruction.py (prompt format, decoding defaults, parse
+rules, filters, ROUGE-L > 0.7 against seeds and every kept instruction, regen.json); on top of it
+the run is seeded, concurrent, budgeted, resumable after any kill, and stops at exactly the
+requested count.
 
     python -m self_instruct.generate --num_instructions_to_generate 200 --output_dir out \\
         --base_url http://127.0.0.1:8000/v1 --model_name my-model
@@ -257,7 +258,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
         others = turn_teachers(cfg, run.teacher)
         config = run.config(seed_tasks_path=str(seeds_path), seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
                             template_sha256=sha256_of(template) if template else None, **condition_sha256(cfg),
-                            turn_templates_sha256=sha256_of("\n".join(vars(TurnTemplates.load()).values())) if cfg.turns > 1 else None,
+                            turn_templates_sha256=TurnTemplates.load().sha256() if cfg.turns > 1 else None,
                             chat_template_sha256=sha256_of(chat_text) if chat_text else None)
         await run.check()
         with run.open(out, config, SHAPING) as pool:
@@ -323,7 +324,8 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
     if cfg.turns > 1:  # a turn's prompt shows the transcript: every turn before it, each at most max_tokens
-        per_request = max(per_request, prompt_bound("\n".join(vars(TurnTemplates.load()).values()))
+        templates = TurnTemplates.load()
+        per_request = max(per_request, prompt_bound(templates.user + templates.assistant)
                           + 2 * cfg.turns * cfg.max_tokens)
     tokens = requests * per_request
     if cfg.max_total_tokens is not None:

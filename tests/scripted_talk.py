@@ -6,6 +6,7 @@ import random
 import re
 
 from fake_openai import self_instruct_reply
+
 from self_instruct.pipelines.conversations import content_words
 
 # A ChatML template, as Qwen and SmolLM2 ship it, with a default system turn.

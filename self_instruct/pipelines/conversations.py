@@ -42,6 +42,7 @@ from ..core.filters import DEFAULT_FILTERS, Filter, duplicate_key, first_rejecti
 from ..core.rouge import rouge_l, tokenize
 from ..core.similarity import RougeIndex
 from ..core.templates import fill, load_template
+from ..io.jsonl import sha256_of
 from ..types import Decoding, Example, Rejection
 from .base import Ask, Pipeline, UnitResult
 
@@ -156,6 +157,10 @@ class TurnTemplates:
         assistant = "conversation_assistant_document.txt" if grounded else "conversation_assistant.txt"
         # no final newline: after the open "User:" a completion model writes the turn on that line
         return cls(load_template("conversation_user.txt").rstrip(), load_template(assistant).rstrip())
+
+    def sha256(self) -> str:
+        """What run.json records of them: they shape the data."""
+        return sha256_of(f"{self.user}\n{self.assistant}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from scripted_talk import assert_conversation, coherent
+
 from self_instruct.core.filters import duplicate_key
 from self_instruct.export import export, read_inputs
 from self_instruct.generate import cli, generate
@@ -101,11 +101,11 @@ def test_export_writes_every_turn_and_the_trainer_learns_the_assistants_alone(fa
 
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    from tiny_models import CHAT_TEMPLATE
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from self_instruct import train
     from self_instruct.core.templates import load_training_templates
-    from tiny_models import CHAT_TEMPLATE
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

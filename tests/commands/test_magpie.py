@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from scripted_talk import CHATML, PREFIX, aligned_model
+
 from self_instruct.core.seeds import load_seed_tasks
 from self_instruct.core.templates import REQUIRED, load_template
 from self_instruct.generate import cli, generate

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fake_openai import FakeOpenAI
 from scripted_talk import CHATML, PREFIX, aligned_model, assert_conversation, coherent
 
