@@ -243,3 +243,24 @@ def test_no_turn_is_paid_for_a_task_the_judge_rejects_anyway(fake_server, tmp_pa
                                                                  ("blacklist", "Draw a picture of the harbor at dawn.")}
     turns = [b["prompt"] for b in fake_server.requests if b["prompt"].endswith(("User:", "Assistant:"))]
     assert turns and not any(seed in p or "harbor at dawn" in p for p in turns)
+
+
+def test_a_turn_cut_by_max_tokens_or_left_empty_ends_its_conversation(fake_server, tmp_path):
+    """The second request of the run (a turn: one list a round) is cut by max_tokens, and one
+    follow-up is a bare label: both conversations are rejected with their reasons. Each turn may
+    take the run's max_tokens, at most 1,024, and stops where the next speaker would begin."""
+    def script(prompt, body):
+        if prompt.endswith("User:") and "Assistant: " in prompt and hashlib.sha256(prompt.encode()).digest()[0] % 4 == 0:
+            return "User:"
+        return coherent(prompt, body)
+
+    fake_server.reply_fn = script
+    fake_server.script(["ok", "length"])
+    out = tmp_path / "out"
+    generate(str(out), base_url=fake_server.base_url, model_name="m", turns=2, num_instructions_to_generate=8,
+             request_batch_size=1, quiet=True)
+    reasons = {r["reason"]: r for r in read_jsonl(out / "rejected.jsonl")}
+    assert reasons["turn_truncated"]["detail"].endswith("cut by max_tokens")
+    assert reasons["turn_empty"]["detail"] == "turn 2, user: nothing but a label"
+    turns = [b for b in fake_server.requests if b["prompt"].endswith(("User:", "Assistant:"))]
+    assert all(b["max_tokens"] == 1024 and b["stop"] == ["\nUser:", "\nAssistant:"] for b in turns)

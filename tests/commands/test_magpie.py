@@ -131,3 +131,18 @@ def test_dry_run_prints_the_prefix_alone_and_calls_nothing(fake_server, tmp_path
     assert prompt == PREFIX
     assert "requests: about 400 " in estimate  # 100 kept at one in two: 200 instructions, each then answered
     assert not fake_server.requests and not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_instruction_and_a_cut_answer_are_rejected(fake_server, tmp_path, template):
+    """Replies cut by max_tokens: an instruction whose turn did not end is not answered, and an
+    answer cut short is not kept. Each instruction may take 256 tokens, at the run's temperature."""
+    fake_server.reply_fn = aligned_model
+    fake_server.script(["ok", "length", "length"])  # the round's two instructions, then its one answer
+    out = tmp_path / "out"
+    run(fake_server, out, template, num_instructions_to_generate=2, request_batch_size=2)
+    reasons = {r["reason"]: r for r in read_jsonl(out / "rejected.jsonl")}
+    assert reasons["instruction_unfinished"]["detail"] == "the user's turn did not end within its tokens"
+    assert reasons["response_truncated"]["detail"] == "the answer was cut by max_tokens"
+    assert len(read_jsonl(out / "generated.jsonl")) == 2
+    asked = [b for b in fake_server.requests if b["prompt"] == PREFIX]
+    assert all(b["max_tokens"] == 256 and b["temperature"] == 1.0 for b in asked)
