@@ -36,8 +36,10 @@ from .options import (
     positive_int,
     validate,
 )
+from .pipelines.conversations import ConversationPipeline, TurnTemplates
 from .pipelines.documents import (
     MIN_PARAGRAPH_WORDS,
+    MODES,
     RETRY_NOTE,
     DocumentSettings,
     DocumentsPipeline,
@@ -54,7 +56,7 @@ from .types import Decoding, Example
 SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
-    "backtranslate_unit", "min_paragraph_words",
+    "backtranslate_unit", "min_paragraph_words", "turns", "turn_templates_sha256",
     "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
@@ -66,7 +68,8 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
 
     paths: tuple[str, ...] = option((), "files (.txt .md .pdf .html .epub .docx .srt .vtt) or directories of them",
                                     variadic=True)
-    mode: str = option("qa", "qa, instruct, backtranslate or windows (no teacher)")
+    mode: str = option("qa", "qa, instruct, backtranslate, conversations (each qa question grown into --turns turns) "
+                             "or windows (no teacher)")
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
     chunk_size: int = option(512, "tokens a chunk holds (words, or --tokenizer's tokens)", check=positive_int)
     chunk_overlap: int = option(64, "tokens of whole sentences two chunks share")
@@ -76,6 +79,8 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
     questions_per_chunk: int | None = option(None, "qa: questions asked of each chunk (default by its length)")
     questions_per_1k_tokens: float = option(6.0, "qa and instruct: questions or tasks per 1,000 tokens of a chunk")
     open_book: bool = option(False, "qa: the chunk goes into each record's input")
+    turns: int = option(2, "conversations: turns of each conversation (its first question grounded in the chunk)",
+                        check=positive_int)
     no_verify: bool = option(False, "qa and instruct: skip the second call that checks each answer against its chunk")
     window: int = option(5, "windows: every n-th sentence is an instruction, the n-1 after it its output")
     backtranslate_unit: str = option("chunk", "backtranslate: chunk, or paragraph (each paragraph an answer)")
@@ -96,7 +101,9 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
         return not self.no_verify
 
     def settings(self) -> DocumentSettings:
-        return DocumentSettings(mode=self.mode, questions_per_chunk=self.questions_per_chunk,
+        # a conversation starts as a qa pair: its first question, answered and checked against the chunk
+        return DocumentSettings(mode="qa" if self.mode == "conversations" else self.mode,
+                                questions_per_chunk=self.questions_per_chunk,
                                 questions_per_1k_tokens=self.questions_per_1k_tokens, open_book=self.open_book,
                                 verify=self.verify, window=self.window, backtranslate_unit=self.backtranslate_unit,
                                 min_paragraph_words=self.min_paragraph_words, prompt_path=self.prompt_path,
@@ -111,6 +118,10 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
         if not self.paths:
             raise ConfigError("give one or more files or directories to read: python -m self_instruct.documents PATH... --mode qa")
         validate(self)
+        if self.mode not in MODES + ("conversations",):
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)} or conversations (got {self.mode!r})")
+        if self.mode == "conversations" and self.turns < 2:
+            raise ConfigError(f"--turns must be 2 or more with --mode conversations (got {self.turns})")
         self.settings().validate()
         self.decoding()
 
@@ -152,7 +163,9 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
                    stages=[out, out / "score"]) as run:
         config = run.config(paths=list(cfg.paths), sources=sources, max_tokens=cfg.decoding().max_tokens,
                             verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
-                            verify_template_sha256=sha256_of(pipeline.verify_template))
+                            verify_template_sha256=sha256_of(pipeline.verify_template),
+                            turn_templates_sha256=TurnTemplates.load(grounded=True).sha256()
+                            if cfg.mode == "conversations" else None)
         if settings.mode in ("qa", "instruct") and not settings.verifies:
             _, checks = bounds(pipeline, cfg.decoding().max_tokens,
                                load_template("documents_verify.txt", cfg.verify_prompt_path, "--verify_prompt_path"))
@@ -160,6 +173,10 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
         await run.check()
         with run.open(out, config, SHAPING) as pool:
             judge = judge_of([r["instruction"] for r in pool.records], cfg)
+            if cfg.mode == "conversations":  # the follow-ups are answered from the chunk too
+                pipeline = ConversationPipeline(pipeline, cfg.turns, TurnTemplates.load(grounded=True), cfg.decoding(),
+                                                filters=judge.filters, threshold=cfg.similarity_threshold,
+                                                context=lambda unit: unit.chunk.text)
             outcome = await run.engine(pool, pipeline, judge, decoding=cfg.decoding(), total_units=pipeline.unit_count,
                                        # a stretch of sections of short sentences may keep nothing, and no teacher is to blame
                                        max_stall_units=cfg.max_stall_chunks if settings.uses_teacher else None)
@@ -237,6 +254,8 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
     lines = [head, f"writing, {asked} asked once and retried once at most: {writing.describe(price)}"]
     if settings.verifies:
         lines.append(f"grounding checks, one a chunk: {checks.describe(price)}")
+    if cfg.mode == "conversations":
+        lines.append(f"then {2 * (cfg.turns - 1)} requests for each question kept, to grow it into {cfg.turns} turns")
     elif settings.mode in ("qa", "instruct"):
         lines.append(f"--no_verify saves up to {checks.describe(price)}")
     total = Bound(writing.requests + checks.requests * settings.verifies,

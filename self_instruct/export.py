@@ -213,12 +213,16 @@ def to_messages(record: dict, system: str | None) -> dict:
     {'role': 'user', 'content': 'Add.\\n\\n2, 3'}
     """
     turns = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": user_text(record)}, {"role": "assistant", "content": record["output"]}]
+    # a conversation (generate --turns) keeps every turn in metadata.messages
+    turns += [{"role": m["role"], "content": m["content"]} for m in record.get("metadata", {}).get("messages") or
+              [{"role": "user", "content": user_text(record)}, {"role": "assistant", "content": record["output"]}]]
     return {"messages": turns}
 
 
 def to_sharegpt(record: dict, system: str | None) -> dict:
-    conversation = {"conversations": [{"from": "human", "value": user_text(record)}, {"from": "gpt", "value": record["output"]}]}
+    turns = to_messages(record, None)["messages"]
+    conversation = {"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]}
+                                      for m in turns]}
     return {**conversation, "system": system} if system else conversation
 
 

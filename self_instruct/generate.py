@@ -1,11 +1,13 @@
 """The self-instruct loop: seeds -> prompts -> teacher -> parse -> filters -> similarity -> pool.
 
-The command that runs Alpaca's pipeline (pipelines/alpaca.py), or self-instruct's
-(pipelines/self_instruct.py), through the one run setup (engine/run.py); GenerateConfig holds the
-run's settings, and its flags. Reference behaviour is Stanford Alpaca's generate_instruction.py (prompt
-format, decoding defaults, parse rules, filters, ROUGE-L > 0.7 against seeds and every kept
-instruction, regen.json); on top of it the run is seeded, concurrent, budgeted, resumable after
-any kill, and stops at exactly the requested count.
+The command that runs Alpaca's pipeline (pipelines/alpaca.py), self-instruct's
+(pipelines/self_instruct.py) or Magpie's (pipelines/magpie.py) through the one run setup
+(engine/run.py), with --turns K growing each new task into a conversation
+(pipelines/conversations.py); GenerateConfig holds the run's settings, and its flags. Reference
+behaviour is Stanford Alpaca's generate_instruction.py (prompt format, decoding defaults, parse
+rules, filters, ROUGE-L > 0.7 against seeds and every kept instruction, regen.json); on top of it
+the run is seeded, concurrent, budgeted, resumable after any kill, and stops at exactly the
+requested count.
 
     python -m self_instruct.generate --num_instructions_to_generate 200 --output_dir out \\
         --base_url http://127.0.0.1:8000/v1 --model_name my-model
@@ -23,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
 from .core.conditioning import Conditions
+from .core.filters import DEFAULT_FILTERS
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
 from .engine.prices import format_cost, price_of, prompt_bound
@@ -46,6 +49,9 @@ from .options import (
     validate,
 )
 from .pipelines.alpaca import AlpacaPipeline
+from .pipelines.base import Pipeline
+from .pipelines.conversations import ConversationPipeline, TurnTemplates
+from .pipelines.magpie import ChatFormat, MagpiePipeline
 from .pipelines.self_instruct import (
     NUM_TASKS,
     PROMPT_INSTRUCTIONS,
@@ -65,7 +71,8 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate", "pipeline", "personas_sha256", "topics_sha256",
+    "decontaminate", "pipeline", "personas_sha256", "topics_sha256", "turns", "turn_templates_sha256",
+    "chat_template_sha256",
 )
 
 
@@ -74,9 +81,14 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Bu
     """Every setting of a generate run: its flags, and the library's keywords."""
 
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
-    pipeline: str = option("alpaca", "alpaca (Alpaca's numbered lists) or self_instruct (Wang et al.'s "
-                                     "instructions, classification check and instances)",
-                           check=one_of("alpaca", "self_instruct"))
+    pipeline: str = option("alpaca", "alpaca (Alpaca's numbered lists), self_instruct (Wang et al.'s "
+                                     "instructions, classification check and instances) or magpie (a chat model "
+                                     "served raw writes the instructions from its own template)",
+                           check=one_of("alpaca", "self_instruct", "magpie"))
+    turns: int = option(1, "turns of each record: 2 or more grows every new task into a conversation, the teacher "
+                           "playing user and assistant in turn (records keep metadata.messages)", check=positive_int)
+    chat_template: str | None = option(None, "--pipeline magpie with a server: the model's chat template, a Jinja file "
+                                             "(the embedded model's comes from its GGUF file)")
     seed_tasks_path: str | None = option(None, "the seed task JSONL (default the bundled seed_tasks.jsonl)")
     num_instructions_to_generate: int = option(100, "kept instructions to stop at (exactly)", check=positive_int)
     num_prompt_instructions: int = option(3, "example tasks shown in each prompt", check=positive_int)
@@ -117,6 +129,17 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Bu
         if self.num_tasks is not None and self.num_tasks <= self.num_prompt_instructions:
             raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions "
                               f"({self.num_prompt_instructions})")
+        if self.pipeline == "magpie":
+            if self.api == "chat":
+                raise ConfigError("--pipeline magpie asks the model raw: use --api completions (a chat API writes "
+                                  "the template around what it is sent, so no user's turn can be left open)")
+            unused = [flag for flag, value in (("--prompt_path", self.prompt_path), ("--personas", self.personas),
+                                               ("--topics", self.topics), ("--turns", self.turns > 1)) if value]
+            if unused:
+                raise ConfigError(f"{unused[0]} has no use with --pipeline magpie: its instructions are the model's own, "
+                                  f"written from its chat template alone")
+        elif self.chat_template is not None:
+            raise ConfigError("--chat_template is for --pipeline magpie")
         self.decoding()  # temperature, top_p
 
     def decoding(self) -> Decoding:
@@ -134,16 +157,69 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
     return path, seeds
 
 
-def make_pipeline(cfg: GenerateConfig, seeds: list, template: str,
-                  conditions: Conditions = Conditions()) -> AlpacaPipeline | SelfInstructPipeline:
+def make_pipeline(cfg: GenerateConfig, seeds: list, template: str, conditions: Conditions = Conditions(), *,
+                  chat: ChatFormat | None = None, filters: Sequence = (), turn_teacher: str | None = None) -> Pipeline:
+    """The run's pipeline. `chat`: the model's chat format (magpie); `filters`: the judge's, which
+    a conversation is not grown for a task that fails; `turn_teacher`: who writes the turns."""
+    pipeline: Pipeline
+    if cfg.pipeline == "magpie":
+        return MagpiePipeline(chat, cfg.decoding(), request_batch_size=cfg.request_batch_size, seed=cfg.seed)
     if cfg.pipeline == "self_instruct":  # Wang et al.'s shape: 8 instructions shown, 2 of them grown
-        return SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
-                                    request_batch_size=cfg.request_batch_size, seed=cfg.seed)
-    return AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
-                          num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
-                          request_batch_size=cfg.request_batch_size, seed=cfg.seed,
-                          # chat models drift in their numbering; a completion continues it exactly
-                          renumber=cfg.api == "chat", conditions=conditions)
+        pipeline = SelfInstructPipeline(seeds, Templates.load(template), cfg.decoding(),
+                                        request_batch_size=cfg.request_batch_size, seed=cfg.seed)
+    else:
+        pipeline = AlpacaPipeline(seeds, template, num_prompt_instructions=cfg.num_prompt_instructions,
+                                  num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
+                                  request_batch_size=cfg.request_batch_size, seed=cfg.seed,
+                                  # chat models drift in their numbering; a completion continues it exactly
+                                  renumber=cfg.api == "chat", conditions=conditions)
+    if cfg.turns > 1:
+        return ConversationPipeline(pipeline, cfg.turns, TurnTemplates.load(), cfg.decoding(),
+                                    filters=filters or DEFAULT_FILTERS, known=[s.instruction for s in seeds],
+                                    threshold=cfg.similarity_threshold, target=cfg.num_instructions_to_generate,
+                                    teacher=turn_teacher)
+    return pipeline
+
+
+def chat_format(cfg: GenerateConfig, teacher: Teacher | None) -> tuple[ChatFormat, str]:
+    """Magpie's chat format and the template's text: --chat_template's file, else the embedded
+    model's own (its GGUF metadata). A server's template is rendered with no BOS text: the server
+    adds BOS as it tokenizes the prompt."""
+    own = teacher.chat_template() if hasattr(teacher, "chat_template") else None
+    bos, eos = own[1:] if own else ("", "")
+    if cfg.chat_template:
+        path = Path(cfg.chat_template)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--chat_template: {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        where = f"--chat_template: {path}"
+    elif own:
+        text, where = own[0], f"{teacher.model_id}'s chat template"
+    else:
+        raise ConfigError("--pipeline magpie with a server needs --chat_template FILE: the model's chat template "
+                          "(the chat_template of its tokenizer_config.json, as a Jinja file)")
+    try:
+        return ChatFormat.from_template(text, bos, eos), text
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def magpie_teacher(cfg: GenerateConfig) -> Teacher | None:
+    """The embedded model for a Magpie run, reading prompts in its own chat format; None when the
+    run's teacher is a server."""
+    if cfg.pipeline != "magpie" or planned_teacher(cfg)[0] != "local":
+        return None
+    from .teachers.local import LocalTeacher
+    return LocalTeacher(model_path=cfg.local_model_path, formatted=True)
+
+
+def turn_teachers(cfg: GenerateConfig, teacher: Teacher) -> dict[str, Teacher]:
+    """The teacher that writes a conversation's turns, by name, when it is not the run's own: the
+    embedded model continues lists raw, and answers turns through its chat template."""
+    from .teachers.local import ChatView, LocalChatTeacher, LocalTeacher
+    raw = isinstance(teacher, LocalTeacher) and not isinstance(teacher, LocalChatTeacher) and not teacher.formatted
+    return {"chat": ChatView(teacher)} if cfg.turns > 1 and raw else {}
 
 
 def condition_sha256(cfg: GenerateConfig) -> dict:
@@ -153,7 +229,10 @@ def condition_sha256(cfg: GenerateConfig) -> dict:
 
 
 def load_template_for(cfg: GenerateConfig, alpaca_default: str) -> str:
-    """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own)."""
+    """The instruction prompt's template, whose hash run.json keeps (--prompt_path, else the pipeline's own;
+    Magpie sends none)."""
+    if cfg.pipeline == "magpie":
+        return ""
     if cfg.pipeline == "self_instruct":
         return load_list_template("self_instruct_instructions.txt", cfg.prompt_path)
     return load_list_template(alpaca_default, cfg.prompt_path)
@@ -168,16 +247,25 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
     seeds_path, seeds = load_seeds_for(cfg)
     conditions = Conditions.load(cfg.personas, cfg.topics)
     out = Path(cfg.output_dir)
-    async with Run(cfg, teacher=teacher, stages=[out, out / "score"]) as run:
+    own = None if teacher is not None else magpie_teacher(cfg)
+    async with Run(cfg, teacher=teacher or own, stages=[out, out / "score"]) as run:
+        if own is not None:
+            run.adopt(own)
         cfg = cfg.resolved(run.teacher.default_options)
         run.options = cfg
         template = load_template_for(cfg, run.teacher.default_template)
+        chat, chat_text = chat_format(cfg, run.teacher) if cfg.pipeline == "magpie" else (None, None)
+        others = turn_teachers(cfg, run.teacher)
         config = run.config(seed_tasks_path=str(seeds_path), seed_tasks_sha256=sha256_of(seeds_path.read_bytes()),
-                            template_sha256=sha256_of(template), **condition_sha256(cfg))
+                            template_sha256=sha256_of(template) if template else None, **condition_sha256(cfg),
+                            turn_templates_sha256=TurnTemplates.load().sha256() if cfg.turns > 1 else None,
+                            chat_template_sha256=sha256_of(chat_text) if chat_text else None)
         await run.check()
         with run.open(out, config, SHAPING) as pool:
             judge = judge_of([s.instruction for s in seeds] + [r["instruction"] for r in pool.records], cfg)
-            outcome = await run.engine(pool, make_pipeline(cfg, seeds, template, conditions), judge, decoding=cfg.decoding(),
+            pipeline = make_pipeline(cfg, seeds, template, conditions, chat=chat, filters=judge.filters,
+                                     turn_teacher=next(iter(others), None))
+            outcome = await run.engine(pool, pipeline, judge, decoding=cfg.decoding(), others=others,
                                        target=cfg.num_instructions_to_generate, max_stall_units=cfg.max_stall_rounds)
         if cfg.judge:
             from .score import judge_run
@@ -192,7 +280,8 @@ def generate(output_dir: str = "out", *, teacher: Teacher | None = None, **optio
 
 def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     """The first prompt of the run, and what the whole run may take (requests, tokens and the
-    most it can cost). Calls nothing."""
+    most it can cost). Calls nothing (a Magpie run on the embedded model loads it, to read its
+    chat template)."""
     cfg.validate()
     _, seeds = load_seeds_for(cfg)
     kind, model = planned_teacher(cfg)
@@ -202,8 +291,17 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
         teacher_class = LocalTeacher
     cfg = cfg.resolved(teacher_class.default_options)
     template = load_template_for(cfg, teacher_class.default_template)
-    pipeline = make_pipeline(cfg, seeds, template, Conditions.load(cfg.personas, cfg.topics))
-    prompt = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: [])).prompts[0]
+    chat = None
+    if cfg.pipeline == "magpie":
+        teacher = magpie_teacher(cfg)
+        try:
+            chat, _ = chat_format(cfg, teacher)
+        finally:
+            if teacher is not None:
+                asyncio.run(teacher.aclose())
+    pipeline = make_pipeline(cfg, seeds, template, Conditions.load(cfg.personas, cfg.topics), chat=chat)
+    unit = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: []))
+    prompt = (pipeline.prompts(unit) if hasattr(pipeline, "prompts") else unit.prompts)[0]
     price = price_of(model, cfg, local=kind == "local")
     return prompt, estimate(cfg, prompt, price)
 
@@ -212,22 +310,32 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
-    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, ""
+    new_tasks, calls, asks = cfg.num_tasks - cfg.num_prompt_instructions, 1, []
     if cfg.pipeline == "self_instruct":  # a list, then a classification and an instance call per task
         new_tasks = NUM_TASKS - 1 - PROMPT_INSTRUCTIONS
-        calls, asks = 1 + 2 * new_tasks, " (then 2 requests for each task)"
-    requests = math.ceil(cfg.num_instructions_to_generate / max(1, new_tasks / 2)) * calls
+        calls, asks = 1 + 2 * new_tasks, ["then 2 requests for each task"]
+    if cfg.pipeline == "magpie":  # one instruction a request, then its answer
+        new_tasks, calls, asks = 1, 2, ["the model writes it, then answers it: 2 requests"]
+    if cfg.turns > 1:  # each new task grown: a user's and an assistant's turn a turn
+        calls += 2 * (cfg.turns - 1) * new_tasks
+        asks.append(f"then {2 * (cfg.turns - 1)} requests to grow each task into {cfg.turns} turns")
+    requests = math.ceil(cfg.num_instructions_to_generate / (new_tasks / 2)) * calls
     if cfg.max_requests is not None:
         requests = min(requests, cfg.max_requests)
     per_request = prompt_bound(prompt) + cfg.max_tokens
+    if cfg.turns > 1:  # a turn's prompt shows the transcript: every turn before it, each at most max_tokens
+        templates = TurnTemplates.load()
+        per_request = max(per_request, prompt_bound(templates.user + templates.assistant)
+                          + 2 * cfg.turns * cfg.max_tokens)
     tokens = requests * per_request
     if cfg.max_total_tokens is not None:
         tokens = min(tokens, cfg.max_total_tokens)
-    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; each request asks for {new_tasks} new tasks{asks}",
+    what = "each request asks for one" if cfg.pipeline == "magpie" else f"each request asks for {new_tasks} new tasks"
+    lines = [f"dry run: {cfg.num_instructions_to_generate} instructions; {what}" + (f" ({'; '.join(asks)})" if asks else ""),
              f"requests: about {requests} (if half of the new tasks are kept)",
              f"tokens: at most {per_request} a request, at most {tokens} for those requests"]
     if price is not None:
-        bound = requests * price.cost(prompt_bound(prompt), cfg.max_tokens)
+        bound = requests * price.cost(per_request - cfg.max_tokens, cfg.max_tokens)
         if cfg.max_cost is not None:
             bound = min(bound, cfg.max_cost)
         lines.append(f"cost: at most {format_cost(bound)} for those requests "

@@ -77,6 +77,8 @@ def load_records(path: str | Path) -> list[dict]:
 def _check_record(item: dict) -> dict:
     if "messages" in item:
         return {"messages": _check_messages(item["messages"])}
+    if isinstance(item.get("metadata"), dict) and "messages" in item["metadata"]:  # generate --turns: every turn
+        return {"messages": _check_messages(item["metadata"]["messages"])}
     record = {}
     for field in ("instruction", "input", "output"):
         if field not in item and field != "input":

@@ -39,6 +39,9 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "evolve_depth.txt": ("{operation}", "{task}"),
     "evolve_breadth.txt": ("{task}",),
     "evolve_answer.txt": ("{instruction}",),
+    "conversation_user.txt": ("{transcript}",),
+    "conversation_assistant.txt": ("{transcript}",),
+    "conversation_assistant_document.txt": ("{chunk}", "{transcript}"),
     "train_with_input.txt": ("{instruction}", "{input}"),
     "train_no_input.txt": ("{instruction}",),
 }

@@ -14,7 +14,13 @@ on; nothing here knows the model's name or the list format beyond that configura
 `chat` is the other way in, for the serve command's /v1/chat/completions: the messages go
 through the chat template stored in the GGUF file (rendered by llama-cpp-python's Jinja2
 formatter, as Hugging Face renders it) and the reply ends at the model's end of turn, with
-no continuation.
+no continuation. `ChatView` is that way in for a run's other requests (a conversation's turns),
+on the model already loaded.
+
+With `formatted=True` a prompt is already in the model's chat format (Magpie's open user turn,
+a conversation rendered by its template): the template's control tokens are read as such, no
+BOS is added (the template writes its own) and there is no continuation: the reply ends at the
+model's end of turn.
 """
 from __future__ import annotations
 
@@ -191,6 +197,7 @@ class LocalTeacher(Teacher):
         min_p: float = 0.2,
         continuation: str | None = DEFAULT_CONTINUATION,
         max_continuations: int = 16,
+        formatted: bool = False,
     ) -> None:
         self.model_path = resolve_model_path(model_path)
         self.model_id = self.model_path.name.removesuffix(".gguf")
@@ -202,7 +209,8 @@ class LocalTeacher(Teacher):
         self.repeat_penalty = repeat_penalty
         self.top_k = top_k
         self.min_p = min_p
-        self.continuation = continuation or None
+        self.formatted = formatted
+        self.continuation = None if formatted else continuation or None
         self.max_continuations = max_continuations
         self._lock = threading.Lock()
         self._rng = random.Random()
@@ -230,19 +238,33 @@ class LocalTeacher(Teacher):
 
     def _load_chat_template(self) -> Any:
         """The GGUF's own chat template as a llama-cpp-python formatter, or None without one."""
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        found = self.chat_template()
+        if found is None:
             return None
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        def text_of(token: int) -> str:  # "<|im_end|>" rather than "": special=True
-            return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
-
-        return Jinja2ChatFormatter(template, eos_token=text_of(self._llm.token_eos()), bos_token=text_of(self._llm.token_bos()))
+        template, bos, eos = found
+        return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
 
     def _tokenize(self, text: str, bos: bool) -> list[int]:
         # special=False: seed and pool text must never turn into control tokens.
         return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        if self.formatted:  # the chat template's markers are control tokens; it writes BOS itself
+            return self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        return self._tokenize(prompt, bos=True)
+
+    def chat_template(self) -> tuple[str, str, str] | None:
+        """The GGUF's chat template (Jinja) with the texts of its BOS and EOS tokens, or None."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        return template, self._special_text(self._llm.token_bos()), self._special_text(self._llm.token_eos())
+
+    def _special_text(self, token: int) -> str:
+        """"<|im_end|>" rather than "": special=True."""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -272,7 +294,7 @@ class LocalTeacher(Teacher):
             self._check_open()
             return [
                 Completion("", "cancelled", error="cancelled") if cancelled and cancelled.is_set()
-                else self._generate(self._tokenize(prompt, bos=True), decoding, cancelled, self.continuation,
+                else self._generate(self._prompt_tokens(prompt), decoding, cancelled, self.continuation,
                                     "use fewer --num_prompt_instructions or a larger --n_ctx")
                 for prompt in prompts
             ]
@@ -321,6 +343,7 @@ class LocalTeacher(Teacher):
             "min_p": self.min_p,
             "continuation": self.continuation,
             "max_continuations": self.max_continuations,
+            **({"prompting": "formatted (the model's chat format, written by the run)"} if self.formatted else {}),
             "llama_cpp_python": getattr(self._llama_cpp, "__version__", "unknown"),
         }
 
@@ -430,6 +453,22 @@ def _append(out: bytearray, piece: bytes, stops: list[bytes], longest: int) -> i
 def _text(data: bytes | bytearray) -> str:
     # A reply cut by max_tokens can end inside a multi-byte character; drop that fragment.
     return bytes(data).decode("utf-8", errors="ignore")
+
+
+class ChatView(Teacher):
+    """A loaded local model asked through its chat template, for the requests of a run that are
+    instructions to follow (a conversation's turns) while its main teacher continues lists raw:
+    one model in memory, one lock, two ways in. Closing the view leaves the model to its owner."""
+
+    def __init__(self, owner: LocalTeacher):
+        self.owner = owner
+        self.model_id = owner.model_id
+
+    async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
+        return [await self.owner.chat([{"role": "user", "content": prompt}], decoding) for prompt in prompts]
+
+    def describe(self) -> dict:
+        return self.owner.describe() | {"prompting": "chat template"}
 
 
 class LocalChatTeacher(LocalTeacher):
