@@ -56,7 +56,14 @@ def decode_text(data: bytes) -> str:
     except UnicodeDecodeError:
         pass
     charset_normalizer = need("charset_normalizer", "charset-normalizer")
-    best = charset_normalizer.from_bytes(data).best()
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
     if best is None:
         raise UnreadableFile("not text in any encoding charset-normalizer knows")
-    return str(best)
+    # A short text can read equally well in several code pages (cp1250, cp1252, cp1257 agree on
+    # most of Western European text): a tie goes to the most widespread one.
+    tied = {m.encoding: m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
+    return str(next((tied[e] for e in _WIDESPREAD if e in tied), best))
+
+
+_WIDESPREAD = ("cp1252", "latin_1", "iso8859_15")

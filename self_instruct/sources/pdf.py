@@ -143,7 +143,8 @@ def layout_edits(raw: str, pages: list[list[Line]], titles: set[tuple[int, str]]
             # the hyphen, the line break and any indent of the next line go
             edits.append(Edit(a.end - 1, b.start + len(b.text) - len(b.text.lstrip()), ""))
             continue
-        edits.append(Edit(a.end, b.start, seam))
+        # a paragraph's first-line indent (pypdf writes it as spaces) goes with the break
+        edits.append(Edit(a.end, b.start + (len(b.text) - len(b.text.lstrip()) if seam == "\n\n" else 0), seam))
     edits.append(Edit(kept[-1].end, len(raw), ""))
     return edits
 
