@@ -176,8 +176,8 @@ def _mask(text: str) -> str:
     return _DIGITS.sub("#", " ".join(text.split()).lower())
 
 
-# A run of four or more dots (spaced or not) before a page number or at the end of the line.
-_LEADER = re.compile(r"(?:\.\s?){4,}\s*(?:\d+|[ivxlcdm]+)?\s*$", re.I)
+# A run of four or more dots (spaced or not) before page numbers ("190, 733") or at the line's end.
+_LEADER = re.compile(r"(?:\.\s?){4,}\s*(?:(?:\d+|[ivxlcdm]+)(?:\s*[,–-]\s*(?:\d+|[ivxlcdm]+))*)?\s*$", re.I)
 
 
 def is_dot_leader(text: str) -> bool:

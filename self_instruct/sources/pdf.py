@@ -139,7 +139,7 @@ def layout_edits(raw: str, pages: list[list[Line]], titles: set[tuple[int, str]]
         broken, following = _HYPHENATED.search(a.text), _CONTINUES.match(b.text.lstrip())
         if id(a) in headings or id(b) in headings or _BULLET.match(b.text) or _paragraph_gap(a, b, body):
             seam = "\n\n"
-        elif broken and following and b.text.lstrip()[0].islower() and hyphenation.joins(broken.group(1), following.group(1)):
+        elif broken and following and b.text.lstrip()[0].islower() and _joins(hyphenation, broken.group(1), following.group(1)):
             # the hyphen, the line break and any indent of the next line go
             edits.append(Edit(a.end - 1, b.start + len(b.text) - len(b.text.lstrip()), ""))
             continue
@@ -147,6 +147,13 @@ def layout_edits(raw: str, pages: list[list[Line]], titles: set[tuple[int, str]]
         edits.append(Edit(a.end, b.start + (len(b.text) - len(b.text.lstrip()) if seam == "\n\n" else 0), seam))
     edits.append(Edit(kept[-1].end, len(raw), ""))
     return edits
+
+
+def _joins(hyphenation: Hyphenation, left: str, right: str) -> bool:
+    """The word broken at the line end, or in a CamelCase name ("Author-" "ityKeyIdentifier")
+    its lowercase part, is a word once joined."""
+    lower = re.match(r"[^\W\d_A-Z]+", right).group()
+    return hyphenation.joins(left, right) or (lower != right and hyphenation.joins(left, lower))
 
 
 def _is_heading(line: Line, body: _Page, titles: set[tuple[int, str]]) -> bool:

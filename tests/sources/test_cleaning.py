@@ -61,6 +61,7 @@ def test_overlapping_edits_are_refused():
     ("Concept Index . . . . . . . . . . . . . . . . 33", True),
     ("asn1_create_element ........................ 10", True),
     ("Preface .......... iv", True),
+    ("gnutls_alert_get . . . . . . . . . . . . . . 172, 364", True),
     ("He waited.... and waited.", False),
     ("Wait...", False),
     ("The value is 2.1.3.4 in the table.", False),
