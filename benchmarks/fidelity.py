@@ -139,8 +139,9 @@ def caption_reference(path: str) -> str:
 
 def seams_with_garbage(text: str, pages: list[list[str]], running: set[str]) -> tuple[int, int]:
     """(seams checked, seams where a running line or a page number sits between a page's last
-    body words and the next page's first in our text)."""
-    flat = " ".join(text.split())
+    body words and the next page's first in our text, inside a paragraph: a chapter's title
+    between them, a paragraph of its own, is no garbage)."""
+    flat = " ¶ ".join(" ".join(p.split()) for p in re.split(r"\n[ \t]*\n", text))
     marks = {" ".join(line.split()) for line in running if not is_page_number(line)}
     labels = page_labels(pages)
     checked = bad = 0
@@ -157,8 +158,9 @@ def seams_with_garbage(text: str, pages: list[list[str]], running: set[str]) -> 
         if where < 0:
             continue
         checked += 1
-        between = after[:where]
-        if any(mark in between for mark in marks if len(mark) > 3) or set(between.split()) & (labels[k] | labels[k + 1]):
+        pieces = [piece.strip() for piece in after[:where].split("¶")]
+        if any(mark in piece and mark != piece for piece in pieces for mark in marks if len(mark) > 3) \
+                or set(after[:where].split()) & (labels[k] | labels[k + 1]):
             bad += 1
     return checked, bad
 
