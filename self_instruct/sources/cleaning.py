@@ -162,7 +162,7 @@ def running_lines(pages: Sequence[Sequence[Line]], edge_lines: int = 2, toleranc
     for strict in (True, False):  # first the lines that qualify on their own, then those that lean on them
         for edge in ("top", "bottom"):
             blocked: set[int] = set()  # pages whose run of edge lines stopped: nothing further in qualifies
-            for _, depth, line in sorted((c for c in candidates if c[0] == edge), key=lambda c: c[1]):
+            for _, _depth, line in sorted((c for c in candidates if c[0] == edge), key=lambda c: c[1]):
                 if line.page in blocked:
                     continue
                 if (line.page, line.index) in found or qualifies(edge, line, found if not strict else set()):

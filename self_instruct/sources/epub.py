@@ -14,7 +14,16 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from .cleaning import Edit, apply_edits
-from .document import DEFAULT_MAX_BYTES, Document, MemberReader, Section, SectionBuilder, UnreadableFile, add_section, need
+from .document import (
+    DEFAULT_MAX_BYTES,
+    Document,
+    MemberReader,
+    Section,
+    SectionBuilder,
+    UnreadableFile,
+    add_section,
+    need,
+)
 from .html import html_blocks
 
 

@@ -7,7 +7,14 @@ import re
 import zipfile
 from pathlib import Path
 
-from .document import DEFAULT_MAX_BYTES, Document, MemberReader, SectionBuilder, UnreadableFile, need
+from .document import (
+    DEFAULT_MAX_BYTES,
+    Document,
+    MemberReader,
+    SectionBuilder,
+    UnreadableFile,
+    need,
+)
 
 
 def load_docx(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:

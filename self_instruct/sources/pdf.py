@@ -14,7 +14,7 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .cleaning import Edit, Hyphenation, Line, apply_edits, is_dot_leader, running_lines
 from .document import Document, Section, UnreadableFile, add_section, need
@@ -132,7 +132,10 @@ def layout_edits(raw: str, pages: list[list[Line]], titles: set[tuple[int, str]]
         return [Edit(0, len(raw), "")]
     body = _Page(kept)
     hyphenation = Hyphenation(raw)
-    headings = {id(line) for line in kept if _is_heading(line, body, titles)}
+    by_page: dict[int, list[str]] = {}
+    for page, title in titles:
+        by_page.setdefault(page, []).append(title)
+    headings = {id(line) for line in kept if _is_heading(line, body, by_page.get(line.page, ()))}
     edits = [Edit(0, kept[0].start, "")]
     for a, b in zip(kept, kept[1:]):
         seam = "\n"
@@ -156,12 +159,12 @@ def _joins(hyphenation: Hyphenation, left: str, right: str) -> bool:
     return hyphenation.joins(left, right) or (lower != right and hyphenation.joins(left, lower))
 
 
-def _is_heading(line: Line, body: _Page, titles: set[tuple[int, str]]) -> bool:
+def _is_heading(line: Line, body: _Page, titles: Iterable[str]) -> bool:
     """A line in a larger font than the body's, or one that holds an outline title of its page."""
     if line.size and body.size and line.size > body.size * 1.15 and len(line.text.split()) <= 20:
         return True
     text = " ".join(line.text.split()).lower()
-    return any(page == line.page and title and title in text and len(text) <= len(title) + 16 for page, title in titles)
+    return any(title and title in text and len(text) <= len(title) + 16 for title in titles)
 
 
 def _paragraph_gap(a: Line, b: Line, body: _Page) -> bool:
