@@ -104,8 +104,8 @@ _CONTINUES = re.compile(r"^([^\W\d_]+)")
 _SENTENCE_END = re.compile(r"[.!?:;)\"”’]$")
 
 
-class _Page:
-    """What a page's body text looks like: its usual font size, line spacing and left margin."""
+class _Body:
+    """What the body text looks like, over the whole document: its usual font size, line spacing and left margin."""
 
     def __init__(self, lines: list[Line]) -> None:
         placed = [line for line in lines if line.y is not None and line.size]
@@ -130,7 +130,7 @@ def layout_edits(raw: str, pages: list[list[Line]], titles: set[tuple[int, str]]
             if (line.page, line.index) not in running and not is_dot_leader(line.text)]
     if not kept:
         return [Edit(0, len(raw), "")]
-    body = _Page(kept)
+    body = _Body(kept)
     hyphenation = Hyphenation(raw)
     by_page: dict[int, list[str]] = {}
     for page, title in titles:
@@ -159,7 +159,7 @@ def _joins(hyphenation: Hyphenation, left: str, right: str) -> bool:
     return hyphenation.joins(left, right) or (lower != right and hyphenation.joins(left, lower))
 
 
-def _is_heading(line: Line, body: _Page, titles: Iterable[str]) -> bool:
+def _is_heading(line: Line, body: _Body, titles: Iterable[str]) -> bool:
     """A line in a larger font than the body's, or one that holds an outline title of its page."""
     if line.size and body.size and line.size > body.size * 1.15 and len(line.text.split()) <= 20:
         return True
@@ -167,7 +167,7 @@ def _is_heading(line: Line, body: _Page, titles: Iterable[str]) -> bool:
     return any(title and title in text and len(text) <= len(title) + 16 for title in titles)
 
 
-def _paragraph_gap(a: Line, b: Line, body: _Page) -> bool:
+def _paragraph_gap(a: Line, b: Line, body: _Body) -> bool:
     """A paragraph starts at b: more space above it than between lines, or a first-line indent."""
     if a.page != b.page or a.y is None or b.y is None or not body.leading:
         return False
