@@ -137,6 +137,13 @@ class SectionBuilder:
         if text:
             self._write(text)
 
+    def code(self, text: str) -> None:
+        """A preformatted block as written: only the blank lines around it go, so the first
+        line keeps its indent."""
+        text = re.sub(r"\A(?:[ \t]*\n)+", "", text).rstrip()
+        if text:
+            self._write(text)
+
     def _close(self) -> None:
         if self.length > self.body_start:
             body_start = self.body_start + (2 if self.body_start else 0)  # after the blank line

@@ -6,7 +6,7 @@ suffix, and files and directories in, one line for each file that cannot be read
     docs[0].sections[2].headings   # ('Part I', 'Chapter 2')
     problems                       # ['notes/scan.pdf: not a readable PDF (...)']
 
-Parsers: pypdf (.pdf), trafilatura (.html), lxml over the standard library's zipfile (.epub),
+Parsers: pypdf (.pdf), lxml (.html; .epub over the standard library's zipfile),
 python-docx (.docx), webvtt-py (.vtt and .srt), markdown-it-py (.md headings). They come with
 `pip install 'self_instruct[docs]'`.
 

@@ -34,7 +34,7 @@ from tenacity import (
 )
 
 from ..errors import ConfigError, TeacherError
-from ..io.secrets import redact_url
+from ..io.secrets import redact
 from ..types import Completion, Decoding
 from .base import Teacher
 from .faults import (
@@ -241,7 +241,7 @@ class OpenAITeacher(Teacher):
     def _scrub(self, text: str) -> str:
         if self._api_key:
             text = text.replace(self._api_key, "[api key]")
-        return redact_url(text)
+        return redact(text)
 
     def _wait(self, state: RetryCallState, job: _Job) -> float:
         exc = state.outcome.exception() if state.outcome else None
