@@ -28,8 +28,18 @@ from .engine.run import Outcome, Run, execute, finish
 from .errors import ConfigError
 from .io.datasets import read_examples, write_dataset
 from .io.jsonl import sha256_of
-from .options import (BudgetOptions, CostOptions, RaterOptions, RateOptions, RunOptions, TeacherOptions, command,
-                      option, positive_int, validate)
+from .options import (
+    BudgetOptions,
+    CostOptions,
+    RateOptions,
+    RaterOptions,
+    RunOptions,
+    TeacherOptions,
+    command,
+    option,
+    positive_int,
+    validate,
+)
 from .pipelines.preferences import RATER, RIVAL, PreferencePipeline, draws
 from .pipelines.score import keep_all
 from .teachers.base import Teacher

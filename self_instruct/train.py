@@ -118,7 +118,7 @@ def load_pairs(path: str | Path) -> list[dict]:
                  "rejected": meta.get("rejected")})
         for field, value in pair.items():
             if not isinstance(value, str) or (field != "input" and not value.strip()):
-                where = f"metadata.rejected" if field == "rejected" and "prompt" not in item else field
+                where = "metadata.rejected" if field == "rejected" and "prompt" not in item else field
                 raise DataError(f'{path}:{line}: field "{where}" must be a non-empty string (a preference pair needs '
                                 f'prompt, chosen and rejected, or instruction, output and metadata.rejected)')
         pairs.append(pair)

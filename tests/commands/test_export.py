@@ -39,6 +39,8 @@ HOSTILE = [
     "trailing newline\n",
 ]
 
+# every format an instruction record can go to (preference rows need the pairs preferences makes)
+INSTRUCTION_FORMATS = [f for f in export.FORMATS if f != "preference"]
 
 def hostile_records():
     records = []
@@ -134,7 +136,7 @@ def test_documents_provenance_reaches_every_format(tmp_path, capsys):
     source = write_jsonl(tmp_path / "generated.jsonl", records)
     ids = [r["id"] for r in assign_ids(records)]
     assert len(set(ids)) == len(records) and len(records[0]["metadata"]) == 12
-    for fmt in export.FORMATS:
+    for fmt in INSTRUCTION_FORMATS:
         out = tmp_path / (f"out.{fmt}" if fmt in ("csv", "xlsx", "hf") else f"{fmt}.jsonl")
         status, err = run(capsys, source, "--format", fmt, "--output", out)
         assert status == 0, err
@@ -447,7 +449,7 @@ def test_held_out_records_are_never_exported(tmp_path, capsys):
     for i in (1, 4):
         records[i].update(instruction=f"Task HELD-{i}.", metadata={"holdout": True})
     source = write_jsonl(tmp_path / "in.jsonl", records)
-    for fmt in export.FORMATS:
+    for fmt in INSTRUCTION_FORMATS:
         out = tmp_path / f"out.{fmt}"
         status, err = run(capsys, source, "--format", fmt, "--output", out)
         assert status == 0, err
