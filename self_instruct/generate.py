@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
+from .core.filters import load_filters
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
 from .engine.prices import format_cost, price_of, prompt_bound
@@ -63,7 +64,7 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate", "pipeline",
+    "decontaminate", "filter", "pipeline",
 )
 
 
@@ -116,6 +117,7 @@ class GenerateConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateO
             raise ConfigError(f"--num_tasks ({self.num_tasks}) must be larger than --num_prompt_instructions "
                               f"({self.num_prompt_instructions})")
         self.decoding()  # temperature, top_p
+        load_filters(self.filter)  # every --filter resolves, before anything is written
 
     def decoding(self) -> Decoding:
         max_tokens, num_tasks = self.max_tokens or DEFAULTS["max_tokens"], self.num_tasks or DEFAULTS["num_tasks"]
