@@ -35,6 +35,7 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LONE_NEWLINE = re.compile(r"(?<!\n)\n(?!\n)")
 _SPACE = re.compile(r"\s")
+_NON_SPACE = re.compile(r"\S")
 # Characters given to pysbd at once: its time per character grows with the text it is given
 # (a 300-page PDF without paragraph breaks: 3x faster in pieces of 2,000 than of 20,000).
 _SEGMENT_PIECE = 2_000
@@ -105,7 +106,8 @@ def split_sentences(text: str, start: int = 0, end: int | None = None, language:
     end = len(text) if end is None else end
     spans: list[tuple[int, int]] = []
     pos, run_on = start, False
-    while pos < end:
+    while (word := _NON_SPACE.search(text, pos, end)) is not None:
+        pos = word.start()  # a piece starts at a word: pysbd would make a sentence of leading whitespace
         if stop is not None and stop():
             raise StopSplitting
         # pysbd's time grows faster than the text it is given: feed it pieces, and start each
