@@ -191,10 +191,10 @@ def _load_filter(spec: str, flag: str) -> Filter:
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise ConfigError(f"{flag} {spec}: expected module:function or path/to/file.py:function")
+    if where.endswith(".py") and not Path(where).is_file():
+        raise ConfigError(f"{flag} {spec}: no such file: {where}")
     try:
         module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
-    except ConfigError:
-        raise
     except Exception as exc:  # an import can fail any way the user's code does
         raise ConfigError(f"{flag} {spec}: cannot import {where} ({type(exc).__name__}: {exc})") from None
     check = getattr(module, name, None)
@@ -216,8 +216,6 @@ def _import_module(name: str):
 
 
 def _import_file(path: Path):
-    if not path.is_file():
-        raise ConfigError(f"no such file: {path}")
     name = f"self_instruct_filter_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
