@@ -179,7 +179,7 @@ def load_filters(specs: str | Iterable[str] | None, flag: str = "--filter") -> t
     to drop it (a short name, or a (name, detail) pair) or None. A spec that does not resolve is a
     ConfigError naming the flag; so is a filter that raises or returns anything else, when it runs.
 
-    Example: load_filters("self_instruct.core.filters:blacklisted") -> (<blacklisted, checked>,)
+    Example: load_filters("self_instruct.core.filters:blacklisted") -> (<filter --filter self_instruct.core.filters:blacklisted>,)
     """
     if specs is None:
         return ()
@@ -217,10 +217,16 @@ def _import_module(name: str):
 
 def _import_file(path: Path):
     name = f"self_instruct_filter_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+    if name in sys.modules:  # checked when the flags were, and again by the run's judge: run the file once
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
