@@ -273,8 +273,9 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
             f"{len({c.source for c in chunks})} file(s), mode {cfg.mode}")
     if not settings.uses_teacher:
         pairs = sum(window_count(len(c.sentences), cfg.window) + bool(c.headings) for c in chunks)
-        first_window = lambda c: (0, min(1, window_count(len(c.sentences), cfg.window)))  # noqa: E731
-        example = next((e for c in chunks for e in window_examples(c, cfg.window, first_window(c))[:1]), None)
+        example = next((e for c in chunks
+                        for e in window_examples(c, cfg.window, (0, min(1, window_count(len(c.sentences), cfg.window))))[:1]),
+                       None)
         first = json.dumps(example.to_alpaca(), ensure_ascii=False) if example else ""
         return first, f"{head}\n{pairs} window and heading pairs before filters; no requests, no cost"
     kind, model = planned_teacher(cfg)

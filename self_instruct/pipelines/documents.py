@@ -327,7 +327,9 @@ def window_examples(chunk: Chunk, n: int, windows: tuple[int, int] | None = None
     first, last = windows if windows is not None else (0, window_count(count, n))
     provenance = chunk.provenance()
     provenance["section"] = provenance.pop("chunk")  # here a chunk spans its section
-    text = lambda a, b: chunk.text[a - chunk.start:b - chunk.start]  # noqa: E731
+    def text(a: int, b: int) -> str:
+        return chunk.text[a - chunk.start:b - chunk.start]
+
     examples = []
     for k in range(first, last):
         i, j = window_range(count, n, k)

@@ -1,7 +1,10 @@
 import pytest
 
 from self_instruct import Example
-from self_instruct.core.filters import BLACKLIST, blacklist_word, first_rejection
+from self_instruct.core.filters import (
+    ALPACA, BLACKLIST, COVERAGE, FILTER_SETS, GROUNDED, blacklist_word, first_rejection, load_filters,
+)
+from self_instruct.errors import ConfigError
 
 
 def reason(instruction, output="An answer."):
@@ -55,9 +58,6 @@ def test_order_is_alpacas():
 
 
 # --- the sets, and a user's own filters ---
-
-from self_instruct.core.filters import ALPACA, COVERAGE, FILTER_SETS, GROUNDED, load_filters  # noqa: E402
-from self_instruct.errors import ConfigError  # noqa: E402
 
 
 def passes(filter_set, instruction, output="An answer.", input=""):

@@ -2,8 +2,11 @@
 instructions, each verdict saying why; a batch decides as judging one candidate after another
 would, and candidates past the target's limit are left alone."""
 import re
+from types import SimpleNamespace
 
+from self_instruct.core.filters import COVERAGE, GROUNDED
 from self_instruct.engine.judge import Judge, reject_record
+from self_instruct.engine.run import judge_of
 from self_instruct.types import Example, Rejection
 
 SEEDS = ["Name three primary colors and explain how they mix.", "Summarize the plot of a famous novel in two sentences."]
@@ -84,11 +87,6 @@ def test_a_users_filter_runs_after_the_defaults_with_its_own_detail():
 
 
 # --- filter sets ---
-
-from types import SimpleNamespace  # noqa: E402
-
-from self_instruct.core.filters import COVERAGE, GROUNDED  # noqa: E402
-from self_instruct.engine.run import judge_of  # noqa: E402
 
 SPEC = [  # sentences of a file-format spec, as windows or questions on it make them
     ex("(a) Every file starts with an 8-byte signature.", output="The signature is followed by chunks."),
