@@ -327,6 +327,7 @@ def window_examples(chunk: Chunk, n: int, windows: tuple[int, int] | None = None
     first, last = windows if windows is not None else (0, window_count(count, n))
     provenance = chunk.provenance()
     provenance["section"] = provenance.pop("chunk")  # here a chunk spans its section
+
     def text(a: int, b: int) -> str:
         return chunk.text[a - chunk.start:b - chunk.start]
 
@@ -372,7 +373,7 @@ def plan_windows(sections: Sequence[Chunk], n: int, chars: int) -> list[tuple[Se
     """The units of windows mode: sections in order, whole where they fit, cut between windows
     where a unit reaches `chars` characters of text (a heading pair counts its section's).
 
-    Example: ten sections of 40 characters in 2 windows each, chars=100 -> units of 3, 3, 3 and 1 sections
+    Example: five sections of one 31-character window each, no headings, chars=70 -> units of 3 and 2 sections
     """
     units: list[tuple[SectionPart, ...]] = []
     parts: list[SectionPart] = []
