@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from . import cli as cli_edge
+from .core.filters import load_filters
 from .core.templates import load_template
 from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
@@ -33,6 +35,7 @@ from .options import (
     TeacherOptions,
     command,
     option,
+    optional_fraction,
     positive_int,
     positive_number,
     validate,
@@ -45,6 +48,7 @@ from .pipelines.documents import (
     DocumentSettings,
     DocumentsPipeline,
     verify_prompt,
+    window_count,
     window_examples,
 )
 from .sources.chunking import Chunk, chunk_documents, token_counter
@@ -59,9 +63,10 @@ SHAPING = (
     "mode", "model_name", "api", "teacher", "temperature", "top_p", "max_tokens", "chunk_size", "chunk_overlap",
     "tokenizer", "language", "questions_per_chunk", "questions_per_1k_tokens", "open_book", "verify", "window",
     "backtranslate_unit", "min_paragraph_words", "turns", "turn_templates_sha256",
-    "similarity_threshold", "decontaminate", "sources", "template_sha256", "verify_template_sha256",
+    "similarity_threshold", "decontaminate", "filter", "sources", "template_sha256", "verify_template_sha256",
 )
 DEFAULT_MAX_TOKENS = 1024
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -99,6 +104,10 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
     no_report: bool = option(False, "no report.html at the end", record=False)
     dry_run: bool = option(False, "print the first prompt (stdout) and the most the run can take (stderr); call nothing",
                            record=False)
+    # Alpaca's ROUGE-L rule judges made-up instructions: here it runs only when asked for.
+    similarity_threshold: float | None = option(
+        None, "reject a record whose instruction's ROUGE-L F-measure against any kept one is above this "
+              "(default: no similarity check; exact duplicates are always dropped)", check=optional_fraction)
 
     @property
     def verify(self) -> bool:
@@ -128,14 +137,16 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
             raise ConfigError(f"--turns must be 2 or more with --mode conversations (got {self.turns})")
         self.settings().validate()
         self.decoding()
+        load_filters(self.filter)  # every --filter resolves, before anything is written
 
 
 # --- reading ---
 
-def read_chunks(cfg: DocumentsConfig) -> tuple[list[Chunk], list[dict]]:
+def read_chunks(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None) -> tuple[list[Chunk], list[dict]]:
     """The run's chunks (sections in windows mode) and a fingerprint of every file read. Each
     file that cannot be read (or passes --max_file_mb) is one line on stderr and an entry of the
-    sources with its reason; none readable at all is an error."""
+    sources with its reason; none readable at all is an error. `stop`: asked while splitting; when
+    it says True the reading ends (StopSplitting)."""
     loaded = load_files(cfg.paths, int(cfg.max_file_mb * 2**20))
     for problem in loaded.problems():
         say(f"skipped {problem}")
@@ -144,12 +155,53 @@ def read_chunks(cfg: DocumentsConfig) -> tuple[list[Chunk], list[dict]]:
         raise ConfigError(f"none of the {len(cfg.paths)} path(s) given holds a readable document")
     size = None if cfg.mode == "windows" else cfg.chunk_size
     overlap = 0 if cfg.mode == "windows" else cfg.chunk_overlap
-    chunks = chunk_documents(documents, token_counter(cfg.tokenizer), size=size, overlap=overlap, language=cfg.language)
+    chunks = chunk_documents(documents, token_counter(cfg.tokenizer), size=size, overlap=overlap, language=cfg.language,
+                             stop=stop)
     if not chunks:
         raise ConfigError("the documents given hold no text to make examples from")
     sources = [{"path": d.path, "sha256": sha256_of(Path(d.path).read_bytes())} for d in documents]
     sources += [{"path": path, "skipped": why} for path, why in loaded.skipped]
     return chunks, sources
+
+
+def prepare(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None) -> tuple[list[Chunk], list[dict], DocumentsPipeline]:
+    """Read, split and plan the run: all the work before the first unit, linear in the text."""
+    chunks, sources = read_chunks(cfg, stop)
+    return chunks, sources, DocumentsPipeline(chunks, cfg.settings(), cfg.decoding())
+
+
+async def in_worker(work: Callable[[Callable[[], bool]], T]) -> T:
+    """`work(stopped)` in a thread of its own, awaited: the event loop stays free to take Ctrl-C
+    and SIGTERM while a big book is read and split. When the wait is cancelled it ends at once;
+    `stopped()` then says True and the work ends at its next check (splitting checks between
+    pieces of a few thousand characters), and a daemon thread never holds up the exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    stop = threading.Event()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return  # the wait was cancelled
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (work(stop.is_set), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which raises it
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    threading.Thread(target=run, name="self_instruct-reading", daemon=True).start()
+    try:
+        return await done
+    finally:
+        stop.set()
 
 
 # --- the run ---
@@ -162,9 +214,8 @@ class DocumentsResult(Outcome):
 async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) -> DocumentsResult:
     """Run (or resume) a documents run into cfg.output_dir."""
     cfg.validate()
-    chunks, sources = read_chunks(cfg)
-    settings = cfg.settings()
-    pipeline = DocumentsPipeline(chunks, settings, cfg.decoding())
+    chunks, sources, pipeline = await in_worker(lambda stop: prepare(cfg, stop))
+    settings = pipeline.settings
     out = Path(cfg.output_dir)
     async with Run(cfg, teacher=teacher, asks_teacher=settings.uses_teacher, follows_instructions=True,
                    stages=[out, out / "score"]) as run:
@@ -179,7 +230,7 @@ async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) ->
             say(f"--no_verify: no grounding check, which saves up to {checks.describe(run.price)}")
         await run.check()
         with run.open(out, config, SHAPING) as pool:
-            judge = judge_of([r["instruction"] for r in pool.records], cfg)
+            judge = judge_of(pool.records, cfg, filter_set=pipeline.filter_set)
             if cfg.mode == "conversations":  # the follow-ups are answered from the chunk too
                 pipeline = ConversationPipeline(pipeline, cfg.turns, TurnTemplates.load(grounded=True), cfg.decoding(),
                                                 filters=judge.filters, threshold=cfg.similarity_threshold,
@@ -240,15 +291,17 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
     """The first prompt of the run (for windows, its first pair), and the most the run can take.
     Calls nothing."""
     cfg.validate()
-    chunks, _ = read_chunks(cfg)
-    settings = cfg.settings()
-    pipeline = DocumentsPipeline(chunks, settings, cfg.decoding())
+    chunks, _, pipeline = prepare(cfg)
+    settings = pipeline.settings
     head = (f"dry run: {len(chunks)} {'sections' if cfg.mode == 'windows' else 'chunks'} from "
             f"{len({c.source for c in chunks})} file(s), mode {cfg.mode}")
     if not settings.uses_teacher:
-        pairs = [e for c in chunks for e in window_examples(c, cfg.window)]
-        first = json.dumps(pairs[0].to_alpaca(), ensure_ascii=False) if pairs else ""
-        return first, f"{head}\n{len(pairs)} window and heading pairs before filters; no requests, no cost"
+        pairs = sum(window_count(len(c.sentences), cfg.window) + bool(c.headings) for c in chunks)
+        example = next((e for c in chunks
+                        for e in window_examples(c, cfg.window, (0, min(1, window_count(len(c.sentences), cfg.window))))[:1]),
+                       None)
+        first = json.dumps(example.to_alpaca(), ensure_ascii=False) if example else ""
+        return first, f"{head}\n{pairs} window and heading pairs before filters; no requests, no cost"
     kind, model = planned_teacher(cfg)
     price = price_of(model, cfg, local=kind == "local")
     writing, checks = bounds(pipeline, cfg.decoding().max_tokens,

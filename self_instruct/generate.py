@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from . import cli as cli_edge
 from .core.conditioning import Conditions
-from .core.filters import DEFAULT_FILTERS
+from .core.filters import DEFAULT_FILTERS, load_filters
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
 from .engine.prices import format_cost, price_of, prompt_bound
@@ -71,7 +71,7 @@ DEFAULTS = {"num_tasks": 20, "max_tokens": 3072}
 SHAPING = (
     "model_name", "api", "teacher", "num_prompt_instructions", "num_machine_instructions", "num_tasks",
     "temperature", "top_p", "seed", "similarity_threshold", "seed_tasks_sha256", "template_sha256",
-    "decontaminate", "pipeline", "personas_sha256", "topics_sha256", "turns", "turn_templates_sha256",
+    "decontaminate", "filter", "pipeline", "personas_sha256", "topics_sha256", "turns", "turn_templates_sha256",
     "chat_template_sha256",
 )
 
@@ -141,6 +141,7 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Bu
         elif self.chat_template is not None:
             raise ConfigError("--chat_template is for --pipeline magpie")
         self.decoding()  # temperature, top_p
+        load_filters(self.filter)  # every --filter resolves, before anything is written
 
     def decoding(self) -> Decoding:
         max_tokens, num_tasks = self.max_tokens or DEFAULTS["max_tokens"], self.num_tasks or DEFAULTS["num_tasks"]

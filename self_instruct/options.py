@@ -74,6 +74,11 @@ def fraction(name: str, value: Any) -> None:
         raise ConfigError(f"--{name} must be in (0, 1] (got {value!r})")
 
 
+def optional_fraction(name: str, value: Any) -> None:
+    if value is not None:
+        fraction(name, value)
+
+
 def one_of(*choices: Any) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         if value not in choices:
@@ -188,6 +193,9 @@ class JudgeOptions(RaterOptions):
         check=fraction)
     decontaminate: str | None = option(
         None, "benchmark files, comma-separated: drop a record sharing 13 words in a row with one of them")
+    filter: str | None = option(
+        None, "your own filters, comma-separated module:function or file.py:function: each takes an Example "
+              "and returns a reason to drop it, or None")
     judge: bool = option(False, "rate every kept record 1-5 at the end into OUTPUT_DIR/scored.json")
     min_score: float | None = option(None, "with --judge: scored.json keeps records rated at least this")
 

@@ -52,6 +52,10 @@ _MAX_TOKENS = 0x110000 - len(_SURROGATES)
 # this many postings entries (three int64 each) in memory at once.
 _SURVIVORS_PER_BATCH = 512
 _ENTRIES_PER_BATCH = 2_000_000
+# Scores one kernel call makes at most when a batch is scored against itself or the index: a
+# batch of a few hundred texts is one call, and a batch of any size takes about 80 MB at most
+# (the LCS counts, the F-measures and their temporaries, 8 bytes each).
+_CELLS = 1_000_000
 
 
 def min_overlap(threshold: float, m, n):
@@ -308,17 +312,25 @@ class RougeIndex:
         left = np.array(left, dtype=np.int64)
         keep[left[pairs.query]] = False
         survivors = np.flatnonzero(keep)
-        batch = [encoded[i] for i in survivors.tolist()]
-        lengths = np.array([len(text) for text in batch])
-        lcs = process.cdist(batch, batch, scorer=LCSseq.similarity, dtype=np.int64, workers=_workers(len(batch) ** 2))
-        earlier_match = np.tril(_fmeasures(lcs, lengths[:, None], lengths[None, :]) > self.threshold, -1)
-        kept = np.ones(len(batch), dtype=bool)
-        for row in np.flatnonzero(earlier_match.any(axis=1)).tolist():
-            kept[row] = not (earlier_match[row] & kept).any()
+        kept = self._greedy_among([encoded[i] for i in survivors.tolist()])
         keep[survivors[~kept]] = False
         for i in survivors[kept].tolist():
             self._add(texts[i], encoded[i])
         return keep, quick.scanned + pairs.scanned
+
+    def _greedy_among(self, batch: Sequence[str]) -> np.ndarray:
+        """Which of ``batch`` (encoded) the greedy pass keeps among themselves: each unless an
+        earlier kept one scores above the threshold against it. Scored a block of rows at a time
+        against the rows before them, so memory holds ``_CELLS`` scores whatever the batch's size."""
+        lengths = np.array([len(text) for text in batch], dtype=np.int64)
+        kept = np.ones(len(batch), dtype=bool)
+        for first, rows, lcs in _row_blocks(batch, lambda stop: batch[:stop]):
+            last = first + len(rows)
+            above = _fmeasures(lcs, lengths[first:last, None], lengths[None, :last]) > self.threshold
+            above &= np.arange(last)[None, :] < np.arange(first, last)[:, None]  # earlier ones only
+            for row in np.flatnonzero(above.any(axis=1)).tolist():
+                kept[first + row] = not (above[row] & kept[:last]).any()
+        return kept
 
     def _scores(self, encoded: str) -> np.ndarray:
         """Exact F of ``encoded`` against every indexed text, as float64 in insertion order."""
@@ -353,10 +365,13 @@ class Batch:
     ``decide(n)`` says whether text ``n`` is similar to the index as it stands (the texts kept
     before it included) and, when it is not, adds it; ``finish()`` then gives each kept text's
     :class:`Match` as :meth:`RougeIndex.check` would have given it just before its add, bit for
-    bit. A caller may skip texts (an exact duplicate needs no score). Scores against the index as
-    it stood are one kernel call for the whole batch; those against texts this batch added, one
-    small call. Below FULL_SCAN_BELOW the decisions read those scores; above it the filtered
-    search decides and only the kept texts are scored in full.
+    bit. A caller may skip texts (an exact duplicate needs no score), but decides in order.
+
+    Scores are kernel calls over blocks of rows: the texts against the index as it stood, and
+    each text against the batch's texts before it. A block holds at most ``_CELLS`` scores, so a
+    batch of any size (a book's windows) takes bounded memory; a batch of ordinary size is one
+    block, one call. Below FULL_SCAN_BELOW indexed texts the decisions read those scores; above
+    it the filtered search decides and only the kept texts are scored in full.
 
         batch = index.batch(["Name a color.", "Name a colour."])
         batch.decide(0), batch.decide(1)   # -> (None, Match(similar=True, ...)) when 0 is new
@@ -368,11 +383,11 @@ class Batch:
         self.encoded = [index._encode(text) for text in self.texts]
         self.start = len(index)
         self.added: list[int] = []  # batch numbers of the texts kept, in the order they were added
-        lengths = np.array([len(encoded) for encoded in self.encoded], dtype=np.int64)
-        # F of every pair within the batch, and against the start when every score is needed anyway.
-        self._inner = _fmeasures(process.cdist(self.encoded, self.encoded, scorer=LCSseq.similarity, dtype=np.int64),
-                                 lengths[:, None], lengths[None, :])
-        self._outer = self._against_start(self.encoded) if 0 < self.start <= FULL_SCAN_BELOW else None
+        self.lengths = np.array([len(encoded) for encoded in self.encoded], dtype=np.int64)
+        # F of each text against the batch's texts up to it, and against the start when every score is needed anyway.
+        self._inner = _Rows(range(len(self.encoded)), len(self.encoded), self._against_batch)
+        self._outer = (_Rows(range(len(self.encoded)), self.start, self._against_start)
+                       if 0 < self.start <= FULL_SCAN_BELOW else None)
 
     def decide(self, n: int) -> Match | None:
         """The Match of a similar text ``n``; None for one that is not, which joins the index."""
@@ -394,7 +409,7 @@ class Batch:
         """Each kept text's Match (top k, mean), by batch number."""
         outer = self._outer
         if outer is None and self.start and self.added:
-            outer = dict(zip(self.added, self._against_start([self.encoded[n] for n in self.added])))
+            outer = _Rows(self.added, self.start, self._against_start)
         matches = {}
         for place, n in enumerate(self.added):
             scores = self._scores(n, self._start_scores(outer, n), before=self.added[:place])
@@ -402,21 +417,30 @@ class Batch:
         return matches
 
     @staticmethod
-    def _start_scores(outer, n: int) -> np.ndarray:
+    def _start_scores(outer: "_Rows | None", n: int) -> np.ndarray:
         return outer[n] if outer is not None else np.zeros(0)  # None: the index began empty
 
-    def _against_start(self, encoded: Sequence[str]) -> np.ndarray:
-        """F of each of ``encoded`` against every text the index held when the batch began."""
-        lcs = process.cdist(encoded, self.index._encoded[:self.start], scorer=LCSseq.similarity, dtype=np.int64)
+    def _against_start(self, numbers: Sequence[int]) -> np.ndarray:
+        """F of the texts ``numbers`` against every text the index held when the batch began."""
+        encoded = [self.encoded[n] for n in numbers]
+        lcs = process.cdist(encoded, self.index._encoded[:self.start], scorer=LCSseq.similarity, dtype=np.int64,
+                            workers=_workers(len(encoded) * self.start))
         lengths = np.frombuffer(self.index._lengths, dtype=np.int64)[:self.start].copy()
-        return _fmeasures(lcs, np.array([len(e) for e in encoded], dtype=np.int64)[:, None], lengths[None, :])
+        return _fmeasures(lcs, self.lengths[list(numbers)][:, None], lengths[None, :])
+
+    def _against_batch(self, numbers: Sequence[int]) -> np.ndarray:
+        """F of the texts ``numbers`` (consecutive) against the batch's texts up to the last of them."""
+        stop = numbers[-1] + 1
+        lcs = process.cdist([self.encoded[n] for n in numbers], self.encoded[:stop], scorer=LCSseq.similarity,
+                            dtype=np.int64, workers=_workers(len(numbers) * stop))
+        return _fmeasures(lcs, self.lengths[list(numbers)][:, None], self.lengths[None, :stop])
 
     def _scores(self, n: int, start_scores: np.ndarray, before: Sequence[int] | None = None) -> np.ndarray:
         """F of text n against the index's texts in insertion order: those it held at the start,
         then the ones this batch added before n (all added so far, when deciding n). Elementwise
         the same float operations as RougeIndex._scores, so the same bits."""
         before = self.added if before is None else before
-        return np.concatenate([start_scores, self._inner[n, before]]) if before else start_scores
+        return np.concatenate([start_scores, self._inner[n][before]]) if before else start_scores
 
     def _match(self, scores: np.ndarray, encoded: str) -> Match:
         if not scores.size:
@@ -424,6 +448,39 @@ class Batch:
         index, best = self.index, int(np.argmax(scores))
         return Match(False, index._value(scores, best, encoded), index._texts[best],
                      index._top(scores, self.k, encoded), float(np.mean(scores)) if self.with_mean else None)
+
+
+class _Rows:
+    """Rows of a score matrix made a block at a time by ``make(numbers)``, for ``numbers`` read in
+    order; only the block in use is kept. A block holds about ``_CELLS`` scores: as many rows as
+    fit for ``width`` columns (at least one)."""
+
+    def __init__(self, numbers: Sequence[int], width: int, make):
+        self.numbers = list(numbers)
+        self.place = {n: k for k, n in enumerate(self.numbers)}
+        self.size = max(1, _CELLS // max(1, width))
+        self.make = make
+        self.block, self.values = -1, None
+
+    def __getitem__(self, n: int) -> np.ndarray:
+        k = self.place[n]
+        block = k // self.size
+        if block != self.block:
+            self.values = None  # let the block before go before the next is made
+            self.values = self.make(self.numbers[block * self.size:(block + 1) * self.size])
+            self.block = block
+        return self.values[k - block * self.size]
+
+
+def _row_blocks(texts: Sequence[str], columns) -> Iterator[tuple[int, Sequence[str], np.ndarray]]:
+    """(first row, rows, LCS of the rows against ``columns(last row + 1)``) for consecutive blocks
+    of ``texts`` of at most ``_CELLS`` scores each."""
+    size = max(1, _CELLS // max(1, len(texts)))
+    for first in range(0, len(texts), size):
+        rows = texts[first:first + size]
+        against = columns(first + len(rows))
+        yield first, rows, process.cdist(rows, against, scorer=LCSseq.similarity, dtype=np.int64,
+                                         workers=_workers(len(rows) * len(against)))
 
 
 def greedy_dedup(texts: Sequence[str], threshold: float = 0.7, against: Sequence[str] = ()) -> Iterator[np.ndarray]:

@@ -1,39 +1,53 @@
 """The judge every pipeline's candidates go through: a filter chain, then exact duplicates, then
 ROUGE-L against the seeds and every kept instruction (Alpaca's > 0.7 rule, bit for bit).
 
-A filter is any callable taking an Example and returning a reason to drop it (or a pair of the
-reason and a detail for rejected.jsonl), or None; users extend the chain with their own
-(`Judge(extra_filters=[no_urls])`).
+Which filters, what makes two records duplicates and whether ROUGE-L applies is a `FilterSet`
+(`self_instruct/core/filters.py`), named by the pipeline for the data it makes: Alpaca's for
+generated instructions, "grounded" for questions on a passage, "coverage" for a document's own
+sentences. A filter is any callable taking an Example and returning a reason to drop it (or a
+pair of the reason and a detail for rejected.jsonl), or None; users extend the chain with their
+own (`Judge(extra_filters=[no_urls])`).
 
     judge = Judge(["Name three primary colors."])
     judge(Example("Name three primary colours.", "", "Red, blue, yellow."))  # -> a Rejection("similar")
+    Judge(filter_set=COVERAGE)  # empty text and verbatim copies only: every window of a book is kept
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
-from ..core.filters import DEFAULT_FILTERS, Filter, blacklist_word, duplicate_key
+from ..core.filters import ALPACA, Filter, FilterSet, blacklist_word, key_digest
 from ..core.similarity import RougeIndex
 from ..types import Example, Rejection
 
 
 class Judge:
-    """Decides, one candidate at a time and in order, what joins the pool."""
+    """Decides, one candidate at a time and in order, what joins the pool.
 
-    def __init__(self, known: Iterable[str] = (), *, threshold: float = 0.7,
-                 filters: Sequence[Filter] = DEFAULT_FILTERS, extra_filters: Sequence[Filter] = (),
-                 top_k: int = 10):
-        self.filters = tuple(filters) + tuple(extra_filters)
-        self.index = RougeIndex(threshold=threshold)
-        self.seen: set[str] = set()
+    `threshold`: ROUGE-L's, a number, or None for the filter set's own (None for sets without
+    a similarity check). `filters` replaces the set's chain; `extra_filters` run after it."""
+
+    def __init__(self, known: Iterable[str | Example | Mapping] = (), *, threshold: float | None = None,
+                 filter_set: FilterSet = ALPACA, filters: Sequence[Filter] | None = None,
+                 extra_filters: Sequence[Filter] = (), top_k: int = 10):
+        self.filter_set = filter_set
+        self.filters = tuple(filter_set.filters if filters is None else filters) + tuple(extra_filters)
+        self.threshold = filter_set.threshold if threshold is None else threshold
+        self.index = RougeIndex(threshold=self.threshold) if self.threshold is not None else None
+        self.seen: set[bytes] = set()
         self.top_k = top_k
-        for text in known:
-            self.remember(text)
+        for item in known:
+            self.remember(item)
 
-    def remember(self, instruction: str) -> None:
-        """Count an instruction as known (a seed, or a record already in the pool)."""
-        self.index.add(instruction)
-        self.seen.add(duplicate_key(instruction))
+    def remember(self, item: str | Example | Mapping) -> None:
+        """Count an instruction (a seed) or a record (one already in the pool) as known."""
+        if isinstance(item, str):
+            item = Example(item)
+        elif not isinstance(item, Example):
+            item = Example(item.get("instruction", ""), item.get("input", ""), item.get("output", ""))
+        if self.index is not None:
+            self.index.add(item.instruction)
+        self.seen.add(key_digest(self.filter_set.key(item)))
 
     def __call__(self, example: Example) -> dict | Rejection:
         """The pool record for a kept example (with Alpaca's similarity fields), or why not."""
@@ -43,31 +57,33 @@ class Judge:
         """Each example's verdict, as calling the judge on each in turn would give, with one
         ROUGE-L kernel call for all of them. After ``limit`` kept, the rest are left unjudged (None)."""
         verdicts: list[dict | Rejection | None] = [None] * len(examples)
-        batch = self.index.batch([example.instruction for example in examples], k=self.top_k, with_mean=True)
-        kept = 0
+        batch = (self.index.batch([example.instruction for example in examples], k=self.top_k, with_mean=True)
+                 if self.index is not None else None)
+        kept: list[int] = []
         for i, example in enumerate(examples):
-            if limit is not None and kept >= limit:
+            if limit is not None and len(kept) >= limit:
                 break
             verdicts[i] = self._filtered(example)
             if verdicts[i] is not None:
                 continue
-            key = duplicate_key(example.instruction)
+            key = key_digest(self.filter_set.key(example))
             if key in self.seen:
                 verdicts[i] = Rejection("duplicate", example)
                 continue
-            match = batch.decide(i)
+            match = batch.decide(i) if batch is not None else None
             if match is not None:
                 verdicts[i] = Rejection("similar", example, detail=f"{match.max_score:.4f} vs {match.nearest!r}")
                 continue
             self.seen.add(key)
-            kept += 1
-        for i, match in batch.finish().items():
+            kept.append(i)
+        matches = batch.finish() if batch is not None else {}
+        for i in kept:
             example = examples[i]
-            verdicts[i] = {
-                "instruction": example.instruction, "input": example.input, "output": example.output,
-                "most_similar_instructions": dict(match.most_similar), "avg_similarity_score": match.mean,
-                "metadata": dict(example.metadata),
-            }
+            record = {"instruction": example.instruction, "input": example.input, "output": example.output}
+            if batch is not None:
+                record.update(most_similar_instructions=dict(matches[i].most_similar),
+                              avg_similarity_score=matches[i].mean)
+            verdicts[i] = record | {"metadata": dict(example.metadata)}
         return verdicts
 
     def _filtered(self, example: Example) -> Rejection | None:

@@ -213,14 +213,16 @@ def is_local(teacher: Teacher) -> bool:
     return teacher.describe().get("backend") == "local"
 
 
-def judge_of(known: Sequence[str], options: Any, *, filters: Any = None) -> Judge:
-    """The judge of a generating run: its filters, --decontaminate's benchmarks, and ROUGE-L at
-    --similarity_threshold against `known` (seeds and the pool)."""
+def judge_of(known: Sequence[Any], options: Any, *, filters: Any = None, filter_set: Any = None) -> Judge:
+    """The judge of a generating run: the pipeline's filter set (Alpaca's by default), the user's
+    --filter, --decontaminate's benchmarks, and ROUGE-L at --similarity_threshold (None: the
+    set's own) against `known` (seeds and the pool's records)."""
     from ..core.decontaminate import decontamination_filters
+    from ..core.filters import ALPACA, load_filters
 
-    extra = decontamination_filters(getattr(options, "decontaminate", None))
-    kwargs = {"filters": filters} if filters is not None else {}
-    return Judge(known, threshold=options.similarity_threshold, extra_filters=extra, **kwargs)
+    extra = load_filters(getattr(options, "filter", None)) + tuple(decontamination_filters(getattr(options, "decontaminate", None)))
+    return Judge(known, threshold=options.similarity_threshold, filter_set=filter_set or ALPACA, filters=filters,
+                 extra_filters=extra)
 
 
 # -- the command's process -------------------------------------------------------------------

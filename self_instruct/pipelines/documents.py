@@ -10,13 +10,17 @@ Modes (a unit is one chunk, in the order of `chunk_documents`):
   `backtranslate_unit="paragraph"` each paragraph of the chunk is an answer of its own, asked
   for at once (see `answer_spans`).
 - windows: no teacher. Every n-th sentence of a section is an instruction and the n-1
-  sentences after it its output; each heading with its whole section is a coarser pair.
-  Here a unit is a whole section.
+  sentences after it its output, each an exact slice of the document; each heading with its
+  whole section is a coarser pair. Here a unit is the windows of consecutive sections, about
+  WINDOW_UNIT_CHARS of text.
 
 In qa and instruct a second, short call asks the teacher whether each answer is supported by
 its chunk; unsupported ones are rejected as `ungrounded`. Prompts are built and replies parsed
 by pure functions below; `DocumentsPipeline.run_unit` only wires them through the engine's
-`ask`, so concurrency, budgets, caching, filters, dedup and the pool stay the engine's.
+`ask`, so concurrency, budgets, caching, filters, dedup and the pool stay the engine's. Which
+filters fit is the pipeline's to say (`filter_set`): windows are a coverage task, where only empty
+text and verbatim copies are dropped; qa, instruct and backtranslate are held to the grounded set,
+not to Alpaca's blacklist and ROUGE-L, which judge made-up instructions.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..core.filters import COVERAGE, GROUNDED, FilterSet
 from ..core.replies import reply_list
 from ..core.templates import fill, load_template
 from ..errors import ConfigError
@@ -285,6 +290,22 @@ def answer_spans(chunk: Chunk, since: int, minimum: int) -> tuple[tuple[int, int
 
 # --- windows ---
 
+def window_count(count: int, n: int) -> int:
+    """How many windows a section of `count` sentences has (see window_ranges).
+
+    Example: window_count(11, 5) -> 2; window_count(12, 5) -> 3; window_count(1, 5) -> 0
+    """
+    if count < 2:
+        return 0
+    windows = -(-count // n)
+    return windows - 1 if count % n == 1 else windows
+
+
+def window_range(count: int, n: int, k: int) -> tuple[int, int]:
+    """Sentence range [i, j) of window k of a section of `count` sentences."""
+    return k * n, count if k == window_count(count, n) - 1 else k * n + n
+
+
 def window_ranges(count: int, n: int) -> list[tuple[int, int]]:
     """Sentence ranges [i, j) of the window pairs of a section of `count` sentences: sentence i
     is the instruction, i+1..j-1 its output. A last window of one sentence has no output, so
@@ -293,65 +314,86 @@ def window_ranges(count: int, n: int) -> list[tuple[int, int]]:
 
     Example: window_ranges(11, 5) -> [(0, 5), (5, 11)]; window_ranges(12, 5) -> [(0, 5), (5, 10), (10, 12)]
     """
-    ranges = [(i, min(i + n, count)) for i in range(0, count, n)]
-    if ranges and ranges[-1][1] - ranges[-1][0] < 2:
-        last = ranges.pop()
-        if ranges:
-            ranges[-1] = (ranges[-1][0], last[1])
-    return ranges
+    return [window_range(count, n, k) for k in range(window_count(count, n))]
 
 
-def flat(text: str) -> str:
-    """Whitespace collapsed: a sentence that ran over several lines reads as one."""
-    return " ".join(text.split())
-
-
-def window_examples(chunk: Chunk, n: int) -> list[Example]:
-    """The pairs of one section (a chunk spanning it): its sentence windows, then the heading
-    pair (the heading path as instruction, the whole section, paragraph by paragraph, as
-    output; the path rather than the last heading, since "Summary" ends many chapters)."""
-    sentences = [flat(chunk.text[a - chunk.start:b - chunk.start]) for a, b in chunk.sentences]
+def window_examples(chunk: Chunk, n: int, windows: tuple[int, int] | None = None, heading: bool = True) -> list[Example]:
+    """The pairs of one section (a chunk spanning it): its sentence windows (those numbered
+    [first, last) of `windows`, default all), then, with `heading`, the heading pair: the
+    heading path as instruction (the path rather than the last heading, since "Summary" ends
+    many chapters), the whole section as output. Every text is an exact slice of the document,
+    line breaks and all, and a window names the pages of its own first and last character."""
+    count = len(chunk.sentences)
+    first, last = windows if windows is not None else (0, window_count(count, n))
     provenance = chunk.provenance()
     provenance["section"] = provenance.pop("chunk")  # here a chunk spans its section
+
+    def text(a: int, b: int) -> str:
+        return chunk.text[a - chunk.start:b - chunk.start]
+
     examples = []
-    for i, j in window_ranges(len(sentences), n):
-        start, end = chunk.sentences[i][0], chunk.sentences[j - 1][1]
-        start, end = chunk.original(start, end)  # offsets into the raw extraction, as the chunk's are
-        meta = provenance | {"mode": "windows", "kind": "window", "start": start, "end": end, "sentences": [i, j]}
-        examples.append(Example(sentences[i], "", " ".join(sentences[i + 1:j]), meta))
-    if chunk.headings:
-        paragraphs = [flat(p) for p in re.split(r"\n\s*\n", chunk.text) if p.strip()]
+    for k in range(first, last):
+        i, j = window_range(count, n, k)
+        (start, instruction_end), output_start, end = chunk.sentences[i], chunk.sentences[i + 1][0], chunk.sentences[j - 1][1]
+        raw_start, raw_end = chunk.original(start, end)  # offsets into the raw extraction, as the chunk's are
+        meta = provenance | {"page": chunk.page_at(start), "last_page": chunk.page_at(end - 1), "mode": "windows",
+                             "kind": "window", "start": raw_start, "end": raw_end, "sentences": [i, j]}
+        examples.append(Example(text(start, instruction_end), "", text(output_start, end), meta))
+    if heading and chunk.headings:
         meta = provenance | {"mode": "windows", "kind": "heading"}
-        examples.append(Example(" > ".join(chunk.headings), "", "\n\n".join(paragraphs), meta))
+        examples.append(Example(" > ".join(chunk.headings), "", chunk.text, meta))
     return examples
 
 
 # --- the pipeline ---
 
 @dataclass(frozen=True, slots=True)
-class SectionsUnit:
-    """Windows mode's work: consecutive sections. No teacher is asked, so a unit is as big as
-    makes writing it to disk cheap (each unit is fsynced: 230 one-section units of a book
-    waited 25 s on the disk here)."""
+class SectionPart:
+    """Windows [first, last) of a section, and whether its heading pair comes with them (it
+    comes with the section's last part)."""
+
+    section: Chunk
+    first: int
+    last: int
+    heading: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WindowsUnit:
+    """Windows mode's work: the windows of consecutive sections, about WINDOW_UNIT_CHARS of
+    text. No teacher is asked, so a unit is as big as makes writing it to disk cheap (each unit
+    is fsynced: 230 one-section units of a book waited 25 s on the disk here), and no bigger: a
+    book with no headings is one section, split across units."""
 
     index: int
-    sections: tuple[Chunk, ...]
+    parts: tuple[SectionPart, ...]
     requests: int = 0
 
 
-def group_sections(sections: Sequence[Chunk], chars: int) -> list[tuple[Chunk, ...]]:
-    """Consecutive sections in groups of at least `chars` characters (the last may be smaller).
+def plan_windows(sections: Sequence[Chunk], n: int, chars: int) -> list[tuple[SectionPart, ...]]:
+    """The units of windows mode: sections in order, whole where they fit, cut between windows
+    where a unit reaches `chars` characters of text (a heading pair counts its section's).
 
-    Example: [len(g) for g in group_sections(sections_of_40_chars * 5, 100)] -> [3, 2]
+    Example: five sections of one 31-character window each, no headings, chars=70 -> units of 3 and 2 sections
     """
-    groups, group, size = [], [], 0
+    units: list[tuple[SectionPart, ...]] = []
+    parts: list[SectionPart] = []
+    size = 0
     for section in sections:
-        group.append(section)
-        size += len(section.text)
+        spans, count = section.sentences, window_count(len(section.sentences), n)
+        first = 0
+        for k in range(count):
+            i, j = window_range(len(spans), n, k)
+            size += spans[j - 1][1] - spans[i][0]
+            if size >= chars and k + 1 < count:  # the unit is full, the section goes on in the next
+                units.append((*parts, SectionPart(section, first, k + 1, False)))
+                parts, size, first = [], 0, k + 1
+        parts.append(SectionPart(section, first, count, True))
+        size += len(section.text) if section.headings else 0
         if size >= chars:
-            groups.append(tuple(group))
-            group, size = [], 0
-    return groups + [tuple(group)] if group else groups
+            units.append(tuple(parts))
+            parts, size = [], 0
+    return units + [tuple(parts)] if parts else units
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +463,7 @@ class DocumentsPipeline(Pipeline):
         self.chunks, self.settings = list(chunks), settings
         self.decoding = decoding
         self.unit_name = "chunk" if settings.uses_teacher else "section group"
-        self.groups = [] if settings.uses_teacher else group_sections(self.chunks, WINDOW_UNIT_CHARS)
+        self.groups = [] if settings.uses_teacher else plan_windows(self.chunks, settings.window, WINDOW_UNIT_CHARS)
         self.template = load_template(f"documents_{settings.mode}.txt", settings.prompt_path) if settings.uses_teacher else ""
         self.verify_template = (load_template("documents_verify.txt", settings.verify_prompt_path, "--verify_prompt_path")
                                 if settings.verifies else "")
@@ -430,11 +472,18 @@ class DocumentsPipeline(Pipeline):
     def unit_count(self) -> int:
         return len(self.chunks) if self.settings.uses_teacher else len(self.groups)
 
-    def unit(self, index: int, pool: Any = None) -> ChunkUnit | SectionsUnit | None:
+    @property
+    def filter_set(self) -> FilterSet:
+        """What the judge holds this mode's records to: a document's own sentences are kept
+        whatever their words (coverage); questions and tasks on a passage are checked for length,
+        and grounding and standalone questions are checked here, before the judge (grounded)."""
+        return COVERAGE if self.settings.mode == "windows" else GROUNDED
+
+    def unit(self, index: int, pool: Any = None) -> ChunkUnit | WindowsUnit | None:
         if index >= self.unit_count:
             return None
         if not self.settings.uses_teacher:
-            return SectionsUnit(index, self.groups[index])
+            return WindowsUnit(index, self.groups[index])
         chunk = self.chunks[index]
         if self.settings.by_paragraph:
             # every paragraph's request goes at once, so all of them are in flight together
@@ -448,7 +497,7 @@ class DocumentsPipeline(Pipeline):
         # the bound).
         return ChunkUnit(index, chunk, count, requests=1)
 
-    def requests(self, unit: ChunkUnit | SectionsUnit) -> int:
+    def requests(self, unit: ChunkUnit | WindowsUnit) -> int:
         return unit.requests
 
     def new_text_start(self, index: int) -> int:
@@ -479,9 +528,11 @@ class DocumentsPipeline(Pipeline):
     def answer_text(chunk: Chunk, answer: tuple[int, int, int, int]) -> str:
         return chunk.text[answer[0] - chunk.start:answer[1] - chunk.start]
 
-    async def run_unit(self, unit: ChunkUnit | SectionsUnit, ask: Ask) -> UnitResult:
-        if isinstance(unit, SectionsUnit):
-            return UnitResult([e for section in unit.sections for e in window_examples(section, self.settings.window)])
+    async def run_unit(self, unit: ChunkUnit | WindowsUnit, ask: Ask) -> UnitResult:
+        if isinstance(unit, WindowsUnit):
+            return UnitResult([e for part in unit.parts
+                               for e in window_examples(part.section, self.settings.window, (part.first, part.last),
+                                                        part.heading)])
         if unit.answers:
             return await self._backtranslate_paragraphs(unit, ask)
         fields = {"qa": ("question", "answer"), "instruct": ("instruction", "response"),

@@ -4,7 +4,12 @@ never inside a sentence. Consecutive chunks of a section share whole sentences (
 
 Sizes are in tokens of a real tokenizer when one is given (a local Hugging Face tokenizer or
 the embedded GGUF model's), else in words. A chunk's size is the sum of its sentences' sizes.
-A sentence longer than the target is a chunk by itself: it is never cut.
+A sentence longer than the target is a chunk by itself: it is never cut, unless it runs past
+MAX_SENTENCE_CHARS with no sentence end (a text without punctuation), where it is cut at a line
+break or a space.
+
+Every sentence and chunk is a span of `Document.text`, and its text is that slice: splitting
+never edits the text. Time and memory are linear in the text.
 
     counter = token_counter(None)                  # words
     chunks = chunk_documents(documents, counter, size=300, overlap=40)
@@ -29,9 +34,22 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LONE_NEWLINE = re.compile(r"(?<!\n)\n(?!\n)")
 _SPACE = re.compile(r"\s")
+_NON_SPACE = re.compile(r"\S")
 # Characters given to pysbd at once: its time per character grows with the text it is given
 # (a 300-page PDF without paragraph breaks: 3x faster in pieces of 2,000 than of 20,000).
 _SEGMENT_PIECE = 2_000
+# The longest sentence: a run with no sentence end for this many characters (a text without
+# punctuation, a table flattened to one line) is cut, at the last line break, else the last
+# clause mark, else the last space in its second half. pysbd's time on one sentence grows with
+# its square (0.25 MB without a full stop: 44 s), so every piece it sees is bounded by this.
+MAX_SENTENCE_CHARS = 4_000
+# How far past a piece's end a space is looked for, so the piece ends between words.
+_WORD_REACH = 200
+# Characters pysbd uses as placeholders while it works: in the input they come back as other
+# characters (or none), and the sentence can no longer be found in the text. pysbd gets a copy
+# with each of them as "x" (one character for one, so offsets hold); the text itself is never
+# changed.
+_PYSBD_MARKERS = str.maketrans(dict.fromkeys("∯♟♝ǃ♨☝ƪᓴᓷ✂☏☉☈☇☄∮ȹȸ⎋⌬ᓸᓳᓱᓰ♭", "x"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +72,10 @@ class Chunk:
         """Where a span of the document's clean text lies in its raw extraction (Document.original)."""
         return self.document.original(start, end) if self.document is not None else (start, end)
 
+    def page_at(self, offset: int) -> int | None:
+        """The 1-based page of the document holding `offset`, as `Document.page_at` gives it."""
+        return self.document.page_at(offset) if self.document is not None else None
+
     def provenance(self) -> dict:
         """What each record made from this chunk carries in its metadata: offsets into the raw extraction."""
         start, end = self.original(self.start, self.end)
@@ -75,47 +97,86 @@ def _segmenter(language: str):
         raise ConfigError(f"--language: {exc}") from None
 
 
-def split_sentences(text: str, start: int = 0, end: int | None = None, language: str = "en") -> list[tuple[int, int]]:
+def split_sentences(text: str, start: int = 0, end: int | None = None, language: str = "en",
+                    stop: Callable[[], bool] | None = None) -> list[tuple[int, int]]:
     """Sentence spans of `text[start:end]`, trimmed of whitespace. Every non-blank character
-    lands in exactly one span, and no span crosses a paragraph break (a blank line).
+    lands in exactly one span, no span crosses a paragraph break (a blank line), and none is
+    longer than MAX_SENTENCE_CHARS. Time and memory are linear in the text. `stop`: asked
+    between pieces; when it says True, the splitting ends with StopSplitting.
 
     Example: split_sentences("Hi there. Bye.\\n\\nNew one") -> [(0, 9), (10, 14), (16, 23)]
     """
     end = len(text) if end is None else end
     spans: list[tuple[int, int]] = []
-    pos = start
-    while pos < end:
+    pos, run_on = start, False
+    while (word := _NON_SPACE.search(text, pos, end)) is not None:
+        pos = word.start()  # a piece starts at a word: pysbd would make a sentence of leading whitespace
+        if stop is not None and stop():
+            raise StopSplitting
         # pysbd's time grows faster than the text it is given: feed it pieces, and start each
         # piece at the last sentence of the one before, so that sentence is split in context.
-        # A piece that holds less than two sentences is doubled until it does.
-        size = _SEGMENT_PIECE
+        # A piece that holds less than two sentences is doubled until it does, up to the cap
+        # (after a run-on, the text likely runs on: straight to the cap).
+        size = MAX_SENTENCE_CHARS if run_on else _SEGMENT_PIECE
         while True:
-            stop = _cut_after(text, pos + size, end)
-            cuts = _sentence_starts(text[pos:stop], language)
-            if stop >= end or len(cuts) > 1:
+            cut = _cut_after(text, pos + size, end)
+            cuts = _sentence_starts(text[pos:cut], language)
+            if cut >= end or len(cuts) > 1 or size >= MAX_SENTENCE_CHARS:
                 break
-            size *= 2
-        following = pos + cuts.pop() if stop < end else stop
+            size = min(2 * size, MAX_SENTENCE_CHARS)
+        run_on = cut < end and len(cuts) == 1
+        if run_on:  # no sentence ends in MAX_SENTENCE_CHARS: cut it
+            following = _run_on_end(text, pos, min(cut, pos + MAX_SENTENCE_CHARS))
+        else:
+            following = pos + cuts.pop() if cut < end else cut
         for a, b in zip(cuts, cuts[1:] + [following - pos]):
             spans += _paragraphs(text, pos + a, pos + b)
         pos = following
     return spans
 
 
+class StopSplitting(Exception):
+    """Raised by split_sentences (and so chunk_documents) when its `stop` asks it to end."""
+
+
 def _cut_after(text: str, at: int, end: int) -> int:
-    """The first whitespace at or after `at` (never inside a word), or `end`."""
+    """The first whitespace at or after `at` within _WORD_REACH characters (a piece ends between
+    words), else `at` itself (text without spaces has no words to keep whole); `end` at most."""
     if at >= end:
         return end
-    match = _SPACE.search(text, at, end)
-    return match.start() if match else end
+    match = _SPACE.search(text, at, min(end, at + _WORD_REACH))
+    return match.start() if match else at
+
+
+def _run_on_end(text: str, pos: int, limit: int) -> int:
+    """Where a sentence with no end in text[pos:limit] is cut: after the last line break, else
+    the last clause mark (; : ,) before a space, else at the last space in the second half of
+    the span, else at `limit` (no space at all).
+
+    Example: _run_on_end("aaa bbb, ccc ddd", 0, 15) -> 8 (after "aaa bbb,")
+    """
+    half = pos + (limit - pos) // 2
+    line = text.rfind("\n", half, limit)
+    if line >= 0:
+        return line + 1
+    clause = max(text.rfind(mark, half, limit - 1) for mark in (";", ":", ","))
+    if clause >= 0 and text[clause + 1].isspace():
+        return clause + 1
+    for space in range(limit - 1, half, -1):
+        if text[space].isspace():
+            return space
+    return limit
 
 
 def _sentence_starts(piece: str, language: str) -> list[int]:
     """Where pysbd starts each sentence of `piece`. Lone newlines (hard-wrapped lines, PDF
-    lines) become spaces first, since pysbd ends a sentence at every newline; the replacement
-    keeps the length, so positions stay those of the original text."""
-    work = _LONE_NEWLINE.sub(" ", piece)
-    starts, cursor = [], 0
+    lines) become spaces first, since pysbd ends a sentence at every newline, and pysbd's own
+    placeholder characters become "x"; both keep the length, so positions stay those of the
+    original text. A start with no whitespace before it is no start ("LEN != 0" is not "LEN !"
+    and "= 0"), unless the sentence before ends in a full-width mark (。, ！, ？), as Chinese
+    and Japanese sentences do."""
+    work = _LONE_NEWLINE.sub(" ", piece).translate(_PYSBD_MARKERS)
+    starts, cursor = [0], 0
     # Segmenter.segment would map each sentence back to the text by a regex search from the
     # start of the text (quadratic, half the time on a book); the processor's sentences are
     # found here with one forward scan instead.
@@ -124,9 +185,10 @@ def _sentence_starts(piece: str, language: str) -> list[int]:
         found = work.find(sentence, cursor) if sentence else -1
         if found < 0:  # pysbd returned text that is not in the input: keep what we have, lose nothing
             continue
-        starts.append(found)
+        if found > starts[-1] and (work[found - 1].isspace() or not work[found - 1].isascii()):
+            starts.append(found)
         cursor = found + len(sentence)
-    return starts if starts and starts[0] == 0 else [0] + starts
+    return starts
 
 
 def _paragraphs(text: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -252,15 +314,15 @@ def _chunk_end(tokens: Sequence[int], paragraph_starts: Sequence[bool], i: int, 
 
 
 def chunk_document(document: Document, counter: TokenCounter, size: int | None, overlap: int, first_index: int = 0,
-                   language: str = "en") -> list[Chunk]:
+                   language: str = "en", stop: Callable[[], bool] | None = None) -> list[Chunk]:
     """The chunks of one document, numbered from `first_index`. `size=None`: a chunk per section."""
     chunks: list[Chunk] = []
     text = document.text
     for section in document.sections:
-        spans = section_sentences(document, section, language)
+        spans = split_sentences(text, section.start, section.end, language, stop)
         if not spans:
             continue
-        tokens = counter([text[a:b] for a, b in spans])
+        tokens = _count(counter, text, spans)
         para_starts = [True] + [_PARAGRAPH_BREAK.search(text, spans[k - 1][1], spans[k][0]) is not None
                                 for k in range(1, len(spans))]
         for i, j in pack_sentences(tokens, para_starts, size, overlap):
@@ -273,14 +335,23 @@ def chunk_document(document: Document, counter: TokenCounter, size: int | None, 
     return chunks
 
 
+def _count(counter: TokenCounter, text: str, spans: Sequence[tuple[int, int]], batch: int = 4096) -> list[int]:
+    """Token counts of the sentences, a batch at a time: a copy of the whole text is never held."""
+    tokens: list[int] = []
+    for k in range(0, len(spans), batch):
+        tokens += counter([text[a:b] for a, b in spans[k:k + batch]])
+    return tokens
+
+
 def chunk_documents(documents: Iterable[Document], counter: TokenCounter, size: int | None = 512, overlap: int = 64,
-                    language: str = "en") -> list[Chunk]:
-    """Chunks of every document, numbered in document order: the run's units, stable across resumes."""
+                    language: str = "en", stop: Callable[[], bool] | None = None) -> list[Chunk]:
+    """Chunks of every document, numbered in document order: the run's units, stable across resumes.
+    `stop`: asked now and then; when it says True, the work ends with StopSplitting."""
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ConfigError(f"--chunk_size must be a positive whole number of tokens (got {size!r})")
     if not isinstance(overlap, int) or overlap < 0 or (size is not None and overlap >= size):
         raise ConfigError(f"--chunk_overlap must be a whole number from 0 to below --chunk_size (got {overlap!r})")
     chunks: list[Chunk] = []
     for document in documents:
-        chunks += chunk_document(document, counter, size, overlap, len(chunks), language)
+        chunks += chunk_document(document, counter, size, overlap, len(chunks), language, stop)
     return chunks

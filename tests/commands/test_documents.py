@@ -23,8 +23,8 @@ from self_instruct.teachers.local import LocalChatTeacher
 from self_instruct.engine.scheduler import UnitResult
 from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.pipelines.documents import (
-    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, group_sections, merge_short,
-    meta_reference, parse_grounding, parse_items, shaped, window_examples, window_ranges,
+    CATEGORIES, DocumentSettings, DocumentsPipeline, categories_for, count_for, merge_short,
+    meta_reference, parse_grounding, parse_items, plan_windows, shaped, window_count, window_examples, window_ranges,
 )
 from self_instruct.sources.chunking import chunk_documents, split_sentences, word_counts
 from self_instruct.sources.document import Document, Section
@@ -158,6 +158,8 @@ def test_window_ranges_cover_every_sentence_once():
         for n in (2, 3, 5):
             covered = [k for i, j in window_ranges(count, n) for k in range(i, j)]
             assert covered == (list(range(count)) if count > 1 else [])
+            assert len(window_ranges(count, n)) == window_count(count, n)
+            assert all(j - i >= 2 for i, j in window_ranges(count, n))  # every window has an output
 
 
 def test_exact_window_pairs_and_the_heading_pair():
@@ -168,9 +170,57 @@ def test_exact_window_pairs_and_the_heading_pair():
     assert [(e.instruction, e.output, e.metadata["kind"]) for e in examples] == [
         ("S1 one.", "S2 two. S3 three.", "window"),
         ("S4 four.", "S5 five. S6 six. S7 seven.", "window"),  # S7 alone would have no output
-        ("Part > Chapter", "S1 one. S2 two. S3 three.\n\nS4 four. S5 five. S6 six. S7 seven.", "heading"),
+        ("Part > Chapter", text, "heading"),  # the section as it stands, line breaks and all
     ]
     assert [(e.metadata["start"], e.metadata["end"]) for e in examples[:2]] == [(0, 25), (27, len(text))]
+
+
+def assert_exact_windows(text: str, examples) -> None:
+    """Each window is its source, unedited: the instruction is text[start:...], the output ends at
+    text[...:end], and only whitespace lies between them."""
+    for e in examples:
+        if e.metadata["kind"] != "window":
+            continue
+        start, end = e.metadata["start"], e.metadata["end"]
+        source = text[start:end]
+        assert source.startswith(e.instruction) and source.endswith(e.output), (e, source)
+        assert not source[len(e.instruction):len(source) - len(e.output)].strip(), (e, source)
+
+
+def test_windows_never_edit_the_text():
+    """pysbd splits "LEN != 0" after the "!" and rewrites its own placeholder characters; windows
+    were sentences joined with spaces ("LEN ! = 0"). Now a window is a slice of the document:
+    code, quotes, ellipses, abbreviations, hard-wrapped lines and odd characters come out as
+    they went in."""
+    text = ('The loop runs while LEN != 0 holds. It stops when a?b!c is true. He said "Stop." Then he left.\n'
+            "Wait... what? Dr. Smith met Mr. Jones at 3 p.m. on Monday. The value is 3.5 (approx.).\n"
+            "The price was $4.99, e.g. cheap. Markers like \u2668 and \u261d and \u222f stay. Done here.\n"
+            "\u201cQuoted.\u201d Next one. 'Single.' Last one\nwraps over a line. Fin.")
+    doc = Document("spec.txt", text, (Section((), 0, len(text)),))
+    [section] = chunk_documents([doc], word_counts, size=None, overlap=0)
+    sentences = [text[a:b] for a, b in section.sentences]
+    assert "The loop runs while LEN != 0 holds." in sentences and "It stops when a?b!c is true." in sentences
+    assert re.sub(r"\s", "", "".join(sentences)) == re.sub(r"\s", "", text)  # nothing lost
+    for n in (2, 3, 5):
+        examples = window_examples(section, n)
+        assert_exact_windows(text, examples)
+        assert any("LEN != 0" in e.instruction + e.output for e in examples)
+        assert not any("! =" in e.instruction + e.output for e in examples)
+
+
+def test_each_window_names_its_own_pages_across_a_page_break(tmp_path):
+    """A window's page is that of its first character and its last page that of its last one,
+    not the whole section's range."""
+    page_one = "Alpha starts here. Beta follows on. Gamma is third. Delta closes the page."
+    page_two = "Epsilon opens page two. Zeta runs on. Eta is next. Theta ends it."
+    text = page_one + "\n" + page_two
+    doc = Document("book.pdf", text, (Section(("Part",), 0, len(text)),), page_starts=(0, len(page_one) + 1))
+    [section] = chunk_documents([doc], word_counts, size=None, overlap=0)
+    assert (section.page, section.last_page) == (1, 2)
+    examples = window_examples(section, 3)
+    windows = [(e.instruction, e.metadata["page"], e.metadata["last_page"]) for e in examples if e.metadata["kind"] == "window"]
+    assert windows == [("Alpha starts here.", 1, 1), ("Delta closes the page.", 1, 2), ("Eta is next.", 2, 2)]
+    assert [(e.metadata["page"], e.metadata["last_page"]) for e in examples if e.metadata["kind"] == "heading"] == [(1, 2)]
 
 
 def test_windows_over_a_document_place_every_body_sentence_in_one_pair(tmp_path):
@@ -193,10 +243,28 @@ def test_windows_over_a_document_place_every_body_sentence_in_one_pair(tmp_path)
 
 def test_windows_units_group_whole_sections_in_order():
     texts = [f"Sentence {k} one. Sentence {k} two." for k in range(5)]
-    chunks = chunk_documents([Document(f"{k}.txt", t, (Section(("Head",), 0, len(t)),)) for k, t in enumerate(texts)],
+    chunks = chunk_documents([Document(f"{k}.txt", t, (Section((), 0, len(t)),)) for k, t in enumerate(texts)],
                              word_counts, size=None, overlap=0)
     assert [len(c.text) for c in chunks] == [31] * 5
-    assert [[c.index for c in group] for group in group_sections(chunks, 70)] == [[0, 1, 2], [3, 4]]
+    units = plan_windows(chunks, 5, 70)
+    assert [[(p.section.index, p.first, p.last, p.heading) for p in unit] for unit in units] == [
+        [(0, 0, 1, True), (1, 0, 1, True), (2, 0, 1, True)], [(3, 0, 1, True), (4, 0, 1, True)]]
+
+
+def test_a_book_without_headings_is_split_across_units_between_windows():
+    """One section of a whole novel is many units of about the unit size, cut between windows,
+    the heading pair with the last; together they are the section's windows, each once."""
+    text = " ".join(f"Sentence number {k} of the book." for k in range(200))
+    doc = Document("novel.txt", text, (Section(("Novel",), 0, len(text)),))
+    [section] = chunk_documents([doc], word_counts, size=None, overlap=0)
+    units = plan_windows([section], 5, 1000)
+    assert len(units) > 5 and all(len(unit) == 1 for unit in units)
+    parts = [unit[0] for unit in units]
+    assert [(p.first, p.last) for p in parts] == list(zip([0] + [p.last for p in parts[:-1]], [p.last for p in parts]))
+    assert parts[-1].last == window_count(200, 5) and [p.heading for p in parts] == [False] * (len(parts) - 1) + [True]
+    split = [e for p in parts for e in window_examples(p.section, 5, (p.first, p.last), p.heading)]
+    assert [(e.instruction, e.output, e.metadata) for e in split] == [
+        (e.instruction, e.output, e.metadata) for e in window_examples(section, 5)]
 
 
 # --- run_unit against the fake server ---
@@ -504,17 +572,127 @@ def test_windows_command_over_a_folder_skips_a_corrupt_pdf_with_one_line(tmp_pat
     assert len(skipped) == 1 and "not a readable PDF" in skipped[0]
     kept = records(tmp_path / "out" / "generated.jsonl")
     texts = {str(folder / "guide.md"): (folder / "guide.md").read_text(encoding="utf-8")}
-    for record in kept:  # every record points at the text it came from
+    for record in kept:  # every record is the text it came from, unedited
         meta = record["metadata"]
         if meta["source"] in texts and meta["kind"] == "window":
-            source = " ".join(texts[meta["source"]][meta["start"]:meta["end"]].split())
-            assert source == f"{record['instruction']} {record['output']}"
+            source = texts[meta["source"]][meta["start"]:meta["end"]]
+            assert source.startswith(record["instruction"]) and source.endswith(record["output"])
+            assert not source[len(record["instruction"]):len(source) - len(record["output"])].strip()
     talk = [r for r in kept if r["metadata"]["source"].endswith("talk.srt")]
     assert [(r["instruction"], r["output"]) for r in talk] == [
         ("Welcome to this short talk about growing tomatoes at home.", "They need sun every day.")]
-    for name in ("rejected.jsonl", "run.json", "state.json", "regen.json"):
+    assert records(tmp_path / "out" / "rejected.jsonl") == []  # a document's sentences are kept, whatever their words
+    for name in ("run.json", "state.json", "regen.json"):
         assert (tmp_path / "out" / name).exists()
     assert len(json.loads((tmp_path / "out" / "regen.json").read_text(encoding="utf-8"))) == len(kept)
+
+
+SPEC = """# The PNG file format
+
+## Signature
+
+(a) Every file starts with an 8-byte signature. A file without it is not a PNG file. "Image data," the spec says,
+"comes in IDAT chunks." - A map of palette entries is optional. ...and the file ends with IEND. [Note] Images may
+be interlaced. 3 files were tested. Each image file holds one picture.
+
+## Rules
+
+{rules}
+
+## Trailer
+
+One sentence alone.
+"""
+
+
+def spec_file(path: Path) -> Path:
+    rules = " ".join(f"Rule {i} says that the {w} field of the file is read in order." for i, w in
+                     enumerate(["width", "height", "depth", "colour", "filter", "compression", "interlace", "gamma"] * 5, 1))
+    path.write_text(SPEC.format(rules=rules), encoding="utf-8")
+    return path
+
+
+def test_windows_cover_every_sentence_of_a_spec_full_of_file_quotes_and_repeated_shapes(tmp_path):
+    """The testers' spec: Alpaca's filters dropped 147 of its 246 windows ("file" blacklisted,
+    sentences opening with a quote or a bracket, ROUGE-L on 40 sentences of one shape kept 1
+    window of 8). Windows are a coverage task: every sentence of a section of two or more is in
+    exactly one kept window, and nothing is rejected."""
+    path = spec_file(tmp_path / "spec.md")
+    done = cli_run([str(path), "--mode", "windows", "--output_dir", "out", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
+    assert rejected == []
+    [doc], _ = load_paths([path])
+    windows = [r for r in kept if r["metadata"]["kind"] == "window"]
+    for section in doc.sections:
+        spans = split_sentences(doc.text, section.start, section.end)
+        inside = [r for r in windows if section.start <= r["metadata"]["start"] < section.end]
+        placed = sorted(span for r in inside for span in spans
+                        if r["metadata"]["start"] <= span[0] and span[1] <= r["metadata"]["end"])
+        assert placed == (spans if len(spans) > 1 else []), section.headings  # each once; a lone sentence has its heading pair
+    rules = [r for r in windows if r["metadata"]["headings"][-1] == "Rules"]
+    assert len(rules) == 8 and all(r["instruction"].startswith("Rule ") for r in rules)
+    assert any(r["instruction"].startswith("(a) Every file") for r in windows)
+    assert [r["output"] for r in kept if r["metadata"]["headings"][-1] == "Trailer"] == ["One sentence alone."]
+    assert list(kept[0])[:4] == ["instruction", "input", "output", "metadata"]
+    # ROUGE-L, or any filter, only when asked for
+    asked = cli_run([str(path), "--mode", "windows", "--output_dir", "asked", "--quiet", "--similarity_threshold", "0.7"],
+                    tmp_path)
+    assert asked.returncode == 0, asked.stderr
+    assert {r["reason"] for r in records(tmp_path / "asked" / "rejected.jsonl")} == {"similar"}
+
+
+def test_a_users_filter_by_flag_drops_what_it_names(tmp_path):
+    path = spec_file(tmp_path / "spec.md")
+    (tmp_path / "mine.py").write_text(
+        "def no_rules(example):\n"
+        "    return ('rule', example.instruction.split()[1]) if example.instruction.startswith('Rule ') else None\n",
+        encoding="utf-8")
+    done = cli_run([str(path), "--mode", "windows", "--filter", "mine:no_rules", "--output_dir", "out", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    rejected = records(tmp_path / "out" / "rejected.jsonl")
+    assert [(r["reason"], r["detail"]) for r in rejected] == [("rule", str(i)) for i in range(1, 41, 5)]
+    assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["filter"] == "mine:no_rules"
+    for spec, message in [("mine:missing", "--filter mine:missing: mine has no function missing"),
+                          ("gone.py:f", "--filter gone.py:f: no such file: gone.py")]:
+        bad = cli_run([str(path), "--mode", "windows", "--filter", spec, "--output_dir", "bad"], tmp_path)
+        assert bad.returncode == 2 and bad.stderr.strip() == f"self_instruct: error: {message}"
+        assert not (tmp_path / "bad").exists()
+    (tmp_path / "broken.py").write_text("def check(example):\n    raise KeyError('oops')\n", encoding="utf-8")
+    broken = cli_run([str(path), "--mode", "windows", "--filter", "broken.py:check", "--output_dir", "broken", "--quiet"],
+                     tmp_path)
+    assert broken.returncode == 2
+    assert broken.stderr.strip().splitlines()[-1] == "self_instruct: error: --filter broken.py:check raised KeyError: 'oops'"
+    assert records(tmp_path / "broken" / "generated.jsonl") == []
+
+
+def file_questions(prompt, body):
+    """Questions a teacher asks of a file-format spec: "file" in every one, some opening with a
+    quote; every answer supported."""
+    if prompt.startswith("Check each answer"):
+        count = len(re.findall(r"^Answer: ", prompt, re.M))
+        return json.dumps([{"id": k, "supported": True} for k in range(1, count + 1)])
+    opening = " ".join(passage_of(prompt).split()[:6])  # no two chunks open alike
+    return json.dumps([{"question": f"What does the file format say in {opening!r}?", "answer": opening},
+                       {"question": f'"{opening}": what does a PNG file do with it?', "answer": opening},
+                       {"question": "What is RAM?", "answer": "Memory."}])
+
+
+def test_qa_keeps_questions_about_files_and_questions_opening_with_a_quote(fake_server, tmp_path):
+    """Document QA was judged by Alpaca's blacklist and first-character rule: a spec's questions
+    that say "file" and a book's dialogue were rejected. The grounded set checks length only;
+    an exact repeat of a question is still a duplicate, and ROUGE-L runs only when asked for."""
+    fake_server.reply_fn = file_questions
+    path = spec_file(tmp_path / "spec.md")
+    done = cli_run([str(path), "--mode", "qa", "--chunk_size", "40", "--chunk_overlap", "0", "--output_dir", "out",
+                    "--base_url", fake_server.base_url, "--model_name", "fake-model", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    kept, rejected = records(tmp_path / "out" / "generated.jsonl"), records(tmp_path / "out" / "rejected.jsonl")
+    chunks = len({r["metadata"]["chunk"] for r in kept})
+    assert chunks >= 4 and all(" file " in r["instruction"] for r in kept if r["instruction"] != "What is RAM?")
+    assert any(r["instruction"].startswith('"') for r in kept)
+    assert sum(r["instruction"] == "What is RAM?" for r in kept) == 1
+    assert {r["reason"] for r in rejected} <= {"duplicate"} and len(kept) + len(rejected) == 3 * chunks
 
 
 def qa_teacher(prompt, body):

@@ -179,6 +179,24 @@ def test_cli_200_against_loopback_server(fake_server, tmp_path):
     assert_valid_pool(tmp_path / "out", 200)
 
 
+def test_a_users_filter_by_flag_drops_what_it_names(fake_server, tmp_path):
+    (tmp_path / "mine.py").write_text("def no_even(ex):\n    return ('even', ex.instruction[-2:]) "
+                                      "if len(ex.instruction) % 2 == 0 else None\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "self_instruct.generate", "--num_instructions_to_generate", "20", "--output_dir", "out",
+            "--base_url", fake_server.base_url, "--model_name", "fake-model", "--quiet", "--no_report"]
+    bad = subprocess.run(base + ["--filter", "mine:nothing"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "self_instruct: error: --filter mine:nothing: mine has no function nothing"
+    assert not (tmp_path / "out").exists() and fake_server.requests == []
+    done = subprocess.run(base + ["--filter", "mine.py:no_even"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    kept, rejected = read_jsonl(tmp_path / "out" / "generated.jsonl"), read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    assert len(kept) == 20 and all(len(r["instruction"]) % 2 for r in kept)
+    assert [(r["reason"], r["detail"]) for r in rejected if r["reason"] == "even"] == [
+        ("even", r["instruction"][-2:]) for r in rejected if r["reason"] == "even"] != []
+
+
 def test_library_api(fake_server, tmp_path):
     import self_instruct
     import self_instruct.generate as module  # importing the submodule must not hide the function

@@ -186,9 +186,12 @@ def test_shard_pairs_over_all_shards_are_every_pair_above_the_threshold(threshol
         assert set(map(tuple, found.tolist())) == expected and expected
 
 
-def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score():
+@pytest.mark.parametrize("cells", [1_000_000, 50], ids=["one-block", "many-blocks"])
+def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score(monkeypatch, cells):
     # Enough texts for several batches of growing size; repeats (same tokens, other case and
-    # punctuation) take the shortcut that skips the query.
+    # punctuation) take the shortcut that skips the query. Scored in blocks of rows or at once,
+    # the decisions are the same.
+    monkeypatch.setattr(similarity, "_CELLS", cells)
     rng = random.Random(8)
     words = [f"w{i}" for i in range(40)]
     base = [random_text(rng, words) for _ in range(120)]
@@ -204,12 +207,15 @@ def test_greedy_dedup_across_many_batches_with_repeats_equals_rouge_score():
     assert flags == expected and 0 < sum(flags) < len(texts)
 
 
+@pytest.mark.parametrize("cells", [1_000_000, 7], ids=["one-block", "blocks-of-rows"])
 @pytest.mark.parametrize("full_scan_below", [5000, 10], ids=["scores-decide", "filtered-search-decides"])
 @pytest.mark.parametrize("seeded", [True, False], ids=["seeded", "empty-index"])
-def test_a_batch_checks_each_text_as_rouge_score_would_in_turn(monkeypatch, full_scan_below, seeded):
+def test_a_batch_checks_each_text_as_rouge_score_would_in_turn(monkeypatch, full_scan_below, seeded, cells):
     """The judge checks a unit's candidates in one batch: each one against the index and the
-    batch's texts kept before it, exactly as rouge-score in turn, skipped texts never added."""
+    batch's texts kept before it, exactly as rouge-score in turn, skipped texts never added;
+    scored in one kernel call or a few rows at a time, the same bits."""
     monkeypatch.setattr(similarity, "FULL_SCAN_BELOW", full_scan_below)
+    monkeypatch.setattr(similarity, "_CELLS", cells)
     rng = random.Random(full_scan_below + seeded)
     words = ["a", "b", "c", "d", "e", "f", "g", "h", "İ", "é", "!"]
     seeds = [random_text(rng, words) for _ in range(30)] + ["", "a b"] if seeded else []
@@ -235,3 +241,29 @@ def test_a_batch_checks_each_text_as_rouge_score_would_in_turn(monkeypatch, full
             assert [(t, s, type(s)) for t, s in match.most_similar] == [(t, s, type(s)) for t, s in top]
             assert match.mean == (float(np.mean(scores)) if scores else 0.0)
     assert len(index) == len(ref.texts)
+
+
+def test_a_big_batch_and_a_big_dedup_batch_take_bounded_memory():
+    """A unit of a book's worth of candidates (thousands) is scored a block of rows at a time:
+    the all-pairs matrices of 4,000 texts alone would be 128 MB of LCS counts and as much again
+    of F-measures; the blocks hold about a million scores each."""
+    import tracemalloc
+
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(3000)]
+    seeds = [random_text(rng, words) for _ in range(300)]
+    texts = [random_text(rng, words) for _ in range(4000)]
+    index = RougeIndex(seeds)
+    tracemalloc.start()
+    try:
+        batch = index.batch(texts)
+        similar = sum(batch.decide(n) is not None for n in range(len(texts)))
+        finished = batch.finish()
+        _, batch_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        index._greedy_among([index._encode(text) for text in texts])
+        _, greedy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(finished) + similar == len(texts) and len(finished) > 3000
+    assert batch_peak < 64 * 2**20 and greedy_peak < 64 * 2**20, (batch_peak, greedy_peak)

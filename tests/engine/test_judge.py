@@ -2,8 +2,11 @@
 instructions, each verdict saying why; a batch decides as judging one candidate after another
 would, and candidates past the target's limit are left alone."""
 import re
+from types import SimpleNamespace
 
+from self_instruct.core.filters import COVERAGE, GROUNDED
 from self_instruct.engine.judge import Judge, reject_record
+from self_instruct.engine.run import judge_of
 from self_instruct.types import Example, Rejection
 
 SEEDS = ["Name three primary colors and explain how they mix.", "Summarize the plot of a famous novel in two sentences."]
@@ -81,3 +84,56 @@ def test_a_users_filter_runs_after_the_defaults_with_its_own_detail():
     assert reject_record(url) == {"reason": "url", "detail": "https://example.com/a", "instruction": url.example.instruction,
                                   "input": "", "output": "An answer.", "metadata": {"page": 3}}
     assert list(reject_record(url))[:2] == ["reason", "detail"]
+
+
+# --- filter sets ---
+
+SPEC = [  # sentences of a file-format spec, as windows or questions on it make them
+    ex("(a) Every file starts with an 8-byte signature.", output="The signature is followed by chunks."),
+    ex("Rule 1 says that the header is read first.", output="Rule 2 says that the length is read next."),
+    ex("Rule 3 says that the type is read first.", output="Rule 4 says that the data is read next."),
+    ex('"Image data," the spec says, "comes in IDAT chunks."', output="Several may follow one another."),
+    ex("- A map of palette entries is optional.", output="It holds up to 256 entries."),
+]
+
+
+def test_coverage_keeps_every_window_of_a_spec_but_an_exact_copy():
+    """Windows are a coverage task: a sentence is kept whatever its words or its shape; only empty
+    text and a verbatim copy of a pair are dropped."""
+    judge = Judge(filter_set=COVERAGE)
+    copy = ex(SPEC[1].instruction, output=SPEC[1].output)
+    same_start = ex(SPEC[1].instruction, output="Another output entirely.")
+    verdicts = judge.judge_many([*SPEC, copy, same_start, ex("Lonely.", output="")])
+    assert [reason(v) for v in verdicts] == ["kept"] * 5 + ["duplicate", "kept", "empty_output"]
+    kept = verdicts[0]
+    assert list(kept) == ["instruction", "input", "output", "metadata"]  # no similarity fields: none computed
+    assert Judge(SEEDS).judge_many(SPEC[:4]) != verdicts[:4]  # Alpaca's judge drops most of them
+
+
+def test_grounded_keeps_questions_alpaca_would_drop_and_tells_tasks_on_other_passages_apart():
+    judge = Judge(filter_set=GROUNDED)
+    questions = [ex("What does the file header hold?"), ex("What is RAM?"), ex('"Why?" Who asks this in chapter one?'),
+                 ex("What does the file header hold?", output="Something else."),
+                 Example("Summarize the passage.", "Passage one.", "One."), Example("Summarize the passage.", "Passage two.", "Two.")]
+    assert [reason(v) for v in judge.judge_many(questions)] == ["kept", "kept", "kept", "duplicate", "kept", "kept"]
+    # ROUGE-L only when a threshold is given
+    near = [ex("Which bytes does the file header hold?"), ex("Which bytes does the file header hold now?")]
+    assert [reason(v) for v in Judge(filter_set=GROUNDED).judge_many(near)] == ["kept", "kept"]
+    assert [reason(v) for v in Judge(filter_set=GROUNDED, threshold=0.7).judge_many(near)] == ["kept", "similar"]
+
+
+def test_a_resumed_judge_knows_the_pools_records_by_the_sets_key():
+    pool = [{"instruction": "Summarize the passage.", "input": "Passage one.", "output": "One.", "metadata": {}}]
+    judge = Judge(pool, filter_set=GROUNDED)
+    again = [Example("Summarize the passage.", "Passage one.", "Other."), Example("Summarize the passage.", "Passage three.", "3.")]
+    assert [reason(v) for v in judge.judge_many(again)] == ["duplicate", "kept"]
+
+
+def test_judge_of_takes_the_pipelines_set_and_the_users_filters(tmp_path):
+    (tmp_path / "mine.py").write_text("def no_rule(ex):\n    return 'rule' if ex.instruction.startswith('Rule') else None\n",
+                                      encoding="utf-8")
+    options = SimpleNamespace(similarity_threshold=None, decontaminate=None, filter=f"{tmp_path / 'mine.py'}:no_rule")
+    judge = judge_of([], options, filter_set=COVERAGE)
+    assert [reason(v) for v in judge.judge_many(SPEC)] == ["kept", "rule", "rule", "kept", "kept"]
+    alpaca = judge_of(SEEDS, SimpleNamespace(similarity_threshold=0.7, decontaminate=None, filter=None))
+    assert [reason(v) for v in alpaca.judge_many(SPEC[:1] + BATCH[:2])] == ["blacklist", "kept", "similar"]  # "file"

@@ -1,13 +1,19 @@
 """Chunking: exact boundaries and overlap, paragraph breaks preferred, no sentence cut or lost
-at a seam, sections never mixed, sizes in words or in a real tokenizer's tokens."""
+at a seam, sections never mixed, sizes in words or in a real tokenizer's tokens; sentences
+that are exact slices of the text whatever pysbd makes of it, a cap on a run-on sentence, and
+work linear in the text."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from self_instruct.errors import ConfigError
-from self_instruct.sources.chunking import chunk_documents, pack_sentences, split_sentences, token_counter, word_counts
+from self_instruct.sources import chunking
+from self_instruct.sources.chunking import (
+    MAX_SENTENCE_CHARS, StopSplitting, chunk_documents, pack_sentences, split_sentences, token_counter, word_counts,
+)
 from self_instruct.sources.document import Document, Section
 from self_instruct.sources.loaders import load_document
 
@@ -172,3 +178,85 @@ def test_the_embedded_models_tokenizer_sets_the_size():
     assert counter(["Hello world, how are you?", "Tomatoes need sun."]) == [7, 5]
     [chunk] = chunk_documents([document("Hello world, how are you? Tomatoes need sun.")], counter, size=12, overlap=0)
     assert chunk.tokens == 12
+
+
+def assert_exact_cover(text: str, spans) -> None:
+    """Spans in order, trimmed, never overlapping, and together every non-blank character once."""
+    assert all(a < b and text[a:b] == text[a:b].strip() for a, b in spans)
+    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert re.sub(r"\s", "", "".join(text[a:b] for a, b in spans)) == re.sub(r"\s", "", text)
+
+
+def test_a_sentence_start_needs_whitespace_before_it():
+    """pysbd ends a sentence inside "LEN != 0" and "a?b!c"; no sentence starts there."""
+    text = "The loop runs while LEN != 0 holds. It stops when a?b!c is true. 第一句。第二句。 Done."
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "The loop runs while LEN != 0 holds.", "It stops when a?b!c is true.", "第一句。", "第二句。", "Done."]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sentences_are_exact_slices_whatever_pysbd_makes_of_the_text(seed):
+    """pysbd works with placeholder characters of its own (∯, ♨, ☝, &ᓰ&, ...): in the input they
+    came back as other characters, the sentence was not found, and its boundary was lost. Over
+    random mixes of quotes, ellipses, abbreviations, code and those characters, every sentence
+    is a slice of the text, together they are all of it, and pysbd's own sentence starts (where
+    whitespace precedes them) are kept."""
+    rng = random.Random(seed)
+    tokens = ["Mr.", "Dr.", "e.g.", "i.e.", "...", "…", '"', "'", "“", "”", "(", ")", "!", "?", ".", ",", ";", "LEN",
+              "!=", "==", "3.5", "a.m.", "U.S.", "word", "The", "file", "&", "•", "1.", "a)", "\n", "\n\n", "∯", "♨",
+              "ȸ", "☝", "✂", "⎋", "&ᓰ&", "&ᓱ&", "。", "！", "Next.", "Then?", "Yes!"]
+    for _ in range(200):
+        text = " ".join(rng.choice(tokens) for _ in range(rng.randint(1, 40)))
+        assert_exact_cover(text, split_sentences(text))
+    text = "Alpha beta ♨ gamma. Delta ☝ epsilon. Zeta ∯ eta. Theta &ᓰ& iota."
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "Alpha beta ♨ gamma.", "Delta ☝ epsilon.", "Zeta ∯ eta.", "Theta &ᓰ& iota."]
+
+
+def test_a_run_on_text_is_cut_at_line_breaks_or_spaces_within_the_cap():
+    """Text with no sentence end: sentences of at most MAX_SENTENCE_CHARS, cut at the last line
+    break where there are lines, else at a space, else (no space at all) at the cap."""
+    rng = random.Random(1)
+    words = [rng.choice(["garden", "tomato", "water", "soil", "sun"]) for _ in range(6000)]
+    one_line = " ".join(words)
+    lines = "\n".join(" ".join(words[k:k + 12]) for k in range(0, len(words), 12))
+    for text in (one_line, lines, "x" * 20_000):
+        spans = split_sentences(text)
+        assert_exact_cover(text, spans)
+        assert len(spans) > 1 and max(b - a for a, b in spans) <= MAX_SENTENCE_CHARS
+    assert all(lines[b] == "\n" for _, b in split_sentences(lines)[:-1])  # whole lines
+    assert all(one_line[b] == " " for _, b in split_sentences(one_line)[:-1])  # whole words
+    assert all(b - a == MAX_SENTENCE_CHARS for a, b in split_sentences("x" * 20_000)[:-1])
+
+
+def test_splitting_gives_pysbd_each_character_a_bounded_number_of_times(monkeypatch):
+    """Linear work: pysbd's time grows with the square of what it is given at once, so it gets
+    pieces of at most about MAX_SENTENCE_CHARS, and each character of the text at most a few
+    times, with and without sentence ends and line breaks (timings: benchmarks/big_inputs.py)."""
+    given = []
+    real = chunking._sentence_starts
+    monkeypatch.setattr(chunking, "_sentence_starts", lambda piece, language: given.append(len(piece)) or real(piece, language))
+    rng = random.Random(2)
+    words = [rng.choice(["garden", "tomato", "water", "soil", "sun", "Dr. Hale", "e.g."]) for _ in range(30_000)]
+    prose = " ".join(w + ("." if rng.random() < 0.1 else "") for w in words)
+    for text in (" ".join(words), "\n".join(words), prose):
+        given.clear()
+        split_sentences(text)
+        assert max(given) <= MAX_SENTENCE_CHARS + 200 and sum(given) <= 3 * len(text), (max(given), sum(given), len(text))
+
+
+def test_splitting_ends_when_asked_to_stop():
+    text = " ".join(["Sentence number one here."] * 2000)
+    asked = []
+    with pytest.raises(StopSplitting):
+        split_sentences(text, stop=lambda: asked.append(1) or len(asked) > 3)
+    with pytest.raises(StopSplitting):
+        chunk_documents([document(text)], word_counts, size=50, overlap=0, stop=lambda: True)
+
+
+def test_a_chunk_knows_the_page_of_any_offset_in_it():
+    text = "Page one text here. More of page one.\nPage two starts. Page two ends."
+    doc = Document("a.pdf", text, (Section((), 0, len(text)),), page_starts=(0, text.index("Page two")))
+    [chunk] = chunk_documents([doc], word_counts, size=None, overlap=0)
+    assert [chunk.page_at(a) for a, _ in chunk.sentences] == [1, 1, 2, 2] == [doc.page_at(a) for a, _ in chunk.sentences]
+    assert chunk_documents([document(text)], word_counts, size=None, overlap=0)[0].page_at(5) is None
