@@ -177,7 +177,7 @@ class ConversationPipeline(Pipeline):
     assistant answers from (a document chunk), for grounded templates."""
 
     def __init__(self, inner: Pipeline, turns: int, templates: TurnTemplates, decoding: Decoding, *,
-                 filters: Iterable[Filter] = DEFAULT_FILTERS, known: Iterable[str] = (), threshold: float = 0.7,
+                 filters: Iterable[Filter] = DEFAULT_FILTERS, known: Iterable[str] = (), threshold: float | None = 0.7,
                  target: int | None = None, repeat_threshold: float = REPEAT_THRESHOLD, teacher: str | None = None,
                  context: Callable[[Any], str] | None = None):
         self.inner, self.turns, self.templates = inner, turns, templates
@@ -189,7 +189,8 @@ class ConversationPipeline(Pipeline):
         self.lag = inner.lag if target is None else LAG if inner.lag is None else min(inner.lag, LAG)
         self.candidates_per_request = inner.candidates_per_request
         known = list(known)
-        self.index = RougeIndex(known, threshold=threshold)
+        # None: no near-duplicate check (documents' default); exact duplicates are still dropped
+        self.index = RougeIndex(known, threshold=threshold) if threshold is not None else None
         self.keys = {duplicate_key(text) for text in known}
         self.pool: Any = None
         self.indexed = 0  # records of the pool in self.index
@@ -248,7 +249,7 @@ class ConversationPipeline(Pipeline):
             if key in seen or key in self.keys:
                 detail = "repeats a task of its unit" if key in seen else ""
                 settled.rejections.append(Rejection("duplicate", example, detail=detail))
-            elif match := self.index.similar_to(example.instruction):
+            elif self.index is not None and (match := self.index.similar_to(example.instruction)):
                 settled.rejections.append(Rejection("similar", example, detail=f"{match[1]:.4f} vs {match[0]!r}"))
             else:
                 growing.append(example)
@@ -259,7 +260,8 @@ class ConversationPipeline(Pipeline):
         """Index the pool's records not indexed yet: every one is of a unit before any running now."""
         records = getattr(self.pool, "records", [])
         for record in records[self.indexed:]:
-            self.index.add(record["instruction"])
+            if self.index is not None:
+                self.index.add(record["instruction"])
             self.keys.add(duplicate_key(record["instruction"]))
         self.indexed = len(records)
 

@@ -74,9 +74,10 @@ def test_a_whole_reply_keeps_its_text_finish_reason_and_usage(fake_server):
             return await teacher.complete([PROMPT, PROMPT], DECODING)
         finally:
             await teacher.aclose()
-    cut, whole = asyncio.run(ask())
-    assert (cut.finish_reason, whole.finish_reason) == ("length", "stop")
-    for reply in (cut, whole):
+    # the two requests race: the server's first (scripted "length") may answer either prompt
+    replies = asyncio.run(ask())
+    assert sorted(reply.finish_reason for reply in replies) == ["length", "stop"]
+    for reply in replies:
         assert reply.ok and not reply.faults and reply.text.strip()
         assert reply.prompt_tokens == len(PROMPT.split()) and reply.completion_tokens == len(reply.text.split())
 
