@@ -64,7 +64,8 @@ def check_outputs(files: Named = (), *, directories: Named = (), inputs: Named =
                                       f"give each its own path")
                 inside = _inside(other_real, real) if kind == "directory" else None
                 if inside is not None and inside.parts and inside.parts[0] in set(reserved):
-                    raise ConfigError(f"{other_flag} {other} would overwrite {inside.parts[0]}, which the run keeps "
+                    clash = "would overwrite" if len(inside.parts) == 1 else "lies inside"
+                    raise ConfigError(f"{other_flag} {other} {clash} {inside.parts[0]}, which the run keeps "
                                       f"in {flag} {given}; pass another {other_flag}")
             seen.append((flag, str(given), real))
     for flag, given in inputs:
