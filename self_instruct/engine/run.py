@@ -191,6 +191,8 @@ class Run:
 
         teacher = teacher or self.teacher
         ledger = Ledger(pool.dir, price if teacher is not self.teacher else self.price, pool.next_unit, pool.state)
+        for note in ledger.notes:
+            say(note)
         o = self.options
         engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
                         budget=budget or self.budget(pool.dir),
