@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -84,6 +85,7 @@ class Engine:
         self.bar = tqdm(total=total, initial=initial, desc="kept" if target is not None else "units",
                         unit="inst" if target is not None else "unit", file=sys.stderr, disable=quiet,
                         dynamic_ncols=True)
+        self.shown = -float("inf")  # when the bar was last redrawn between commits
         teacher.before_retry = self._admit_retry
 
     # -- the teacher call pipelines get --------------------------------------------------------
@@ -127,13 +129,23 @@ class Engine:
         async with self.slots:
             rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget)
             await self.ledger.sync()  # on disk before it goes
+            self._show()
             token = _REQUEST.set((rid, unit))
             try:
                 completion = (await self.teacher.complete([prompt], decoding))[0]
             finally:
                 _REQUEST.reset(token)
             self.ledger.done(rid, unit, key, completion)
+            self._show()
             return completion
+
+    def _show(self) -> None:
+        """Keep the bar alive between commits (a unit of a local model can take minutes): the
+        first request out shows at once, then requests out and tokens used twice a second."""
+        now = time.monotonic()
+        if now - self.shown >= 0.5:
+            self.shown = now
+            self.bar.set_postfix_str(self.stats.postfix(self.teacher.concurrency), refresh=True)
 
     async def _admit_retry(self) -> bool:
         current = _REQUEST.get()
