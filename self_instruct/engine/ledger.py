@@ -136,6 +136,7 @@ class Ledger:
         self.in_flight: dict[int, tuple[int, float]] = {}  # id -> (reserved tokens, reserved cost)
         self._next_id = 0
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
+        self._queued = self._durable = 0  # lines counted, and how many of them are on disk
         self._flush: asyncio.Future | None = None
         self._read(next_unit)
         self._floor(evidence or {})
@@ -189,6 +190,7 @@ class Ledger:
         self.spend.reserved_tokens += tokens
         self.in_flight[rid] = (tokens, cost)
         self._pending.append({"event": "send", "id": rid, "unit": unit, "t": round(time.time(), 3), "tokens": tokens, "cost": cost})
+        self._queued += 1
         return rid
 
     def retry(self, rid: int, unit: int, budget: Budget) -> bool:
@@ -197,17 +199,23 @@ class Ledger:
             return False
         self.spend.requests += 1
         self._pending.append({"event": "retry", "id": rid, "unit": unit, "t": round(time.time(), 3)})
+        self._queued += 1
         return True
 
     async def sync(self) -> None:
-        """Make every counted request durable: one fsync for all that queued meanwhile."""
-        while self._pending:
+        """Make every request counted so far durable: one fsync for all that queued meanwhile.
+        A caller waits for the flush that holds its own lines, not merely for the one in progress
+        when it came (its lines may be in the next)."""
+        mine = self._queued
+        while self._durable < mine:
             if self._flush is None or self._flush.done():
-                lines, self._pending = self._pending, []
-                self._flush = asyncio.ensure_future(asyncio.to_thread(append_jsonl, self.path, lines))
-                await asyncio.shield(self._flush)
-            else:
-                await asyncio.shield(self._flush)
+                lines, self._pending, upto = self._pending, [], self._queued
+                self._flush = asyncio.ensure_future(self._write(lines, upto))
+            await asyncio.shield(self._flush)
+
+    async def _write(self, lines: list[dict], upto: int) -> None:
+        await asyncio.to_thread(append_jsonl, self.path, lines)
+        self._durable = upto
 
     def done(self, rid: int, unit: int, key: str, completion: Completion) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""

@@ -122,7 +122,9 @@ class Engine:
             self.asks[unit] += 1
             self.wake.set()
             if self.pipeline is not None:  # asked inside run(): room may have opened for a unit
-                self._launch()
+                # Once the asks sent with this one have started too: a reply from the cache comes
+                # back before they do, and they would not count as out yet.
+                asyncio.get_running_loop().call_soon(self._launch)
 
     async def _send(self, unit: int, key: str, prompt: str, decoding: Decoding) -> Completion:
         """One request, counted on disk before it goes and settled when its reply is back."""

@@ -325,8 +325,11 @@ def test_units_asking_in_turn_keep_every_slot_busy(tmp_path):
 
 
 def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
-    """Replies already back in units still running count toward the target: the run asks for
-    about what the target needs, not a wave more (tokens past the target are money thrown away)."""
+    """Replies already back in units still running count toward the target: no round is
+    launched once the records kept and those the requests out should bring reach it (tokens
+    past the target are money thrown away), and no more than max_concurrency are ever out.
+    Asserted on the rounds the ledger shows sent, not on the server's count, which a retry on a
+    loaded machine raises without a round being wasted."""
     server = FakeOpenAI(latency=0.2, tasks_per_reply=8, synthetic=True).start()
     try:
         result = generate(str(tmp_path / "out"), base_url=server.base_url, model_name="m",
@@ -335,5 +338,8 @@ def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
     finally:
         server.stop()
     assert result.kept == 480
-    # 8 kept a reply: 60 replies, in rounds of 5 sent whole (a round may overshoot by 4).
-    assert len(server.requests) <= 60 + 4
+    ledger = [json.loads(line) for line in (tmp_path / "out" / "ledger.jsonl").read_text().splitlines()]
+    # 8 kept a reply, 5 replies a round: 12 rounds make 480; a 13th would only add to what is thrown away.
+    assert len({line["unit"] for line in ledger if line["event"] == "send"}) == 12
+    assert len(server.requests) == sum(line["event"] in ("send", "retry") for line in ledger)  # all counted
+    assert server.max_in_flight <= 40
