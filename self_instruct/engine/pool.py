@@ -150,6 +150,8 @@ class InstructionPool:
         commits = self._read_commits()
         for name in (GENERATED, REJECTED):
             self._cut_to_commit(name, commits[-1][name] if commits else 0)
+        # a run that has kept nothing yet still has its (empty) pool file: a run, not a stray directory
+        (self.dir / GENERATED).touch()
         self.kept_after = [c["kept_total"] for c in commits]
         try:
             if (self.dir / GENERATED).exists():

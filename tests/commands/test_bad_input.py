@@ -227,3 +227,12 @@ def test_as_a_real_process(tmp_path, args, expected):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and expected in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_missing_report_extra_is_one_hint_once(server, tmp_path, capsys, monkeypatch):
+    """The "no report" note used to repeat the pip hint its own reason already gave."""
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import matplotlib.figure fails
+    cli([str(a) for a in flags(server, tmp_path / "out") + ["--num_instructions_to_generate", "3"]])
+    err = capsys.readouterr().err
+    assert "self_instruct: no report (the report needs matplotlib: pip install 'self_instruct[export]')\n" in err
+    assert err.count("pip install") == 1

@@ -193,3 +193,15 @@ def test_a_pool_of_an_earlier_version_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="earlier version of self_instruct.*export what it holds.*--overwrite"):
         InstructionPool.open(out)
     assert (out / "generated.jsonl").read_text() == '{"instruction": "a", "metadata": {"round": 0}}\n'
+
+
+def test_a_run_that_kept_nothing_is_still_a_run_with_an_empty_pool_file(tmp_path):
+    """The report of a run whose replies all failed to parse said "no generated.jsonl here; pass
+    the --output_dir of a generate or documents run" about the run's own directory."""
+    from self_instruct.report import summarize
+
+    with InstructionPool.open(tmp_path / "out") as pool:
+        pool.append(0, [], [{"reason": "unparseable", "raw": "?"}])
+    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == b""
+    summary = summarize(tmp_path / "out")
+    assert sum(summary.kept_by_unit.values()) == 0 and summary.reasons == {"unparseable": 1}
