@@ -70,7 +70,9 @@ class FlagSpec:
             if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+(\.\d*)?", arg):
                 if self._room_for_a_word(words, raw):
                     words.append(arg)
-                    for_fire.append(arg)
+                    # fire reads words as literals, and "-" as its chaining separator; main gets the
+                    # words as typed anyway (run's `checked`), so fire only sees a stand-in
+                    for_fire.append("_")
                     continue
                 raise ConfigError(f"unexpected argument in position {i}: {arg!r}; every option is a flag, --name value (see --help)")
             name, value = self.long_name(arg)
@@ -95,10 +97,8 @@ class FlagSpec:
             if value is None:
                 if i >= len(args) or self._is_flag(args[i]):
                     raise ConfigError(f"--{name} needs a value")
-                for_fire += [arg, args[i]]
                 value, i = args[i], i + 1
-            else:
-                for_fire.append(arg)
+            for_fire.append(f"--{name}={value}")  # one word: a value "-" is not fire's separator
             raw[name] = value
         unfilled = [p for p in self.positional if p not in raw][len(words):]
         if unfilled and not self.variadic:

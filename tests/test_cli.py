@@ -66,7 +66,12 @@ def test_a_text_flag_gets_the_text_as_typed(typed):
     assert Command()("data.jsonl", "--model_name", typed)["model_name"] == typed
 
 
-@pytest.mark.parametrize("word", ["-5", "007"])
+def test_a_lone_dash_is_a_word_or_a_value_not_fires_separator():
+    assert Command()("-", "--model_name", "-", "--num", "3") == dict(
+        input="-", num=3, temperature=1.0, model_name="-", max_cost=None, quiet=False, api_key=None)
+
+
+@pytest.mark.parametrize("word", ["-5", "007", "-", "a,b", "[x"])
 def test_a_word_that_looks_like_a_number_or_a_flag_is_a_word(word):
     assert Command()(word)["input"] == word
 
