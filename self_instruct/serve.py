@@ -459,6 +459,8 @@ def main(
     from .teachers.local import LocalTeacher
 
     check_flags(host, port, allow_remote, local_model_path, n_threads, n_ctx, request_timeout)  # before loading a model
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("--api_key is empty: clients could never send it; leave it out to serve without a key")
     teacher = LocalTeacher(local_model_path, n_threads=n_threads, n_ctx=n_ctx)
     server = TeacherServer(teacher, host, port, allow_remote, request_timeout, api_key=api_key)
     auth = "; clients must send the API key" if api_key else ""

@@ -504,7 +504,9 @@ def test_dash_h_is_help_as_in_every_command(capsys):
     (["--local_model_path", "NOT_GGUF"], "is not a GGUF model (it does not start with 'GGUF')"),
     (["--port", "TAKEN"], "(Address already in use); choose another --port"),
     (["--host", "no-such-host.invalid", "--allow_remote"], "--host no-such-host.invalid: not an address this machine knows"),
-], ids=["negative_port", "port_too_large", "threads", "context", "timeout", "not_gguf", "port_taken", "unknown_host"])
+    (["--api_key", " "], "--api_key is empty: clients could never send it; leave it out to serve without a key"),
+], ids=["negative_port", "port_too_large", "threads", "context", "timeout", "not_gguf", "port_taken", "unknown_host",
+        "empty_key"])
 def test_flags_that_cannot_work_are_refused_before_the_model_loads(capsys, monkeypatch, tmp_path, argv, message):
     """serve --port -1 used to load the model, then end in a traceback from bind()."""
     from self_instruct.teachers import local
