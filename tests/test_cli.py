@@ -174,3 +174,15 @@ def test_dash_h_is_help_even_where_a_flag_starts_with_h(capsys):
     with pytest.raises(SystemExit):
         cli.run(main, ["-h=0.0.0.0"], name="self_instruct.serve")
     assert calls == []
+
+
+@pytest.mark.parametrize("command", ["generate", "documents", "score", "evolve", "dedup", "export", "report", "train",
+                                     "evaluate", "serve"])
+def test_dash_h_is_help_in_every_command_and_no_flag_is_listed_with_it(command, capsys):
+    """serve -h meant --host, and evaluate -h --holdout: fire gives -x to a lone flag starting with x."""
+    import importlib
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(f"self_instruct.{command}").cli(["-h"])
+    shown = "".join(capsys.readouterr())
+    assert info.value.code == 0 and "NAME" in shown and "\n    -h, " not in shown
