@@ -55,7 +55,7 @@ def throughput(latency: float, concurrency: int, tasks: int, rounds: int, stream
         with tempfile.TemporaryDirectory() as out:
             started, cpu = time.perf_counter(), time.process_time()
             result = generate(out, base_url=base_url, model_name="fake", num_instructions_to_generate=target,
-                              max_concurrency=concurrency, stream=stream, quiet=True)
+                              max_concurrency=concurrency, no_stream=not stream, quiet=True)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             done = [json.loads(line)["t"] for line in (Path(out) / "ledger.jsonl").read_text().splitlines()
                     if '"event": "done"' in line]

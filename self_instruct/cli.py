@@ -10,8 +10,9 @@ fire turns `main`'s signature into flags (the product card's choice); around it 
 - checks each value against `main`'s annotation (`--max_steps abc` is one line, not a traceback);
 - turns every expected failure (SelfInstructError, OSError, UnicodeError, RecursionError) into one
   line `self_instruct: error: ...` and exit status 2, and Ctrl-C into exit status 130;
-- never prints a secret: API keys seen in flags or the environment and passwords inside URLs
-  are masked in every message (:func:`redact`).
+- never prints a secret: API keys seen in flags or the environment and credentials inside URLs
+  are masked in every message (:func:`redact`), and in whatever else the command writes to
+  stderr while it runs (its progress, a library's warning).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import typing
 from typing import Any, Callable, Sequence
 
 from .errors import ConfigError, SelfInstructError
-from .io.secrets import redact, register_secret
+from .io.secrets import redact, redacted_stderr, register_secret
 
 HELP = ("-h", "--help")
 class FlagSpec:
@@ -187,7 +188,8 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
                         else next(typed, v)
                 else:
                     bound.arguments[k] = coerce(k, spec.types[k], v, raw.get(k))
-            return main(*bound.args, **bound.kwargs)
+            with redacted_stderr():  # every message, progress bar and library warning of the command
+                return main(*bound.args, **bound.kwargs)
 
         fire.Fire(checked, command=args, name=name)
     except SelfInstructError as exc:

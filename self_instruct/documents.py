@@ -34,6 +34,7 @@ from .options import (
     command,
     option,
     positive_int,
+    positive_number,
     validate,
 )
 from .pipelines.documents import (
@@ -45,7 +46,8 @@ from .pipelines.documents import (
     window_examples,
 )
 from .sources.chunking import Chunk, chunk_documents, token_counter
-from .sources.loaders import load_paths
+from .sources.document import DEFAULT_MAX_BYTES
+from .sources.loaders import load_files
 from .teachers.base import Teacher
 from .teachers.choose import planned_teacher
 from .types import Decoding, Example
@@ -73,6 +75,8 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
     tokenizer: str | None = option(None, "count tokens with 'local', a .gguf file or a local Hugging Face tokenizer "
                                          "(default: words)")
     language: str = option("en", "the documents' language, for sentence splitting")
+    max_file_mb: float = option(DEFAULT_MAX_BYTES / 2**20, "skip a file over this many MB, on disk or uncompressed "
+                                "(an EPUB or DOCX member, or all it holds), unread", check=positive_number)
     questions_per_chunk: int | None = option(None, "qa: questions asked of each chunk (default by its length)")
     questions_per_1k_tokens: float = option(6.0, "qa and instruct: questions or tasks per 1,000 tokens of a chunk")
     open_book: bool = option(False, "qa: the chunk goes into each record's input")
@@ -119,10 +123,12 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
 
 def read_chunks(cfg: DocumentsConfig) -> tuple[list[Chunk], list[dict]]:
     """The run's chunks (sections in windows mode) and a fingerprint of every file read. Each
-    file that cannot be read is one line on stderr; none readable at all is an error."""
-    documents, problems = load_paths(cfg.paths)
-    for problem in problems:
+    file that cannot be read (or passes --max_file_mb) is one line on stderr and an entry of the
+    sources with its reason; none readable at all is an error."""
+    loaded = load_files(cfg.paths, int(cfg.max_file_mb * 2**20))
+    for problem in loaded.problems():
         say(f"skipped {problem}")
+    documents = loaded.documents
     if not documents:
         raise ConfigError(f"none of the {len(cfg.paths)} path(s) given holds a readable document")
     size = None if cfg.mode == "windows" else cfg.chunk_size
@@ -131,6 +137,7 @@ def read_chunks(cfg: DocumentsConfig) -> tuple[list[Chunk], list[dict]]:
     if not chunks:
         raise ConfigError("the documents given hold no text to make examples from")
     sources = [{"path": d.path, "sha256": sha256_of(Path(d.path).read_bytes())} for d in documents]
+    sources += [{"path": path, "skipped": why} for path, why in loaded.skipped]
     return chunks, sources
 
 

@@ -61,6 +61,7 @@ from .io.jsonl import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from .io.secrets import redact_record, redact_url
 from .options import (
     BudgetOptions,
     KeyOptions,
@@ -127,12 +128,14 @@ class EvalConfig(RunOptions, BudgetOptions, KeyOptions):
             raise ConfigError(f"--system {rag[0]} retrieves from documents: pass --docs PATH ...")
 
     def settings(self, questions: Sequence[Question]) -> dict:
-        """What eval.json records: every setting an answer depends on (the judge is not one)."""
+        """What eval.json records: every setting an answer depends on (the judge is not one),
+        credentials in URLs (--embedder's, the systems') masked."""
         digest = hashlib.sha256(json.dumps([[q.question, q.answer, q.source] for q in questions]).encode()).hexdigest()
         keep = ("k", "embedder", "retrieval", "similarity", "chunk_tokens", "chunk_overlap", "system_message",
                 "prompt_layout", "prompt_with_input", "prompt_no_input", "max_new_tokens")
-        return {"questions": len(questions), "questions_sha256": digest, "docs": self.doc_paths,
-                **{name: getattr(self, name) for name in keep}, "systems": {s.name: s.spec for s in self.systems}}
+        return redact_record({"questions": len(questions), "questions_sha256": digest, "docs": self.doc_paths,
+                              **{name: getattr(self, name) for name in keep},
+                              "systems": {s.name: s.spec for s in self.systems}})
 
     def answers_dir(self, system: SystemSpec) -> Path:
         return Path(self.output_dir) / "answers" / system.name
@@ -298,7 +301,7 @@ def collect_answers(cfg: EvalConfig, systems: Sequence[SystemSpec]) -> list[dict
 
 async def grade(run: Run, cfg: EvalConfig, judge: Teacher, records: list[dict]) -> str | None:
     """The judge's stage: every distinct answer not graded yet. Returns the budget that stopped it, or None."""
-    with run.open(cfg.grades_dir(), {"judge": cfg.judge}) as pool:
+    with run.open(cfg.grades_dir(), {"judge": redact_url(cfg.judge)}) as pool:
         known = verdicts_of(pool.records)
         todo = {}
         for record in records:

@@ -2,14 +2,24 @@
 
 Writes OUT/report.html, one self-contained page (charts are PNGs inlined as data URIs; no script,
 no network) from what a generate or documents run wrote: generated.jsonl, rejected.jsonl,
-state.json, run.json and, when present, ledger.jsonl. It shows
+commits.jsonl, state.json, run.json and, when present, ledger.jsonl. It shows
 - kept against rejected (by reason) over the rounds, or over the chunks of a documents run;
+- for a documents run (run.json's `mode`), coverage per source file (chunks asked, chunks with
+  kept records, kept records, rejections by reason) and the grounding check's pass rate;
 - histograms of avg_similarity_score and of the top-1 ROUGE-L similarity of kept records;
 - instruction and output lengths in words;
-- the most common leading verbs and their objects as two rings, like Alpaca's verb-noun chart;
+- what was asked: the most common leading verbs and their objects as two rings, like Alpaca's
+  verb-noun chart; for a documents run in qa mode how its questions open, in instruct mode its
+  Dolly categories (questions seldom start with a verb, and the rings would be empty);
 - tokens and cost over time from ledger.jsonl (without one, progress over rounds, and it says so);
-- twenty random kept records and twenty rejected ones with their reasons;
-- for a documents run, coverage: chunks with and without kept records.
+- twenty random kept records and twenty rejected ones with their reasons (and, for documents,
+  the file, page and heading path each came from).
+A run that kept nothing still gets its page, which says so and why.
+
+The files are read as a resume would read them, and never changed: records past the last line
+of the commit log (a unit the run was killed while writing) and a torn last line are left out,
+with a note on the page; a state.json or run.json that is not a JSON object is left out with a
+note, as a resume rebuilds state.json.
 
 The verbs come from a heuristic, not a parser (no model to download): the first word of an
 instruction, unless it is a question word, pronoun or auxiliary, and the next word that is not a
@@ -28,17 +38,21 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .cli import run, words_as_flag
+from .engine.pool import COMMITS, GENERATED, LEDGER, REJECTED, RUN, STATE
 from .errors import ConfigError, DataError, SelfInstructError
-from .io.jsonl import iter_jsonl, read_json, write_text_atomic
+from .io.jsonl import loads_line, read_json, type_name, write_text_atomic
 from .io.secrets import redact, redact_url
+from .pipelines.documents import MODES as DOCUMENT_MODES
 
 REPORT = "report.html"
 SAMPLE_SIZE = 20
 MAX_BARS = 60  # more rounds than this are drawn in groups of consecutive rounds
+MAX_SOURCE_ROWS = 100  # rows of the coverage table; the rest are counted in one line
 INSTALL_HINT = "pip install 'self_instruct[export]'"
+NO_SOURCE = "(no source recorded)"  # records of a unit that named no file: a request that failed, say
 # Words that open an instruction without being its verb, and words skipped on the way to its object.
 NOT_VERBS = set("""what how why who whom whose which where when is are was were am be been can could do does did
     will would shall should may might must have has had i you we they he she it there here this that these those
@@ -50,26 +64,42 @@ REASON_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7
 
 
 @dataclass
+class SourceStats:
+    """What one source file of a documents run gave: its chunks (sections in windows mode) and records."""
+    first: int  # its first chunk's number: the table lists sources in the order the run read them
+    pieces: set = field(default_factory=set)
+    kept_pieces: set = field(default_factory=set)
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    grounded: int = 0  # answers the grounding check found supported (kept, or rejected later by the judge)
+
+
+@dataclass
 class RunSummary:
     """What a report shows, gathered in one pass over the run's files."""
     directory: Path
     unit_name: str = "round"  # "chunk" for a documents run
+    mode: str | None = None  # a documents run's mode
     kept_by_unit: Counter = field(default_factory=Counter)
     rejected_by_unit: dict = field(default_factory=lambda: defaultdict(Counter))
     reasons: Counter = field(default_factory=Counter)
+    details: dict = field(default_factory=dict)  # reason -> the detail of its first rejection
     similarity: list = field(default_factory=list)
     top_similarity: list = field(default_factory=list)
     instruction_words: list = field(default_factory=list)
     output_words: list = field(default_factory=list)
     verbs: Counter = field(default_factory=Counter)
     verb_objects: dict = field(default_factory=lambda: defaultdict(Counter))
+    openings: Counter = field(default_factory=Counter)  # first word of kept questions (qa)
+    categories: dict = field(default_factory=lambda: defaultdict(Counter))  # category -> kept and reasons (instruct)
     kept_sample: list = field(default_factory=list)
     rejected_samples: dict = field(default_factory=lambda: defaultdict(list))  # reason -> sample
-    kept_by_source: Counter = field(default_factory=Counter)
-    unit_numbers: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # source -> SourceStats
+    units: int | None = None  # units committed, from the commit log (else state.json)
     state: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     ledger: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what was left out of reading, and why
 
     @property
     def kept(self) -> int:
@@ -79,35 +109,124 @@ class RunSummary:
     def rejected(self) -> int:
         return sum(self.reasons.values())
 
+    @property
+    def piece_name(self) -> str:
+        """What a documents run's coverage counts: chunks, or sections in windows mode."""
+        return "section" if self.mode == "windows" else "chunk"
+
+    @property
+    def grounding(self) -> tuple[int, int, int]:
+        """(supported, ungrounded, unverified) answers of the grounding check."""
+        supported = sum(stats.grounded for stats in self.sources.values())
+        return supported, self.reasons.get("ungrounded", 0), self.reasons.get("unverified", 0)
+
 
 # -----------------------------------------------------------------------------
-# gathering
+# reading, as a resume would read
+
+
+def is_run_directory(directory: Path) -> bool:
+    """A directory an engine run wrote to (a run that kept nothing has no generated.jsonl)."""
+    return any((directory / name).is_file() for name in (GENERATED, REJECTED, COMMITS, RUN))
+
+
+def read_object(path: Path, notes: list, without: str) -> dict:
+    """A JSON object file, or {} with a note when it is missing or is not one (never an error:
+    the report shows what it can)."""
+    try:
+        value = read_json(path)
+    except DataError as exc:
+        notes.append(f"{exc}; {without}")
+        return {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        notes.append(f"{path.name} holds a JSON {type_name(value)}, not an object; {without}")
+        return {}
+    return value
+
+
+def committed_sizes(directory: Path, notes: list) -> dict | None:
+    """The sizes of generated.jsonl and rejected.jsonl at the last commit, and how many units
+    were committed, as InstructionPool.open reads them (a torn last line of the log does not
+    count); None without a commit log."""
+    path = directory / COMMITS
+    if not path.is_file():
+        return None
+    commits = list(read_lines(path, notes))
+    for i, entry in enumerate(commits):
+        if not isinstance(entry.get(GENERATED), int) or not isinstance(entry.get(REJECTED), int):
+            raise DataError(f"{path}:{i + 1}: a commit without the sizes of {GENERATED} and {REJECTED}; "
+                            f"the commit log was edited")
+    if not commits:
+        return {GENERATED: 0, REJECTED: 0, "units": 0}
+    return {GENERATED: commits[-1][GENERATED], REJECTED: commits[-1][REJECTED], "units": len(commits)}
+
+
+def read_lines(path: Path, notes: list, size: int | None = None) -> Iterator[dict]:
+    """The JSON objects of a JSONL file we wrote, up to byte `size` (a commit's) when given, and
+    without a torn last line (no newline: a write a kill cut short), each left out with a note.
+    Nothing on disk changes. A bad line before those is an error naming file and line."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, line in enumerate(f, 1):
+            if size is not None and offset >= size:
+                rest = path.stat().st_size - offset
+                notes.append(f"{path.name}: {rest:,} bytes past the last commit left out (a unit the run was "
+                             f"killed while writing; a resume cuts them and runs it again)")
+                return
+            offset += len(line)
+            if not line.endswith(b"\n"):
+                notes.append(f"{path.name}: a torn last line of {len(line):,} bytes left out (the run was killed "
+                             f"while writing it)")
+                return
+            body = line.rstrip(b"\n").rstrip(b"\r")
+            if not body.strip():
+                continue
+            value = loads_line(path, lineno, body)
+            if not isinstance(value, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type_name(value)}")
+            yield value
+    if size is not None and offset < size:
+        notes.append(f"{path.name}: {offset:,} bytes where {COMMITS} says {size:,} were committed (the file was "
+                     f"cut or edited; a resume refuses it): the report shows what is there")
 
 
 def summarize(output_dir: str | Path, seed: int = 0) -> RunSummary:
     """Read a run's files once, keeping counts, lists of numbers and two random samples."""
     directory = Path(output_dir)
-    generated = directory / "generated.jsonl"
-    if not generated.is_file():
+    if not is_run_directory(directory):
         raise DataError(f"{directory}: no generated.jsonl here; pass the --output_dir of a generate or documents run")
-    summary = RunSummary(directory, state=read_json(directory / "state.json") or {}, config=read_json(directory / "run.json") or {})
-    if "mode" in summary.config:  # a documents run: its units are chunks
-        summary.unit_name = "chunk"
+    notes: list[str] = []
+    summary = RunSummary(directory, state=read_object(directory / STATE, notes, "its counters are left out"),
+                         config=read_object(directory / RUN, notes, "the run's settings are unknown"), notes=notes)
+    if summary.config.get("mode") in DOCUMENT_MODES:
+        summary.mode = summary.config["mode"]
+        summary.unit_name = "section group" if summary.mode == "windows" else "chunk"
+    sizes = committed_sizes(directory, notes)
     rng = random.Random(seed)
-    for seen, (_, record) in enumerate(iter_jsonl(generated)):
-        unit = unit_of(record)
-        summary.kept_by_unit[unit] += 1
-        summary.kept_by_source[(record.get("metadata") or {}).get("source")] += 1
+    for seen, record in enumerate(read_lines(directory / GENERATED, notes, sizes and sizes[GENERATED])):
+        summary.kept_by_unit[unit_of(record)] += 1
         add_kept(summary, record)
         keep_sample(summary.kept_sample, record, seen, rng)
-    if (directory / "rejected.jsonl").is_file():
-        for _, record in iter_jsonl(directory / "rejected.jsonl"):
-            reason = str(record.get("reason", "unknown"))
-            summary.reasons[reason] += 1
-            summary.rejected_by_unit[unit_of(record)][reason] += 1
-            keep_sample(summary.rejected_samples[reason], record, summary.reasons[reason] - 1, rng)
-    if (directory / "ledger.jsonl").is_file():
-        summary.ledger = [entry for _, entry in iter_jsonl(directory / "ledger.jsonl")]
+    unplaced = []  # documents rejections that name no source, placed once every record was read
+    for record in read_lines(directory / REJECTED, notes, sizes and sizes[REJECTED]):
+        reason = str(record.get("reason", "unknown"))
+        summary.reasons[reason] += 1
+        summary.details.setdefault(reason, str(record.get("detail", "")))
+        summary.rejected_by_unit[unit_of(record)][reason] += 1
+        keep_sample(summary.rejected_samples[reason], record, summary.reasons[reason] - 1, rng)
+        if summary.mode and not add_to_source(summary, record, reason):
+            unplaced.append((unit_of(record), reason))
+        category = metadata_of(record).get("category")
+        if summary.mode == "instruct" and isinstance(category, str):
+            summary.categories[category][reason] += 1
+    place_unsourced(summary, unplaced)
+    summary.ledger = list(read_lines(directory / LEDGER, notes))
+    units = sizes["units"] if sizes else summary.state.get("units")
+    summary.units = units if isinstance(units, int) and not isinstance(units, bool) else None
     return summary
 
 
@@ -117,19 +236,81 @@ def unit_of(record: dict) -> int | None:
     return unit if isinstance(unit, int) and not isinstance(unit, bool) else None
 
 
+def metadata_of(record: dict) -> dict:
+    meta = record.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def piece_of(summary: RunSummary, record: dict) -> int | None:
+    """The chunk (or section, in windows mode) a documents record came from."""
+    piece = metadata_of(record).get(summary.piece_name)
+    if isinstance(piece, int) and not isinstance(piece, bool):
+        return piece
+    return None if summary.mode == "windows" else unit_of(record)  # a unit is one chunk
+
+
+def source_stats(summary: RunSummary, source: str, piece: int | None) -> SourceStats:
+    stats = summary.sources.get(source)
+    if stats is None:
+        stats = summary.sources[source] = SourceStats(first=piece if piece is not None else 1 << 62)
+    if piece is not None:
+        stats.first = min(stats.first, piece)
+        stats.pieces.add(piece)
+    return stats
+
+
+def add_to_source(summary: RunSummary, record: dict, reason: str | None) -> bool:
+    """Count a documents record (kept when `reason` is None) for its source; False when it names none."""
+    source = metadata_of(record).get("source")
+    if not isinstance(source, str):
+        return False
+    piece = piece_of(summary, record)
+    stats = source_stats(summary, source, piece)
+    stats.grounded += metadata_of(record).get("grounded") is True
+    if reason is None:
+        stats.kept += 1
+        if piece is not None:
+            stats.kept_pieces.add(piece)
+    else:
+        stats.reasons[reason] += 1
+    return True
+
+
+def place_unsourced(summary: RunSummary, unplaced: list) -> None:
+    """Rejections that name no source (a request that failed, a reply that did not parse) go to
+    the source of the other records of their chunk, or to NO_SOURCE when there are none."""
+    by_unit = {}
+    if summary.mode != "windows":  # there a unit holds many sections, maybe of several files
+        for source, stats in summary.sources.items():
+            for piece in stats.pieces:
+                by_unit[piece] = source
+    for unit, reason in unplaced:
+        source = by_unit.get(unit, NO_SOURCE)
+        stats = source_stats(summary, source, None if summary.mode == "windows" else unit)
+        stats.reasons[reason] += 1
+
+
 def add_kept(summary: RunSummary, record: dict) -> None:
     if isinstance(record.get("avg_similarity_score"), (int, float)):
         summary.similarity.append(float(record["avg_similarity_score"]))
     scores = [s for s in (record.get("most_similar_instructions") or {}).values() if isinstance(s, (int, float))]
     if scores:
         summary.top_similarity.append(float(max(scores)))
-    summary.instruction_words.append(len(str(record.get("instruction", "")).split()))
+    instruction = str(record.get("instruction", ""))
+    summary.instruction_words.append(len(instruction.split()))
     summary.output_words.append(len(str(record.get("output", "")).split()))
-    verb, obj = verb_and_object(str(record.get("instruction", "")))
+    verb, obj = verb_and_object(instruction)
     if verb:
         summary.verbs[verb] += 1
         if obj:
             summary.verb_objects[verb][obj] += 1
+    if summary.mode:
+        add_to_source(summary, record, None)
+        words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", instruction)
+        summary.openings[words[0].lower() if words else "(no word)"] += 1
+    category = metadata_of(record).get("category")
+    if summary.mode == "instruct" and isinstance(category, str):
+        summary.categories[category]["kept"] += 1
 
 
 def verb_and_object(instruction: str) -> tuple[str | None, str | None]:
@@ -292,24 +473,127 @@ def usage_chart(s: RunSummary) -> tuple[str, str]:
                            f"records over {s.unit_name}s, and the totals above come from state.json.")
 
 
-def coverage_chart(s: RunSummary) -> tuple[str, str]:
-    """Chunks of a documents run with kept records, with only rejections, and (when state.json
-    says how many chunks there were) with no record at all."""
-    with_kept = {u for u, n in s.kept_by_unit.items() if n and u is not None}
-    only_rejected = {u for u in s.rejected_by_unit if u is not None} - with_kept
-    total = s.state.get("units")
-    bars = [("with kept records", len(with_kept), "#2ca02c"), ("only rejected", len(only_rejected), "#d62728")]
-    if isinstance(total, int):
-        bars.append(("no record at all", max(0, total - len(with_kept) - len(only_rejected)), "#7f7f7f"))
+def ordered_sources(s: RunSummary) -> list[tuple[str, SourceStats]]:
+    """Sources in the order the run read them (by first chunk), NO_SOURCE last."""
+    return sorted(s.sources.items(), key=lambda item: (item[0] == NO_SOURCE, item[1].first, item[0]))
+
+
+def coverage_counts(s: RunSummary) -> tuple[int, int, int | None]:
+    """Chunks (sections) with kept records, with only rejected ones, and with no record at all
+    (None when the number of chunks asked is unknown: in windows mode a unit is many sections)."""
+    seen = set().union(*(stats.pieces for stats in s.sources.values()))
+    with_kept = set().union(*(stats.kept_pieces for stats in s.sources.values()))
+    total = s.units if s.mode != "windows" else None
+    return len(with_kept), len(seen - with_kept), (None if total is None else max(0, total - len(seen)))
+
+
+def coverage_chart(s: RunSummary) -> str:
+    """Chunks by outcome, and per source (the 15 read first) kept records and rejections by reason."""
+    with_kept, only_rejected, none = coverage_counts(s)
+    bars = [("with kept records", with_kept, "#2ca02c"), ("only rejected", only_rejected, "#d62728")]
+    if none is not None:
+        bars.append(("no record at all", none, "#7f7f7f"))
     fig, (left, right) = figure(columns=2)
-    left.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
-    left.set(xlabel="chunks", title="Chunks by outcome")
-    sources = s.kept_by_source.most_common(15)
-    right.barh([Path(str(name)).name for name, _ in sources][::-1], [n for _, n in sources][::-1], color="#1f77b4")
-    right.set(xlabel="kept records", title="Kept records per source file (top 15)")
-    note = (f"{len(with_kept)} of {total} chunks have kept records." if isinstance(total, int) else
-            f"{len(with_kept)} chunks have kept records; state.json does not say how many chunks the run had.")
-    return data_uri(fig), note
+    left.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color=[b[2] for b in bars][::-1])
+    left.set(xlabel=f"{s.piece_name}s", title=f"{s.piece_name.capitalize()}s by outcome")
+    left.xaxis.set_major_locator(whole_ticks())
+    shown = ordered_sources(s)[:15][::-1]
+    names = [Path(name).name if name != NO_SOURCE else name for name, _ in shown]
+    left_edge = [0] * len(shown)
+    layers = [("kept", "#2ca02c", lambda st: st.kept)]
+    layers += [(reason, REASON_COLOURS[i % len(REASON_COLOURS)], lambda st, r=reason: st.reasons.get(r, 0))
+               for i, (reason, _) in enumerate(s.reasons.most_common())]
+    for label, colour, count in layers:
+        widths = [count(stats) for _, stats in shown]
+        right.barh(names, widths, left=left_edge, color=colour, label=label)
+        left_edge = [x + w for x, w in zip(left_edge, widths)]
+    right.set(xlabel="records", title="Per source: kept and rejected")
+    right.xaxis.set_major_locator(whole_ticks())
+    if shown:
+        right.legend(fontsize=7, loc="best")
+    else:
+        right.text(0.5, 0.5, "no record names its source", ha="center", va="center", transform=right.transAxes)
+    return data_uri(fig)
+
+
+def coverage_note(s: RunSummary) -> str:
+    with_kept, only_rejected, none = coverage_counts(s)
+    piece = s.piece_name
+    if none is None:
+        return (f"{with_kept + only_rejected} {piece}s made records, {with_kept} of them kept ones; a unit of a "
+                f"windows run is a group of sections, so {piece}s that made no pair at all are not counted.")
+    total = with_kept + only_rejected + none
+    return (f"{with_kept} of {total} {piece}s asked have kept records, {only_rejected} only rejected ones "
+            f"and {none} none at all, from {len([n for n in s.sources if n != NO_SOURCE])} source file(s).")
+
+
+def verifies(s: RunSummary) -> bool:
+    """Whether the run checked answers against their chunks (qa and instruct, unless --no_verify)."""
+    return s.mode in ("qa", "instruct") and s.config.get("verify") is not False and not s.config.get("no_verify")
+
+
+def coverage_table(s: RunSummary) -> str:
+    """A row per source: chunks asked and with kept records, kept records, rejections by reason and,
+    when the run checked grounding, the answers supported of those with a verdict."""
+    check = verifies(s)
+    head = (f"<th>source</th><th>{s.piece_name}s</th><th>with kept records</th><th>kept</th><th>rejected</th>"
+            + ("<th>grounded</th>" if check else ""))
+    rows = []
+    ordered = ordered_sources(s)
+    for name, stats in ordered[:MAX_SOURCE_ROWS]:
+        rejected = sum(stats.reasons.values())
+        reasons = ", ".join(f"{r} {n:,}" for r, n in stats.reasons.most_common())
+        cells = [name, f"{len(stats.pieces):,}", f"{len(stats.kept_pieces):,}", f"{stats.kept:,}",
+                 f"{rejected:,}" + (f" ({reasons})" if reasons else "")]
+        if check:
+            verdicts = stats.grounded + stats.reasons.get("ungrounded", 0)
+            cells.append(f"{stats.grounded:,} of {verdicts:,}" + (f" ({stats.grounded / verdicts:.0%})" if verdicts else ""))
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    more = f"<p>and {len(ordered) - MAX_SOURCE_ROWS:,} more sources</p>" if len(ordered) > MAX_SOURCE_ROWS else ""
+    return f"<table class=coverage><tr>{head}</tr>{''.join(rows)}</table>{more}" if rows else "<p>no record names its source</p>"
+
+
+def grounding_text(s: RunSummary) -> str:
+    """The grounding check's pass rate in a sentence."""
+    if not verifies(s):
+        return "The grounding check was off (--no_verify): no answer was checked against its chunk."
+    supported, ungrounded, unverified = s.grounding
+    verdicts = supported + ungrounded
+    unverdicted = f"; {unverified:,} more got no verdict and were rejected as unverified" if unverified else ""
+    if not verdicts:
+        return f"No answer got a verdict from the grounding check{unverdicted}."
+    return (f"{supported:,} of the {verdicts:,} answers the teacher checked against their chunk were supported "
+            f"({supported / verdicts:.1%}); {ungrounded:,} were not and were rejected as ungrounded{unverdicted}.")
+
+
+def asked_chart(s: RunSummary) -> tuple[str, str, str] | None:
+    """(title, image, note) of what was asked: a qa run's question openings, an instruct run's
+    categories, else the leading verbs; None for windows (its instructions are the documents' own sentences)."""
+    if s.mode == "windows":
+        return None
+    if s.mode == "qa":
+        top = s.openings.most_common(15)[::-1]
+        fig, ax = figure(9.0, max(2.6, 0.6 + 0.3 * len(top)))
+        ax.barh([w for w, _ in top], [n for _, n in top], color="#1f77b4")
+        ax.set(xlabel="kept questions", title=f"How the kept questions open (first word, top {len(top)})")
+        ax.xaxis.set_major_locator(whole_ticks())
+        return "How the questions open", data_uri(fig), "Questions seldom start with a verb, so a qa run shows their first words."
+    if s.mode == "instruct":
+        names = sorted(s.categories, key=lambda c: -sum(s.categories[c].values()))[::-1]
+        fig, ax = figure(9.0, max(2.6, 0.6 + 0.35 * len(names)))
+        left = [0] * len(names)
+        layers = [("kept", "#2ca02c")] + [(r, REASON_COLOURS[i % len(REASON_COLOURS)]) for i, (r, _) in enumerate(s.reasons.most_common())]
+        for label, colour in layers:
+            widths = [s.categories[c].get(label, 0) for c in names]
+            ax.barh(names, widths, left=left, color=colour, label=label)
+            left = [x + w for x, w in zip(left, widths)]
+        ax.set(xlabel="records", title="Dolly categories: kept, and rejected by reason")
+        ax.xaxis.set_major_locator(whole_ticks())
+        if names:
+            ax.legend(fontsize=7, loc="best")
+        return "Categories", data_uri(fig), "The category each task was asked for (metadata.category)."
+    return ("Leading verbs and their objects", verb_chart(s),
+            "Verb: the instruction's first word; object: the next content word (a heuristic, no parser).")
 
 
 def cumulative(values) -> list:
@@ -326,50 +610,97 @@ def cumulative(values) -> list:
 
 def render(s: RunSummary) -> str:
     """The report page as HTML text."""
-    sections = [("Kept and rejected", outcomes_chart(s), ""),
-                ("Similarity of kept records", histograms([
-                    ("avg_similarity_score", s.similarity, "mean ROUGE-L F to the 10 most similar"),
-                    ("top-1 similarity", s.top_similarity, "ROUGE-L F to the most similar instruction")]), ""),
-                ("Lengths", histograms([("instruction", s.instruction_words, "words"),
-                                        ("output", s.output_words, "words")], whole=True), ""),
-                ("Leading verbs and their objects", verb_chart(s),
-                 "Verb: the instruction's first word; object: the next content word (a heuristic, no parser).")]
+    sections = [("Kept and rejected", outcomes_chart(s), "", "")]
+    if s.mode:
+        sections.append(("Coverage of the documents", coverage_chart(s), coverage_note(s), coverage_table(s)))
+    sections += [("Similarity of kept records", histograms([
+                     ("avg_similarity_score", s.similarity, "mean ROUGE-L F to the 10 most similar"),
+                     ("top-1 similarity", s.top_similarity, "ROUGE-L F to the most similar instruction")]), "", ""),
+                 ("Lengths", histograms([("instruction", s.instruction_words, "words"),
+                                         ("output", s.output_words, "words")], whole=True), "", "")]
+    asked = asked_chart(s)
+    if asked:
+        sections.append((*asked, ""))
     image, note = usage_chart(s)
-    sections.append(("Tokens and cost", image, note))
-    if s.unit_name == "chunk":
-        image, note = coverage_chart(s)
-        sections.append(("Coverage of the documents", image, note))
-    body = [f"<h1>Run report: {esc(s.directory.resolve().name)}</h1>", overview(s)]
-    for title, image, note in sections:
-        body.append(f"<h2>{esc(title)}</h2>" + (f"<p>{esc(note)}</p>" if note else "") + f'<img alt="{esc(title)}" src="{image}">')
-    body.append(f"<h2>{len(s.kept_sample)} random kept records</h2>" + records_table(s.kept_sample, rejected=False))
+    sections.append(("Tokens and cost", image, note, ""))
+    body = [f"<h1>Run report: {esc(s.directory.resolve().name)}</h1>", nothing_kept(s), overview(s)]
+    body += [f"<p class=note>{esc(note)}</p>" for note in s.notes]
+    for title, image, note, after in sections:
+        body.append(f"<h2>{esc(title)}</h2>" + (f"<p>{esc(note)}</p>" if note else "")
+                    + f'<img alt="{esc(title)}" src="{image}">' + after)
+        if title == "Coverage of the documents" and s.mode in ("qa", "instruct"):
+            body.append(f"<h2>Grounding check</h2><p>{esc(grounding_text(s))}</p>")
+    body.append(f"<h2>{len(s.kept_sample)} random kept records</h2>" + records_table(s.kept_sample, False, bool(s.mode)))
     rejected = rejected_sample(s)
-    body.append(f"<h2>{len(rejected)} random rejected records, every reason shown</h2>" + records_table(rejected, rejected=True))
+    body.append(f"<h2>{len(rejected)} random rejected records, every reason shown</h2>"
+                + records_table(rejected, True, bool(s.mode)))
     return PAGE.format(title=esc(f"self_instruct report: {s.directory.resolve().name}"), body="\n".join(body))
+
+
+def nothing_kept(s: RunSummary) -> str:
+    """For a run that kept nothing: a paragraph that says so, and why (the top reasons, each with
+    the detail of its first rejection)."""
+    if s.kept:
+        return ""
+    if not s.reasons:
+        units = f" ({s.units} {s.unit_name}s recorded)" if s.units else ""
+        return f"<p class=nothing><b>No record was kept, and none was rejected{esc(units)}:</b> no {esc(s.unit_name)} made a candidate.</p>"
+    top = s.reasons.most_common(3)
+    why = "; ".join(f"{esc(r)} {n:,}" + (f" (first: {esc(clip(s.details[r], 200))})" if s.details.get(r) else "")
+                    for r, n in top)
+    return (f"<p class=nothing><b>No record was kept.</b> Every one of the {s.rejected:,} candidates was rejected; "
+            f"the top reasons: {why}.</p>")
+
+
+def count(state: dict, key: str):
+    """A counter of state.json as a number (0 where it is missing or is not one)."""
+    value = state.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def overview(s: RunSummary) -> str:
     state, config = s.state, s.config
-    tokens = (state.get("prompt_tokens") or 0) + (state.get("completion_tokens") or 0)
+    prompt, completion = count(state, "prompt_tokens"), count(state, "completion_tokens")
     rows = [("kept", f"{s.kept:,}"), ("rejected", f"{s.rejected:,}" + (" (" + ", ".join(f"{r} {n:,}" for r, n in s.reasons.most_common()) + ")" if s.reasons else "")),
-            ("requests", f"{state.get('requests', 0):,} ({state.get('failed_requests', 0):,} failed)"),
-            ("tokens", f"{tokens:,} ({state.get('prompt_tokens', 0):,} prompt, {state.get('completion_tokens', 0):,} completion)")]
-    if state.get("cost") is not None:
+            ("requests", f"{count(state, 'requests'):,} ({count(state, 'failed_requests'):,} failed)"),
+            ("tokens", f"{prompt + completion:,} ({prompt:,} prompt, {completion:,} completion)")]
+    if isinstance(state.get("cost"), (int, float)):
         rows.append(("cost", f"{state['cost']:.4f} USD"))
-    for key in ("model_name", "teacher", "api", "base_url", "seed", "num_instructions_to_generate"):
+    if s.mode in ("qa", "instruct"):
+        supported, ungrounded, _ = s.grounding
+        rows.append(("grounded", f"{supported:,} of {supported + ungrounded:,}" if verifies(s) else "not checked (--no_verify)"))
+    for key in ("mode", "model_name", "teacher", "api", "base_url", "seed", "num_instructions_to_generate"):
         if config.get(key) is not None:
             rows.append((key, redact_url(str(config[key]))))
     rows.append(("written", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
     return "<table class=overview>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def records_table(records: list[dict], rejected: bool) -> str:
+def where_from(record: dict) -> str:
+    """Where a documents record came from: its file, pages and heading path.
+
+    >>> where_from({"metadata": {"source": "/books/garden.pdf", "page": 3, "last_page": 4, "headings": ["I", "Soil"]}})
+    'garden.pdf, pages 3-4, I > Soil'
+    """
+    meta = metadata_of(record)
+    parts = [Path(str(meta["source"])).name] if meta.get("source") else []
+    page, last = meta.get("page"), meta.get("last_page")
+    if page is not None:
+        parts.append(f"page {page}" if last in (None, page) else f"pages {page}-{last}")
+    headings = meta.get("headings")
+    if isinstance(headings, list) and headings:
+        parts.append(" > ".join(map(str, headings)))
+    return ", ".join(parts)
+
+
+def records_table(records: list[dict], rejected: bool, documents: bool = False) -> str:
     if not records:
         return "<p>none</p>"
-    head = ("<th>reason</th>" if rejected else "") + "<th>instruction</th><th>input</th><th>output</th>"
+    head = (("<th>reason</th>" if rejected else "") + ("<th>from</th>" if documents else "")
+            + "<th>instruction</th><th>input</th><th>output</th>")
     rows = []
     for r in records:
-        texts = [r.get("instruction", r.get("raw", "")), r.get("input", ""), r.get("output", "")]
+        texts = ([where_from(r)] if documents else []) + [r.get("instruction", r.get("raw", "")), r.get("input", ""), r.get("output", "")]
         reason = f"<td><b>{esc(r.get('reason', ''))}</b><br><small>{esc(clip(str(r.get('detail', ''))))}</small></td>" if rejected else ""
         rows.append("<tr>" + reason + "".join(f"<td>{esc(clip(str(t)))}</td>" for t in texts) + "</tr>")
     return f"<table class=records><tr>{head}</tr>{''.join(rows)}</table>"
@@ -392,6 +723,8 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }}
 table.records td {{ white-space: pre-wrap; unicode-bidi: plaintext; }}
 h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.5em; }}
+p.nothing {{ background: #fdecea; border-left: 4px solid #d62728; padding: 0.6em 1em; }}
+p.note {{ color: #555; font-size: 0.9em; }}
 </style></head>
 <body>
 {body}

@@ -354,7 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, exc: RequestError) -> None:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        self._send(exc.status, {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": None}})
+        # A careless server repeats the client's credentials (a key in the query) in its errors; not this one.
+        self._send(exc.status, {"error": {"message": redact(str(exc)), "type": kind, "param": exc.param, "code": None}})
 
     def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode("utf-8")

@@ -14,7 +14,11 @@ ANCHORS = SHARED / "anchors"
 
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch, tmp_path):
-    """No test sees a real key or endpoint, or writes to the user's caches, or reaches a hub."""
+    """No test sees a real key or endpoint, or writes to the user's caches, or reaches a hub; and
+    no test starts with keys an earlier one registered for masking (they would hide a leak)."""
+    from self_instruct.io import secrets
+
+    monkeypatch.setattr(secrets, "_secrets", set())
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -3,13 +3,17 @@ writes plausible self-instruct replies, and injects the faults real endpoints th
 
 Faults are scripted per request: `server.script(["429", "ok", "reset"])` answers the next three
 requests so; `server.fault_rate = 0.3` draws faults at random (seeded) after the script. Besides
-FAULTS, scripts may use "400" (a refusal), "404" (no such model), "echo_key" (a 500 whose message repeats the
-Authorization header, as careless servers do), "html" (HTTP 200 with an HTML page) and "stall"
-(a streamed reply that goes silent for `timeout_sleep` seconds halfway).
+FAULTS, scripts may use "400" (a refusal), "401" (a key refused, as after it is revoked), "404" (no such model), "echo_key" (a 500 whose message repeats the
+Authorization header, as careless servers do), "html" (HTTP 200 with an HTML page), "stall"
+(a streamed reply that goes silent for `timeout_sleep` seconds halfway), "cut_short" (finish_reason
+"length" before any text, as a reasoning model that spent max_tokens thinking), "context_full" (a
+context overflow whose numbers say the prompt alone fills the context) and "quota" (OpenAI's 429
+for an account with no credit left).
 
 Replies are streamed as server-sent events when the request says `stream: true`, one word a chunk,
 `token_delay` seconds apart, with a usage chunk when `stream_options.include_usage` asks (unless
-`stream_usage` is off). `refuse_stream` / `refuse_stream_options` answer such requests with a 400,
+`stream_usage` is off). `whole_replies` answers every request with one JSON body, stream or not,
+as simple servers and proxies do; `always_stream` streams every reply, even to a plain request. `refuse_stream` / `refuse_stream_options` answer such requests with a 400,
 as servers without streaming do. `slots=n` serves n requests at a time: the rest wait, silent, as
 llama.cpp's server and Ollama queue them; `interrupt=True` also cuts a stream short (a bare
 [DONE], no finish_reason) as soon as another request waits, as llama-cpp-python's server does.
@@ -44,7 +48,7 @@ VERBS = ("Explain", "Describe", "Compare", "Summarize", "List", "Suggest", "Clas
 FAULTS = ("429", "429-retry-after", "500", "502", "503", "reset", "timeout", "malformed", "empty_choices",
           "length", "zero_tasks", "wrong_numbering", "context_length")
 # Faults answered with an error status at once, before the request would wait for a slot.
-_REFUSALS = ("429", "429-retry-after", "500", "502", "503", "context_length", "400", "404", "echo_key")
+_REFUSALS = ("429", "429-retry-after", "500", "502", "503", "context_length", "context_full", "400", "401", "404", "echo_key", "quota")
 
 
 def make_task(rng: random.Random, synthetic: bool = False) -> tuple[str, str, str]:
@@ -92,6 +96,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.token_delay = token_delay
         self.stream_usage = True
         self.refuse_stream = self.refuse_stream_options = False
+        self.whole_replies = self.always_stream = False
         self.arrivals: list[tuple[float, int]] = []  # (time, requests in flight then, this one included)
         self.charges: list[tuple[float, int]] = []  # (arrival time, tokens of the answered request)
         self.synthetic = synthetic
@@ -272,12 +277,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self._refused(body):
             name = "stream" if self.server.refuse_stream else "stream_options"
             return self._json(400, {"error": {"message": f"{name} is not supported by this endpoint", "param": name}})
+        if fault == "quota":
+            return self._json(429, {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                                              "type": "insufficient_quota", "code": "insufficient_quota"}})
         if fault in ("429", "429-retry-after"):
             headers = {"Retry-After": self.server.retry_after} if fault == "429-retry-after" else {}
             return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers)
         if fault in ("500", "502", "503"):
             return self._json(int(fault), {"error": {"message": f"server error {fault}"}})
-        stream = bool(body.get("stream"))
+        stream = (bool(body.get("stream")) and not self.server.whole_replies) or self.server.always_stream
         if fault == "reset" and not stream:
             return self._reset()
         if fault == "context_length":
@@ -287,14 +295,22 @@ class _Handler(BaseHTTPRequestHandler):
                 f"This model's maximum context length is {asked + 99} tokens. However, you requested {asked + 100} tokens "
                 f"(100 in your prompt; {asked} for the completion). Please reduce your prompt; or completion length."),
                 "type": "invalid_request_error", "code": "context_length_exceeded"}})
+        if fault == "context_full":  # llama-cpp-python's wording: the prompt alone is past the context
+            asked = body.get("max_tokens", 16)
+            return self._json(400, {"error": {"message": (
+                f"This model's maximum context length is 50 tokens, however you requested {asked + 100} tokens "
+                f"(100 in your prompt; {asked} for the completion). Please reduce your prompt; or completion length."),
+                "type": "invalid_request_error", "code": "context_length_exceeded"}})
         if fault == "400":  # a refusal no retry can fix
             return self._json(400, {"error": {"message": "Unsupported parameter: 'top_p'", "type": "invalid_request_error"}})
+        if fault == "401":
+            return self._json(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})
         if fault == "404":  # the model is not served here
             return self._json(404, {"error": {"message": f"The model '{body.get('model')}' does not exist", "code": "model_not_found"}})
         if fault == "echo_key":
             return self._json(500, {"error": {"message": f"upstream failed for credentials {self.headers.get('Authorization')}"}})
         if fault == "html":
-            page = b"<html><body>Bad gateway</body></html>"
+            page = b"<html><head><title>Bad gateway</title></head><body>Bad gateway</body></html>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(page)))
@@ -310,12 +326,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream([empty]) if stream else self._json(200, empty)
         if fault == "length":
             text, finish = text[: max(1, len(text) * 2 // 3)], "length"
+        elif fault == "cut_short":
+            text, finish = "", "length"
         elif fault == "zero_tasks":
             # numbered like a real refusal's request id: two refusals are two different replies
             text = f" Sorry, I cannot help with that request (ticket {next(self.server.tickets)})."
         elif fault == "wrong_numbering":
             text = re.sub(r"(\d+)\. (Instruction|Input|Output):", lambda m: f"{int(m.group(1)) + 7}. {m.group(2)}:", text)
-        if chat and not self.server.raw_chat:
+        if chat and not self.server.raw_chat and text:
             m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
             text = f"{m.group(1) if m else 4}. Instruction:{text}"  # chat models restate the open number
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": len(prompt.split()) + len(text.split())}
@@ -330,11 +348,12 @@ class _Handler(BaseHTTPRequestHandler):
         head = {"id": "cmpl-1", "created": 0, "model": body.get("model"), "object": "chat.completion.chunk" if chat else "text_completion"}
 
         def chunk(piece, finish_reason=None):
-            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece, "logprobs": None}
+            delta = {"content": piece} if piece or not finish_reason else {}  # no text: no content
+            choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": piece, "logprobs": None}
             return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
         if chat:
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
-        for piece in re.findall(r"\s*\S+\s*", text) or [text]:
+        for piece in re.findall(r"\s*\S+\s*", text):
             yield chunk(piece)
         yield chunk("", finish)
         if self.server.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
@@ -371,8 +390,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _completion(body: dict, text: str, finish: str, chat: bool, usage: dict) -> dict:
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        if chat:  # no text at all: content null, as a reasoning model's reply cut short in its thinking
+            choice = {"index": 0, "message": {"role": "assistant", "content": text or None}, "finish_reason": finish}
             return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model"), "choices": [choice], "usage": usage}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body.get("model"), "choices": [choice], "usage": usage}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
-from ..io.secrets import redact, redact_url, register_secret
+from ..io.secrets import redact, redact_record, register_secret
 from ..options import recorded
 from ..teachers.base import Teacher
 from ..teachers.choose import make_teacher, planned_teacher
@@ -128,17 +128,18 @@ class Run:
     # -- files ----------------------------------------------------------------------------
 
     def config(self, teacher: Teacher | None = None, **extra: Any) -> dict[str, Any]:
-        """What run.json records: the settings (no key, no password in a URL), the teacher, the version."""
+        """What run.json records: the settings (no key, no credential of a URL, whichever flag
+        gave it), the teacher, the version."""
         from .. import __version__
 
         teacher = teacher or self.teacher
         config = recorded(self.options)
         if "base_url" in config:
-            config["base_url"] = redact_url(self.base_url)
+            config["base_url"] = self.base_url
         if self.asks_teacher:
             config.update(teacher=getattr(self.options, "teacher", None) or ("local" if is_local(teacher) else "openai"),
                           teacher_info=teacher.describe(), model_name=teacher.model_id)
-        return {**config, **extra, "self_instruct_version": __version__}
+        return redact_record({**config, **extra, "self_instruct_version": __version__})
 
     def open(self, directory: str | Path, config: dict | None, shaping: Sequence[str] = (), *,
              restart: bool = False) -> InstructionPool:

@@ -24,12 +24,13 @@ import contextvars
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from tqdm import tqdm
 
+from ..io.secrets import redact
 from ..pipelines.base import Pipeline, UnitResult
 from ..teachers.base import Teacher
 from ..types import Completion, Decoding, Rejection
@@ -137,6 +138,8 @@ class Engine:
                 completion = (await self.teacher.complete([prompt], decoding))[0]
             finally:
                 _REQUEST.reset(token)
+            if completion.error:  # whatever the teacher, its error reaches the ledger, rejects and messages masked
+                completion = replace(completion, error=redact(completion.error))
             self.ledger.done(rid, unit, key, completion)
             self._show()
             return completion
@@ -192,6 +195,9 @@ class Engine:
                     continue
                 result = self.finished.pop(self.next_commit)
                 if isinstance(result, BudgetExhausted):
+                    # Requests already out are paid for: let them come back (no new one can go), so
+                    # their replies reach the cache and the resumed run does not buy them twice.
+                    await asyncio.gather(*self.running.values(), return_exceptions=True)
                     return self.exhausted or result.reason
                 if isinstance(result, BaseException):
                     raise result

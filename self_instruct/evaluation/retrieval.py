@@ -30,8 +30,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TeacherError
 from ..io.jsonl import read_json, write_json_atomic, write_jsonl_atomic
+from ..io.secrets import redact, redact_url
 
 INSTALL_HINT = "pip install 'self_instruct[eval]'"
 MODES = ("hybrid", "dense", "bm25")
@@ -123,16 +124,22 @@ class EndpointEmbedder:
     def __init__(self, model: str, base_url: str | None, api_key: str | None = None, batch_size: int = 64):
         import openai
 
-        self.name = f"openai:{model}@{base_url or 'api.openai.com'}"
+        self.name = f"openai:{model}@{redact_url(base_url) or 'api.openai.com'}"  # shown and saved: no credential
         self.model, self.batch_size = model, batch_size
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
                                     max_retries=5)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import openai
+
         rows = []
-        for start in range(0, len(texts), self.batch_size):
-            response = self.client.embeddings.create(model=self.model, input=list(texts[start:start + self.batch_size]))
-            rows += [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                response = self.client.embeddings.create(model=self.model, input=list(texts[start:start + self.batch_size]))
+                rows += [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+        except (openai.OpenAIError, ValueError) as exc:  # refused, unreachable, or no embeddings in the reply
+            raise TeacherError(f"the embedder {self.name} failed: {type(exc).__name__}: "
+                               f"{redact(' '.join(str(exc).split()))}") from None
         return np.asarray(rows, dtype=np.float32)
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..core.templates import render_training_prompt
 from ..errors import ConfigError
+from ..io.secrets import redact_url
 from ..teachers.base import Teacher
 from ..types import Completion, Decoding
 
@@ -31,7 +32,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 @dataclass(frozen=True, slots=True)
 class SystemSpec:
-    """One system under test: NAME=hf:PATH[:ADAPTER] or NAME=openai:MODEL@BASE_URL."""
+    """One system under test: NAME=hf:PATH[:ADAPTER] or NAME=openai:MODEL@BASE_URL. `spec` is what
+    eval.json, run.json and results.json show (credentials in the URL masked); `base_url` is the
+    address itself."""
 
     name: str
     spec: str
@@ -65,7 +68,7 @@ def parse_system(text: str) -> SystemSpec:
         return SystemSpec(name, spec, "hf", path, adapter or None)
     if kind == "openai" and rest:
         model, _, base_url = rest.partition("@")
-        return SystemSpec(name, spec, "openai", model, base_url=base_url or None)
+        return SystemSpec(name, redact_url(spec), "openai", model, base_url=base_url or None)
     raise ConfigError(f"--system {text}: the model must be hf:PATH, hf:PATH:ADAPTER or openai:MODEL@BASE_URL")
 
 

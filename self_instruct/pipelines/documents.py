@@ -316,6 +316,7 @@ def window_examples(chunk: Chunk, n: int) -> list[Example]:
     examples = []
     for i, j in window_ranges(len(sentences), n):
         start, end = chunk.sentences[i][0], chunk.sentences[j - 1][1]
+        start, end = chunk.original(start, end)  # offsets into the raw extraction, as the chunk's are
         meta = provenance | {"mode": "windows", "kind": "window", "start": start, "end": end, "sentences": [i, j]}
         examples.append(Example(sentences[i], "", " ".join(sentences[i + 1:j]), meta))
     if chunk.headings:
@@ -511,7 +512,8 @@ class DocumentsPipeline(Pipeline):
         result = UnitResult()
         for answer, (items, rejections) in zip(unit.answers, replies):
             start, end, first, last = answer
-            meta = unit.chunk.provenance() | {"mode": "backtranslate", "unit": "paragraph", "start": start, "end": end,
+            meta = unit.chunk.provenance() | {"mode": "backtranslate", "unit": "paragraph",
+                                              **dict(zip(("start", "end"), unit.chunk.original(start, end))),
                                               "paragraphs": [first, last]}
             result.examples += [Example(item["instruction"], "", self.answer_text(unit.chunk, answer), dict(meta))
                                 for item in items]

@@ -15,7 +15,7 @@ Sentences come from pysbd (rule-based, offline, no model download).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -48,11 +48,17 @@ class Chunk:
     sentences: tuple[tuple[int, int], ...]
     page: int | None = None
     last_page: int | None = None
+    document: Document | None = field(default=None, repr=False, compare=False)
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """Where a span of the document's clean text lies in its raw extraction (Document.original)."""
+        return self.document.original(start, end) if self.document is not None else (start, end)
 
     def provenance(self) -> dict:
-        """What each record made from this chunk carries in its metadata."""
+        """What each record made from this chunk carries in its metadata: offsets into the raw extraction."""
+        start, end = self.original(self.start, self.end)
         return {"source": self.source, "page": self.page, "last_page": self.last_page, "headings": list(self.headings),
-                "start": self.start, "end": self.end, "chunk": self.index}
+                "start": start, "end": end, "chunk": self.index}
 
 
 # --- sentences ---
@@ -262,7 +268,7 @@ def chunk_document(document: Document, counter: TokenCounter, size: int | None, 
             chunks.append(Chunk(
                 index=first_index + len(chunks), source=document.path, start=start, end=end, text=text[start:end],
                 headings=section.headings, tokens=sum(tokens[i:j]), sentences=tuple(spans[i:j]),
-                page=document.page_at(start), last_page=document.page_at(max(start, end - 1)),
+                page=document.page_at(start), last_page=document.page_at(max(start, end - 1)), document=document,
             ))
     return chunks
 

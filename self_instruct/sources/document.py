@@ -2,10 +2,12 @@
 heading path; and what loaders share to make one (sections from a stream of headings and
 paragraphs, sections from Markdown headings, UTF-8 reading, optional parsers).
 
-Offsets are character positions in `Document.text`, the text we extracted: for .txt and .md
-that is the file itself (newlines normalised to "\\n"); for other formats it is what the
-parser gave, headings on their own lines and blocks separated by blank lines. A section's
-span holds its body, not its heading line.
+Offsets are character positions in `Document.text`, the clean text: for .txt and .md that is
+the file itself (newlines normalised to "\\n"); for other formats it is what the parser gave,
+headings on their own lines and blocks separated by blank lines, cleaned where the format needs
+it (PDF running headers, hyphenation, dot leaders; EPUB page-break markers). A cleaned document
+keeps the text as extracted in `raw`, and `original(start, end)` gives a clean span's place in
+it. A section's span holds its body, not its heading line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from .cleaning import OffsetMap
 
 INSTALL_HINT = "pip install 'self_instruct[docs]'"
 
@@ -35,6 +38,15 @@ class Document:
     sections: tuple[Section, ...]
     #: PDFs only: the offset in `text` where each page begins.
     page_starts: tuple[int, ...] = ()
+    #: The text as extracted, before cleaning (None for formats read as they are: text, Markdown).
+    raw: str | None = None
+    #: How offsets of `text` map to `raw` (sources/cleaning.py).
+    offsets: OffsetMap | None = None
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """The span of `raw` that the clean span text[start:end] came from (the same span when
+        nothing was cleaned). Example: "manip-\\nulation" cleaned to "manipulation": (0, 12) -> (0, 14)"""
+        return self.offsets.original(start, end) if self.offsets is not None else (start, end)
 
     def page_at(self, offset: int) -> int | None:
         """The 1-based page holding `offset`, or None for formats without pages."""
@@ -45,6 +57,48 @@ class Document:
 
 class UnreadableFile(Exception):
     """One file that cannot be loaded; the message says why, in a few words."""
+
+
+#: The most bytes a file, or one member of an EPUB or DOCX file (or all the members read from
+#: one file, together), may hold uncompressed; `--max_file_mb` of the documents command.
+DEFAULT_MAX_BYTES = 128 * 2**20
+
+
+class TooLarge(UnreadableFile):
+    """A file or an archive member over the size cap: skipped without being read into memory."""
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"
+
+
+class MemberReader:
+    """Reads members of a zip archive (EPUB, DOCX) within the cap: a member whose declared
+    size passes it is refused before a byte is inflated, and so is the running total. zipfile
+    never inflates past a member's declared size (a member that lies fails its CRC check), so
+    what is read is bounded by the cap whatever the archive claims.
+
+    Example: MemberReader(book, 2**20).read("OEBPS/c1.xhtml") -> b"<html>..."
+    """
+
+    def __init__(self, archive, max_bytes: int, kind: str) -> None:
+        self.archive, self.max_bytes, self.kind, self.total = archive, max_bytes, kind, 0
+
+    def check(self, name: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise TooLarge(f"{self.kind} member {name} holds {megabytes(size)} uncompressed, over the "
+                           f"{megabytes(self.max_bytes)} cap (--max_file_mb)")
+        if self.total + size > self.max_bytes:
+            raise TooLarge(f"the {self.kind}'s members hold over {megabytes(self.max_bytes)} uncompressed, "
+                           f"the cap (--max_file_mb)")
+
+    def read(self, name: str) -> bytes:
+        self.check(name, self.archive.getinfo(name).file_size)
+        with self.archive.open(name) as member:
+            data = member.read(self.max_bytes - self.total + 1)
+        self.check(name, len(data))
+        self.total += len(data)
+        return data
 
 
 class SectionBuilder:
@@ -80,6 +134,13 @@ class SectionBuilder:
 
     def paragraph(self, text: str) -> None:
         text = text.strip()
+        if text:
+            self._write(text)
+
+    def code(self, text: str) -> None:
+        """A preformatted block as written: only the blank lines around it go, so the first
+        line keeps its indent."""
+        text = re.sub(r"\A(?:[ \t]*\n)+", "", text).rstrip()
         if text:
             self._write(text)
 

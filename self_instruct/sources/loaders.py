@@ -6,19 +6,23 @@ suffix, and files and directories in, one line for each file that cannot be read
     docs[0].sections[2].headings   # ('Part I', 'Chapter 2')
     problems                       # ['notes/scan.pdf: not a readable PDF (...)']
 
-Parsers: pypdf (.pdf), trafilatura (.html), lxml over the standard library's zipfile (.epub),
+Parsers: pypdf (.pdf), lxml (.html; .epub over the standard library's zipfile),
 python-docx (.docx), webvtt-py (.vtt and .srt), markdown-it-py (.md headings). They come with
 `pip install 'self_instruct[docs]'`.
+
+A file over `max_bytes` (on disk, or uncompressed: an EPUB or DOCX member, or the members read
+from one) is skipped unread, like any file that cannot be read.
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ConfigError
 from .captions import load_captions
-from .document import Document, UnreadableFile
+from .document import DEFAULT_MAX_BYTES, Document, TooLarge, UnreadableFile, megabytes
 from .epub import load_epub
 from .html import load_html
 from .office import load_docx
@@ -30,18 +34,24 @@ LOADERS: dict[str, Callable[[Path], Document]] = {
     ".pdf": load_pdf, ".html": load_html, ".htm": load_html, ".xhtml": load_html,
     ".epub": load_epub, ".docx": load_docx, ".srt": load_captions, ".vtt": load_captions,
 }
+#: Loaders of zip archives, which take the cap themselves: it bounds what they inflate.
+ARCHIVES = {load_epub, load_docx}
 
 
 # --- files and directories ---
 
-def load_document(path: str | Path) -> Document:
-    """Load one file by its suffix; raises UnreadableFile with the reason."""
+def load_document(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
+    """Load one file by its suffix; raises UnreadableFile with the reason (TooLarge when it
+    passes `max_bytes`)."""
     path = Path(path)
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise UnreadableFile(f"unsupported file type {path.suffix or '(no suffix)'!r} (supported: {', '.join(sorted(LOADERS))})")
     try:
-        return loader(path)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TooLarge(f"the file holds {megabytes(size)}, over the {megabytes(max_bytes)} cap (--max_file_mb)")
+        return loader(path, max_bytes) if loader in ARCHIVES else loader(path)
     except UnicodeDecodeError as exc:
         raise UnreadableFile(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -73,13 +83,34 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-def load_paths(paths: Iterable[str | Path]) -> tuple[list[Document], list[str]]:
-    """Load every file; one that cannot be read becomes one line `path: why` and the rest go on."""
-    files, problems = expand_paths(paths)
-    documents = []
+@dataclass
+class Loaded:
+    """What reading the paths gave: the documents, the files skipped (path, why), in order, and
+    notes on what the directories held besides."""
+
+    documents: list[Document] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """One line for each: the notes, then `path: why` for each file skipped."""
+        return self.notes + [f"{path}: {why}" for path, why in self.skipped]
+
+
+def load_files(paths: Iterable[str | Path], max_bytes: int = DEFAULT_MAX_BYTES) -> Loaded:
+    """Load every file; one that cannot be read (or passes `max_bytes`) is skipped with its reason
+    and the rest go on."""
+    files, notes = expand_paths(paths)
+    loaded = Loaded(notes=notes)
     for path in files:
         try:
-            documents.append(load_document(path))
+            loaded.documents.append(load_document(path, max_bytes))
         except UnreadableFile as exc:
-            problems.append(f"{path}: {exc}")
-    return documents, problems
+            loaded.skipped.append((str(path), str(exc)))
+    return loaded
+
+
+def load_paths(paths: Iterable[str | Path], max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[list[Document], list[str]]:
+    """Load every file; one that cannot be read becomes one line `path: why` and the rest go on."""
+    loaded = load_files(paths, max_bytes)
+    return loaded.documents, loaded.problems()

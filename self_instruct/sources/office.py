@@ -1,18 +1,35 @@
 """Word documents (.docx), read with python-docx: paragraphs and tables in order, "Heading N"
-and "Title" styles make the sections."""
+and "Title" styles make the sections. python-docx inflates every member of the zip, so their
+declared sizes are checked against the cap first (zipfile never inflates past them)."""
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
-from .document import Document, SectionBuilder, UnreadableFile, need
+from .document import (
+    DEFAULT_MAX_BYTES,
+    Document,
+    MemberReader,
+    SectionBuilder,
+    UnreadableFile,
+    need,
+)
 
 
-def load_docx(path: Path) -> Document:
+def load_docx(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Document:
     """Paragraphs and tables in order; "Heading N" and "Title" styles make the sections."""
     docx = need("docx", "python-docx")
     from docx.table import Table
 
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = MemberReader(archive, max_bytes, "DOCX")
+            for info in archive.infolist():
+                sizes.check(info.filename, info.file_size)
+                sizes.total += info.file_size
+    except zipfile.BadZipFile:
+        raise UnreadableFile("not a readable DOCX (not a zip file)") from None
     try:
         word = docx.Document(str(path))
         builder = SectionBuilder()

@@ -4,6 +4,9 @@
 the least-loaded endpoint that may take one (in flight against its adaptive limit); an endpoint
 failing BENCH_AFTER times in a row rests, for doubling spells, while another one is healthy, and
 after the rest one probe request decides whether it is back. The last endpoint up is never benched.
+An endpoint with a fault no retry can mend (faults.permanent_reason) is retired for the run: it
+takes no more requests, and when every endpoint is retired the fleet is down, and every request
+waiting on it (for an endpoint, or in a backoff) raises TeacherError with the line that says why.
 
 Each endpoint holds its own SDK clients, one per CONNECTIONS_PER_CLIENT requests it may have out,
 all sharing one TLS context. What a request says on the wire is openai_compat's business, not this one's.
@@ -21,7 +24,7 @@ from typing import Callable, Sequence
 
 import openai
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TeacherError
 from ..io.secrets import redact_url
 from .rate_limits import AdaptiveLimit
 
@@ -79,6 +82,12 @@ def _checked_urls(named: list[tuple[str, str]]) -> list[str | None]:
     return [url for _, url in named]
 
 
+def http_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """The HTTP library's timeout and transport errors, for reading a body the SDK hands over unread."""
+    http = _http_library()
+    return (http.TimeoutException,), (http.TransportError, http.DecodingError)
+
+
 def make_client(url: str | None, api_key: str, timeout: float) -> openai.AsyncOpenAI:
     """An SDK client with the SDK's own HTTP defaults, sharing one TLS context: building the
     context loads the CA bundle, about 40 ms a client, paid eight times over at concurrency 128."""
@@ -86,11 +95,15 @@ def make_client(url: str | None, api_key: str, timeout: float) -> openai.AsyncOp
     return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http_client)
 
 
+def _http_library():
+    """The HTTP library the SDK is built on (httpx, or its successor)."""
+    return sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.partition(".")[0]]
+
+
 @functools.cache
 def _tls_context():
-    # The HTTP library the SDK is built on (httpx, or its successor) makes the context it would make itself.
-    http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.partition(".")[0]]
-    return http.create_ssl_context()
+    # The HTTP library makes the context it would make itself.
+    return _http_library().create_ssl_context()
 
 
 class Endpoint:
@@ -117,18 +130,25 @@ class Endpoint:
         self.first_token: float | None = None  # the quickest first token seen, seconds
         self.stream = self.stream_usage = True
         self.json_mode = True  # response_format, until the server refuses it
+        self.proven = False  # it has answered a completion: it is an OpenAI API
+        self.cut_short = 0  # replies in a row cut short before any text
+        self.retired: str | None = None  # why no request to it can succeed, once that is known
 
     @property
     def client(self) -> openai.AsyncOpenAI:
         """The client for the next request."""
         return next(self._turn)
 
+    def up(self, now: float) -> bool:
+        return self.retired is None and now >= self.resume_at
+
     def can_take(self, now: float) -> bool:
-        return now >= self.resume_at and self.in_flight < (1 if self.probing else self.limit.value)
+        return self.up(now) and self.in_flight < (1 if self.probing else self.limit.value)
 
     def stats(self) -> dict:
-        return {"requests": self.requests, "failures": self.failures, "benched": self.benched,
-                "withdrawn": self.withdrawn, "concurrency": self.limit.value}
+        stats = {"requests": self.requests, "failures": self.failures, "benched": self.benched,
+                 "withdrawn": self.withdrawn, "concurrency": self.limit.value}
+        return stats | ({"retired": self.retired} if self.retired else {})
 
 
 class Fleet:
@@ -139,12 +159,14 @@ class Fleet:
         self.endpoints, self.max_concurrency = endpoints, max_concurrency
         self.bench_initial, self.bench_max = bench_initial, bench_max
         self._wakeup: asyncio.Event | None = None
+        self._down: asyncio.Event | None = None
         self._loop = None
+        self.down: str | None = None  # every endpoint is retired: the line the run stops with
 
     @property
     def concurrency(self) -> int:
         now = time.monotonic()
-        working = [ep.limit.value for ep in self.endpoints if now >= ep.resume_at] or [1]
+        working = [ep.limit.value for ep in self.endpoints if ep.up(now)] or [1]
         return min(self.max_concurrency, sum(working))
 
     async def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
@@ -152,6 +174,8 @@ class Fleet:
         attempt failed) only when no other one can."""
         wakeup = self._event()
         while (endpoint := self._pick(avoid)) is None:
+            if self.down:
+                raise TeacherError(self.down)
             wakeup.clear()
             try:
                 await asyncio.wait_for(wakeup.wait(), self._until_resume())
@@ -171,8 +195,18 @@ class Fleet:
     def _event(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # asyncio events belong to one event loop
-            self._loop, self._wakeup = loop, asyncio.Event()
+            self._loop, self._wakeup, self._down = loop, asyncio.Event(), asyncio.Event()
+            if self.down:
+                self._down.set()
         return self._wakeup
+
+    async def sleep(self, seconds: float) -> None:
+        """A backoff: `seconds`, or until the fleet is down, when waiting serves nothing."""
+        self._event()
+        try:
+            await asyncio.wait_for(self._down.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     def _pick(self, avoid: Endpoint | None) -> Endpoint | None:
         if sum(ep.in_flight for ep in self.endpoints) >= self.max_concurrency:
@@ -185,12 +219,12 @@ class Fleet:
 
     def _until_resume(self) -> float | None:
         now = time.monotonic()
-        waits = [ep.resume_at - now for ep in self.endpoints if ep.resume_at > now]
+        waits = [ep.resume_at - now for ep in self.endpoints if ep.retired is None and ep.resume_at > now]
         return max(min(waits), 1e-3) if waits else None
 
     def another_up(self, endpoint: Endpoint | None) -> bool:
         now = time.monotonic()
-        return any(ep is not endpoint and now >= ep.resume_at for ep in self.endpoints)
+        return any(ep is not endpoint and ep.up(now) for ep in self.endpoints)
 
     def succeeded(self, endpoint: Endpoint) -> None:
         endpoint.failing = 0
@@ -213,6 +247,18 @@ class Fleet:
         endpoint.resume_at = time.monotonic() + endpoint.bench_spell
         endpoint.benched += 1
         endpoint.probing, endpoint.failing = True, 0
+
+    def retire(self, endpoint: Endpoint, reason: str) -> None:
+        """Take an endpoint out for the run: no request to it can succeed. With none left the
+        fleet is down, and the line it stops with gives each endpoint's reason."""
+        if endpoint.retired is None:
+            endpoint.retired = reason
+            endpoint.benched += 1
+        if all(ep.retired for ep in self.endpoints):
+            self.down = "; ".join(dict.fromkeys(ep.retired for ep in self.endpoints))
+            self._event()
+            self._down.set()
+        self.wake()
 
     def pause(self, endpoint: Endpoint, seconds: float) -> None:
         endpoint.resume_at = max(endpoint.resume_at, time.monotonic() + seconds)

@@ -9,16 +9,24 @@ How a request goes out:
   tokens/s is fine as long as tokens keep coming (a total cap still ends a reply that never does).
   A server that refuses streaming, its usage option or JSON mode is asked again without.
 
+A reply is read for what it is, whatever was asked: an event stream is assembled chunk by chunk,
+and a JSON body is a whole reply, so a server (or a proxy) that answers a stream request with one
+JSON body, or a plain request with a stream, is served as well as any other. Only a real stream
+has a limit on silence alone; a whole body must come within `request_timeout`, as with --no_stream.
+
 This module holds that wire format and the retry loop around it. The SDK's own retries are turned
 off: tenacity retries here, so that every fault is counted, Retry-After is honoured, and a prompt
 that keeps failing comes back as a failed Completion instead of stopping the run (self-instruct
 drops such prompts silently; Alpaca retries forever). Which faults are retried, which drop the
 prompt and which stop the run is faults.py's to say. A retry goes to another endpoint at once
-when one is healthy.
+when one is healthy. A fault no retry can mend retires its endpoint, and with none left every
+request, sent or waiting in a backoff, raises TeacherError at once: the run stops in seconds
+with one line, not after rounds of backoff.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -34,24 +42,30 @@ from tenacity import (
 )
 
 from ..errors import ConfigError, TeacherError
-from ..io.secrets import redact_url
+from ..io.secrets import redact
 from ..types import Completion, Decoding
 from .base import Teacher
 from .faults import (
+    CUT_SHORT_AFTER,
     FAULTS,
     BadReply,
     Interrupted,
+    NoRoom,
+    NotAnAPI,
     SlowReply,
+    cut_short_reason,
+    describe_body,
     fault_name,
     is_context_error,
     is_transient,
     is_unhealthy,
     permanent_reason,
     retry_after,
+    room_left,
     server_message,
     shrink_max_tokens,
 )
-from .fleet import Endpoint, Fleet, make_client, parse_base_urls
+from .fleet import Endpoint, Fleet, http_errors, make_client, parse_base_urls
 from .rate_limits import RateLimits, Ticket, estimate_tokens
 
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
@@ -74,6 +88,10 @@ class _BudgetSpent(Exception):
     """before_retry said no: the run's budget has no request left for another attempt."""
 
 
+class _Retired(Exception):
+    """The endpoint was retired under this request; another one takes it, at no attempt's cost."""
+
+
 class _Job:
     """One prompt's way through its attempts."""
 
@@ -94,6 +112,7 @@ class _Reply:
         self.finish_reason: str | None = None
         self.usage = None
         self.choices_seen = False
+        self.whole = False  # one JSON body, not a stream of chunks
 
     def add(self, chunk, chat: bool) -> None:
         """Take one chunk (a dict, as decoded from the event's JSON)."""
@@ -116,6 +135,28 @@ class _Reply:
             self.chunks += 1
         if isinstance(choice.get("finish_reason"), str):
             self.finish_reason = choice["finish_reason"]
+
+    def take_body(self, body: bytes, content_type: str, chat: bool) -> None:
+        """Take a reply that came as one body, not as an event stream: a JSON completion, or an
+        event stream under another content type. Anything else is no API's reply."""
+        text = body.decode("utf-8", errors="replace").strip()
+        if text[:1] in ("{", "["):
+            reply = json.loads(text)  # a body cut short raises JSONDecodeError: a transient fault
+            piece, self.finish_reason = _read_reply(reply, chat)
+            self.parts, self.usage = [piece], _field(reply, "usage")
+            self.choices_seen = self.whole = True
+        elif text.startswith(("data:", "event:", "id:", ":")):
+            for data in _event_data(text):
+                if data.startswith("[DONE]"):
+                    break
+                chunk = json.loads(data)
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise BadReply("stream_error", f"the stream carried an error: {str(chunk['error'])[:160]}")
+                self.add(chunk, chat)
+        elif not text:
+            raise BadReply("empty_choices", "the reply is empty")
+        else:
+            raise NotAnAPI(describe_body(text, content_type))
 
 
 class OpenAITeacher(Teacher):
@@ -188,28 +229,34 @@ class OpenAITeacher(Teacher):
 
     async def check(self) -> None:
         """Fail fast, before any output is written, when the key is refused or no endpoint can be
-        reached; an endpoint that cannot be reached while others can starts benched."""
+        reached; an endpoint that cannot be reached while others can starts benched, and one
+        that refuses the key while others take it is retired."""
         endpoints = self._fleet.endpoints
         outcomes = await asyncio.gather(*(self._check_one(ep) for ep in endpoints))
-        down = [(ep, problem) for ep, problem in zip(endpoints, outcomes) if problem]
-        if len(down) == len(endpoints):
+        refused = [(ep, why) for ep, (kind, why) in zip(endpoints, outcomes) if kind == "refused"]
+        down = [(ep, why) for ep, (kind, why) in zip(endpoints, outcomes) if kind == "down"]
+        if len(refused) + len(down) == len(endpoints):
+            if refused:
+                raise ConfigError(refused[0][1])
             where = ", ".join(f"{ep.name} ({problem})" for ep, problem in down)
             raise ConfigError(f"cannot reach the teacher at {where}; start the server or fix --base_url")
+        for ep, why in refused:
+            self._fleet.retire(ep, why)
         for ep, _ in down:
             self._fleet.bench(ep)
 
-    async def _check_one(self, endpoint: Endpoint) -> str | None:
+    async def _check_one(self, endpoint: Endpoint) -> tuple[str | None, str]:
+        """("refused", why), ("down", the connection error's name) or (None, "")."""
         try:
-            await endpoint.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0).models.list()
+            # A plain GET: the SDK's typed model list breaks on a body that is not JSON (a web page).
+            await endpoint.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0).get("/models", cast_to=object)
         except openai.AuthenticationError:
-            raise ConfigError(
-                f"the server at {endpoint.name} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
-            ) from None
+            return "refused", f"the server at {endpoint.name} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
         except openai.APIConnectionError as exc:
-            return type(exc).__name__
+            return "down", type(exc).__name__
         except (openai.APIStatusError, openai.APIResponseValidationError, ValueError):
             pass  # some servers have no /models; the first request will tell
-        return None
+        return None, ""
 
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
         return list(await asyncio.gather(*(self._complete_one(p, decoding) for p in prompts)))
@@ -219,6 +266,7 @@ class OpenAITeacher(Teacher):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=lambda state: self._wait(state, job),
+            sleep=self._fleet.sleep,  # a backoff ends when the fleet is down: the next attempt says so
             retry=retry_if_exception(lambda e: is_transient(e) or is_context_error(e)),
             reraise=True,
         )
@@ -229,11 +277,13 @@ class OpenAITeacher(Teacher):
                         raise _BudgetSpent()
                     return await self._attempt(prompt, decoding, job)
         except _BudgetSpent:
-            error = f"budget: no request left to retry this prompt (after {', '.join(job.faults)})"
+            after = f" (after {', '.join(job.faults)})" if job.faults else ""
+            error = f"budget: no request left to retry this prompt{after}"
             return Completion("", finish_reason="error", error=error, faults=tuple(job.faults))
         except FAULTS as exc:
-            # Retries spent, or a refusal no retry can fix (400, 422): this prompt is dropped
-            # with the reason in rejected.jsonl and the loop draws fresh prompts.
+            # Retries spent, or a refusal no retry can fix (400, 422, a prompt the context cannot
+            # hold): this prompt is dropped with the reason in rejected.jsonl and the loop draws
+            # fresh prompts.
             error = self._scrub(f"{fault_name(exc)}: {' '.join(str(exc).split())}")
             return Completion("", finish_reason="error", error=error[:200], faults=tuple(job.faults))
         raise AssertionError("unreachable: tenacity either returns or raises")
@@ -241,7 +291,7 @@ class OpenAITeacher(Teacher):
     def _scrub(self, text: str) -> str:
         if self._api_key:
             text = text.replace(self._api_key, "[api key]")
-        return redact_url(text)
+        return redact(text)
 
     def _wait(self, state: RetryCallState, job: _Job) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -260,16 +310,25 @@ class OpenAITeacher(Teacher):
         return min(wait + self._jitter.uniform(0, self.backoff_initial), self.backoff_max)
 
     async def _attempt(self, prompt: str, decoding: Decoding, job: _Job) -> Completion:
-        """One attempt, on the endpoint the fleet picks. A request withdrawn from a server's queue
-        goes back in line here: that is not a failed attempt."""
+        """One attempt, on the endpoint the fleet picks (TeacherError when none is left). A request
+        withdrawn from a server's queue, or whose endpoint was retired under it, goes back in
+        line here: that is not a failed attempt, but it is one more request to count."""
         while True:
             endpoint = await self._fleet.acquire(avoid=job.failed_on)
             try:
                 return await self._attempt_on(endpoint, prompt, decoding, job)
             except _Withdrawn:
                 endpoint.withdrawn += 1
+            except _Retired:
+                pass
             finally:
                 self._fleet.release(endpoint)
+            await self._admit_resend()
+
+    async def _admit_resend(self) -> None:
+        """A server saw the prompt once already: sending it again counts against the budget."""
+        if self.before_retry and not await self.before_retry():
+            raise _BudgetSpent()
 
     async def _attempt_on(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         while True:  # once more without streaming when the endpoint refuses it
@@ -285,12 +344,15 @@ class OpenAITeacher(Teacher):
             except Exception as exc:
                 self._settle(job, 0)
                 if isinstance(exc, _Downgrade):
+                    await self._admit_resend()
                     continue
                 if not isinstance(exc, _Withdrawn):
                     self._failed(endpoint, exc, epoch, job)
                 raise
             self._settle(job, completion.prompt_tokens + completion.completion_tokens)
             self._fleet.succeeded(endpoint)
+            endpoint.proven = True
+            self._count_cut_short(endpoint, completion.finish_reason == "length" and not completion.text.strip())
             return completion
 
     def _settle(self, job: _Job, tokens: int) -> None:
@@ -299,13 +361,16 @@ class OpenAITeacher(Teacher):
 
     def _failed(self, endpoint: Endpoint, exc: Exception, epoch: int, job: _Job) -> None:
         """Count the fault, adapt the endpoint to it, and say why no retry can help where none can."""
-        reason = permanent_reason(exc, endpoint.name, self.model_id)
-        if reason:
-            raise TeacherError(reason) from None
+        self._retire_for(endpoint, permanent_reason(exc, endpoint.name, self.model_id, self._path, endpoint.proven))
         name = "context_length" if is_context_error(exc) else fault_name(exc)
         job.faults.append(name)
         job.failed_on = endpoint
         if name == "context_length":
+            room = room_left(server_message(exc), job.max_tokens)
+            if room is not None and room <= 0:
+                self._fleet.failed(endpoint, False)
+                self._count_cut_short(endpoint, True)
+                raise NoRoom(f"the prompt alone fills the server's context ({server_message(exc)})") from None
             job.max_tokens = shrink_max_tokens(server_message(exc), job.max_tokens)
         if name in ("429", "timeout"):
             endpoint.limit.cut(epoch)
@@ -315,6 +380,27 @@ class OpenAITeacher(Teacher):
         if asked is not None:
             self._fleet.pause(endpoint, asked)
         self._fleet.failed(endpoint, is_unhealthy(exc))
+
+    def _count_cut_short(self, endpoint: Endpoint, cut_short: bool) -> None:
+        """An endpoint whose replies keep ending before any text can answer nothing: retire it."""
+        endpoint.cut_short = endpoint.cut_short + 1 if cut_short else 0
+        if endpoint.cut_short >= CUT_SHORT_AFTER:
+            self._retire_for(endpoint, cut_short_reason(endpoint.name, endpoint.cut_short))
+
+    def _retire_for(self, endpoint: Endpoint, reason: str | None) -> None:
+        """No request to this endpoint can succeed: out of the fleet. TeacherError when it was the
+        last one; else the request goes to another endpoint."""
+        if reason is None:
+            return
+        endpoint.failures += 1
+        self._fleet.retire(endpoint, self._scrub(reason))
+        if self._fleet.down:
+            raise TeacherError(self._fleet.down) from None
+        raise _Retired() from None
+
+    @property
+    def _path(self) -> str:
+        return "/chat/completions" if self.api == "chat" else "/completions"
 
     async def _send(self, endpoint: Endpoint, prompt: str, decoding: Decoding, job: _Job) -> Completion:
         options = dict(
@@ -332,23 +418,18 @@ class OpenAITeacher(Teacher):
         else:
             options["prompt"] = prompt
         streamed, with_usage = endpoint.stream, endpoint.stream_usage  # other requests may change them meanwhile
+        if streamed:
+            options["stream"] = True
+            if with_usage:
+                options["stream_options"] = {"include_usage": True}
         try:
-            if not streamed:
-                return self._whole_reply(await self._create(endpoint, options), prompt, job)
-            try:
-                return await asyncio.wait_for(self._streamed(endpoint, options, prompt, job, with_usage), self.total_timeout)
-            except asyncio.TimeoutError:
-                raise SlowReply(f"the reply was still streaming after {self.total_timeout:g} s") from None
+            return await asyncio.wait_for(self._exchange(endpoint, options, prompt, job), self.total_timeout)
+        except asyncio.TimeoutError:
+            raise SlowReply(f"the reply was still coming after {self.total_timeout:g} s") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if not is_context_error(exc):
                 self._downgrade(endpoint, exc, with_usage, streamed, "response_format" in options)
             raise
-
-    def _create(self, endpoint: Endpoint, options: dict):
-        # A plain dict back, as for streams: the SDK's typed request and response objects cost
-        # about a tenth of the event loop's time at concurrency 128 (benchmarks/loop.py).
-        path = "/chat/completions" if self.api == "chat" else "/completions"
-        return endpoint.client.post(path, cast_to=object, body=options)
 
     @staticmethod
     def _downgrade(endpoint: Endpoint, exc: Exception, with_usage: bool, streamed: bool, json_mode: bool) -> None:
@@ -368,24 +449,17 @@ class OpenAITeacher(Teacher):
             endpoint.stream = False
             raise _Downgrade() from None
 
-    def _whole_reply(self, response, prompt: str, job: _Job) -> Completion:
-        text, finish_reason = _read_reply(response, chat=self.api == "chat")
-        usage = _field(response, "usage")
-        return Completion(text, finish_reason=finish_reason, prompt_tokens=_token_count(usage, "prompt_tokens"),
-                          completion_tokens=_token_count(usage, "completion_tokens"), faults=tuple(job.faults))
-
-    async def _streamed(self, endpoint: Endpoint, options: dict, prompt: str, job: _Job, with_usage: bool) -> Completion:
-        """Stream one reply. While it waits for its first token, it watches for queueing behind
-        the other requests on its endpoint and withdraws when the endpoint is over its limit."""
-        options = dict(options, stream=True)
-        if with_usage:
-            options["stream_options"] = {"include_usage": True}
+    async def _exchange(self, endpoint: Endpoint, options: dict, prompt: str, job: _Job) -> Completion:
+        """Send one request and read its reply, a stream or a whole body, whichever comes. While it
+        waits for its first token, it watches for queueing behind the other requests on its
+        endpoint and withdraws when the endpoint is over its limit."""
         reply = _Reply(time.monotonic())
-        # Chunks come back as plain dicts: the SDK's typed chunk objects cost about 100 times more
-        # CPU each (0.15-0.7 ms against 7 us measured), which a fast server at many tokens a
-        # second in many streams would turn into the client's bottleneck.
-        path = "/chat/completions" if self.api == "chat" else "/completions"
-        opening = endpoint.client.post(path, cast_to=object, body=options, stream=True, stream_cls=openai.AsyncStream[object])
+        # The body is opened as a stream whatever was asked, so that its content type decides how
+        # it is read. Chunks and bodies come back as plain dicts: the SDK's typed objects cost
+        # about 100 times more CPU each (0.15-0.7 ms against 7 us measured), which a fast server
+        # at many tokens a second in many streams would turn into the client's bottleneck.
+        opening = endpoint.client.post(self._path, cast_to=object, body=options, stream=True,
+                                       stream_cls=openai.AsyncStream[object])
         reading = asyncio.ensure_future(self._read(endpoint, opening, reply, job))
         try:
             while not reading.done():
@@ -399,14 +473,15 @@ class OpenAITeacher(Teacher):
         text = "".join(reply.parts)
         if not reply.choices_seen or (not text and reply.finish_reason is None):
             raise BadReply("empty_choices", "the stream ended without a choice holding text")
-        if reply.finish_reason is None and endpoint.in_flight > 1:
+        if reply.finish_reason is None and not reply.whole and endpoint.in_flight > 1:
             raise Interrupted(f"the stream ended without a finish_reason after {reply.chunks} chunks while other requests waited")
         usage = reply.usage
         return Completion(
             text, finish_reason=reply.finish_reason,
-            # Servers that do not report usage on streams: our estimate, and one token a chunk.
+            # Servers that do not report usage: our estimates, one token a chunk of a stream.
             prompt_tokens=_token_count(usage, "prompt_tokens") if usage else estimate_tokens(prompt),
-            completion_tokens=_token_count(usage, "completion_tokens") if usage else reply.chunks,
+            completion_tokens=_token_count(usage, "completion_tokens") if usage else
+            estimate_tokens(text) if reply.whole else reply.chunks,
             faults=tuple(job.faults),
         )
 
@@ -417,7 +492,8 @@ class OpenAITeacher(Teacher):
         try:
             kind = stream.response.headers.get("content-type", "")
             if "text/event-stream" not in kind:
-                raise BadReply("malformed", f"the reply is not an event stream (content type {kind or 'none'})")
+                reply.take_body(await _body(stream.response), kind, chat=self.api == "chat")
+                return
             async for chunk in stream:
                 if reply.started is None:
                     reply.started = time.monotonic()
@@ -447,23 +523,60 @@ class OpenAITeacher(Teacher):
 
 
 def _read_reply(response, chat: bool) -> tuple[str, str | None]:
-    """Text and finish_reason of the first choice. The SDK builds its response objects from any
-    JSON without checking (and hands back a plain str for a non-JSON content type), so the shape
-    is checked here and a wrong one raised as a retryable BadReply."""
+    """Text and finish_reason of the first choice of a whole reply. The shape is checked here and
+    a wrong one raised as a retryable BadReply. A choice with no text that ended at the length
+    limit (a reasoning model that spent max_tokens thinking) is a reply cut short, with text "".
+
+    >>> _read_reply({"choices": [{"text": " Name a river.", "finish_reason": "stop"}]}, chat=False)
+    (' Name a river.', 'stop')
+    """
     choices = _field(response, "choices")
     if not isinstance(choices, list):
-        raise BadReply("malformed", f"the reply is not a completion (got {type(response).__name__} without a list of choices)")
+        error = _field(response, "error")
+        said = f": {' '.join(str(error).split())[:160]}" if error else f" (got {type(response).__name__} without a list of choices)"
+        raise BadReply("malformed", f"the reply is not a completion{said}")
     if not choices:
         raise BadReply("empty_choices", "the reply has no choices")
     choice = choices[0]
     holder = _field(choice, "message") if chat else choice
     text = _field(holder, "content" if chat else "text")
+    finish_reason = _field(choice, "finish_reason")
+    finish_reason = finish_reason if isinstance(finish_reason, str) else None
+    if text is None and finish_reason == "length":
+        text = ""
     if text is None:
         raise BadReply("empty_choices", "the first choice holds no text")
     if not isinstance(text, str):
         raise BadReply("malformed", f"the first choice's text is {type(text).__name__}, not a string")
-    finish_reason = _field(choice, "finish_reason")
-    return text, finish_reason if isinstance(finish_reason, str) else None
+    return text, finish_reason
+
+
+def _event_data(text: str) -> list[str]:
+    """The data of each server-sent event in a body read whole: an event is the lines up to a
+    blank one, its data the values of its "data:" lines joined by newlines (the SSE standard).
+
+    >>> _event_data('data: {"a": 1}\\n\\n: keep-alive\\n\\ndata: [DONE]\\n\\n')
+    ['{"a": 1}', '[DONE]']
+    """
+    events = []
+    for block in text.replace("\r\n", "\n").replace("\r", "\n").split("\n\n"):
+        lines = [line[5:].removeprefix(" ") for line in block.split("\n") if line.startswith("data:")]
+        if lines:
+            events.append("\n".join(lines))
+    return events
+
+
+async def _body(response) -> bytes:
+    """A reply's whole body, read from the stream the SDK opened, with the HTTP library's
+    errors raised as the SDK raises them for a stream (a dropped connection or a timeout is
+    a transient fault, not a bug)."""
+    timeouts, transport = http_errors()
+    try:
+        return await response.aread()
+    except timeouts as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except transport as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
 
 
 def _field(obj, name: str):

@@ -218,3 +218,38 @@ def test_a_reply_from_the_cache_does_not_free_the_slots_of_asks_yet_to_start(tmp
         teacher.open.set()
     outcome, _ = run_engine(out, pipeline, teacher=teacher, driver=driver, max_concurrency=9, total_units=3)
     assert outcome == "done" and pipeline.launched == [0, 1, 2]
+
+
+class SlowFor(FakeTeacher):
+    """Answers at once, except prompts holding `slow`, which wait for `release`."""
+
+    def __init__(self, slow: str):
+        super().__init__(respond=answer)
+        self.slow, self.release = slow, None
+
+    async def complete(self, prompts, decoding):
+        if self.release is None:
+            self.release = asyncio.Event()
+        if any(self.slow in p for p in prompts):
+            await self.release.wait()
+        return await super().complete(prompts, decoding)
+
+
+def test_a_budget_stop_waits_for_the_requests_out_so_their_replies_are_kept(tmp_path):
+    """Unit 0 asks twice and its second ask is refused; unit 1's one request is out at that
+    moment. The run waits for it (it is paid for), so the rerun answers it from the cache."""
+    teacher = SlowFor("unit 1 ")
+    pipeline = Units(2, asks=2)
+
+    async def driver(engine, task):
+        await until(lambda: engine.exhausted is not None)
+        teacher.release.set()  # unit 1's reply comes back after the budget ran out
+
+    outcome, _ = run_engine(tmp_path / "out", pipeline, teacher=teacher, driver=driver,
+                            budget=Budget(max_requests=2))
+    assert outcome == "max_requests"
+    cached = [json.loads(line) for line in (tmp_path / "out" / "responses.jsonl").read_text().splitlines()]
+    assert sorted(entry["unit"] for entry in cached) == [0, 1]  # unit 1's reply too, paid and kept
+    asked = len(teacher.history)
+    outcome, _ = run_engine(tmp_path / "out", Units(2, asks=2), teacher=teacher, budget=Budget(max_requests=4))
+    assert outcome == "done" and len(teacher.history) == asked + 2  # only the two second questions, never asked

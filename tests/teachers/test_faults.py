@@ -55,7 +55,6 @@ RETRIED = [
     ("reset", "connection"),
     ("timeout", "timeout"),
     ("malformed", "malformed"),
-    ("html", "malformed"),
     ("empty_choices", "empty_choices"),
 ]
 
@@ -80,6 +79,15 @@ def test_transient_fault_is_retried_with_the_chat_api(fake_server, tmp_path, fau
     fake_server.script([fault])
     result = grow(fake_server, tmp_path / "out", api="chat")
     assert result.kept == TARGET and result.stats.faults and result.stats.failed_requests == 0
+
+
+def test_a_stray_page_from_a_server_that_has_answered_is_retried(fake_server, tmp_path):
+    # A web page from an endpoint that has answered a completion is a proxy's blip, not a sign
+    # that the address is wrong (tests/teachers/test_permanent_faults.py has the other case).
+    fake_server.script(["ok", "html", "html"])
+    result = grow(fake_server, tmp_path / "out", request_batch_size=1, max_concurrency=1)
+    assert result.kept == TARGET and result.stats.faults["malformed"] == 2 and result.stats.failed_requests == 0
+    assert_complete(tmp_path / "out")
 
 
 def test_retry_after_is_honoured_over_our_backoff(fake_server, tmp_path):
@@ -200,6 +208,16 @@ def test_max_requests_stops_exactly_and_resumes(fake_server, tmp_path):
     assert records[: len(kept)] == kept
 
 
+def test_a_request_sent_again_counts_against_max_requests(fake_server, tmp_path):
+    # A server without streaming refuses the first wave of streamed requests; each is sent again
+    # plain. The server saw both: together they stay within --max_requests.
+    fake_server.refuse_stream = True
+    result = grow(fake_server, tmp_path / "out", target=500, max_requests=6, request_batch_size=3)
+    assert result.stopped_by == "max_requests"
+    sent = completion_requests(fake_server)
+    assert any(b.get("stream") for b in sent) and len(sent) <= 6
+
+
 def test_max_total_tokens_stops_and_resumes(fake_server, tmp_path):
     out = tmp_path / "out"
     result = grow(fake_server, out, target=500, max_total_tokens=12000, max_tokens=500)
@@ -294,7 +312,7 @@ def test_a_reply_still_streaming_at_the_total_cap_is_a_timeout(fake_server):
     fake_server.tasks_per_reply, fake_server.token_delay = 1, 0.05
     teacher = OpenAITeacher("fake-model", base_url=fake_server.base_url, request_timeout=0.5, total_timeout=0.5, max_attempts=1)
     (reply,) = ask(teacher)
-    assert not reply.ok and reply.error.startswith("timeout: the reply was still streaming after 0.5 s")
+    assert not reply.ok and reply.error.startswith("timeout: the reply was still coming after 0.5 s")
 
 
 def test_a_server_without_streaming_is_asked_without_it(fake_server):
