@@ -185,15 +185,16 @@ class InstructionPool:
 
     def _cut_to_commit(self, name: str, size: int, unit: int) -> None:
         """Cut `name` back to the size it had at the last commit: what unit `unit` had written
-        when the run stopped is cut off, and the unit runs again. Only records of that unit are
-        ever cut (a line someone added is refused, not lost); a file shorter than that was edited."""
+        when the run stopped is cut off, and the unit runs again. Only records a run wrote (with
+        the engine's provenance) are ever cut; a line someone added is refused, not lost, and a
+        file shorter than that was edited."""
         path = self.dir / name
         actual = path.stat().st_size if path.exists() else 0
         if actual < size:
             raise DataError(f"{path}: {actual} bytes where {COMMITS} says {size} were committed; the file was "
                             f"edited or truncated: restore it, or pass --overwrite to start again")
         if actual > size:
-            added = _lines_not_of_unit(path, size, unit)
+            added = _lines_no_run_wrote(path, size)
             if added:
                 raise DataError(f"{path}: {added} line(s) after byte {size}, where the last committed unit ends, "
                                 f"that no run wrote here; the pool holds only what a run judged: move them to "
@@ -250,7 +251,6 @@ class InstructionPool:
 
     def write_regen(self) -> Path:
         """regen.json as Alpaca writes it (a JSON list, indent 4), from generated.jsonl."""
-        (self.dir / GENERATED).touch()  # a run that kept nothing still has its pool file: a run, not a stray directory
         rows = [{k: r.get(k) for k in REGEN_FIELDS} for r in self.records]
         write_json_atomic(self.dir / REGEN, rows, indent=4)
         return self.dir / REGEN
@@ -265,9 +265,9 @@ class InstructionPool:
         self.close()
 
 
-def _lines_not_of_unit(path: Path, offset: int, unit: int) -> int:
-    """How many whole lines of `path` past `offset` are not records of unit `unit` (by their
-    provenance). A last line without a newline that does not parse is that unit's torn write."""
+def _lines_no_run_wrote(path: Path, offset: int) -> int:
+    """How many whole lines of `path` past `offset` lack the provenance every record a run writes
+    carries. A last line without a newline that does not parse is a write the stop tore."""
     added = 0
     with open(path, "rb") as f:
         f.seek(offset)
@@ -279,7 +279,7 @@ def _lines_not_of_unit(path: Path, offset: int, unit: int) -> int:
                 if not line.endswith(b"\n"):
                     continue  # torn by the stop
             provenance = record.get(PROVENANCE) if isinstance(record, dict) else None
-            added += not (isinstance(provenance, dict) and provenance.get("unit") == unit)
+            added += not (isinstance(provenance, dict) and type(provenance.get("unit")) is int)
     return added
 
 

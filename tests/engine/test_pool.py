@@ -196,23 +196,12 @@ def test_a_pool_of_an_earlier_version_is_refused_with_what_to_do(tmp_path):
     assert (out / "generated.jsonl").read_text() == '{"instruction": "a", "metadata": {"round": 0}}\n'
 
 
-def test_a_run_that_kept_nothing_is_still_a_run_with_an_empty_pool_file(tmp_path):
-    """The report of a run whose replies all failed to parse said "no generated.jsonl here; pass
-    the --output_dir of a generate or documents run" about the run's own directory."""
-    from self_instruct.report import summarize
-
-    with InstructionPool.open(tmp_path / "out") as pool:
-        pool.append(0, [], [{"reason": "unparseable", "raw": "?"}])
-        pool.write_regen()  # as every run does on its way out
-    assert (tmp_path / "out" / "generated.jsonl").read_bytes() == b""
-    summary = summarize(tmp_path / "out")
-    assert sum(summary.kept_by_unit.values()) == 0 and summary.reasons == {"unparseable": 1}
-
 
 @pytest.mark.parametrize("added", [
     {"instruction": "My own record, written by hand."},
-    {"instruction": "Metadata that looks like ours.", "metadata": {"unit": 1}, "provenance": {"unit": 0}},
-], ids=["by_hand", "another_units_provenance"])
+    {"instruction": "Metadata that looks like ours.", "metadata": {"unit": 1, "provenance": {"unit": 1}}},
+    {"instruction": "A provenance of another making.", "provenance": "mine"},
+], ids=["by_hand", "metadata_like_ours", "provenance_not_ours"])
 def test_lines_added_after_the_last_commit_are_refused_not_cut(tmp_path, added):
     """Only the records of the unit that was being written when the run stopped are cut; a
     record someone appended was cut off too, silently, with a note blaming a kill."""
