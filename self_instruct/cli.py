@@ -3,7 +3,10 @@
 fire turns `main`'s signature into flags (the product card's choice); around it this module
 - refuses an unknown flag or a stray word before anything runs, naming the nearest real flag
   (fire calls main with the flags it knows and complains about the rest only afterwards);
-- accepts exactly the flags `--help` lists, fire's one-letter forms included;
+- accepts exactly the flags `--help` lists, fire's one-letter forms included, but -h, which is
+  help in every command;
+- reads a word after a switch as a word (`documents --no_verify book.pdf`), and refuses a flag
+  typed where a value was due (`--host --port 8000`) or a positional argument left out;
 - checks each value against `main`'s annotation (`--max_steps abc` is one line, not a traceback);
 - turns every expected failure (SelfInstructError, OSError, UnicodeError, RecursionError) into one
   line `self_instruct: error: ...` and exit status 2, and Ctrl-C into exit status 130;
@@ -43,8 +46,9 @@ class FlagSpec:
         firsts: dict[str, list[str]] = {}
         for name in self.params:
             firsts.setdefault(name[0], []).append(name)
-        # fire offers -x for a parameter whose first letter no other parameter shares.
-        self.short = {letter: names[0] for letter, names in firsts.items() if len(names) == 1}
+        # fire offers -x for a parameter whose first letter no other parameter shares; -h is help
+        # in every command, so no flag gets it (serve's --host, evaluate's --holdout).
+        self.short = {letter: names[0] for letter, names in firsts.items() if len(names) == 1 and letter != "h"}
 
     def long_name(self, arg: str) -> tuple[str, str | None]:
         """('name', inline value or None) for '--name', '--name=v', '-x' or '-x=v'."""
@@ -54,38 +58,64 @@ class FlagSpec:
             name = self.short[name]
         return name, (value if has_value else None)
 
-    def check(self, argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-        """Refuse unknown flags and stray words; return the raw text of each flag's value, and the
-        words (positional arguments) as typed."""
+    def check(self, argv: Sequence[str]) -> tuple[dict[str, str], list[str], list[str]]:
+        """Refuse unknown flags, stray words and missing ones; return the raw text of each flag's
+        value, the words (positional arguments) as typed, and the arguments as fire is to read them
+        (each switch as --name=True or --name=False, so no word after it is taken for its value)."""
         raw: dict[str, str] = {}
-        args, i, words = list(argv), 0, []
+        args, i, words, for_fire = list(argv), 0, [], []
         while i < len(args):
             arg, i = args[i], i + 1
             if arg == "--":
                 raise ConfigError(f"unexpected argument in position {i}: '--' (flags go before it; see --help)")
             if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+(\.\d*)?", arg):
-                if len(words) < len(self.positional) or self.variadic:
+                if self._room_for_a_word(words, raw):
                     words.append(arg)
+                    # fire reads words as literals, and "-" as its chaining separator; main gets the
+                    # words as typed anyway (run's `checked`), so fire only sees a stand-in
+                    for_fire.append("_")
                     continue
                 raise ConfigError(f"unexpected argument in position {i}: {arg!r}; every option is a flag, --name value (see --help)")
             name, value = self.long_name(arg)
             negated = name.startswith("no") and name[2:] in self.switches
             if name in self.switches or negated:
-                # fire would take any word after a switch as its value (--quiet 500 sets quiet="500")
-                if value is None and i < len(args) and not args[i].startswith("-"):
-                    if args[i].lower() not in ("true", "false"):
-                        raise ConfigError(f"unexpected argument in position {i + 1}: --{name} is a switch and takes no value")
-                    i += 1
+                on = not negated
+                if value is None and i < len(args) and args[i].lower() in ("true", "false"):
+                    value, i = args[i], i + 1
+                elif value is None and i < len(args) and not args[i].startswith("-") \
+                        and not self._room_for_a_word(words, raw):
+                    # fire would take the word for the switch's value (--quiet 500 sets quiet="500")
+                    raise ConfigError(f"unexpected argument in position {i + 1}: --{name} is a switch and takes no value")
+                if value is not None:
+                    if value.lower() not in ("true", "false"):
+                        raise ConfigError(f"--{name} is a switch: pass --{name} or --no{name} (got {value!r})")
+                    on = (value.lower() == "true") is not negated
+                for_fire.append(f"--{name[2:] if negated else name}={on}")
                 continue
             if name not in self.params:
                 close = [p for p in self.params if p.startswith(name)] or difflib.get_close_matches(name, list(self.params), n=1)
                 raise ConfigError(f"unknown flag --{name}; " + (f"did you mean --{close[0]}?" if close else "see --help for the flags"))
             if value is None:
-                if i >= len(args):
+                if i >= len(args) or self._is_flag(args[i]):
                     raise ConfigError(f"--{name} needs a value")
                 value, i = args[i], i + 1
+            for_fire.append(f"--{name}={value}")  # one word: a value "-" is not fire's separator
             raw[name] = value
-        return raw, words
+        unfilled = [p for p in self.positional if p not in raw][len(words):]
+        if unfilled and not self.variadic:
+            raise ConfigError(f"{unfilled[0].upper()} is missing: give it as a word or as --{unfilled[0]} (see --help)")
+        return raw, words, for_fire
+
+    def _room_for_a_word(self, words: list[str], raw: dict[str, str]) -> bool:
+        """Whether a word fills a positional parameter still open (one given as a flag is not)."""
+        return self.variadic or len(words) < len([p for p in self.positional if p not in raw])
+
+    def _is_flag(self, arg: str) -> bool:
+        """A flag of this command, typed where a value was due (--host --port 8000)."""
+        if not arg.startswith("--"):
+            return False
+        name = self.long_name(arg)[0]
+        return name in self.params or (name.startswith("no") and name[2:] in self.switches)
 
 
 def coerce(name: str, kind: Any, value: Any, raw: str | None) -> Any:
@@ -139,12 +169,10 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
     register_secret(os.environ.get("OPENAI_API_KEY"))
     try:
         spec = FlagSpec(main)
-        # fire gives -h to a lone parameter starting with h (serve's --host); only then is it not help.
-        if any(a in (("--help",) if "h" in spec.short else HELP) for a in args):
-            # Only --help reaches fire: with the other words fire would echo them, keys included.
-            fire.Fire(main, command=["--help"], name=name)
+        if any(a in HELP for a in args):
+            show_help(main, name)
             return
-        raw, words = spec.check(args)
+        raw, words, args = spec.check(args)
         for flag, value in raw.items():
             if "key" in flag or "password" in flag:
                 register_secret(value)
@@ -172,6 +200,21 @@ def run(main: Callable, argv: Sequence[str] | None = None, *, name: str,
         fail(interrupted, 130, prefix="")
 
 
+def show_help(main: Callable, name: str) -> None:
+    """fire's --help for `main`, where -h is help too: fire would list `-h, --host` for a lone
+    flag starting with h, and no flag may have -h (FlagSpec.short never gives it)."""
+    import fire
+    from fire import helptext
+
+    short_flags = helptext._GetShortFlags
+    helptext._GetShortFlags = lambda flags: [letter for letter in short_flags(flags) if letter != "h"]
+    try:
+        # Only --help reaches fire: with the other words fire would echo them, keys included.
+        fire.Fire(main, command=["--help"], name=name)
+    finally:
+        helptext._GetShortFlags = short_flags
+
+
 def fail(message: str, status: int = 2, prefix: str = "error: ") -> typing.NoReturn:
     print(f"self_instruct: {prefix}{redact(message)}", file=sys.stderr)
     sys.exit(status)
@@ -187,7 +230,7 @@ def describe_os_error(exc: BaseException) -> str:
     where = exc.filename if isinstance(exc, OSError) and exc.filename else ""
     hint = {28: "the disk is full: free space, then rerun the same command to resume",
             27: "a file grew past the size limit (ulimit -f) or the disk is full: make room, then rerun to resume",
-            30: "the file system is read-only: choose another --output_dir",
+            30: "the file system is read-only: write somewhere else",
             40: "too many levels of symbolic links (a symlink loop)",
             13: "permission denied", 21: "is a directory, not a file", 20: "a path component is a file, not a directory"}
     reason = hint.get(getattr(exc, "errno", None) or 0) or getattr(exc, "strerror", None) or str(exc)

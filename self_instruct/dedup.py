@@ -33,7 +33,8 @@ from .cli import run
 from .core.decontaminate import Decontaminator
 from .core.similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
 from .errors import ConfigError, DataError
-from .io.jsonl import BOM, loads_line, type_name, write_jsonl_atomic, write_text_atomic
+from .io.datasets import check_outputs
+from .io.jsonl import BOM, loads_line, not_json, type_name, write_jsonl_atomic, write_text_atomic
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # The fields of a record that decontamination looks at.
@@ -126,7 +127,7 @@ def _read_json_list(path: str | Path, text: str) -> Dataset:
         try:
             obj, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{path}:{exc.lineno}: {not_json(exc)}") from None
         except RecursionError:
             raise _error(path, text, position, "JSON nested too deeply to be a record") from None
         problem = _problem(obj)
@@ -279,7 +280,8 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
     """Dedup ``input`` into ``output`` (and, with ``ngram``, decontaminate it against ``against``)."""
     input = Path(input)
     output = Path(output) if output else input.with_name(f"{input.stem}.dedup{input.suffix}")
-    _check_outputs([output, *([Path(report)] if report else [])], [input, *map(Path, against)])
+    check_outputs([("--output", output), ("--report", report)],
+                  inputs=[("INPUT", input), *(("--against", path) for path in against)])
     if not 0 <= threshold <= 1:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {threshold})")
     if fields is not None and ngram is None:
@@ -322,23 +324,6 @@ def _first_hits(bench: Decontaminator, records: list[Record]) -> list[tuple[str,
         first.append(next((hit for hit in hits[start:start + len(record.texts)] if hit), None))
         start += len(record.texts)
     return first
-
-
-def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
-    """Refuse, before any work, an output that is a directory, a symlink loop or one of the inputs."""
-    sources = {_resolve(path) for path in inputs}
-    for path in outputs:
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a directory; name a file to write")
-        if _resolve(path) in sources:
-            raise ConfigError(f"{path}: the output would overwrite an input file; pass another --output")
-
-
-def _resolve(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a symlink loop
-        raise ConfigError(f"{path}: too many levels of symbolic links (a symlink loop)") from None
 
 
 def _split(names: str) -> list[str]:

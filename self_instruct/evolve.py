@@ -21,7 +21,7 @@ from .engine.judge import Judge
 from .engine.prices import format_cost
 from .engine.run import Run, execute, say
 from .errors import ConfigError
-from .io.datasets import read_examples, write_dataset
+from .io.datasets import check_outputs, read_examples, write_dataset
 from .io.jsonl import sha256_of
 from .options import (
     BudgetOptions,
@@ -70,6 +70,9 @@ class EvolveConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherO
         if not self.output and not self.output_dir:
             raise ConfigError("give --output (the evolved dataset) or --output_dir")
         validate(self)
+        # before any request: a place that cannot take the output would fail only once all is paid for
+        check_outputs([("--output", self.output)], directories=[("--output_dir", self.run_dir())],
+                      inputs=[("INPUT", self.input)], reserved=[f"round_{r}" for r in range(1, self.rounds + 1)])
 
 
 @dataclass

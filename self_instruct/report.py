@@ -68,7 +68,8 @@ def write_report_after_run(output_dir: str | Path) -> None:
     try:
         path = write_report(output_dir)
     except (SelfInstructError, ImportError) as exc:
-        print(f"self_instruct: no report ({redact(str(exc))}; pip install 'self_instruct[export]')", file=sys.stderr)
+        hint = "" if isinstance(exc, SelfInstructError) else f"; {INSTALL_HINT}"  # ours say what to do
+        print(f"self_instruct: no report ({redact(str(exc))}{hint})", file=sys.stderr)
         return
     print(f"self_instruct: report in {path}", file=sys.stderr)
 

@@ -20,7 +20,8 @@ from .core.templates import load_template
 from .engine.progress import Stats
 from .engine.run import Outcome, Run, execute, finish, say
 from .errors import ConfigError
-from .io.datasets import read_examples, write_dataset
+from .engine.pool import LOCK, OUTPUTS
+from .io.datasets import check_outputs, read_examples, write_dataset
 from .io.jsonl import sha256_of
 from .options import (
     BudgetOptions,
@@ -67,6 +68,10 @@ class ScoreConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherOp
         if not self.output and not self.output_dir:
             raise ConfigError("give --output (the scored dataset) or --output_dir")
         validate(self)
+        # before any request: a place that cannot take the output would fail only once all is paid for
+        check_outputs([("--output", self.output)], directories=[("--output_dir", self.run_dir())],
+                      inputs=[("INPUT", self.input), ("--rubric_path", self.rubric_path)],
+                      reserved=(*OUTPUTS, VERDICTS, LOCK, "score"))
 
 
 @dataclass

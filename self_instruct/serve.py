@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import hmac
 import ipaddress
 import json
@@ -70,6 +71,50 @@ def check_host(host: str, allow_remote: bool) -> None:
         )
 
 
+def listen_error(exc: BaseException, host: str, port: int) -> ConfigError:
+    """Why the endpoint cannot listen on host:port, naming the flag to change."""
+    if isinstance(exc, OverflowError):
+        return ConfigError(f"--port must be from 0 to 65535 (got {port})")
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"--host {host}: not an address this machine knows ({exc.strerror}); try 127.0.0.1")
+    if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+        return ConfigError(f"--host {host}: not an address of this machine; try 127.0.0.1")
+    why = " (ports below 1024 need root)" if getattr(exc, "errno", None) == errno.EACCES and 0 < port < 1024 else ""
+    return ConfigError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}{why}); choose another --port")
+
+
+def check_flags(host: str, port: int, allow_remote: bool, local_model_path: str | None, n_threads: int | None,
+                n_ctx: int | None, request_timeout: float) -> None:
+    """Refuse flags that cannot work before a model is loaded for nothing: the address is tried
+    (bound, then let go), the model file's first bytes read."""
+    check_host(host, allow_remote)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be from 0 to 65535 (got {port}); 0 picks a free one")
+    for flag, value in (("--n_threads", n_threads), ("--n_ctx", n_ctx)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive whole number (got {value}); leave it out for the default")
+    if not request_timeout > 0:
+        raise ConfigError(f"--request_timeout must be a positive number of seconds (got {request_timeout})")
+    if local_model_path is not None:
+        try:
+            with open(local_model_path, "rb") as f:
+                magic = f.read(4)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConfigError(f"--local_model_path {local_model_path} is not a file; give the path of a .gguf model") from None
+        except OSError as exc:
+            raise ConfigError(f"--local_model_path {local_model_path}: {exc.strerror}; give the path of a .gguf model") from None
+        if magic != b"GGUF":
+            raise ConfigError(f"--local_model_path {local_model_path} is not a GGUF model (it does not start with "
+                              f"'GGUF'); give the path of a .gguf file")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server binds
+            probe.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        raise listen_error(exc, host, port) from None
+
+
 class TeacherServer(ThreadingHTTPServer):
     """A threading HTTP server that owns a teacher and an event loop to run it on.
 
@@ -103,9 +148,9 @@ class TeacherServer(ThreadingHTTPServer):
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="teacher-loop", daemon=True)
         try:
             super().__init__((host, port), _Handler)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             self._loop.close()
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+            raise listen_error(exc, host, port) from None
         self._loop_thread.start()
 
     @property
@@ -414,7 +459,9 @@ def main(
     """
     from .teachers.local import LocalTeacher
 
-    check_host(host, allow_remote)  # before loading a model for nothing
+    check_flags(host, port, allow_remote, local_model_path, n_threads, n_ctx, request_timeout)  # before loading a model
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("--api_key is empty: clients could never send it; leave it out to serve without a key")
     teacher = LocalTeacher(local_model_path, n_threads=n_threads, n_ctx=n_ctx)
     server = TeacherServer(teacher, host, port, allow_remote, request_timeout, api_key=api_key)
     auth = "; clients must send the API key" if api_key else ""

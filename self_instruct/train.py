@@ -41,6 +41,7 @@ from pathlib import Path
 from .cli import run
 from .core.templates import load_training_templates, render_training_prompt
 from .errors import ConfigError, DataError
+from .io.datasets import check_outputs
 from .io.jsonl import iter_records
 from .io.models import resize_embeddings
 
@@ -716,8 +717,9 @@ def check_flags(args: dict) -> None:
             raise ConfigError(f"--{name} must be {what} (got {args[name]!r})")
     if args["max_steps"] == -1 and not args["num_train_epochs"] > 0:
         raise ConfigError(f"--num_train_epochs must be a positive number when --max_steps is -1 (got {args['num_train_epochs']!r})")
-    if Path(args["output_dir"]).is_file():
-        raise ConfigError(f"output_dir {args['output_dir']} is a file")
+    # the model and its tokenizer are saved there: never over the base model, or in a place that fails after training
+    check_outputs(directories=[("--output_dir", args["output_dir"])],
+                  inputs=[("--model_name_or_path", args["model_name_or_path"]), ("--data_path", args["data_path"])])
 
 
 def check_model_path(model_name_or_path: str, gguf_file: str | None) -> None:

@@ -66,7 +66,12 @@ def test_a_text_flag_gets_the_text_as_typed(typed):
     assert Command()("data.jsonl", "--model_name", typed)["model_name"] == typed
 
 
-@pytest.mark.parametrize("word", ["-5", "007"])
+def test_a_lone_dash_is_a_word_or_a_value_not_fires_separator():
+    assert Command()("-", "--model_name", "-", "--num", "3") == dict(
+        input="-", num=3, temperature=1.0, model_name="-", max_cost=None, quiet=False, api_key=None)
+
+
+@pytest.mark.parametrize("word", ["-5", "007", "-", "a,b", "[x"])
 def test_a_word_that_looks_like_a_number_or_a_flag_is_a_word(word):
     assert Command()(word)["input"] == word
 
@@ -84,6 +89,8 @@ def test_a_word_that_parses_as_a_float_is_kept_as_typed(word):
     (["--num"], "--num needs a value"),
     (["--", "--num", "3"], "unexpected argument in position 2: '--' (flags go before it; see --help)"),
     (["-m", "x"], "unknown flag --m; did you mean --model_name?"),  # -m would be --model_name or --max_cost
+    (["--model_name", "--quiet"], "--model_name needs a value"),  # not a model called "--quiet"
+    (["--quiet", "yes"], "unexpected argument in position 3: --quiet is a switch and takes no value"),
 ])
 def test_a_bad_flag_is_one_line_naming_it_and_main_never_runs(capsys, argv, message):
     command = Command()
@@ -98,7 +105,7 @@ def test_a_bad_flag_is_one_line_naming_it_and_main_never_runs(capsys, argv, mess
     (OSError(errno.ENOSPC, "No space left on device", "out/generated.jsonl"), 2,
      "self_instruct: error: out/generated.jsonl: the disk is full: free space, then rerun the same command to resume"),
     (OSError(errno.EROFS, "Read-only file system", "/mnt/out"), 2,
-     "self_instruct: error: /mnt/out: the file system is read-only: choose another --output_dir"),
+     "self_instruct: error: /mnt/out: the file system is read-only: write somewhere else"),  # no flag: any command's output
     (RecursionError(), 2, "self_instruct: error: input nested too deeply to process"),
     (KeyboardInterrupt(), 130, "self_instruct: interrupted; nothing half-written is left behind"),
     (asyncio.CancelledError(), 130, "self_instruct: interrupted; nothing half-written is left behind"),
@@ -124,3 +131,58 @@ def test_help_runs_nothing_and_repeats_no_other_word(capsys):
     assert info.value.code == 0 and command.calls == []
     assert "--num=NUM" in shown and "how many" in shown
     assert KEY not in shown and "data.jsonl" not in shown
+
+
+def test_a_missing_positional_argument_is_one_line(capsys):
+    command = Command()
+    assert fails(command, ["--num", "3"], capsys) == (
+        2, "self_instruct: error: INPUT is missing: give it as a word or as --input (see --help)")
+    assert Command()("--input", "data.jsonl", "--num", "3")["input"] == "data.jsonl"
+    assert fails(Command(), ["--input", "a.jsonl", "b.jsonl"], capsys)[1].startswith(
+        "self_instruct: error: unexpected argument in position 3: 'b.jsonl'")
+
+
+def test_a_word_after_a_switch_is_a_word_when_one_is_due():
+    """documents --no_verify book.pdf: the path is a path, not the switch's value."""
+    calls = []
+
+    def main(*paths: str, verify: bool = True, quiet: bool = False, output_dir: str = "out"):
+        calls.append((paths, verify, quiet, output_dir))
+    cli.run(main, ["--noverify", "book.pdf", "-q", "notes.md", "--output_dir", "o"], name="self_instruct.thing")
+    cli.run(main, ["--verify", "false", "book.pdf", "--quiet=True"], name="self_instruct.thing")
+    assert calls == [(("book.pdf", "notes.md"), False, True, "o"), (("book.pdf",), False, True, "out")]
+    assert Command()("--quiet", "data.jsonl")["input"] == "data.jsonl"
+
+
+def test_dash_h_is_help_even_where_a_flag_starts_with_h(capsys):
+    calls = []
+
+    def main(host: str = "127.0.0.1", port: int = 8000):
+        """Serve.
+
+        Args:
+          host: where to listen
+          port: which port
+        """
+        calls.append(host)
+    for flag in ("-h", "--help"):
+        with pytest.raises(SystemExit) as info:
+            cli.run(main, ["--port", "1", flag], name="self_instruct.serve")
+        shown = "".join(capsys.readouterr())
+        assert info.value.code == 0 and calls == []
+        assert "--host=HOST" in shown and "-h, --host" not in shown and "-p, --port" in shown
+    with pytest.raises(SystemExit):
+        cli.run(main, ["-h=0.0.0.0"], name="self_instruct.serve")
+    assert calls == []
+
+
+@pytest.mark.parametrize("command", ["generate", "documents", "score", "evolve", "dedup", "export", "report", "train",
+                                     "evaluate", "serve"])
+def test_dash_h_is_help_in_every_command_and_no_flag_is_listed_with_it(command, capsys):
+    """serve -h meant --host, and evaluate -h --holdout: fire gives -x to a lone flag starting with x."""
+    import importlib
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(f"self_instruct.{command}").cli(["-h"])
+    shown = "".join(capsys.readouterr())
+    assert info.value.code == 0 and "NAME" in shown and "\n    -h, " not in shown

@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import DataError
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail, write_jsonl_atomic
 from ..io.secrets import redact
 from ..types import Completion, Decoding
@@ -57,23 +58,38 @@ class Spend:
 
 def read_spend(path: Path) -> tuple[Spend, int]:
     """What a ledger file records as spent, and the next request id. A request sent whose reply
-    never reached the file (the process was killed) counts at its reservation."""
+    never reached the file (the process was killed) counts at its reservation.
+
+    A line that cannot be read is never skipped (it may be a request paid for): the error names
+    it and what to do, and state.json's counters still hold the budget if the file goes.
+    """
     spend, next_id, sent = Spend(), 0, {}
     if path.exists():
-        for _, line in iter_jsonl(path):
-            event = line.get("event")
-            if event in ("send", "retry"):
-                spend.requests += 1
-            if event == "send":
-                sent[line["id"]] = line
-            elif event == "done":
-                sent.pop(line["id"], None)
-                spend.count(line)
-            next_id = max(next_id, int(line.get("id", -1)) + 1)
-    for line in sent.values():
-        spend.reserved_tokens += int(line.get("tokens", 0))
-        spend.cost += float(line.get("cost", 0.0))
+        lineno = 0
+        try:
+            for lineno, line in iter_jsonl(path):
+                event = line.get("event")
+                if event in ("send", "retry"):
+                    spend.requests += 1
+                if event == "send":
+                    sent[int(line["id"])] = line
+                elif event == "done":
+                    sent.pop(int(line["id"]), None)
+                    spend.count(line)
+                next_id = max(next_id, int(line.get("id", -1)) + 1)
+            for line in sent.values():
+                spend.reserved_tokens += int(line.get("tokens", 0))
+                spend.cost += float(line.get("cost", 0.0))
+        except DataError as exc:
+            raise DataError(f"{exc}; {LEDGER_FIX}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: not a ledger line ({type(exc).__name__}: {exc}); {LEDGER_FIX}") from None
     return spend, next_id
+
+
+# What to do about a ledger line that cannot be read.
+LEDGER_FIX = ("the ledger is this run's record of what it spent: restore that line, or delete ledger.jsonl "
+              "and the budget counts on from state.json")
 
 
 class BudgetExhausted(Exception):
@@ -116,9 +132,11 @@ class Ledger:
         self.price = price
         self.spend = Spend()
         self.cache: dict[str, dict] = {}
+        self.notes: list[str] = []  # what reading back repaired, for the run to say
         self.in_flight: dict[int, tuple[int, float]] = {}  # id -> (reserved tokens, reserved cost)
         self._next_id = 0
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
+        self._queued = self._durable = 0  # lines counted, and how many of them are on disk
         self._flush: asyncio.Future | None = None
         self._read(next_unit)
         self._floor(evidence or {})
@@ -127,12 +145,15 @@ class Ledger:
 
     def _read(self, next_unit: int) -> None:
         repair_torn_tail(self.path)
-        repair_torn_tail(self.cache_path)
         self.spend, self._next_id = read_spend(self.path)
         if self.cache_path.exists():
-            kept = [e for _, e in iter_jsonl(self.cache_path) if e.get("unit", -1) >= next_unit]
-            self.cache = {e["key"]: e for e in kept}
-            write_jsonl_atomic(self.cache_path, kept)  # replies of pooled units are never asked again
+            kept, dropped = read_cache(self.cache_path)
+            self.cache = {e["key"]: e for e in kept if e["unit"] >= next_unit}
+            # replies of pooled units are never asked again; an unreadable line is not kept either
+            write_jsonl_atomic(self.cache_path, list(self.cache.values()))
+            if dropped:
+                self.notes.append(f"{self.cache_path.name}: dropped {dropped} line(s) that are not cached replies; "
+                                  f"the reply cache only saves requests, so what they held is asked again if needed")
 
     def _floor(self, state: dict) -> None:
         """The budget survives a lost or cut ledger: state.json's counters (written after every
@@ -170,6 +191,7 @@ class Ledger:
         self.spend.reserved_tokens += tokens
         self.in_flight[rid] = (tokens, cost)
         self._pending.append({"event": "send", "id": rid, "unit": unit, "t": round(time.time(), 3), "tokens": tokens, "cost": cost})
+        self._queued += 1
         return rid
 
     def retry(self, rid: int, unit: int, budget: Budget) -> bool:
@@ -178,17 +200,23 @@ class Ledger:
             return False
         self.spend.requests += 1
         self._pending.append({"event": "retry", "id": rid, "unit": unit, "t": round(time.time(), 3)})
+        self._queued += 1
         return True
 
     async def sync(self) -> None:
-        """Make every counted request durable: one fsync for all that queued meanwhile."""
-        while self._pending:
+        """Make every request counted so far durable: one fsync for all that queued meanwhile.
+        A caller waits for the flush that holds its own lines, not merely for the one in progress
+        when it came (its lines may be in the next)."""
+        mine = self._queued
+        while self._durable < mine:
             if self._flush is None or self._flush.done():
-                lines, self._pending = self._pending, []
-                self._flush = asyncio.ensure_future(asyncio.to_thread(append_jsonl, self.path, lines))
-                await asyncio.shield(self._flush)
-            else:
-                await asyncio.shield(self._flush)
+                lines, self._pending, upto = self._pending, [], self._queued
+                self._flush = asyncio.ensure_future(self._write(lines, upto))
+            await asyncio.shield(self._flush)
+
+    async def _write(self, lines: list[dict], upto: int) -> None:
+        await asyncio.to_thread(append_jsonl, self.path, lines)
+        self._durable = upto
 
     def done(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None = None) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""
@@ -216,6 +244,31 @@ class Ledger:
         if len(kept) != len(self.cache):
             self.cache = {e["key"]: e for e in kept}
             write_jsonl_atomic(self.cache_path, kept)
+
+
+def read_cache(path: Path) -> tuple[list[dict], int]:
+    """The replies cached in `path` and how many lines were not replies (edited, corrupt, torn).
+    The cache is never evidence of spend beyond what the ledger and state.json say, so what
+    cannot be read is dropped, not a reason to stop: at worst a request is asked again."""
+    entries, dropped = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                entry = None
+            if _is_reply(entry):
+                entries.append(entry)
+            else:
+                dropped += 1
+    return entries, dropped
+
+
+def _is_reply(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), str)
+            and type(entry.get("unit")) is int and isinstance(entry.get("finish_reason"), (str, type(None))))
 
 
 def cache_key(model: str, api: str, prompt: str, decoding: Decoding) -> str:

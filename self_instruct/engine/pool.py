@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -149,7 +150,7 @@ class InstructionPool:
             self.state = {}
         commits = self._read_commits()
         for name in (GENERATED, REJECTED):
-            self._cut_to_commit(name, commits[-1][name] if commits else 0)
+            self._cut_to_commit(name, commits[-1][name] if commits else 0, len(commits))
         self.kept_after = [c["kept_total"] for c in commits]
         try:
             if (self.dir / GENERATED).exists():
@@ -182,21 +183,28 @@ class InstructionPool:
                                 f"edited: restore it, or pass --overwrite to start again")
         return commits
 
-    def _cut_to_commit(self, name: str, size: int) -> None:
-        """Cut `name` back to the size it had at the last commit (a unit the run was killed while
-        writing is cut off, and runs again); a file shorter than that was edited."""
+    def _cut_to_commit(self, name: str, size: int, unit: int) -> None:
+        """Cut `name` back to the size it had at the last commit: what unit `unit` had written
+        when the run stopped is cut off, and the unit runs again. Only records a run wrote (with
+        the engine's provenance) are ever cut; a line someone added is refused, not lost, and a
+        file shorter than that was edited."""
         path = self.dir / name
         actual = path.stat().st_size if path.exists() else 0
         if actual < size:
             raise DataError(f"{path}: {actual} bytes where {COMMITS} says {size} were committed; the file was "
                             f"edited or truncated: restore it, or pass --overwrite to start again")
         if actual > size:
+            added = _lines_no_run_wrote(path, size)
+            if added:
+                raise DataError(f"{path}: {added} line(s) after byte {size}, where the last committed unit ends, "
+                                f"that no run wrote here; the pool holds only what a run judged: move them to "
+                                f"another file, or pass --overwrite to start again")
             with open(path, "r+b") as f:
                 f.truncate(size)
                 f.flush()
                 os.fsync(f.fileno())
-            self.notes.append(f"{name}: cut off {actual - size} bytes of a unit the run was killed while writing "
-                              f"(it runs again, from the reply cache)")
+            self.notes.append(f"{name}: cut off {actual - size} bytes of unit {unit}, written but not committed when "
+                              f"the run stopped (it runs again, from the reply cache)")
         self._sizes[name] = size
 
     def _count_rejects(self, path: Path) -> None:
@@ -255,6 +263,24 @@ class InstructionPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lines_no_run_wrote(path: Path, offset: int) -> int:
+    """How many whole lines of `path` past `offset` lack the provenance every record a run writes
+    carries. A last line without a newline that does not parse is a write the stop tore."""
+    added = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                record = None
+                if not line.endswith(b"\n"):
+                    continue  # torn by the stop
+            provenance = record.get(PROVENANCE) if isinstance(record, dict) else None
+            added += not (isinstance(provenance, dict) and type(provenance.get("unit")) is int)
+    return added
 
 
 def run_id(config: dict, shaping: Sequence[str]) -> str:

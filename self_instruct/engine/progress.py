@@ -75,12 +75,15 @@ class Stats:
                 f"completion{cost}; rejected: {rejects}; faults met: {faults}{servers}")
 
     def postfix(self, concurrency: int | None) -> str:
-        """The progress bar's tail: the top reasons for rejects, tokens, cost, concurrency now."""
+        """The progress bar's tail: the top reasons for rejects, requests out now, tokens used,
+        cost, concurrency now. Tokens are those replies reported used, never the reservations of
+        requests out (each later replaced by its smaller actual use), so the figure never goes down."""
         spend = self.ledger.spend
         rejects = " ".join(f"{k}={v}" for k, v in self.rejects.most_common(4))
         cost = f" | {format_cost(spend.cost)}" if self.ledger.price else ""
         slots = f" | conc {concurrency}" if concurrency is not None else ""
-        return f"rej {rejects or 0} | tok {spend.tokens / 1000:.1f}k{cost}{slots}"
+        used = spend.prompt_tokens + spend.completion_tokens
+        return f"rej {rejects or 0} | out {len(self.ledger.in_flight)} | tok {used / 1000:.1f}k{cost}{slots}"
 
     def to_state(self, extra: dict | None = None) -> dict:
         spend = self.ledger.spend

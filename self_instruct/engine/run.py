@@ -33,7 +33,7 @@ from typing import Any, Coroutine, Sequence
 from ..io.secrets import redact, redact_record, register_secret
 from ..options import recorded
 from ..teachers.base import Teacher
-from ..teachers.choose import make_teacher
+from ..teachers.choose import make_teacher, planned_teacher
 from ..types import Completion, Decoding
 from .judge import Judge
 from .ledger import Budget, Ledger, Spend, read_spend
@@ -83,6 +83,9 @@ class Run:
         if self.given is not None:
             self.teacher = self.given
         elif self.asks_teacher:
+            if planned_teacher(self.options)[0] == "local" and not getattr(self.options, "quiet", False):
+                say("loading the embedded model; on a CPU a unit can take minutes, and the bar counts "
+                    "the requests out and the tokens back meanwhile")
             self.teacher = self.open_teacher()
         try:
             self.price = self.price_of(self.teacher) if self.asks_teacher else None
@@ -193,6 +196,8 @@ class Run:
 
         teacher = teacher or self.teacher
         ledger = Ledger(pool.dir, price if teacher is not self.teacher else self.price, pool.next_unit, pool.state)
+        for note in ledger.notes:
+            say(note)
         o = self.options
         engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
                         others={name: (t, self.price_of(t)) for name, t in (others or {}).items()},

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import partial
@@ -88,6 +89,7 @@ class Engine:
         self.bar = tqdm(total=total, initial=initial, desc="kept" if target is not None else "units",
                         unit="inst" if target is not None else "unit", file=sys.stderr, disable=quiet,
                         dynamic_ncols=True)
+        self.shown = -float("inf")  # when the bar was last redrawn between commits
         for each in [teacher, *(t for t, _ in self.others.values())]:
             each.before_retry = self._admit_retry
 
@@ -128,7 +130,9 @@ class Engine:
             self.asks[unit] += 1
             self.wake.set()
             if self.pipeline is not None:  # asked inside run(): room may have opened for a unit
-                self._launch()
+                # Once the asks sent with this one have started too: a reply from the cache comes
+                # back before they do, and they would not count as out yet.
+                asyncio.get_running_loop().call_soon(self._launch)
 
     async def _send(self, unit: int, key: str, prompt: str, decoding: Decoding, teacher: Teacher,
                     price: Price | None) -> Completion:
@@ -136,6 +140,7 @@ class Engine:
         async with self.slots:
             rid = self.ledger.reserve(unit, prompt_bound(prompt), decoding.max_tokens, self.budget, price)
             await self.ledger.sync()  # on disk before it goes
+            self._show()
             token = _REQUEST.set((rid, unit))
             try:
                 completion = (await teacher.complete([prompt], decoding))[0]
@@ -144,7 +149,16 @@ class Engine:
             if completion.error:  # whatever the teacher, its error reaches the ledger, rejects and messages masked
                 completion = replace(completion, error=redact(completion.error))
             self.ledger.done(rid, unit, key, completion, price)
+            self._show()
             return completion
+
+    def _show(self) -> None:
+        """Keep the bar alive between commits (a unit of a local model can take minutes): the
+        first request out shows at once, then requests out and tokens used twice a second."""
+        now = time.monotonic()
+        if now - self.shown >= 0.5:
+            self.shown = now
+            self.bar.set_postfix_str(self.stats.postfix(self.teacher.concurrency), refresh=True)
 
     async def _admit_retry(self) -> bool:
         current = _REQUEST.get()

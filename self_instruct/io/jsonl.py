@@ -7,7 +7,8 @@ One policy everywhere:
 - every error is a :class:`~self_instruct.errors.DataError` whose message starts with ``file:line:``;
 - files are read as streams, a line at a time, so a 200 MB rejects file costs one line of memory;
 - writes are whole lines in one ``write`` (a kill leaves at most a torn last line, which
-  :func:`repair_torn_tail` cuts off for files we own), or a temp file renamed over the old one.
+  :func:`repair_torn_tail` cuts off for files we own, keeping a whole one that only lacks its
+  newline), or a temp file renamed over the old one.
 
 Example::
 
@@ -44,9 +45,18 @@ def loads_line(path: str | Path, lineno: int, line: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{where}: {not_json(exc)}") from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply to be a record") from None
+
+
+def not_json(exc: json.JSONDecodeError) -> str:
+    """What a decode error says, as our messages put it.
+
+    >>> not_json(json.JSONDecodeError("Unterminated string starting at", '{"a": "b', 6))
+    'not valid JSON (Unterminated string starting at column 7)'
+    """
+    return f"not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
 
 
 def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int, Any]]:
@@ -108,7 +118,7 @@ def _iter_json_list(path: str | Path) -> Iterator[tuple[int, dict]]:
         try:
             obj, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{path}:{exc.lineno}: {not_json(exc)}") from None
         except RecursionError:
             raise DataError(f"{path}:{line_at(position)}: JSON nested too deeply to be a record") from None
         if not isinstance(obj, dict):
@@ -137,7 +147,7 @@ def read_json(path: str | Path) -> Any:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: {not_json(exc)}") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None
 
@@ -161,9 +171,12 @@ def _open(path: str | Path):
 # --- writing -------------------------------------------------------------------------------
 
 def repair_torn_tail(path: str | Path) -> str | None:
-    """Cut a last line that has no newline (a write a kill interrupted) from a file we own.
+    """Make a file we own end at a whole line before appending to it.
 
-    Returns a note saying what was cut, or None when the file was whole.
+    A last line without its newline is kept, and given the newline, when it is a whole JSON
+    object (a write stopped just before the newline, or an editor saved the file without one);
+    it is cut off only when it does not parse, since no line we write is ever read in part.
+    Returns a note saying what was cut, or None when nothing was lost.
     """
     path = Path(path)
     if not path.exists():
@@ -172,25 +185,39 @@ def repair_torn_tail(path: str | Path) -> str | None:
     if size == 0:
         return None
     with open(path, "r+b") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
         # Scan back from the end for the last newline, a block at a time.
-        end, block = size, 65536
+        end, block, keep = size, 65536, 0
         while end > 0:
             start = max(0, end - block)
             f.seek(start)
-            chunk = f.read(end - start)
-            if end == size and chunk.endswith(b"\n"):
-                return None
-            cut = chunk.rfind(b"\n")
+            cut = f.read(end - start).rfind(b"\n")
             if cut >= 0:
                 keep = start + cut + 1
                 break
             end = start
+        f.seek(keep)
+        whole = _is_object(f.read(size - keep))
+        if whole:
+            f.seek(size)
+            f.write(b"\n")
         else:
-            keep = 0
-        f.truncate(keep)
+            f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
-    return f"{path.name}: cut off a torn last line of {size - keep} bytes (the run was killed while writing it)"
+    if whole:
+        return None
+    return f"{path.name}: cut off its last line ({size - keep} bytes), which had no newline and does not parse"
+
+
+def _is_object(line: bytes) -> bool:
+    """Whether a line is one whole JSON object (a strict prefix of one never is)."""
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
 
 
 def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True) -> int:
@@ -233,10 +260,17 @@ def write_text_atomic(path: str | Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = text.encode("utf-8") if isinstance(text, str) else text
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             _write_all(f.fileno(), payload, path)
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename != str(tmp):
+            raise
+        # The temp file is ours, not the user's: the error names the file they asked for.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -227,3 +227,33 @@ def test_as_a_real_process(tmp_path, args, expected):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and expected in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_missing_report_extra_is_one_hint_once(server, tmp_path, capsys, monkeypatch):
+    """The "no report" note used to repeat the pip hint its own reason already gave."""
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import matplotlib.figure fails
+    cli([str(a) for a in flags(server, tmp_path / "out") + ["--num_instructions_to_generate", "3"]])
+    err = capsys.readouterr().err
+    assert "self_instruct: no report (the report needs matplotlib: pip install 'self_instruct[export]')\n" in err
+    assert err.count("pip install") == 1
+
+
+@pytest.mark.parametrize("output_dir,message", [
+    ("data.jsonl", "--output_dir data.jsonl is a file, not a directory; pass another --output_dir"),
+    ("data.jsonl/run", "--output_dir data.jsonl/run lies under data.jsonl, which is a file, not a folder"),
+    ("./base/", "--output_dir ./base/ would overwrite the input base (--model_name_or_path); pass another --output_dir"),
+], ids=["a_file", "under_a_file", "the_base_model"])
+def test_train_refuses_an_output_dir_it_cannot_use_before_loading_anything(tmp_path, capsys, monkeypatch, output_dir, message):
+    """train saves the model and tokenizer into --output_dir: over the base model's own files, or
+    after an hour of training into a path that cannot be a directory."""
+    from self_instruct import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "data.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(SystemExit) as info:
+        train.cli(["--model_name_or_path", "base", "--data_path", "data.jsonl", "--output_dir", output_dir])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"self_instruct: error: {message}")
+    assert err.count("\n") == 1 and sorted(p.name for p in (tmp_path / "base").iterdir()) == ["config.json"]

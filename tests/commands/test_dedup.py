@@ -1,6 +1,7 @@
 """The dedup tool: greedy decisions equal to rouge-score's, round trips for JSON and JSONL, one-line errors."""
 import doctest
 import json
+import os
 import random
 import subprocess
 import sys
@@ -133,10 +134,10 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     for args, message in [(["--threshold", "2"], "threshold must be between 0 and 1"),
                           (["--threshold", "abc"], "--threshold must be a number (got 'abc')"),
                           (["--against", tmp_path / "missing.jsonl"], "missing.jsonl: no such file"),
-                          (["--output", source], "would overwrite an input file"),
-                          (["--output", tmp_path / "outdir"], "outdir: is a directory; name a file to write"),
+                          (["--output", source], f"--output {source} would overwrite the input {source} (INPUT)"),
+                          (["--output", tmp_path / "outdir"], "outdir is a directory; name a file to write"),
                           (["--output", tmp_path / "loop"], "loop: too many levels of symbolic links"),
-                          (["--report", tmp_path / "outdir"], "outdir: is a directory"),
+                          (["--report", tmp_path / "outdir"], "outdir is a directory"),
                           (["--ngram", "0", "--against", source], "--ngram must be a whole number of words, 1 or more"),
                           (["--ngram", "x"], "--ngram must be a whole number"),
                           (["--fields", "question"], "--fields chooses benchmark fields for --ngram"),
@@ -145,6 +146,21 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         assert status == 2 and len(err.splitlines()) == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "loop", "outdir"]
     assert not any((tmp_path / "outdir").iterdir())
+
+
+@pytest.mark.parametrize("report", ["kept.jsonl", "./kept.jsonl", "../work/kept.jsonl", "link.jsonl", "hard.jsonl"])
+def test_an_output_and_a_report_that_are_one_file_are_refused_before_any_work(tmp_path, capsys, monkeypatch, report):
+    """The report written over the kept records would leave a 'kept 13' line and no records."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (work / "kept.jsonl").write_text("earlier\n")
+    (work / "link.jsonl").symlink_to(work / "kept.jsonl")
+    os.link(work / "kept.jsonl", work / "hard.jsonl")
+    status, err = run(capsys, "data.jsonl", "--output", "kept.jsonl", "--report", report)
+    assert status == 2 and err == f"self_instruct: error: --report {report} is the same file as --output kept.jsonl; give each its own path\n"
+    assert (work / "kept.jsonl").read_text() == "earlier\n"
 
 
 def test_input_that_is_a_symlink_loop_or_a_directory_is_one_line(tmp_path, capsys):

@@ -115,6 +115,20 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / "e.json").exists()
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_request(fake_server, tmp_path, capsys):
+    data = write_input(tmp_path)
+    (tmp_path / "evolved.json").mkdir()
+    for outputs, message in [(["--output", tmp_path / "evolved.json"], "is a directory; name a file to write"),
+                             (["--output", data], f"would overwrite the input {data} (INPUT)"),
+                             (["--output_dir", tmp_path / "run", "--output", tmp_path / "run" / "round_2" / "e.json"],
+                              "lies inside round_2, which the run keeps in --output_dir")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli([str(data), "--rounds", "2", *map(str, outputs), "--base_url", fake_server.base_url, "--quiet"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert fake_server.requests == [] and not (tmp_path / "run").exists()
+
+
 def test_max_cost_holds_across_rounds_and_shows_in_the_summary(fake_server, tmp_path, capsys):
     """Each round's engine gets what the rounds before left of --max_cost."""
     fake_server.reply_fn = growing

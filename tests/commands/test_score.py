@@ -116,6 +116,29 @@ def test_a_record_without_an_instruction_names_its_line(tmp_path, capsys):
     assert f"{path}:2" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.parametrize("outputs,message", [
+    (["--output", "DIR"], "--output DIR is a directory; name a file to write"),
+    (["--output", "DATA"], "--output DATA would overwrite the input DATA (INPUT); pass another --output"),
+    (["--output", "s.json", "--output_dir", "./s.json"], "--output_dir s.json is the same directory as --output s.json"),
+    (["--output", "run/generated.jsonl", "--output_dir", "run"],
+     "--output run/generated.jsonl would overwrite generated.jsonl, which the run keeps in --output_dir run"),
+    (["--output", "DATA/s.json"], "--output DATA/s.json lies under DATA, which is a file, not a folder"),
+], ids=["directory", "the_input", "output_is_the_run_dir", "a_run_file", "under_a_file"])
+def test_outputs_are_checked_before_any_record_is_sent(fake_server, tmp_path, capsys, monkeypatch, outputs, message):
+    """Every record used to go to the teacher before the output was found to be a directory."""
+    monkeypatch.chdir(tmp_path)
+    data = write_input(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    before = data.read_bytes()
+    args = [a.replace("DATA", data.name) for a in outputs]
+    with pytest.raises(SystemExit) as exit_info:
+        cli([data.name, *args, "--base_url", fake_server.base_url, "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"self_instruct: error: {message.replace('DATA', data.name)}")
+    assert err.count("\n") == 1 and fake_server.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "data.json"] and data.read_bytes() == before
+
+
 def test_the_chat_api_scores_the_same(fake_server, tmp_path):
     fake_server.reply_fn = scores_by_task({w: 3 for w in ("one", "two", "three", "four", "five", "six", "seven")})
     result = score_file(write_input(tmp_path), str(tmp_path / "o.json"), api="chat", base_url=fake_server.base_url,

@@ -488,11 +488,40 @@ def test_every_flag_in_help_reaches_main(capsys, tmp_path):
     assert failures == []
 
 
-def test_short_h_is_host_as_help_lists_it(capsys):
-    assert "-h" in help_flags(capsys)
+def test_dash_h_is_help_as_in_every_command(capsys):
+    assert "-h" not in help_flags(capsys)
     with pytest.raises(SystemExit) as info:
-        cli(["-h", "0.0.0.0"])
-    assert info.value.code == 2 and "--host 0.0.0.0:" in capsys.readouterr().err
+        cli(["-h"])
+    assert info.value.code == 0 and "--host=HOST" in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--port", "-1"], "--port must be from 0 to 65535 (got -1); 0 picks a free one"),
+    (["--port", "65536"], "--port must be from 0 to 65535 (got 65536)"),
+    (["--n_threads", "0"], "--n_threads must be a positive whole number (got 0)"),
+    (["--n_ctx", "-5"], "--n_ctx must be a positive whole number (got -5)"),
+    (["--request_timeout", "0"], "--request_timeout must be a positive number of seconds (got 0)"),
+    (["--local_model_path", "NOT_GGUF"], "is not a GGUF model (it does not start with 'GGUF')"),
+    (["--port", "TAKEN"], "(Address already in use); choose another --port"),
+    (["--host", "no-such-host.invalid", "--allow_remote"], "--host no-such-host.invalid: not an address this machine knows"),
+    (["--api_key", " "], "--api_key is empty: clients could never send it; leave it out to serve without a key"),
+], ids=["negative_port", "port_too_large", "threads", "context", "timeout", "not_gguf", "port_taken", "unknown_host",
+        "empty_key"])
+def test_flags_that_cannot_work_are_refused_before_the_model_loads(capsys, monkeypatch, tmp_path, argv, message):
+    """serve --port -1 used to load the model, then end in a traceback from bind()."""
+    from self_instruct.teachers import local
+
+    monkeypatch.setattr(local, "LocalTeacher", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "model.gguf").write_bytes(b"\x00" * 64)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        stand_ins = {"NOT_GGUF": str(tmp_path / "model.gguf"), "TAKEN": str(taken.getsockname()[1])}
+        with pytest.raises(SystemExit) as info:
+            cli([stand_ins.get(a, a) for a in argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("self_instruct: error: ") and err.count("\n") == 1
+    assert message in err and "Traceback" not in err
 
 
 def test_the_generate_loop_runs_against_the_endpoint(server, tmp_path):

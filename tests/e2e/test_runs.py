@@ -171,6 +171,53 @@ def test_corrupt_state_json_is_rebuilt_from_the_jsonl_files(fake_server, tmp_pat
         assert rc == 0 and "Traceback" not in err
 
 
+def completions(server) -> int:
+    return sum("prompt" in body for body in server.requests)
+
+
+def budget_flags(server, *extra) -> list:
+    return ["--output_dir", "out", "--base_url", server.base_url, "--model_name", "m", "--request_batch_size", "3",
+            "--max_concurrency", "1", "--num_instructions_to_generate", "1000", *extra]
+
+
+def test_a_deleted_ledger_does_not_reset_the_budget_of_the_command(fake_server, tmp_path):
+    rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "6"))
+    assert rc == 0 and "budget max_requests reached" in err and completions(fake_server) == 6
+    (tmp_path / "out" / "ledger.jsonl").unlink()  # state.json still says 6 were sent
+    rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "6"))
+    assert rc == 0 and "budget max_requests reached" in err, err
+    assert completions(fake_server) == 6
+
+
+def test_a_corrupt_reply_cache_is_dropped_line_by_line_and_the_run_goes_on(fake_server, tmp_path):
+    """A cache only saves requests: its bad lines go, with a note, and its good ones still count."""
+    rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "4"))
+    assert rc == 0 and completions(fake_server) == 4
+    cache = tmp_path / "out" / "responses.jsonl"
+    good = cache.read_text()
+    assert good.count("\n") == 1  # round 1's first reply: round 1 was cut by the budget
+    cache.write_text('garbage{\n' + good + '{"key": 7, "unit": "x"}\n["a"]\n{"key": "half", "unit": 1, "te')
+    rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "6"))
+    assert rc == 0 and "Traceback" not in err, err
+    assert "responses.jsonl: dropped 4 line(s) that are not cached replies" in err
+    assert completions(fake_server) == 6  # round 1's other two prompts; its first came from the cache
+    assert len((tmp_path / "out" / "generated.jsonl").read_text().splitlines()) > 0
+
+
+def test_a_corrupt_ledger_line_names_the_line_and_what_to_do(fake_server, tmp_path):
+    rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "3"))
+    ledger = tmp_path / "out" / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    for broken in ("xx", '{"event": "send", "tokens": 10}'):
+        ledger.write_text("\n".join([lines[0], broken, *lines[2:]]) + "\n")
+        before = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.jsonl")}
+        rc, err = cli_run(tmp_path, *budget_flags(fake_server, "--max_requests", "6"))
+        assert rc == 2 and err.count("\n") == 1 and f"{Path('out') / 'ledger.jsonl'}:2: " in err, err
+        assert "restore that line, or delete ledger.jsonl and the budget counts on from state.json" in err
+        assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.jsonl")} == before
+        assert completions(fake_server) == 3
+
+
 @pytest.mark.parametrize("broken", ['[1]', '{"model_name": ', '\xff'], ids=["list", "cut", "not_utf8"])
 def test_corrupt_run_json_is_one_line_naming_the_fix(fake_server, tmp_path, broken):
     out = tmp_path / "out"
@@ -278,8 +325,11 @@ def test_units_asking_in_turn_keep_every_slot_busy(tmp_path):
 
 
 def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
-    """Replies already back in units still running count toward the target: the run asks for
-    about what the target needs, not a wave more (tokens past the target are money thrown away)."""
+    """Replies already back in units still running count toward the target: no round is
+    launched once the records kept and those the requests out should bring reach it (tokens
+    past the target are money thrown away), and no more than max_concurrency are ever out.
+    Asserted on the rounds the ledger shows sent, not on the server's count, which a retry on a
+    loaded machine raises without a round being wasted."""
     server = FakeOpenAI(latency=0.2, tasks_per_reply=8, synthetic=True).start()
     try:
         result = generate(str(tmp_path / "out"), base_url=server.base_url, model_name="m",
@@ -288,5 +338,8 @@ def test_requests_stop_when_those_out_will_reach_the_target(tmp_path):
     finally:
         server.stop()
     assert result.kept == 480
-    # 8 kept a reply: 60 replies, in rounds of 5 sent whole (a round may overshoot by 4).
-    assert len(server.requests) <= 60 + 4
+    ledger = [json.loads(line) for line in (tmp_path / "out" / "ledger.jsonl").read_text().splitlines()]
+    # 8 kept a reply, 5 replies a round: 12 rounds make 480; a 13th would only add to what is thrown away.
+    assert len({line["unit"] for line in ledger if line["event"] == "send"}) == 12
+    assert len(server.requests) == sum(line["event"] in ("send", "retry") for line in ledger)  # all counted
+    assert server.max_in_flight <= 40

@@ -64,6 +64,37 @@ def test_what_a_ledger_counts_is_what_its_file_says_after_a_kill(tmp_path):
     assert again.reserve(1, 10, 10, Budget()) == lost + 1
 
 
+def test_no_request_goes_out_before_its_send_line_is_on_disk(tmp_path, monkeypatch):
+    """Requests that leave together share an fsync; one whose line is in a flush that began
+    after the one it waited on still waits for its own (a kill then would leave a request
+    sent and not counted, and a rerun could pass the budget)."""
+    from self_instruct.engine import ledger as ledger_module
+
+    written: list[int] = []  # ids on disk, in order
+    real_append = ledger_module.append_jsonl
+
+    def slow_append(path, lines, **kwargs):
+        import time
+        time.sleep(0.02)  # the next requests queue up behind this flush meanwhile
+        real_append(path, lines, **kwargs)
+        written.extend(line["id"] for line in lines if line.get("event") == "send")
+    monkeypatch.setattr(ledger_module, "append_jsonl", slow_append)
+    ledger = Ledger(tmp_path, None, next_unit=0)
+    early: list[int] = []
+
+    async def request(delay):
+        await asyncio.sleep(delay)
+        rid = ledger.reserve(0, 10, 10, Budget())
+        await ledger.sync()
+        if rid not in written:
+            early.append(rid)
+
+    async def main():
+        await asyncio.gather(request(0), *(request(0.005) for _ in range(4)), *(request(0.03) for _ in range(4)))
+    asyncio.run(main())
+    assert early == [] and sorted(written) == list(range(9))
+
+
 def test_concurrent_requests_cannot_pass_a_cap_together(tmp_path):
     """A request reserves the most it can use (its prompt's bound and max_tokens, at the price):
     requests out at once count at their reservations, so together they stay within the caps."""

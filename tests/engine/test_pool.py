@@ -29,15 +29,15 @@ def test_torn_last_line_is_cut_and_reported(tmp_path):
     with open(out / "generated.jsonl", "ab") as f:
         f.write(b'{"instruction": "Task 3", "meta')
     with open(out / "rejected.jsonl", "ab") as f:
-        f.write(b'{"reason": "too_short"}')  # whole JSON, but no newline: the write was not finished
+        f.write(b'{"reason": "too_short", "provenance": {"unit": 1}}')  # whole JSON, no newline: not finished
 
     again = InstructionPool.open(out)
     again.close()
     assert [r["instruction"] for r in again.records] == ["Task 0", "Task 1", "Task 2"]
     assert dict(again.reject_counts) == {"similar": 1}
     assert again.notes == [
-        "generated.jsonl: cut off 31 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
-        "rejected.jsonl: cut off 23 bytes of a unit the run was killed while writing (it runs again, from the reply cache)",
+        "generated.jsonl: cut off 31 bytes of unit 1, written but not committed when the run stopped (it runs again, from the reply cache)",
+        "rejected.jsonl: cut off 50 bytes of unit 1, written but not committed when the run stopped (it runs again, from the reply cache)",
     ]
     assert (out / "generated.jsonl").read_bytes().endswith(b'"round": 0}}\n')
     # Cut once: the next open finds nothing to repair, and appends start on a fresh line.
@@ -65,7 +65,7 @@ def test_a_unit_killed_between_its_appends_is_cut_and_run_again(tmp_path):
     with InstructionPool.open(out) as pool:
         pool.append(0, [{"instruction": "Task 0", "metadata": {"unit": 5}}], [{"reason": "similar"}])
     with open(out / "generated.jsonl", "a") as f:  # unit 1's kept record reached the disk, then the process died
-        f.write(json.dumps({"instruction": "Task 1", "metadata": {"unit": 0, "round": 0}}) + "\n")
+        f.write(json.dumps({"instruction": "Task 1", "metadata": {"unit": 0, "round": 0}, "provenance": {"unit": 1}}) + "\n")
     with InstructionPool.open(out) as again:
         assert [r["instruction"] for r in again.records] == ["Task 0"]
         assert again.next_unit == 1 and dict(again.reject_counts) == {"similar": 1}
@@ -78,7 +78,8 @@ def test_a_unit_whose_commit_line_was_torn_is_not_done(tmp_path):
     out = tmp_path / "out"
     with InstructionPool.open(out) as pool:
         pool.append(0, kept("Task 0"), [{"reason": "similar"}])
-        pool.append(1, kept("Task 1", "Task 2"), [{"reason": "too_short"}])
+        pool.append(1, [r | {"provenance": {"unit": 1}} for r in kept("Task 1", "Task 2")],
+                    [{"reason": "too_short", "provenance": {"unit": 1}}])
     commits = out / "commits.jsonl"
     os.truncate(commits, commits.stat().st_size - 5)
     with InstructionPool.open(out) as again:
@@ -193,3 +194,25 @@ def test_a_pool_of_an_earlier_version_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="earlier version of self_instruct.*export what it holds.*--overwrite"):
         InstructionPool.open(out)
     assert (out / "generated.jsonl").read_text() == '{"instruction": "a", "metadata": {"round": 0}}\n'
+
+
+
+@pytest.mark.parametrize("added", [
+    {"instruction": "My own record, written by hand."},
+    {"instruction": "Metadata that looks like ours.", "metadata": {"unit": 1, "provenance": {"unit": 1}}},
+    {"instruction": "A provenance of another making.", "provenance": "mine"},
+], ids=["by_hand", "metadata_like_ours", "provenance_not_ours"])
+def test_lines_added_after_the_last_commit_are_refused_not_cut(tmp_path, added):
+    """Only the records of the unit that was being written when the run stopped are cut; a
+    record someone appended was cut off too, silently, with a note blaming a kill."""
+    out = tmp_path / "out"
+    with InstructionPool.open(out) as pool:
+        pool.append(0, kept("Task 0"), [])
+    with open(out / "generated.jsonl", "a") as f:
+        f.write(json.dumps(added) + "\n")
+    before = (out / "generated.jsonl").read_bytes()
+    with pytest.raises(DataError) as info:
+        InstructionPool.open(out)
+    assert str(info.value).startswith(f"{out / 'generated.jsonl'}: 1 line(s) after byte ")
+    assert "that no run wrote here" in str(info.value) and "--overwrite" in str(info.value)
+    assert (out / "generated.jsonl").read_bytes() == before

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from self_instruct.engine.judge import Judge
-from self_instruct.engine.ledger import Budget, Ledger
+from self_instruct.engine.ledger import Budget, Ledger, cache_key
 from self_instruct.engine.pool import InstructionPool
 from self_instruct.engine.progress import StallError
 from self_instruct.engine.scheduler import Engine
@@ -166,6 +166,58 @@ def test_a_unit_starts_only_once_the_units_it_samples_are_pooled(tmp_path):
     assert stopped == "done"
     ahead = [index - pooled for index, pooled in pipeline.launched]
     assert max(ahead) == 1 and len(ahead) == 12
+
+
+class Together(Pipeline):
+    """`count` units of `width` prompts asked at once (as Alpaca's rounds are)."""
+
+    def __init__(self, count, width):
+        self.count, self.width = count, width
+        self.launched: list[int] = []
+
+    def unit(self, index, pool):
+        if index >= self.count:
+            return None
+        self.launched.append(index)
+        return index
+
+    def requests(self, unit):
+        return self.width
+
+    async def run_unit(self, index, ask):
+        replies = await asyncio.gather(*(ask(f"unit {index} prompt {k}") for k in range(self.width)))
+        return UnitResult([Example(f"Describe item {index} of the list in detail.", "", replies[0].text)])
+
+
+class Gated(FakeTeacher):
+    """Holds every request until `open` is set; `waiting` counts the requests held."""
+
+    def __init__(self):
+        super().__init__(respond=answer)
+        self.open, self.waiting = asyncio.Event(), 0
+
+    async def complete(self, prompts, decoding):
+        self.waiting += 1
+        await self.open.wait()
+        return await super().complete(prompts, decoding)
+
+
+def test_a_reply_from_the_cache_does_not_free_the_slots_of_asks_yet_to_start(tmp_path):
+    """A resumed round whose first prompt is cached: the other prompts of the round have not
+    started when that answer comes back, and must still count as out (a unit launched then is
+    one more than max_concurrency allows, and near a target a round paid for nothing)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    key = cache_key("fake", "", "unit 0 prompt 0", Decoding(max_tokens=16))
+    (out / "responses.jsonl").write_text(json.dumps({"key": key, "unit": 0, "text": "cached", "finish_reason": "stop"}) + "\n")
+    pipeline, teacher = Together(3, width=5), Gated()
+
+    async def driver(engine, task):
+        await until(lambda: teacher.waiting == 9)  # unit 0's four prompts not cached, and unit 1's five
+        assert pipeline.launched == [0, 1]
+        teacher.open.set()
+    outcome, _ = run_engine(out, pipeline, teacher=teacher, driver=driver, max_concurrency=9, total_units=3)
+    assert outcome == "done" and pipeline.launched == [0, 1, 2]
 
 
 class SlowFor(FakeTeacher):

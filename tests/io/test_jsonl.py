@@ -36,23 +36,62 @@ def test_read_errors_name_the_file_and_line(tmp_path, name, content, message):
     assert str(info.value).startswith(f"{tmp_path}/{message}")
 
 
-@pytest.mark.parametrize("tail", [b'{"instruction": "to', b'{"x": "' + b"y" * 70_000], ids=["short", "past_a_64k_block"])
-def test_a_torn_tail_is_cut_back_to_the_last_whole_line(tmp_path, tail):
+@pytest.mark.parametrize("tail", [b'{"instruction": "to', b'{"x": "' + b"y" * 70_000, b'{"a": 1}{"b"', b"\xff\xfe"],
+                         ids=["short", "past_a_64k_block", "two_objects", "not_utf8"])
+def test_a_last_line_that_does_not_parse_is_cut_back_to_the_last_whole_line(tmp_path, tail):
     path = tmp_path / "generated.jsonl"
     whole = b'{"instruction": "one"}\n{"instruction": "two"}\n'
     path.write_bytes(whole + tail)
     note = repair_torn_tail(path)
     assert path.read_bytes() == whole
-    assert note == f"generated.jsonl: cut off a torn last line of {len(tail)} bytes (the run was killed while writing it)"
+    # what happened, not a guess at why: no kill is named
+    assert note == f"generated.jsonl: cut off its last line ({len(tail)} bytes), which had no newline and does not parse"
     assert repair_torn_tail(path) is None and path.read_bytes() == whole
+
+
+@pytest.mark.parametrize("last", [b'{"event": "done", "id": 3}', b'{"x": "' + b"y" * 70_000 + b'"}'], ids=["short", "long"])
+def test_a_whole_last_line_without_its_newline_is_kept_and_given_one(tmp_path, last):
+    """An editor that saves without a final newline, or a write stopped just before it: the
+    record is whole, and kept."""
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b'{"event": "send", "id": 3}\n' + last)
+    assert repair_torn_tail(path) is None
+    assert path.read_bytes() == b'{"event": "send", "id": 3}\n' + last + b"\n"
+    append_jsonl(path, [{"event": "retry", "id": 3}])
+    records = [obj for _, obj in iter_jsonl(path)]
+    assert records[1] == json.loads(last) and records[2] == {"event": "retry", "id": 3} and len(records) == 3
 
 
 def test_a_file_that_is_one_torn_line_is_emptied_and_a_missing_one_left_alone(tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(b'{"event": "se')
-    assert repair_torn_tail(path).startswith("ledger.jsonl: cut off a torn last line of 13 bytes")
+    assert repair_torn_tail(path).startswith("ledger.jsonl: cut off its last line (13 bytes)")
     assert path.read_bytes() == b""
+    path.write_bytes(b'{"event": "send"}')
+    assert repair_torn_tail(path) is None and path.read_bytes() == b'{"event": "send"}\n'
     assert repair_torn_tail(tmp_path / "missing.jsonl") is None and not (tmp_path / "missing.jsonl").exists()
+
+
+def test_a_json_error_says_at_once_where(tmp_path):
+    """json's own message for an open string ends in "at"; ours adds "at column" after it."""
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"instruction": "abc\n')
+    with pytest.raises(DataError) as info:
+        list(iter_jsonl(path))
+    assert str(info.value) == f"{path}:1: not valid JSON (Unterminated string starting at column 17)"
+
+
+def test_an_atomic_write_over_a_directory_names_the_file_asked_for_not_the_temp(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        write_text_atomic(tmp_path / "out.json", "[]\n")
+    assert info.value.filename == str(tmp_path / "out.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
+
+
+def test_an_atomic_write_makes_the_folders_it_needs(tmp_path):
+    write_text_atomic(tmp_path / "new" / "deeper" / "out.json", "[]\n")
+    assert (tmp_path / "new" / "deeper" / "out.json").read_text() == "[]\n"
 
 
 def test_append_returns_the_size_the_commit_log_records(tmp_path):
