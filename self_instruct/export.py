@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .cli import run, words_as_flag
+from .engine.pool import GENERATED, OUTPUTS
+from .io.datasets import check_outputs
 from .core.templates import load_training_templates, render_training_prompt
 from .errors import ConfigError, DataError
 from .io.jsonl import (
@@ -762,6 +764,7 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
     if provenance not in PROVENANCE_CHOICES:
         raise ConfigError(f"--provenance must be keep or drop (got {provenance!r})")
     paths = [Path(p) for p in input.split(",") if p]
+    check_export_outputs(paths, Path(output), format, split)
     records, held_out = read_inputs(paths, from_)
     if not records:
         raise DataError(f"{input}: no records to export" + (f" ({held_out} held out)" if held_out else ""))
@@ -777,6 +780,31 @@ def main(input: str, format: str = "jsonl", output: str | None = None, system: s
                      provenance=provenance, chat=chat)
     skipped = f"; skipped {held_out} held out for evaluation (metadata.holdout)" if held_out else ""
     print(f"self_instruct: {len(records)} records as {format} in {', '.join(map(str, written))}{skipped}", file=sys.stderr)
+
+
+def check_export_outputs(inputs: Sequence[Path], output: Path, format: str, split: float | None) -> None:
+    """Before reading anything: refuse an output (or a --split part, or sharegpt's dataset_info.json)
+    that is one of the inputs, or that would land on a file a run keeps in an input run directory."""
+    parts = [output] if split is None or format == "hf" else [part_path(output, p) for p in ("train", "test")]
+    named = [("--output", part) for part in parts]
+    if format == "sharegpt":
+        named.append(("--output", parts[0].parent / "dataset_info.json"))
+    sources = [("INPUT", path / GENERATED if path.is_dir() else path) for path in inputs]
+    check_outputs(named if format != "hf" else [], directories=named if format == "hf" else [],
+                  inputs=sources)
+    for path in (p for p in inputs if p.is_dir()):  # a run's directory: its files are not the export's to write
+        for flag, part in named:
+            inside = _within(part.resolve(), path.resolve())
+            if inside is not None and inside.parts and inside.parts[0] in OUTPUTS:
+                raise ConfigError(f"{flag} {part} would overwrite {inside.parts[0]} of the run in {path} "
+                                  f"(INPUT); pass another {flag}")
+
+
+def _within(path: Path, directory: Path) -> Path | None:
+    try:
+        return path.relative_to(directory)
+    except ValueError:
+        return None
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -506,6 +506,26 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.parametrize("source,args,clash", [
+    ("in.jsonl", ["--output", "./in.jsonl"], "would overwrite the input"),
+    ("in.train.jsonl", ["--output", "in.jsonl", "--split", "0.5"], "would overwrite the input"),
+    ("run", ["--output", "run/commits.jsonl"], "would overwrite commits.jsonl of the run"),
+    ("run", ["--output", "run/generated.jsonl", "--format", "alpaca"], "would overwrite the input"),
+])
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch,
+                                                                        source, args, clash):
+    monkeypatch.chdir(tmp_path)
+    path = Path("run/generated.jsonl") if source == "run" else Path(source)
+    path.parent.mkdir(exist_ok=True)
+    write_jsonl(path, alpaca(hostile_records())[:4])
+    if source == "run":
+        Path("run/commits.jsonl").write_text('{"unit": 0}\n', encoding="utf-8")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    status, err = run(capsys, source, *args)
+    assert status == 2 and clash in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def trl_qwen_template():
     """Qwen2.5's chat template as TRL ships it (a file inside the trl package, not a download)."""
     import trl
