@@ -166,17 +166,11 @@ def check_resume(output_dir: Path, settings: dict, overwrite: bool) -> dict:
     return {**settings, "systems": {**previous.get("systems", {}), **settings["systems"]}}
 
 
-def retrieve(questions: Sequence[Question], cfg: EvalConfig, api_key: str | None) -> list[list[dict]]:
-    """Top-k snippets for every question; writes retrieval.json."""
-    from .evaluation.retrieval import (
-        Index,
-        load_passages,
-        make_embedder,
-        retrieval_quality,
-    )
+def retrieve(questions: Sequence[Question], cfg: EvalConfig, api_key: str | None, chunks: list) -> list[list[dict]]:
+    """Top-k snippets for every question among `chunks` (load_passages'); writes retrieval.json."""
+    from .evaluation.retrieval import Index, make_embedder, retrieval_quality
 
     output_dir = Path(cfg.output_dir)
-    chunks = load_passages(cfg.doc_paths, cfg.chunk_tokens, cfg.chunk_overlap)
     embedder = make_embedder(cfg.embedder, api_key) if cfg.retrieval != "bm25" else None
     index = Index.build(chunks, embedder, output_dir / "index", cfg.retrieval, cfg.similarity)
     results = index.search_many([q.question for q in questions], cfg.k)
@@ -231,9 +225,13 @@ async def run_evaluation(questions: Sequence[Question], cfg: EvalConfig) -> dict
         templates = None
         if cfg.prompt_layout == "template":
             templates = load_training_templates(cfg.prompt_with_input, cfg.prompt_no_input)
+        chunks = None
+        if cfg.doc_paths:  # documents that cannot be read are refused before anything is written
+            from .evaluation.retrieval import load_passages
+            chunks = load_passages(cfg.doc_paths, cfg.chunk_tokens, cfg.chunk_overlap)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "eval.json", settings)
-        snippets = retrieve(questions, cfg, run.api_key) if cfg.doc_paths else [[] for _ in questions]
+        snippets = retrieve(questions, cfg, run.api_key, chunks) if chunks else [[] for _ in questions]
         stopped = None
         for system in systems:
             asked = [Asked(q, build_prompt(q.question, found, cfg.prompt_layout, cfg.system_message, templates),

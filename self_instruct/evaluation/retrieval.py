@@ -92,7 +92,10 @@ def load_passages(paths: Sequence[str | Path], max_tokens: int = 300, overlap: i
         print(f"self_instruct: {problem}", file=sys.stderr)
     if not documents:
         raise ConfigError(f"--docs {' '.join(map(str, paths))}: no readable documents")
-    return as_passages(chunk_documents(documents, token_counter(None), size=max_tokens, overlap=overlap))
+    passages = as_passages(chunk_documents(documents, token_counter(None), size=max_tokens, overlap=overlap))
+    if not passages:
+        raise ConfigError(f"--docs {' '.join(map(str, paths))}: the documents hold no text to retrieve from")
+    return passages
 
 
 # -----------------------------------------------------------------------------

@@ -348,6 +348,23 @@ def test_unreachable_server_or_refused_key_stops_before_anything_is_written(tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name,text,message", [
+    ("blank.txt", "  \n", "the documents hold no text to retrieve from"),
+    ("notes.xyz", "Rivers run.\n", "no readable documents"),
+])
+def test_documents_that_cannot_be_read_are_refused_before_anything_is_written(tmp_path, capsys, fake_server,
+                                                                             name, text, message):
+    questions = write_questions(tmp_path / "q.jsonl")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / name).write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit:
+        run_cli(["--questions", questions, "--output_dir", tmp_path / "out", "--docs", tmp_path / "docs",
+                 "--system", f"a+rag=openai:m@{fake_server.base_url}"])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not fake_server.requests
+
+
 def test_changed_settings_are_refused_unless_overwrite(study, capsys):
     run_cli(study["args"])
     with pytest.raises(SystemExit):
