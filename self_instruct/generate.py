@@ -46,6 +46,7 @@ from .options import (
     one_of,
     option,
     positive_int,
+    positive_int_up_to,
     validate,
 )
 from .pipelines.alpaca import AlpacaPipeline
@@ -92,7 +93,8 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Bu
     seed_tasks_path: str | None = option(None, "the seed task JSONL (default the bundled seed_tasks.jsonl)")
     num_instructions_to_generate: int = option(100, "kept instructions to stop at (exactly)", check=positive_int)
     num_prompt_instructions: int = option(3, "example tasks shown in each prompt", check=positive_int)
-    request_batch_size: int = option(5, "prompts per round", check=positive_int)
+    request_batch_size: int = option(5, "prompts per round", check=positive_int_up_to(
+        10_000, "a round's prompts are built in memory at once and its records commit only when all are back"))
     temperature: float = option(1.0, "sampling temperature (Alpaca's 1.0)")
     top_p: float = option(1.0, "nucleus sampling (Alpaca's 1.0)")
     seed: int = option(42, "seed of the prompts' sampling: the same seed draws the same prompts")

@@ -49,6 +49,15 @@ def positive_int(name: str, value: Any) -> None:
         raise ConfigError(f"--{name} must be a positive whole number (got {value!r})")
 
 
+def positive_int_up_to(upper: int, why: str) -> Callable[[str, Any], None]:
+    """A check: a positive whole number no larger than `upper` (`why`: what a larger one would cost)."""
+    def check(name: str, value: Any) -> None:
+        positive_int(name, value)
+        if value > upper:
+            raise ConfigError(f"--{name} must be at most {upper:,} ({why}; got {value:,})")
+    return check
+
+
 def optional_positive_int(name: str, value: Any) -> None:
     if value is not None:
         positive_int(name, value)

@@ -143,6 +143,7 @@ def closed_port_url() -> str:
 BAD_FLAGS = {
     "negative_count": (["--num_instructions_to_generate", "-5"], "--num_instructions_to_generate must be a positive whole number (got -5)"),
     "zero_batch": (["--request_batch_size", "0"], "--request_batch_size must be a positive whole number"),
+    "huge_batch": (["--request_batch_size", "1000000000"], "--request_batch_size must be at most 10,000"),
     "count_not_a_number": (["--max_requests", "lots"], "--max_requests must be a whole number (got 'lots')"),
     "more_prompt_tasks_than_seeds": (["--seed_tasks_path", "TWO_SEEDS", "--num_prompt_instructions", "3"],
                                      "--num_prompt_instructions (3) is more than the 2 seed tasks in"),
