@@ -77,8 +77,20 @@ def resolve_model_path(model_path: str | Path | None) -> Path:
     """The file to load: the user's GGUF, or the bundled one; a missing one names the fix."""
     if model_path:
         path = Path(model_path).expanduser()
+        if path.is_dir():
+            raise TeacherError(f"--local_model_path: {path} is a directory; the embedded teacher loads one .gguf "
+                               f"file (serve other models with vLLM or llama.cpp's server and pass --base_url)")
         if not path.is_file():
             raise TeacherError(f"--local_model_path: {path} is not a file (give the path of a .gguf model)")
+        try:
+            with path.open("rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise TeacherError(f"--local_model_path: {path}: cannot read it ({exc.strerror})") from None
+        if magic != b"GGUF":
+            raise TeacherError(f"--local_model_path: {path} is not a GGUF model (llama.cpp's format; convert "
+                               f"a Hugging Face model with llama.cpp's convert_hf_to_gguf.py, or serve it and "
+                               f"pass --base_url)")
         return path
     path = bundled_model_path()
     if path is None:

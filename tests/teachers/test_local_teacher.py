@@ -180,6 +180,13 @@ def test_missing_pieces_name_the_install_command(monkeypatch, tmp_path):
         local.resolve_model_path(None)
     with pytest.raises(TeacherError, match="--local_model_path: .*nope.gguf is not a file"):
         local.resolve_model_path(tmp_path / "nope.gguf")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(TeacherError, match="model is a directory; .*pass --base_url"):
+        local.resolve_model_path(tmp_path / "model")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00" * 16)
+    with pytest.raises(TeacherError, match="model.safetensors is not a GGUF model .*convert_hf_to_gguf"):
+        local.resolve_model_path(tmp_path / "model.safetensors")
 
 
 def test_the_local_template_fits_the_prompt_format():
