@@ -5,7 +5,7 @@ import html
 import time
 from pathlib import Path
 
-from ..io.secrets import redact_url
+from ..io.secrets import redact, redact_url
 from .charts import (
     asked_chart,
     coverage_chart,
@@ -175,6 +175,9 @@ def records_table(records: list[dict], rejected: bool, documents: bool = False) 
 
 
 def clip(text: str, limit: int = 600) -> str:
+    """At most `limit` characters of `text`, with any key or URL password in it masked (a teacher
+    may echo what a prompt or an error carried)."""
+    text = redact(text)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit:,} more characters)"
 
 

@@ -404,6 +404,21 @@ def test_hostile_text_is_escaped_and_an_empty_pool_still_reports(tmp_path):
     assert len(images(page)) == len(SECTIONS)
 
 
+def test_a_key_or_url_password_in_a_record_is_masked_on_the_page(tmp_path):
+    """A teacher can echo what it was sent: the page shows records, never the credentials in them."""
+    from self_instruct.io.secrets import register_secret
+
+    register_secret("not-a-real-key-4b1d")
+    kept = [{"instruction": "Repeat the key not-a-real-key-4b1d.", "input": "", "output": "not-a-real-key-4b1d",
+             "provenance": {"unit": 0}}]
+    rejected = [{"reason": "request_failed", "detail": "http://ann:hunter2pass@host/v1 refused",
+                 "provenance": {"unit": 1}}]
+    write_run(tmp_path / "run", kept, rejected)
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "Repeat the key" in page and "http://ann:***@host/v1 refused" in page
+    assert "not-a-real-key-4b1d" not in page and "hunter2pass" not in page
+
+
 def test_not_a_run_directory_is_one_line(tmp_path, capsys):
     status, err = run(capsys, tmp_path)
     assert status == 2
