@@ -105,3 +105,4 @@ class Rejection:
     example: Example | None = None
     raw: str = ""
     detail: str = ""
+    metadata: dict = field(default_factory=dict)  # where a rejection without an example came from

@@ -105,5 +105,5 @@ def reject_record(rejection: Rejection) -> dict:
         record.update(instruction=ex.instruction, input=ex.input, output=ex.output)
     if rejection.raw:
         record["raw"] = rejection.raw
-    record["metadata"] = dict(ex.metadata) if ex is not None else {}
+    record["metadata"] = dict(ex.metadata) if ex is not None else dict(rejection.metadata)
     return record

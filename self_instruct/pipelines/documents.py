@@ -549,7 +549,9 @@ class DocumentsPipeline(Pipeline):
         if self.settings.verifies and examples:
             examples, ungrounded = await self._check_grounding(unit.chunk, examples, ask)
             rejections += ungrounded
-        return UnitResult(examples, rejections)
+        # a reply that failed or did not parse still names the chunk it was about
+        where = unit.chunk.provenance() | {"mode": self.settings.mode}
+        return UnitResult(examples, [r if r.example is not None else replace(r, metadata=where) for r in rejections])
 
     async def _backtranslate_paragraphs(self, unit: ChunkUnit, ask: Ask) -> UnitResult:
         """One request a paragraph, all at once. Every request is waited for before an error
@@ -570,7 +572,9 @@ class DocumentsPipeline(Pipeline):
                                 for item in items]
             # a reply that failed or did not parse names its paragraph and where it lies in the source
             where = f"paragraph {first}" if last - first == 1 else f"paragraphs {first}-{last - 1}"
-            result.rejections += [replace(r, detail=f"{where} ({start}:{end}): {r.detail}") for r in rejections]
+            result.rejections += [replace(r, detail=f"{where} ({start}:{end}): {r.detail}",
+                                          metadata=r.metadata if r.example is not None else dict(meta))
+                                  for r in rejections]
         return result
 
     def writing_decoding(self, unit: ChunkUnit) -> Decoding | None:

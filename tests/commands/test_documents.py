@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from self_instruct.engine.judge import reject_record
 from fake_openai import FakeOpenAI
 
 from self_instruct.documents import DocumentsConfig, documents
@@ -339,6 +341,9 @@ def test_an_unparseable_reply_is_retried_once_with_a_nudge(fake_server, tmp_path
     result = asyncio.run(pipeline.run_unit(pipeline.unit(0), ask))
     assert len(prompts) == 3 and prompts[1].endswith("nothing before or after it.")
     assert [r.reason for r in result.rejections] == ["unparseable"] and len(result.examples) == 3
+    # the rejection has no example, yet rejected.jsonl says which chunk of which file it was about
+    where = reject_record(result.rejections[0])["metadata"]
+    assert (where["source"], where["chunk"], where["mode"]) == (result.examples[0].metadata["source"], 0, "qa")
 
 
 def test_meta_questions_are_rejected_before_the_check(fake_server, tmp_path):
@@ -457,6 +462,8 @@ def test_a_paragraph_whose_reply_fails_names_the_paragraph(fake_server, tmp_path
     start = ORCHARD.index("Keep tools")
     assert [(r.reason, r.detail) for r in result.rejections] == [
         ("unparseable", f"paragraphs 1-3 ({start}:{len(ORCHARD.rstrip())}): no JSON in the reply")] * 2
+    assert all(r.metadata["paragraphs"] == [1, 4] and r.metadata["source"].endswith("orchard.md")
+               for r in result.rejections)
     assert len(prompts) == 3  # the paragraph that did not parse was asked once more
 
 
