@@ -113,9 +113,13 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Bu
         """The run's one configuration: options left unset take the teacher's preference, then
         Alpaca's values; checked as a whole.
 
-        Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that.
+        Example: a 135M local model prefers 6-task lists; --num_tasks 20 still wins over that. A
+        teacher's preferred filter is added to the user's --filter, never replaced by it.
         """
         filled = {name: teacher_options.get(name, value) for name, value in DEFAULTS.items() if getattr(self, name) is None}
+        preferred = teacher_options.get("filter")
+        if preferred and preferred not in (self.filter or "").split(","):  # the teacher's filters, then the user's
+            filled["filter"] = ",".join(filter(None, [preferred, self.filter]))
         cfg = dataclasses.replace(self, **filled)
         cfg.validate()
         return cfg

@@ -76,6 +76,17 @@ def empty_output(ex: Example) -> str | None:
     return "empty_output" if not ex.output.strip() else None
 
 
+def output_copies_input(ex: Example) -> str | None:
+    """An output that only repeats its input (or its instruction), whitespace and case aside: a
+    small model's commonest non-answer. Off in Alpaca's set; the embedded teacher turns it on.
+
+    Example: output_copies_input(Example("Fix the typo.", "Teh cat.", "teh  cat.")) -> "output_copies_input"
+    """
+    out = duplicate_key(ex.output)
+    copied = out and (out == duplicate_key(ex.input) or out == duplicate_key(ex.instruction))
+    return "output_copies_input" if copied else None
+
+
 DEFAULT_FILTERS: tuple[Filter, ...] = (
     too_short, too_long, blacklisted, write_a_program, punctuation_start, non_ascii_start, empty_output,
 )

@@ -3,6 +3,7 @@ import pytest
 from self_instruct import Example
 from self_instruct.core.filters import (
     ALPACA, BLACKLIST, COVERAGE, FILTER_SETS, GROUNDED, blacklist_word, first_rejection, load_filters,
+    output_copies_input,
 )
 from self_instruct.errors import ConfigError
 
@@ -136,3 +137,26 @@ def test_a_filter_that_fails_or_answers_nonsense_names_the_flag(tmp_path):
         boom(Example("x"))
     with pytest.raises(ConfigError, match=r"returned 3: a filter returns None, a reason, or a \(reason, detail\) pair"):
         number(Example("x"))
+
+
+@pytest.mark.parametrize("example,copies", [
+    (Example("Fix the typo.", "Teh cat sat.", "teh  cat SAT."), True),
+    (Example("Repeat after me: hello.", "", "Repeat after me:  hello."), True),
+    (Example("Fix the typo.", "Teh cat sat.", "The cat sat."), False),
+    (Example("Say hello.", "", "Hello!"), False),
+    (Example("Say hello.", "", "  "), False),  # empty_output's to catch, not this filter's
+])
+def test_an_output_that_repeats_its_input_or_instruction_is_dropped(example, copies):
+    assert output_copies_input(example) == ("output_copies_input" if copies else None)
+
+
+def test_the_embedded_teachers_filter_joins_the_users_and_is_recorded(tmp_path):
+    from self_instruct.generate import GenerateConfig
+    from self_instruct.teachers.local import LocalTeacher
+
+    mine = "self_instruct.core.filters:blacklisted"
+    preferred = LocalTeacher.default_options["filter"]
+    assert GenerateConfig(output_dir=str(tmp_path)).resolved(LocalTeacher.default_options).filter == preferred
+    both = GenerateConfig(output_dir=str(tmp_path), filter=mine).resolved(LocalTeacher.default_options)
+    assert both.filter == f"{preferred},{mine}" and both.num_tasks == 6
+    assert GenerateConfig(output_dir=str(tmp_path), filter=mine).resolved({}).filter == mine
