@@ -165,9 +165,11 @@ def load_seeds_for(cfg: GenerateConfig) -> tuple[Path, list]:
 
 
 def make_pipeline(cfg: GenerateConfig, seeds: list, template: str, conditions: Conditions = Conditions(), *,
-                  chat: ChatFormat | None = None, filters: Sequence = (), turn_teacher: str | None = None) -> Pipeline:
+                  chat: ChatFormat | None = None, filters: Sequence = (), turn_teacher: str | None = None,
+                  renumbers: bool = False) -> Pipeline:
     """The run's pipeline. `chat`: the model's chat format (magpie); `filters`: the judge's, which
-    a conversation is not grown for a task that fails; `turn_teacher`: who writes the turns."""
+    a conversation is not grown for a task that fails; `turn_teacher`: who writes the turns;
+    `renumbers`: the teacher's numbering drifts (Teacher.renumbers)."""
     pipeline: Pipeline
     if cfg.pipeline == "magpie":
         return MagpiePipeline(chat, cfg.decoding(), request_batch_size=cfg.request_batch_size, seed=cfg.seed)
@@ -179,7 +181,7 @@ def make_pipeline(cfg: GenerateConfig, seeds: list, template: str, conditions: C
                                   num_machine_instructions=cfg.num_machine_instructions, num_tasks=cfg.num_tasks,
                                   request_batch_size=cfg.request_batch_size, seed=cfg.seed,
                                   # chat models drift in their numbering; a completion continues it exactly
-                                  renumber=cfg.api == "chat", conditions=conditions)
+                                  renumber=cfg.api == "chat" or renumbers, conditions=conditions)
     if cfg.turns > 1:
         return ConversationPipeline(pipeline, cfg.turns, TurnTemplates.load(), cfg.decoding(),
                                     filters=filters or DEFAULT_FILTERS, known=[s.instruction for s in seeds],
@@ -271,7 +273,7 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
         with run.open(out, config, SHAPING) as pool:
             judge = judge_of([s.instruction for s in seeds] + [r["instruction"] for r in pool.records], cfg)
             pipeline = make_pipeline(cfg, seeds, template, conditions, chat=chat, filters=judge.filters,
-                                     turn_teacher=next(iter(others), None))
+                                     turn_teacher=next(iter(others), None), renumbers=getattr(run.teacher, "renumbers", False))
             outcome = await run.engine(pool, pipeline, judge, decoding=cfg.decoding(), others=others,
                                        target=cfg.num_instructions_to_generate, max_stall_units=cfg.max_stall_rounds)
         if cfg.judge:

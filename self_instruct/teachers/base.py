@@ -19,6 +19,9 @@ class Teacher(ABC):
     default_template: str = "generate.txt"
     #: Loop settings this backend works best with (e.g. {"num_tasks": 6, "max_tokens": 500} for a
     #: small model); a flag given explicitly always wins. Unset ones use Alpaca's values.
+    #: whether this teacher's replies restart or skip the list's numbering, so blocks are read by
+    #: their own number (chat models, small local models) rather than the one that comes next
+    renumbers: bool = False
     default_options: dict = {}
     #: Set by the engine and awaited before each retry of a request; False means the run's budget
     #: has no request left for another attempt. Backends that retry call it; others never need to.

@@ -12,6 +12,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from fake_openai import FakeOpenAI, make_task, self_instruct_reply
+from self_instruct.teachers.fake import FakeTeacher
 from self_instruct.core.filters import first_rejection
 from self_instruct.generate import generate
 from self_instruct.core.seeds import load_seed_tasks
@@ -344,3 +345,33 @@ def test_the_report_shows_records_and_novelty_per_persona_and_topic(fake_server,
         assert '<img alt="Kept records per' in section and "data:image/png;base64," in section
         if count:
             assert section.startswith(f"<p>{count} {tag}s;")
+
+
+class RestartingTeacher(FakeTeacher):
+    """Replies as the embedded 135M model often does: the open task, then a list restarted at 1."""
+
+    def __init__(self, renumbers: bool):
+        self.renumbers, self.asked, self.rng = renumbers, 0, random.Random(7)
+        super().__init__(respond=self.reply)
+
+    def reply(self, prompt: str) -> str:
+        self.asked += 1
+        (a, _, x), (b, _, y), (c, _, z) = (make_task(self.rng, synthetic=True) for _ in range(3))
+        return (f" {a}\n4. Input:\n<noinput>\n4. Output:\n{x}\n###\n"
+                f"1. Instruction: {b}\n1. Input:\n<noinput>\n1. Output:\n{y}\n###\n"
+                f"2. Instruction: {c}\n2. Input:\n<noinput>\n2. Output:\n{z}")
+
+
+@pytest.mark.parametrize("renumbers", [False, True])
+def test_a_teacher_that_restarts_its_numbering_keeps_every_block_when_it_says_so(tmp_path, renumbers):
+    teacher = RestartingTeacher(renumbers)
+    outcome = generate(str(tmp_path / "out"), teacher=teacher, num_instructions_to_generate=6, num_tasks=6,
+                       request_batch_size=1, max_stall_rounds=3, quiet=True, no_report=True)
+    rejects = tmp_path / "out" / "rejected.jsonl"
+    rejected = [json.loads(line) for line in rejects.read_text().splitlines()] if rejects.exists() else []
+    if renumbers:  # every block of every reply kept: 3 a request
+        assert outcome.kept == 6 and teacher.asked == 2
+        assert not [r for r in rejected if r["reason"] == "wrong_number"]
+    else:  # only the open task; the restarted blocks are rejected as misnumbered
+        assert outcome.kept == 6 and teacher.asked == 6
+        assert sum(r["reason"] == "wrong_number" for r in rejected) == 12
