@@ -79,3 +79,43 @@ def test_generate_keeps_records_from_llama_cpp_pythons_own_server(llama_server, 
     state = json.loads((out / "state.json").read_text(encoding="utf-8"))
     # Replies were streamed and counted by the server: usage came at the end of each stream.
     assert state["completion_tokens"] > 0 and state["failed_requests"] == 0
+
+
+def test_preference_pairs_from_answers_llama_cpp_pythons_server_wrote(llama_server, tmp_path):
+    """Answers come from a server we did not write; the rater is ours (a 135M model cannot rate), and
+    scores the longest answer it is shown 9 and the others 2, so which one wins depends on the server's text."""
+    import re
+
+    from fake_openai import FakeOpenAI
+    from self_instruct.preferences import preferences_file
+
+    rater = FakeOpenAI().start()
+    shown = []
+
+    def rate(prompt, body):
+        answers = re.findall(r"### Response \d+\n(.*?)(?=\n### Response \d+\n|\Z)", prompt, re.S)
+        shown.append(answers)
+        longest = max(len(a.strip()) for a in answers)
+        return json.dumps([{"index": i, "score": 9 if len(a.strip()) == longest else 2, "reason": "length"}
+                           for i, a in enumerate(answers, 1)])
+    rater.reply_fn = rate
+    records = [{"instruction": text, "input": "", "output": ""} for text in
+               ("Describe how rain forms.", "Explain why the sky is blue.", "List three uses of copper.")]
+    (tmp_path / "in.json").write_text(json.dumps(records), encoding="utf-8")
+    try:
+        result = preferences_file(str(tmp_path / "in.json"), str(tmp_path / "pairs.json"), samples=2,
+                                  temperatures="0,0.3", base_url=llama_server, model_name="smollm2",
+                                  api="chat", max_tokens=400, min_margin=1, judge_model="judge",
+                                  judge_base_url=rater.base_url, quiet=True)
+    finally:
+        rater.stop()
+    rejected = tmp_path / "pairs.json.run" / "rejected.jsonl"
+    reasons = [json.loads(line)["reason"] for line in rejected.read_text().splitlines()] if rejected.exists() else []
+    # the server's draws are seeded by the request, so the same answers come back every run
+    assert result.outcome.stopped_by == "done" and result.pairs, reasons
+    for pair in result.pairs:  # chosen and rejected are the server's own answers, rated apart by the margin
+        answers = next(a for a in shown if pair["output"].strip() in (x.strip() for x in a))
+        assert pair["metadata"]["rejected"].strip() in (x.strip() for x in answers)
+        preference = pair["metadata"]["preference"]
+        assert preference["margin"] >= 1 and preference["scores"][preference["chosen"]] == max(preference["scores"])
+    assert len(result.pairs) + len(reasons) == 3  # every instruction is a pair or a reason
