@@ -196,7 +196,7 @@ class LocalTeacher(Teacher):
     #: Loop settings this teacher works best with, for the flags a user did not set. SmolLM2-135M
     #: keeps the numbered format for two or three new tasks and then drifts (a wrong number
     #: loses every later task of the reply), so short lists over fresh examples keep the most
-    #: per minute: 20 kept in 136 s on 2 cores, against 3 in 7 minutes with 20-task lists.
+    #: per minute (with 20-task lists it kept 3 instructions in 7 minutes).
     #: An output that repeats its input is this model's commonest non-answer (6 of 20 kept records
     #: before the filter), so the embedded teacher adds that filter to any --filter given.
     #: It also restarts its list at 1 (16 of 37 rejects of a run were `wrong_number`): blocks are
