@@ -1,0 +1,86 @@
+"""The ``ray`` executor: actors and tasks on a Ray cluster (``pip install 'self_instruct[ray]'``).
+
+With an address (``--ray_address``, else ``RAY_ADDRESS``) it joins that cluster; in a process
+that already joined one (``ray.init`` before the call, as the tests do) it uses that; otherwise it
+starts a local instance for the run, without the dashboard, and stops it after. Workers import
+this package as the driver has it: a local instance gets the driver's copy on its PYTHONPATH, a
+remote cluster gets it shipped as a ``py_modules`` runtime environment.
+
+Actors are restarted when their process dies (``max_restarts=-1``) and their pending calls retried
+(``max_task_retries=-1``); tasks are retried when their worker dies (``max_retries``). What a
+restart loses is the actor's state, which is why the callers' actors check it (see
+``self_instruct.dedup.Replica``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+import ray  # noqa: E402
+
+PACKAGE = Path(__file__).resolve().parent.parent
+# A task is run again this many times when its worker dies.
+TASK_RETRIES = 5
+
+
+def runtime_env(local: bool) -> dict:
+    """How Ray's workers find this package: on PYTHONPATH for a local instance, shipped to a cluster."""
+    if local:
+        path = os.pathsep.join(p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")) if p)
+        return {"env_vars": {"PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}}
+    return {"py_modules": [str(PACKAGE)], "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+
+
+def start_local(num_cpus: int | None = None) -> None:
+    """Start a quiet local Ray instance in this process (no dashboard, workers' logs kept to them)."""
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, runtime_env=runtime_env(local=True))
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        self.started = False
+        if ray.is_initialized():
+            return
+        if address is None or address == "local":
+            start_local()
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env=runtime_env(local=False))
+        self.started = True
+
+    def actors(self, cls, count: int, *args) -> list[Any]:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        remote = ray.remote(cls).options(max_restarts=-1, max_task_retries=-1, num_cpus=min(1.0, cpus / count))
+        return [remote.remote(*args) for _ in range(count)]
+
+    def call(self, actor, method: str, *args) -> Any:
+        return getattr(actor, method).remote(*args)
+
+    def get(self, handles: Sequence[Any]) -> list[Any]:
+        return ray.get(list(handles))
+
+    def map(self, function: Callable, items: Iterable, window: int | None = None) -> Iterator:
+        """``function(item)`` as Ray tasks, at most ``window`` at once (twice the cluster's CPUs),
+        results yielded in the items' order."""
+        task = ray.remote(max_retries=TASK_RETRIES)(function)
+        window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending: deque = deque()
+        for item in items:
+            pending.append(task.remote(item))
+            if len(pending) >= window:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+    def close(self) -> None:
+        if self.started:
+            ray.shutdown()
+            self.started = False
