@@ -54,12 +54,12 @@ def killed_once(marker: str):
         from self_instruct.documents import read_and_chunk
         if job[0].endswith("guide0.md"):
             try:
-                with open(marker + ".tmp", "x") as f:
-                    f.write(str(os.getpid()))
-                os.rename(marker + ".tmp", marker)
-                time.sleep(120)  # the test kills this process long before
+                open(marker + ".claimed", "x").close()  # the first attempt only
             except FileExistsError:
-                pass
+                return read_and_chunk(job)
+            Path(marker + ".tmp").write_text(str(os.getpid()))
+            os.rename(marker + ".tmp", marker)
+            time.sleep(120)  # the test kills this process long before
         return read_and_chunk(job)
     return read
 
