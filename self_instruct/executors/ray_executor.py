@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
 import ray  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # A task is run again this many times when its worker dies.
@@ -41,6 +44,31 @@ def start_local(num_cpus: int | None = None) -> None:
              logging_level=logging.ERROR, runtime_env=runtime_env(local=True))
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line when nothing listens at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address:
+    Ray itself would retry for minutes, logging as it goes. Other forms (``auto``) go to Ray."""
+    where = address.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray_address: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}); "
+                          "start one with `ray start --head` or leave the address out for a local instance") from None
+
+
+def use_saved_token() -> None:
+    """Join a cluster with Ray's token authentication (on by default for clusters Ray starts) when
+    a token is at hand: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or the ``~/.ray/auth_token``
+    that ``ray start`` saves. Ray asks for ``RAY_AUTH_MODE=token`` to send it; a mode set already wins."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayExecutor:
     name = "ray"
 
@@ -52,6 +80,8 @@ class RayExecutor:
         if address is None or address == "local":
             start_local()
         else:
+            check_reachable(address)
+            use_saved_token()
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env=runtime_env(local=False))
         self.started = True

@@ -2,7 +2,12 @@
 worker killed mid-run changes nothing."""
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ from self_instruct.executors import open_executor
 from test_dedup import RECORDS, perturbed_alpaca, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def seeds_of(anchors):
@@ -78,3 +84,44 @@ def test_a_killed_worker_is_restarted_and_no_decision_is_lost_or_changed(ray_clu
     assert killing.killed and after != killing.killed  # Ray started a new worker process
     assert killing.stale == 1  # it came back empty once, was sent the kept texts, and asked again
     assert flags == list(greedy_keep(stream, 0.7, seeds))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cluster_started_with_ray_start_is_joined_by_its_address(tmp_path, anchors):
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the ray command is not on PATH")
+    rows = [dict(RECORDS[i % len(RECORDS)], instruction=text) for i, text in enumerate(perturbed_alpaca(anchors, 800))]
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    port = free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+                             "--disable-usage-stats", "--block"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path)
+    try:
+        for _ in range(600):  # a hang guard far above the few seconds it takes
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                time.sleep(0.1)
+        command = [sys.executable, "-m", "self_instruct.dedup", str(source)]
+        local = subprocess.run([*command, "--output", str(tmp_path / "local.jsonl")], capture_output=True, text=True,
+                               cwd=REPO, env=env, timeout=600)
+        joined = subprocess.run([*command, "--executor", "ray", "--output", str(tmp_path / "ray.jsonl")],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                                env=dict(env, RAY_ADDRESS=f"127.0.0.1:{port}", PYTHONPATH=str(REPO)))
+    finally:
+        head.terminate()  # ray start --block stops what it started
+        head.wait(timeout=120)
+    assert local.returncode == 0, local.stderr
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
