@@ -16,11 +16,28 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+
+
+def use_saved_token() -> None:
+    """Join a cluster with Ray's token authentication (on by default for clusters Ray starts) when
+    a token is at hand: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or the ``~/.ray/auth_token``
+    that ``ray start`` saves. Ray asks for ``RAY_AUTH_MODE=token`` to send it, read when Ray is
+    imported, so this runs first; a mode set already wins (a local instance is token-authenticated
+    by default anyway)."""
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:  # too late once Ray is loaded: it would disagree with itself
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+use_saved_token()
 import ray  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
@@ -58,17 +75,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                           "start one with `ray start --head` or leave the address out for a local instance") from None
 
 
-def use_saved_token() -> None:
-    """Join a cluster with Ray's token authentication (on by default for clusters Ray starts) when
-    a token is at hand: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or the ``~/.ray/auth_token``
-    that ``ray start`` saves. Ray asks for ``RAY_AUTH_MODE=token`` to send it; a mode set already wins."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
-            (Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 class RayExecutor:
     name = "ray"
 
@@ -81,7 +87,6 @@ class RayExecutor:
             start_local()
         else:
             check_reachable(address)
-            use_saved_token()
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env=runtime_env(local=False))
         self.started = True
