@@ -92,3 +92,19 @@ def test_a_killed_reading_task_is_run_again_and_nothing_is_lost_or_doubled(ray_c
     assert killed  # the task's worker was killed mid-task, and Ray ran the task again
     assert got == expected
     assert [chunk.index for chunk in got[0]] == list(range(len(got[0])))
+
+
+def test_a_ray_run_stopped_by_its_budget_holds_it_and_resumes_to_the_local_files(ray_cluster, fake_server, tmp_path):
+    fake_server.reply_fn = qa_teacher
+    folder = library(tmp_path)
+    options = dict(mode="qa", chunk_size=30, chunk_overlap=5, base_url=fake_server.base_url, model_name="fake-model",
+                   quiet=True, no_report=True)
+    documents([str(folder)], str(tmp_path / "local"), **options)
+    asked = len(fake_server.requests)
+    stopped = documents([str(folder)], str(tmp_path / "ray"), executor="ray", max_requests=5, **options)
+    assert stopped.stopped_by == "max_requests"
+    assert len(fake_server.requests) - asked <= 5  # --max_requests holds with the reading on Ray
+    resumed = documents([str(folder)], str(tmp_path / "ray"), executor="ray", **options)
+    assert resumed.stopped_by == "done"
+    for name in ("generated.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
