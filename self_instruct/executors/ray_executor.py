@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -57,8 +59,19 @@ def runtime_env(local: bool) -> dict:
 
 def start_local(num_cpus: int | None = None) -> None:
     """Start a quiet local Ray instance in this process (no dashboard, workers' logs kept to them)."""
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, runtime_env=runtime_env(local=True))
+    _init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env(local=True))
+
+
+def _init(**options) -> None:
+    """ray.init, quiet, leaving this process's SIGTERM handler as it was: Ray's own would exit at
+    once, where the commands stop on SIGTERM as on Ctrl-C (units back are committed first)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(log_to_driver=False, logging_level=logging.ERROR, **options)
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -87,8 +100,7 @@ class RayExecutor:
             start_local()
         else:
             check_reachable(address)
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                     runtime_env=runtime_env(local=False))
+            _init(address=address, runtime_env=runtime_env(local=False))
         self.started = True
 
     def actors(self, cls, count: int, *args) -> list[Any]:
