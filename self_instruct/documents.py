@@ -164,8 +164,8 @@ def read_chunks(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None,
             return read_chunks(cfg, stop, executor)
     size = None if cfg.mode == "windows" else cfg.chunk_size
     overlap = 0 if cfg.mode == "windows" else cfg.chunk_overlap
-    counter = token_counter(cfg.tokenizer)  # a tokenizer that cannot be had fails here, once
     if cfg.executor == "ray":
+        counter = token_counter(cfg.tokenizer)  # a tokenizer that cannot be had fails here, once, not in each task
         loaded, chunks, digests = _read_on(executor, cfg, size, overlap, counter, stop)
     else:
         loaded = load_files(cfg.paths, int(cfg.max_file_mb * 2**20))
@@ -175,7 +175,8 @@ def read_chunks(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None,
     if not documents:
         raise ConfigError(f"none of the {len(cfg.paths)} path(s) given holds a readable document")
     if cfg.executor != "ray":
-        chunks = chunk_documents(documents, counter, size=size, overlap=overlap, language=cfg.language, stop=stop)
+        chunks = chunk_documents(documents, token_counter(cfg.tokenizer), size=size, overlap=overlap,
+                                 language=cfg.language, stop=stop)
         digests = [sha256_of(Path(d.path).read_bytes()) for d in documents]
     if not chunks:
         raise ConfigError("the documents given hold no text to make examples from")
