@@ -19,8 +19,10 @@ order mark, every error names ``file:line``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,11 @@ from tqdm import tqdm
 
 from .cli import run
 from .core.decontaminate import Decontaminator
-from .core.similarity import RougeIndex, greedy_dedup, key_shard, shard_pairs
+from .core.similarity import RougeIndex, _next_batch_size, greedy_dedup, key_shard, shard_pairs
 from .errors import ConfigError, DataError
+from .executors import EXECUTORS, LocalExecutor, open_executor
 from .io.datasets import check_outputs
-from .io.jsonl import BOM, loads_line, not_json, type_name, write_jsonl_atomic, write_text_atomic
+from .io.jsonl import BOM, fsync_dir, loads_line, not_json, type_name, write_jsonl_atomic, write_text_atomic
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # The fields of a record that decontamination looks at.
@@ -256,6 +259,145 @@ def greedy_pass(pairs: np.ndarray, size: int, fixed: int = 0) -> np.ndarray:
     return np.frombuffer(bytes(keep), dtype=bool)
 
 
+class Replica:
+    """One worker's copy of the kept texts' ROUGE-L index, answering which queries match a kept text.
+
+    The driver of :func:`parallel_keep` keeps the list of kept texts (encoded) and sends each call
+    the ones this replica has not had yet (``delta``) with how many it should already hold
+    (``size``). A replica whose worker died and was restarted holds none: it answers ``None``,
+    and the driver sends it everything again (:meth:`reset`) before asking once more, so a
+    restart can cost time but never a decision.
+    """
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.index = RougeIndex(threshold=threshold)
+
+    def match(self, queries: Sequence[str], delta: Sequence[str], size: int) -> tuple[np.ndarray, int] | None:
+        """Which ``queries`` score above the threshold against a kept text, and postings read;
+        None when this replica does not hold the first ``size`` kept texts."""
+        held = len(self.index)
+        if held == size:
+            for code in delta:
+                self.index._add("", code)
+        elif held != size + len(delta):  # neither before nor after this delta: restarted
+            return None
+        return _matches(self.index, queries)
+
+    def reset(self, kept: Sequence[str]) -> int:
+        self.index = RougeIndex(threshold=self.threshold)
+        for code in kept:
+            self.index._add("", code)
+        return len(self.index)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def peak_kib(self) -> int:
+        """This process's peak resident memory (VmHWM), in KiB."""
+        return _peak_kib()
+
+
+def _matches(index: RougeIndex, queries: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Whether each query scores above the threshold against ``index``: first through its rarest
+    prefix token alone (most near duplicates show there), then through all of them for the rest,
+    as :meth:`RougeIndex._keep_batch` does; and how many postings entries were read."""
+    matched = np.zeros(len(queries), dtype=bool)
+    keys = [index._keys(text) for text in queries]
+    quick = index._pairs(queries, [found[:1] for found in keys])
+    matched[quick.query] = True
+    left = np.flatnonzero(~matched)
+    pairs = index._pairs([queries[i] for i in left.tolist()], [keys[i] for i in left.tolist()])
+    matched[left[pairs.query]] = True
+    return matched, quick.scanned + pairs.scanned
+
+
+def _peak_kib() -> int:
+    try:
+        return int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        return 0
+
+
+def parallel_keep(instructions: Sequence[str], threshold: float = 0.7, against: Sequence[str] = (),
+                  executor=None, shards: int = 2, progress=None) -> list[bool]:
+    """:func:`greedy_keep`'s decisions, bit for bit, with the search for near duplicates spread
+    over ``shards`` workers of ``executor`` (:mod:`self_instruct.executors`; in this process by default).
+
+    Texts are taken in batches, in order. Each worker holds a copy of the index of the kept texts
+    (:class:`Replica`) and answers for a slice of the batch which texts score above the threshold
+    against a kept one; the driver then runs the greedy pass among the batch's other texts and
+    adds the ones it keeps. A text is dropped exactly when an earlier kept text (or an ``against``
+    one) scores above the threshold against it, so the decisions are the sequential ones whatever
+    the batches or the slices.
+
+    Blocking that cannot miss a pair. Let a query of m tokens and a kept text of n tokens have an
+    LCS of l. rouge-score's F is 2PR/(P+R) with P = l/n and R = l/m, which is 2l/(m+n); so
+    F > t needs (1) l >= t(m+n)/2 tokens in common; since l <= min(m, n), also (2)
+    min(m, n)/max(m, n) > t/(2-t), a bound on the token-count ratio; and, whatever the partner's
+    length, since m >= l, (3) l > t*n/(2-t) (2l/(n+l) >= 2l/(n+m)). Two multisets of tokens
+    sharing at least l tokens share one among the first n-l+1 of each side in any one fixed order
+    (the rarest first), so indexing a text under its first ``prefix_length(t, n)`` tokens and
+    probing with the query's first ``prefix_length(t, m)`` finds every pair above t (the prefix
+    filter). Where two sorted texts first share a token, at ranks i and j, every common token lies
+    at or after them, so l <= min(m - i, n - j); a candidate failing (1) there cannot match (the
+    positional filter). The pairs left are scored exactly (rapidfuzz's LCS, rouge-score's float
+    operations); the bounds carry a margin of 1e-9, far above rounding. So a worker reports
+    every query that has a kept text above the threshold, and only those
+    (:meth:`RougeIndex._pairs`, :func:`~self_instruct.core.similarity.prefix_length`).
+
+    A worker that dies mid-run is restarted by the executor and sent the kept texts again
+    (:class:`Replica`); its slice is asked again, so nothing is lost or decided twice.
+
+    >>> parallel_keep(["Name a fruit.", "Name a red fruit.", "Sum 2 and 3."], against=["Sum 1 and 3"])
+    [True, False, False]
+    """
+    if threshold >= 1:  # nothing scores above 1
+        return [True] * len(instructions)
+    executor = executor or LocalExecutor()
+    driver = RougeIndex(threshold=threshold)
+    encoded = driver._encode_ranked([*against, *instructions])
+    del driver._codes  # the vocabulary is not needed past encoding
+    fixed = len(against)
+    kept_codes = list(encoded[:fixed])
+    replicas = executor.actors(Replica, shards, threshold)
+    synced = [0] * shards
+    keep = bytearray(len(encoded))
+    seen: set[str] = set()
+    start, size = fixed, 256
+    while start < len(encoded):
+        batch = range(start, min(start + size, len(encoded)))
+        fresh = []
+        for position in batch:
+            code = encoded[position]
+            if not (code and code in seen):
+                seen.add(code)
+                fresh.append(position)
+        codes = [encoded[position] for position in fresh]
+        bounds = np.linspace(0, len(codes), shards + 1).round().astype(int).tolist()
+        parts = [codes[a:b] for a, b in zip(bounds, bounds[1:])]
+        answers = executor.get([executor.call(replica, "match", part, kept_codes[synced[k]:], synced[k])
+                                for k, (replica, part) in enumerate(zip(replicas, parts))])
+        for k, answer in enumerate(answers):
+            if answer is None:  # a restarted worker: send it every kept text, then ask again
+                executor.get([executor.call(replicas[k], "reset", kept_codes)])
+                answers[k] = executor.get([executor.call(replicas[k], "match", parts[k], [], len(kept_codes))])[0]
+                if answers[k] is None:
+                    raise RuntimeError("a dedup worker lost its index twice in a row")
+        synced = [len(kept_codes)] * shards
+        matched = np.concatenate([answer[0] for answer in answers]) if codes else np.zeros(0, dtype=bool)
+        survivors = np.flatnonzero(~matched)
+        among = driver._greedy_among([codes[i] for i in survivors.tolist()])
+        for i in survivors[among].tolist():
+            keep[fresh[i]] = 1
+            kept_codes.append(codes[i])
+        if progress is not None:
+            progress.update(len(batch))
+        start = batch.stop
+        size = _next_batch_size(len(fresh), int(among.sum()), sum(answer[1] for answer in answers))
+    return [bool(flag) for flag in keep[fixed:]]
+
+
 @dataclass(frozen=True)
 class Summary:
     """What a dedup run did: where the output went and why records were dropped."""
@@ -276,8 +418,14 @@ class Summary:
 
 def dedup_file(input: str | Path, output: str | Path | None = None, threshold: float = 0.7,
                against: Sequence[str | Path] = (), ngram: int | None = None, fields: Sequence[str] | None = None,
-               report: str | Path | None = None) -> Summary:
-    """Dedup ``input`` into ``output`` (and, with ``ngram``, decontaminate it against ``against``)."""
+               report: str | Path | None = None, executor: str = "local", shards: int = 1,
+               ray_address: str | None = None) -> Summary:
+    """Dedup ``input`` into ``output`` (and, with ``ngram``, decontaminate it against ``against``).
+
+    With ``shards`` above 1 or ``executor="ray"`` the near-duplicate search is spread over that many
+    workers (:func:`parallel_keep`), and a JSONL input without ``ngram`` is streamed: only each
+    record's instruction and byte offsets are held, and kept lines are copied from the file.
+    """
     input = Path(input)
     output = Path(output) if output else input.with_name(f"{input.stem}.dedup{input.suffix}")
     check_outputs([("--output", output), ("--report", report)],
@@ -286,6 +434,28 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
         raise ConfigError(f"--threshold must be between 0 and 1 (got {threshold})")
     if fields is not None and ngram is None:
         raise ConfigError("--fields chooses benchmark fields for --ngram; pass --ngram too")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ConfigError(f"--shards must be a whole number of at least 1 (got {shards!r})")
+    if ray_address and executor != "ray":
+        raise ConfigError("--ray_address goes with --executor ray")
+    if executor == "local" and shards == 1:
+        return _dedup_dataset(input, output, threshold, against, ngram, fields, report)
+    if executor == "ray":
+        shards = shards if shards > 1 else 0  # 0: one worker per CPU of the cluster
+    with open_executor(executor, ray_address) as workers:
+        if not shards:
+            import ray
+            shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if ngram is None and not _is_json_list(input):
+            return _dedup_streamed(input, output, threshold, against, report, workers, shards)
+        return _dedup_dataset(input, output, threshold, against, ngram, fields, report, workers, shards)
+
+
+def _dedup_dataset(input: Path, output: Path, threshold: float, against: Sequence[str | Path], ngram: int | None,
+                   fields: Sequence[str] | None, report: str | Path | None, executor=None, shards: int = 1) -> Summary:
+    """The whole file read into memory, decided by :func:`greedy_keep` (or :func:`parallel_keep`)."""
     dataset = read_dataset(input)
     records = dataset.records
     dropped: list[dict] = []
@@ -302,7 +472,9 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
         seen = [record.instruction for path in against for record in read_dataset(path).records]
     kept = []
     with tqdm(total=len(records), desc="dedup", unit="rec", file=sys.stderr) as progress:
-        flags = greedy_keep([record.instruction for record in records], threshold, seen)
+        instructions = [record.instruction for record in records]
+        flags = (greedy_keep(instructions, threshold, seen) if executor is None
+                 else parallel_keep(instructions, threshold, seen, executor, shards))
         for record, keep in zip(records, flags):
             if keep:
                 kept.append(record)
@@ -314,6 +486,71 @@ def dedup_file(input: str | Path, output: str | Path | None = None, threshold: f
         write_jsonl_atomic(report, sorted(dropped, key=lambda row: row["line"]))
     near = len(records) - len(kept)
     return Summary(output, len(dataset.records), len(kept), near, contaminated)
+
+
+def _is_json_list(path: Path) -> bool:
+    """Whether the file's first character that is not whitespace is ``[`` (a JSON list, not JSONL)."""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(65536)
+            if not block:
+                return False
+            block = block.lstrip(b" \t\r\n")
+            if block:
+                return block.startswith(b"[")
+
+
+def _scan_jsonl(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, instruction) of each record of a JSONL file, checked as :func:`read_dataset` checks them."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            line = line[:-1] if line.endswith(b"\n") else line
+            if not line.strip():
+                continue
+            obj = loads_line(path, lineno, line)
+            problem = _problem(obj)
+            if problem:
+                raise DataError(f"{path}:{lineno}: {problem}")
+            yield lineno, obj["instruction"]
+
+
+def _dedup_streamed(input: Path, output: Path, threshold: float, against: Sequence[str | Path],
+                    report: str | Path | None, executor, shards: int) -> Summary:
+    """A JSONL file deduplicated holding only its instructions: the kept lines are copied from the
+    file, byte for byte, to a temporary file renamed over ``output`` at the end."""
+    seen = [record.instruction for path in against for record in read_dataset(path).records]
+    lines, instructions = array("q"), []
+    for lineno, instruction in _scan_jsonl(input):
+        lines.append(lineno)
+        instructions.append(instruction)
+    with tqdm(total=len(instructions), desc="dedup", unit="rec", file=sys.stderr) as progress:
+        flags = parallel_keep(instructions, threshold, seen, executor, shards, progress)
+    del instructions
+    keep = {lineno for lineno, flag in zip(lines, flags) if flag}
+    dropped = []
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with open(input, "rb") as source, open(tmp, "wb") as target:
+            for lineno, line in enumerate(source, 1):
+                if lineno in keep:
+                    target.write(line if line.endswith(b"\n") else line + b"\n")
+                elif report and line.strip():
+                    dropped.append(dict(line=lineno, reason="near_duplicate", instruction=json.loads(line)["instruction"]))
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(output.parent)
+    if report:
+        write_jsonl_atomic(report, dropped)
+    return Summary(output, len(lines), len(keep), len(lines) - len(keep))
 
 
 def _first_hits(bench: Decontaminator, records: list[Record]) -> list[tuple[str, str] | None]:
@@ -336,7 +573,8 @@ def _split(names: str) -> list[str]:
 
 
 def main(input: str, output: str | None = None, threshold: float = 0.7, against: str = "",
-         ngram: int | None = None, fields: str | None = None, report: str | None = None):
+         ngram: int | None = None, fields: str | None = None, report: str | None = None,
+         executor: str = "local", shards: int = 1, ray_address: str | None = None):
     """Drop records whose instruction is a ROUGE-L near duplicate (F > threshold) of a kept one.
 
     Args:
@@ -349,9 +587,15 @@ def main(input: str, output: str | None = None, threshold: float = 0.7, against:
             --against file, before the ROUGE-L pass.
         fields: with --ngram, the benchmark fields (columns) to read, separated by commas (default: every string field).
         report: a JSONL file listing each dropped record (line, reason; benchmark and n-gram when contaminated).
+        executor: where the near-duplicate search runs: local (this process) or ray (a Ray cluster;
+            pip install 'self_instruct[ray]'). The decisions are the same.
+        shards: workers the search is split over (default 1, one pass in this process; with --executor ray,
+            one per CPU of the cluster). A JSONL input is then streamed (instructions and line numbers held).
+        ray_address: the Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local
+            instance started for the run).
     """
     summary = dedup_file(input, output, threshold, _split(against), ngram,
-                         _split(fields) if fields is not None else None, report)
+                         _split(fields) if fields is not None else None, report, executor, shards, ray_address)
     print(summary, file=sys.stderr)
 
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -25,6 +25,7 @@ from .core.templates import load_template
 from .engine.prices import format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
+from .executors import EXECUTORS, open_executor
 from .io.jsonl import sha256_of
 from .options import (
     BudgetOptions,
@@ -34,6 +35,7 @@ from .options import (
     RunOptions,
     TeacherOptions,
     command,
+    one_of,
     option,
     optional_fraction,
     positive_int,
@@ -51,9 +53,9 @@ from .pipelines.documents import (
     window_count,
     window_examples,
 )
-from .sources.chunking import Chunk, chunk_documents, token_counter
-from .sources.document import DEFAULT_MAX_BYTES
-from .sources.loaders import load_files
+from .sources.chunking import Chunk, StopSplitting, chunk_document, chunk_documents, token_counter
+from .sources.document import DEFAULT_MAX_BYTES, UnreadableFile
+from .sources.loaders import Loaded, expand_paths, load_document, load_files
 from .teachers.base import Teacher
 from .teachers.choose import planned_teacher
 from .types import Decoding, Example
@@ -108,6 +110,11 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
     similarity_threshold: float | None = option(
         None, "reject a record whose instruction's ROUGE-L F-measure against any kept one is above this "
               "(default: no similarity check; exact duplicates are always dropped)", check=optional_fraction)
+    executor: str = option("local", "where the files are read, cleaned and chunked: local (this process) or ray "
+                                    "(a Ray task a file; pip install 'self_instruct[ray]'); the teacher and the "
+                                    "pool stay here, and the output is the same", check=one_of(*EXECUTORS), record=False)
+    ray_address: str | None = option(None, "the Ray cluster to join with --executor ray (default: RAY_ADDRESS, else "
+                                           "a local instance for the reading)", record=False)
 
     @property
     def verify(self) -> bool:
@@ -138,35 +145,80 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, Rate
         self.settings().validate()
         self.decoding()
         load_filters(self.filter)  # every --filter resolves, before anything is written
+        if self.ray_address and self.executor != "ray":
+            raise ConfigError("--ray_address goes with --executor ray")
 
 
 # --- reading ---
 
-def read_chunks(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None) -> tuple[list[Chunk], list[dict]]:
+def read_chunks(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None,
+                executor=None) -> tuple[list[Chunk], list[dict]]:
     """The run's chunks (sections in windows mode) and a fingerprint of every file read. Each
     file that cannot be read (or passes --max_file_mb) is one line on stderr and an entry of the
     sources with its reason; none readable at all is an error. `stop`: asked while splitting; when
-    it says True the reading ends (StopSplitting)."""
-    loaded = load_files(cfg.paths, int(cfg.max_file_mb * 2**20))
+    it says True the reading ends (StopSplitting). With --executor ray each file is read and
+    chunked by a Ray task (`executor`, else one opened for the reading), the results taken in the
+    files' order and the chunks numbered here, so they are the ones read here."""
+    if cfg.executor == "ray" and executor is None:
+        with open_executor("ray", cfg.ray_address) as executor:
+            return read_chunks(cfg, stop, executor)
+    size = None if cfg.mode == "windows" else cfg.chunk_size
+    overlap = 0 if cfg.mode == "windows" else cfg.chunk_overlap
+    if cfg.executor == "ray":
+        counter = token_counter(cfg.tokenizer)  # a tokenizer that cannot be had fails here, once, not in each task
+        loaded, chunks, digests = _read_on(executor, cfg, size, overlap, counter, stop)
+    else:
+        loaded = load_files(cfg.paths, int(cfg.max_file_mb * 2**20))
     for problem in loaded.problems():
         say(f"skipped {problem}")
     documents = loaded.documents
     if not documents:
         raise ConfigError(f"none of the {len(cfg.paths)} path(s) given holds a readable document")
-    size = None if cfg.mode == "windows" else cfg.chunk_size
-    overlap = 0 if cfg.mode == "windows" else cfg.chunk_overlap
-    chunks = chunk_documents(documents, token_counter(cfg.tokenizer), size=size, overlap=overlap, language=cfg.language,
-                             stop=stop)
+    if cfg.executor != "ray":
+        chunks = chunk_documents(documents, token_counter(cfg.tokenizer), size=size, overlap=overlap,
+                                 language=cfg.language, stop=stop)
+        digests = [sha256_of(Path(d.path).read_bytes()) for d in documents]
     if not chunks:
         raise ConfigError("the documents given hold no text to make examples from")
-    sources = [{"path": d.path, "sha256": sha256_of(Path(d.path).read_bytes())} for d in documents]
+    sources = [{"path": d.path, "sha256": digest} for d, digest in zip(documents, digests)]
     sources += [{"path": path, "skipped": why} for path, why in loaded.skipped]
     return chunks, sources
 
 
-def prepare(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None) -> tuple[list[Chunk], list[dict], DocumentsPipeline]:
+def read_and_chunk(job: tuple) -> tuple:
+    """One file read, cleaned and chunked, where a Ray task runs it: (document, chunks numbered
+    from 0, sha256 of the file) or (None, why it cannot be read, None)."""
+    path, max_bytes, tokenizer, size, overlap, language = job
+    try:
+        document = load_document(path, max_bytes)
+    except UnreadableFile as exc:
+        return None, str(exc), None
+    chunks = chunk_document(document, token_counter(tokenizer), size, overlap, 0, language)
+    return document, chunks, sha256_of(Path(path).read_bytes())
+
+
+def _read_on(executor, cfg: DocumentsConfig, size: int | None, overlap: int, counter,
+             stop: Callable[[], bool] | None) -> tuple[Loaded, list[Chunk], list[str]]:
+    chunk_documents([], counter, size=size, overlap=overlap)  # the same one-line errors for the sizes
+    files, notes = expand_paths(cfg.paths)
+    loaded, chunks, digests = Loaded(notes=notes), [], []
+    jobs = [(str(path), int(cfg.max_file_mb * 2**20), cfg.tokenizer, size, overlap, cfg.language) for path in files]
+    for path, (document, found, digest) in zip(files, executor.map(read_and_chunk, jobs)):
+        if stop is not None and stop():
+            raise StopSplitting()
+        if document is None:
+            loaded.skipped.append((str(path), found))
+            continue
+        loaded.documents.append(document)
+        digests.append(digest)
+        chunks += [replace(chunk, index=len(chunks) + k) for k, chunk in enumerate(found)]
+    return loaded, chunks, digests
+
+
+def prepare(cfg: DocumentsConfig, stop: Callable[[], bool] | None = None,
+            executor=None) -> tuple[list[Chunk], list[dict], DocumentsPipeline]:
     """Read, split and plan the run: all the work before the first unit, linear in the text."""
-    chunks, sources = read_chunks(cfg, stop)
+    chunks, sources = read_chunks(cfg, stop, executor)
     return chunks, sources, DocumentsPipeline(chunks, cfg.settings(), cfg.decoding())
 
 
@@ -214,7 +266,8 @@ class DocumentsResult(Outcome):
 async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) -> DocumentsResult:
     """Run (or resume) a documents run into cfg.output_dir."""
     cfg.validate()
-    chunks, sources, pipeline = await in_worker(lambda stop: prepare(cfg, stop))
+    with open_executor(cfg.executor, cfg.ray_address) as executor:  # joined here, on the main thread
+        chunks, sources, pipeline = await in_worker(lambda stop: prepare(cfg, stop, executor))
     settings = pipeline.settings
     out = Path(cfg.output_dir)
     async with Run(cfg, teacher=teacher, asks_teacher=settings.uses_teacher, follows_instructions=True,

@@ -37,3 +37,15 @@ def anchors():
     if not ANCHORS.is_dir():
         pytest.skip("../shared/anchors is not present")
     return ANCHORS
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance for the session (2 CPUs, no dashboard); the executor reuses it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'self_instruct[ray]')")
+    from self_instruct.executors.ray_executor import start_local
+
+    if not ray.is_initialized():
+        start_local(num_cpus=2)
+    yield ray
+    ray.shutdown()

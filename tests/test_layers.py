@@ -55,3 +55,11 @@ def test_no_import_cycle():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_executors_use_nothing_of_the_package_but_errors():
+    # where work runs (this process or Ray) is below everything that fans work out
+    graph = imports()
+    uses = {name: deps for name, deps in graph.items() if name.startswith("self_instruct.executors")}
+    assert uses and all(all(dep == "self_instruct.errors" or dep.startswith("self_instruct.executors") for dep in deps)
+                        for deps in uses.values())

@@ -211,3 +211,94 @@ def test_sharded_decisions_on_perturbed_alpaca_equal_the_sequential_ones(tmp_pat
     sequential = list(greedy_keep(stream, 0.7, seeds))
     assert dedup.sharded_keep(stream, 0.7, seeds, shards=4, directory=tmp_path) == sequential
     assert 0 < sum(sequential) < len(stream)
+
+
+def perturbed_alpaca(anchors, count=3000, seed=5):
+    """Alpaca instructions with words inserted, dropped and swapped: clusters of near duplicates."""
+    records = json.loads((anchors / "alpaca_data_5000_sample.json").read_text())
+    rng = random.Random(seed)
+    stream = []
+    for record in rng.choices(records[:600], k=count):
+        words = record["instruction"].split()
+        for _ in range(rng.randint(0, 3)):
+            edit = rng.randrange(3)
+            if edit == 0:
+                words.insert(rng.randrange(len(words) + 1), rng.choice(["please", "the", "new", "café"]))
+            elif edit == 1 and len(words) > 1:
+                del words[rng.randrange(len(words))]
+            else:
+                i, j = rng.randrange(len(words)), rng.randrange(len(words))
+                words[i], words[j] = words[j], words[i]
+        stream.append(" ".join(words))
+    return stream
+
+
+@pytest.mark.parametrize("threshold, shards", [(0.7, 1), (0.7, 2), (0.4, 3), (0.0, 2), (1.0, 2)])
+def test_parallel_keep_decides_like_the_sequential_greedy(threshold, shards):
+    rng = random.Random(int(threshold * 10) + shards)
+    words = ["name", "a", "fruit", "colour", "the", "red", "give", "three", "tips", "Über", "x1"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(600)]
+    against = texts[:10]
+    flags = dedup.parallel_keep(texts, threshold, against, shards=shards)
+    assert flags == reference_keep(texts, threshold, against) == list(greedy_keep(texts, threshold, against))
+
+
+def test_parallel_keep_on_perturbed_alpaca_equals_the_sequential_greedy(anchors):
+    stream = perturbed_alpaca(anchors)
+    seeds = [json.loads(line)["instruction"] for line in open(anchors / "alpaca_seed_tasks.jsonl")]
+    sequential = list(greedy_keep(stream, 0.7, seeds))
+    assert dedup.parallel_keep(stream, 0.7, seeds, shards=3) == sequential
+    assert 0 < sum(sequential) < len(stream) // 2
+
+
+def test_shards_flag_writes_the_same_files_as_the_sequential_run(tmp_path, capsys):
+    lines = [json.dumps(r, ensure_ascii=False) for r in RECORDS]
+    lines[3] = '{ "output": "Blue",  "instruction": "Name a colour.", "extra": [1, 2] }'
+    source = tmp_path / "data.jsonl"
+    source.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]), encoding="utf-8")  # a blank line, no last newline
+    status, _ = run(capsys, source, "--output", tmp_path / "one.jsonl", "--report", tmp_path / "one.report.jsonl")
+    assert status == 0
+    status, err = run(capsys, source, "--shards", 3, "--output", tmp_path / "three.jsonl",
+                      "--report", tmp_path / "three.report.jsonl")
+    assert status == 0
+    assert (tmp_path / "three.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert (tmp_path / "three.report.jsonl").read_bytes() == (tmp_path / "one.report.jsonl").read_bytes()
+    assert err.splitlines()[-1] == f"read 5, kept 3, dropped 2: near duplicates 2 -> {tmp_path / 'three.jsonl'}"
+    json_list = tmp_path / "data.json"
+    json_list.write_text(json.dumps(RECORDS, indent=2))
+    assert run(capsys, json_list, "--shards", 2)[0] == 0
+    assert json.loads((tmp_path / "data.dedup.json").read_text()) == KEPT
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor", "spark"], "--executor must be one of local, ray (got 'spark')"),
+    (["--shards", "0"], "--shards must be a whole number of at least 1 (got 0)"),
+    (["--ray_address", "ray://head:10001"], "--ray_address goes with --executor ray"),
+])
+def test_executor_flags_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    source = tmp_path / "data.jsonl"
+    source.write_text(json.dumps(RECORDS[0]) + "\n")
+    status, err = run(capsys, source, *flags)
+    assert (status, err.strip()) == (2, f"self_instruct: error: {message}")
+    assert not (tmp_path / "data.dedup.jsonl").exists()
+
+
+def test_a_bad_line_in_a_streamed_jsonl_is_one_line_and_no_output(tmp_path, capsys):
+    source = tmp_path / "data.jsonl"
+    source.write_text(json.dumps(RECORDS[0]) + "\n" + '{"input": "x"}\n')
+    status, err = run(capsys, source, "--shards", 2)
+    assert (status, err.strip().splitlines()[-1]) == (2, f'self_instruct: error: {source}:2: field "instruction" is missing')
+    assert not (tmp_path / "data.dedup.jsonl").exists()
+
+
+def test_executor_ray_without_ray_says_how_to_install_it(tmp_path):
+    source = tmp_path / "data.jsonl"
+    source.write_text(json.dumps(RECORDS[0]) + "\n")
+    code = ("import sys; sys.modules['ray'] = None\n"  # what an install without the [ray] extra sees
+            "from self_instruct.dedup import cli; cli(sys.argv[1:])")
+    result = subprocess.run([sys.executable, "-c", code, str(source), "--executor", "ray"],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "self_instruct: error: --executor ray needs Ray: pip install 'self_instruct[ray]'"]
+    assert not (tmp_path / "data.dedup.jsonl").exists()
