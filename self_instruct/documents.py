@@ -27,6 +27,7 @@ from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
 from .io.jsonl import sha256_of
 from .options import (
+    BatchOptions,
     BudgetOptions,
     CostOptions,
     JudgeOptions,
@@ -70,7 +71,7 @@ T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
-class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a documents run: its flags, and the library's keywords."""
 
     paths: tuple[str, ...] = option((), "files (.txt .md .pdf .html .epub .docx .srt .vtt) or directories of them",

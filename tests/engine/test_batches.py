@@ -1,0 +1,160 @@
+"""--batch: requests go through the Batch API of a real HTTP server (tests/fake_batches.py), with
+the same budgets, ledger, reply cache and judge as direct requests, and a batch is never made twice."""
+import json
+import re
+
+import pytest
+
+from fake_batches import FakeBatches
+from self_instruct.engine.ledger import read_spend
+from self_instruct.engine.prices import BATCH_PRICES
+from self_instruct.evolve import evolve_file
+from self_instruct.io.jsonl import read_jsonl
+from self_instruct.score import cli, score_file
+
+WORDS = ("one", "two", "three", "four", "five", "six", "seven")
+RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."} for w in WORDS]
+FAST = dict(batch=True, batch_poll=0.01, batch_poll_max=0.02, quiet=True, model_name="gpt-4o-mini")
+
+
+def verdicts(prompt, body):
+    """Rates each record of a score prompt 4, naming its task word."""
+    words = re.findall(r'"instruction": "Task number (\w+)\."', prompt)
+    return json.dumps([{"index": i, "score": 4, "reason": f"{w} judged"} for i, w in enumerate(words, 1)])
+
+
+@pytest.fixture
+def server():
+    server = FakeBatches().start()
+    server.reply_fn = verdicts
+    yield server
+    server.stop()
+
+
+def write_input(tmp_path, records=RECORDS):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def score(server, tmp_path, **options):
+    return score_file(write_input(tmp_path), str(tmp_path / "scored.jsonl"), records_per_request=2,
+                      base_url=server.base_url, **{**FAST, **options})
+
+
+def ledger_of(result):
+    return read_jsonl(result.output_dir / "ledger.jsonl")
+
+
+def test_score_rates_every_record_through_one_batch_at_the_batch_price(server, tmp_path):
+    result = score(server, tmp_path)
+    assert result.stopped_by == "done"
+    assert server.creations == 1 and server.uploads == 1 and server.requests == []  # nothing sent directly
+    assert len(server.batch_requests) == 4  # 7 records, 2 a request
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    assert [r["instruction"] for r in scored] == [r["instruction"] for r in RECORDS]
+    assert all(r["metadata"]["score"] == 4 for r in scored)
+    # every request settled at the table's batch rate for its usage, half the list price
+    prompt_rate, completion_rate = BATCH_PRICES["gpt-4o-mini"]
+    done = [line for line in ledger_of(result) if line["event"] == "done"]
+    assert len(done) == 4
+    for line in done:
+        assert line["cost"] == pytest.approx((line["prompt_tokens"] * prompt_rate + line["completion_tokens"] * completion_rate) / 1e6)
+    spend, _ = read_spend(result.output_dir / "ledger.jsonl")  # what a resumed run counts as spent
+    assert spend.cost == pytest.approx(sum(line["cost"] for line in done)) and spend.reserved_tokens == 0
+    batches = read_jsonl(result.output_dir / "batches.jsonl")
+    assert [b["event"] for b in batches] == ["intent", "created", "ended"]
+    assert batches[2]["status"] == "completed" and batches[2]["answered"] == 4
+    # the same command again sends nothing and makes no batch
+    cli([str(tmp_path / "data.json"), "--output", str(tmp_path / "scored.jsonl"), "--records_per_request", "2",
+         "--base_url", server.base_url, "--model_name", "gpt-4o-mini", "--batch", "--batch_poll", "0.01", "--quiet"])
+    assert server.creations == 1 and server.requests == []
+
+
+@pytest.mark.parametrize("plan", ["partial", "expired", "failed"])
+def test_requests_a_batch_did_not_answer_are_sent_again_as_ordinary_requests(server, tmp_path, plan):
+    server.batch_plan = [plan]
+    result = score(server, tmp_path, batch_retry="requests")
+    assert result.stopped_by == "done" and len(result.kept) == 7
+    unanswered = {"partial": 2, "expired": 2, "failed": 4}[plan]
+    assert server.creations == 1 and len(server.requests) == unanswered
+    lines = ledger_of(result)
+    failed = [line for line in lines if line["event"] == "done" and "error" in line]
+    assert len(failed) == unanswered and all(line["cost"] == 0 for line in failed)
+    assert {line["faults"][-1] for line in failed} == {"batch_expired" if plan == "expired" else "batch_failed"}
+    # the retries are requests too, at the ordinary price
+    assert sum(line["event"] == "send" for line in lines) == 4 + unanswered
+
+
+@pytest.mark.parametrize("plan", ["partial", "expired", "failed"])
+def test_requests_a_batch_did_not_answer_go_in_the_next_batch(server, tmp_path, plan):
+    server.batch_plan = [plan]
+    result = score(server, tmp_path, batch_retry="batch")
+    assert result.stopped_by == "done" and len(result.kept) == 7
+    assert server.creations == 2 and server.requests == []
+    intents = [b for b in read_jsonl(result.output_dir / "batches.jsonl") if b["event"] == "intent"]
+    assert [len(i["requests"]) for i in intents] == [4, {"partial": 2, "expired": 2, "failed": 4}[plan]]
+
+
+def test_a_batch_that_keeps_failing_counts_its_requests_failed(server, tmp_path):
+    server.batch_plan = ["failed"] * 3
+    result = score(server, tmp_path, batch_retry="batch")
+    assert server.creations == 3 and server.requests == []  # BATCH_TRIES batches, then failed as any request
+    rejected = read_jsonl(result.output_dir / "rejected.jsonl")
+    assert rejected and all(r["reason"] == "request_failed" for r in rejected)
+
+
+def test_a_lost_create_reply_adopts_the_batch_the_server_made(server, tmp_path):
+    server.create_faults = ["lost"]
+    result = score(server, tmp_path)
+    assert result.stopped_by == "done" and len(result.kept) == 7
+    assert server.creations == 1 and server.requests == []
+
+
+def test_max_requests_holds_and_a_rerun_batches_the_rest(server, tmp_path):
+    result = score(server, tmp_path, max_requests=3)
+    assert result.stopped_by == "max_requests"
+    assert server.creations == 1 and len(server.batch_requests) == 3
+    assert sum(line["event"] == "send" for line in ledger_of(result)) == 3
+    result = score(server, tmp_path, max_requests=4)
+    assert result.stopped_by == "done" and len(result.kept) == 7
+    assert server.creations == 2 and len(server.batch_requests) == 4
+
+
+def test_max_cost_holds_at_the_batch_price(server, tmp_path):
+    # each request reserves its prompt's bound and max_tokens; at half price twice as many fit
+    result = score(server, tmp_path, max_cost=0.00022)
+    assert result.stopped_by == "max_cost"
+    sends = [line for line in ledger_of(result) if line["event"] == "send"]
+    assert len(sends) == 2 and sum(line["cost"] for line in sends) <= 0.00022
+    assert server.creations == 1 and len(server.batch_requests) == 2
+    assert read_spend(result.output_dir / "ledger.jsonl")[0].cost <= 0.00022
+
+
+def test_a_server_without_the_batch_api_stops_the_run_with_one_line(fake_server, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli([str(write_input(tmp_path)), "--output", str(tmp_path / "scored.jsonl"), "--base_url", fake_server.base_url,
+             "--batch", "--batch_poll", "0.01", "--quiet"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Batch API" in err[0] and "run without --batch" in err[0]
+    assert not (tmp_path / "scored.jsonl").exists()
+    lines = read_jsonl(tmp_path / "scored.jsonl.run" / "ledger.jsonl")
+    assert sum(line["event"] == "done" for line in lines) == sum(line["event"] == "send" for line in lines)
+    assert all(line["cost"] == 0 for line in lines if line["event"] == "done")
+
+
+def test_evolve_asks_in_turn_one_batch_per_step(server, tmp_path):
+    def growing(prompt, body):
+        m = re.search(r"Task to (?:change|start from):\n(.*?)\n\nReply with", prompt, re.S)
+        if m is None:
+            return f"An answer to: {prompt.strip()}"
+        return json.dumps({"instruction": m.group(1) + " Then justify every step with a worked example.", "input": ""})
+    server.reply_fn = growing
+    result = evolve_file(write_input(tmp_path, RECORDS[:3]), str(tmp_path / "evolved.json"), rounds=1,
+                         base_url=server.base_url, similarity_threshold=1.0, no_change_threshold=1.0, **FAST)
+    assert result.stopped_by == "done"
+    evolved = json.loads((tmp_path / "evolved.json").read_text())
+    assert len(evolved) == 3 and all(r["output"] == f"An answer to: {r['instruction']}" for r in evolved)
+    # the rewrites of every parent in one batch, then their answers in another
+    assert server.creations == 2 and server.requests == [] and len(server.batch_requests) == 6
