@@ -1,5 +1,6 @@
 """--batch: requests go through the Batch API of a real HTTP server (tests/fake_batches.py), with
 the same budgets, ledger, reply cache and judge as direct requests, and a batch is never made twice."""
+import hashlib
 import json
 import re
 
@@ -8,6 +9,7 @@ import pytest
 from fake_batches import FakeBatches
 from self_instruct.engine.ledger import read_spend
 from self_instruct.engine.prices import BATCH_PRICES
+from self_instruct.documents import cli as documents_cli
 from self_instruct.evolve import evolve_file
 from self_instruct.io.jsonl import read_jsonl
 from self_instruct.score import cli, score_file
@@ -158,3 +160,45 @@ def test_evolve_asks_in_turn_one_batch_per_step(server, tmp_path):
     assert len(evolved) == 3 and all(r["output"] == f"An answer to: {r['instruction']}" for r in evolved)
     # the rewrites of every parent in one batch, then their answers in another
     assert server.creations == 2 and server.requests == [] and len(server.batch_requests) == 6
+
+
+ORCHARD = """# Orchard notes
+
+## Pruning
+
+Prune apple trees in late winter, while they are dormant and the cuts heal before the sap rises. Remove dead wood first, then branches that cross or rub. Open the centre so light reaches every fruit spur.
+
+Cut just above an outward-facing bud at a slight angle, so water runs off the wound. Never remove more than a quarter of the canopy in one year.
+
+## Harvest
+
+Pick apples when they come away with a gentle twist, and store only sound fruit in a cool, dark and airy place.
+"""
+
+
+def test_documents_asks_of_every_chunk_go_in_one_batch(server, tmp_path):
+    """Paragraph backtranslation asks for every paragraph of a chunk at once: each of those asks
+    waits in the same batch, whatever chunk it comes from."""
+    server.reply_fn = lambda prompt, body: json.dumps(
+        {"instruction": f"Explain the gardening passage coded {hashlib.sha256(prompt.encode()).hexdigest()[:6]} in plain words."})
+    (tmp_path / "orchard.md").write_text(ORCHARD, encoding="utf-8")
+    documents_cli([str(tmp_path / "orchard.md"), "--mode", "backtranslate", "--backtranslate_unit", "paragraph",
+                   "--min_paragraph_words", "20", "--output_dir", str(tmp_path / "out"), "--base_url", server.base_url,
+                   "--no_report", "--batch", "--batch_poll", "0.01", "--quiet"])
+    generated = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert len(generated) == 3 and [r["output"].split()[0] for r in generated] == ["Prune", "Cut", "Pick"]
+    assert server.creations == 1 and len(server.batch_requests) == 3 and server.requests == []
+
+
+def test_batch_prices_come_from_the_table_or_the_discount_flag():
+    from types import SimpleNamespace as Options
+
+    from self_instruct.engine.prices import Price, find_batch_price, find_price
+    listed = find_price("gpt-4o-2024-08-06", None, None)
+    assert find_batch_price("gpt-4o-2024-08-06", listed, Options()) == Price(*BATCH_PRICES["gpt-4o"]) == Price(1.25, 5.0)
+    assert find_batch_price("gpt-4o", listed, Options(batch_discount=0.4)) == Price(1.0, 4.0)
+    # a price from flags is the user's: no discount is assumed unless stated
+    own = Price(3.0, 6.0)
+    assert find_batch_price("gpt-4o", own, Options(price_prompt=3.0, price_completion=6.0)) == own
+    assert find_batch_price("my-model", own, Options(batch_discount=0.5)) == Price(1.5, 3.0)
+    assert find_batch_price("my-model", None, Options(batch_discount=0.5)) is None
