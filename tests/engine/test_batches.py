@@ -131,6 +131,10 @@ def test_max_cost_holds_at_the_batch_price(server, tmp_path):
     assert len(sends) == 2 and sum(line["cost"] for line in sends) <= 0.00022
     assert server.creations == 1 and len(server.batch_requests) == 2
     assert read_spend(result.output_dir / "ledger.jsonl")[0].cost <= 0.00022
+    # the same cap at the list price, one request at a time, holds one request
+    (tmp_path / "direct").mkdir()
+    direct = score(server, tmp_path / "direct", max_cost=0.00022, batch=False)
+    assert direct.stopped_by == "max_cost" and len(server.requests) == 1
 
 
 def test_a_server_without_the_batch_api_stops_the_run_with_one_line(fake_server, tmp_path, capsys):
@@ -202,3 +206,15 @@ def test_batch_prices_come_from_the_table_or_the_discount_flag():
     assert find_batch_price("gpt-4o", own, Options(price_prompt=3.0, price_completion=6.0)) == own
     assert find_batch_price("my-model", own, Options(batch_discount=0.5)) == Price(1.5, 3.0)
     assert find_batch_price("my-model", None, Options(batch_discount=0.5)) is None
+
+
+def test_documents_dry_run_shows_what_batch_saves(tmp_path, capsys):
+    from self_instruct.documents import DocumentsConfig, dry_run
+
+    (tmp_path / "orchard.md").write_text(ORCHARD, encoding="utf-8")
+    _, bound = dry_run(DocumentsConfig(paths=(str(tmp_path / "orchard.md"),), output_dir=str(tmp_path / "out"),
+                                       base_url="http://127.0.0.1:9/v1", model_name="gpt-4o-mini"))
+    full = float(re.search(r"^at most: .*\$([\d.]+)$", bound, re.M).group(1))
+    batched, saved = map(float, re.search(r"^through --batch: at most \$([\d.]+), \$([\d.]+) less", bound, re.M).groups())
+    assert batched == pytest.approx(full / 2, abs=1e-4) and saved == pytest.approx(full / 2, abs=1e-4)
+    assert not (tmp_path / "out").exists()
