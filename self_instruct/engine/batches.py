@@ -164,7 +164,7 @@ class Batches:
                 self.parked[unit] -= 1
             if not is_failed_in_batch(completion):
                 return completion
-            if self.retry == "requests":
+            if self.retry == "requests" or not self.enabled:
                 return await ordinary()
         return completion
 

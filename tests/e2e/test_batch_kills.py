@@ -57,15 +57,18 @@ def wait_for(condition, timeout=120.0) -> None:  # a hang guard, many times the 
         time.sleep(0.01)
 
 
-def kill_while_polled(tmp_path, server) -> Path:
-    """Start a run, wait until its batch is recorded and polled, and SIGKILL it."""
+def kill_while_polled(tmp_path, server, how=signal.SIGKILL) -> Path:
+    """Start a run, wait until its batch is recorded and polled, and kill it (SIGTERM: stop it as Ctrl-C does)."""
     run = score(tmp_path, server)
     record = tmp_path / "scored.jsonl.run" / "batches.jsonl"
     wait_for(lambda: server.creations == 1 and record.exists() and '"created"' in record.read_text()
              and any(b["_polls"] >= 2 for b in server.batches.values()))
-    run.send_signal(signal.SIGKILL)
-    assert run.wait(timeout=30) == -signal.SIGKILL
-    assert "Traceback" not in run.stderr.read()
+    run.send_signal(how)
+    assert run.wait(timeout=30) == (-signal.SIGKILL if how == signal.SIGKILL else 130)
+    err = run.stderr.read()
+    assert "Traceback" not in err
+    if how == signal.SIGTERM:
+        assert err.strip().splitlines()[-1].startswith("self_instruct: interrupted")
     return record
 
 
@@ -90,8 +93,9 @@ def check_done_once(tmp_path, server) -> None:
         line["cost"] for line in ledger if line["event"] == "done"))
 
 
-def test_a_run_killed_while_its_batch_runs_polls_the_same_batch(tmp_path, server):
-    record = kill_while_polled(tmp_path, server)
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_while_its_batch_runs_polls_the_same_batch(tmp_path, server, how):
+    record = kill_while_polled(tmp_path, server, how)
     assert [line["event"] for line in read_jsonl(record)] == ["intent", "created"]
     err = resume(tmp_path, server)
     assert "following batch" in err
