@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
+    BatchOptions,
     BudgetOptions,
     ConditionOptions,
     CostOptions,
@@ -77,7 +78,7 @@ SHAPING = (
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a generate run: its flags, and the library's keywords."""
 
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")

@@ -218,3 +218,21 @@ def test_documents_dry_run_shows_what_batch_saves(tmp_path, capsys):
     batched, saved = map(float, re.search(r"^through --batch: at most \$([\d.]+), \$([\d.]+) less", bound, re.M).groups())
     assert batched == pytest.approx(full / 2, abs=1e-4) and saved == pytest.approx(full / 2, abs=1e-4)
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_reaches_its_target_through_batches(tmp_path):
+    from self_instruct.generate import generate
+
+    server = FakeBatches(synthetic=True).start()
+    try:
+        result = generate(str(tmp_path / "out"), num_instructions_to_generate=30, num_tasks=8, request_batch_size=2,
+                          base_url=server.base_url, judge=True, **FAST)
+    finally:
+        server.stop()
+    assert result.stopped_by == "target" and len(read_jsonl(tmp_path / "out" / "generated.jsonl")) == 30
+    assert server.requests == []  # the run's requests and its --judge stage's, all in batches
+    intents = [b for b in read_jsonl(tmp_path / "out" / "batches.jsonl") if b["event"] == "intent"]
+    [judged] = [b for b in read_jsonl(tmp_path / "out" / "score" / "batches.jsonl") if b["event"] == "intent"]
+    assert len(judged["requests"]) == 6  # 30 records, 5 a request
+    assert server.creations == len(intents) + 1
+    assert sum(len(i["requests"]) for i in intents) + 6 == len(server.batch_requests)
