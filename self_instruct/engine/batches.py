@@ -133,12 +133,12 @@ class Batches:
         loop = asyncio.get_running_loop()
         for intent, created in self._resumed:
             items = []
-            for request in intent["requests"]:
+            for request, line in zip(intent["requests"], intent["lines"]):
                 key = request["key"]
                 if not self.ledger.adopt(request["rid"]) and key in self.ledger.cache:
                     continue  # settled before the kill: its reply is cached
-                items.append(Parked(request["custom_id"], request["rid"], request["unit"], key, "", Decoding(),
-                                    loop.create_future()))
+                items.append(Parked(request["custom_id"], request["rid"], request["unit"], key,
+                                    self.client.prompt_of(line), Decoding(), loop.create_future()))
                 self.out[key] = items[-1].reply
             what = f"batch {created['batch_id']}" if created else f"batch {intent['tag']} (its creation unconfirmed)"
             self.say(f"following {what} of an earlier run: {len(items)} request(s) still open")
@@ -219,7 +219,7 @@ class Batches:
                 self.say(f"batch {created['batch_id']}: {len(items)} request(s) sent; polled every {self.poll:g} s "
                          f"and up to every {self.poll_max:g} s until it ends (a killed run follows it again)")
             status = await self._wait(created["batch_id"])  # 5.
-            replies = await self._read_replies(status)
+            replies = await self._read_replies(status, {p.custom_id: p.prompt for p in items})
         except TeacherError as exc:
             self._refused(seq, items, exc)
             return
@@ -276,12 +276,13 @@ class Batches:
             await asyncio.sleep(wait)
             wait = min(2 * wait, self.poll_max)
 
-    async def _read_replies(self, status) -> dict[str, Completion]:
+    async def _read_replies(self, status, prompts: dict[str, str]) -> dict[str, Completion]:
         replies: dict[str, Completion] = {}
         for file_id in (status.error_file_id, status.output_file_id):  # a good reply wins over an error
             if file_id:
                 for line in await self.client.download(file_id):
-                    replies[line["custom_id"]] = self.client.read_result(line)
+                    if line["custom_id"] in prompts:  # a line of no request of ours is no reply
+                        replies[line["custom_id"]] = self.client.read_result(line, prompts[line["custom_id"]])
         return replies
 
     def _refused(self, seq: int, items: list[Parked], exc: TeacherError) -> None:

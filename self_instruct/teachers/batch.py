@@ -30,6 +30,7 @@ from ..types import Completion, Decoding
 from .faults import fault_name, is_transient
 from .fleet import make_client, parse_base_urls
 from .openai_compat import _read_reply, _token_count
+from .rate_limits import estimate_tokens
 
 # The states after which a batch changes no more.
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -144,9 +145,10 @@ class BatchClient:
                 lines.append(line)
         return lines
 
-    def read_result(self, line: dict) -> Completion:
+    def read_result(self, line: dict, prompt: str = "") -> Completion:
         """One line of an output or error file as a Completion; a failed request has `error` set
-        and the fault "batch_failed" (or "batch_expired"), so the engine knows to retry it."""
+        and the fault "batch_failed" (or "batch_expired"), so the engine knows to retry it. A
+        reply without usage is counted by our estimates of its prompt and text, as a direct one is."""
         response, error = line.get("response"), line.get("error")
         if isinstance(error, dict):
             return failed_in_batch(f"{error.get('code') or 'error'}: {error.get('message') or ''}",
@@ -162,8 +164,16 @@ class BatchClient:
         except Exception as exc:  # the reply's shape is wrong: a failed request, as a direct one would be
             return failed_in_batch(f"{fault_name(exc)}: {exc}")
         usage = body.get("usage") if isinstance(body, dict) else None
-        return Completion(text, finish_reason=finish_reason, prompt_tokens=_token_count(usage or {}, "prompt_tokens"),
-                          completion_tokens=_token_count(usage or {}, "completion_tokens"))
+        if not isinstance(usage, dict):
+            return Completion(text, finish_reason=finish_reason, prompt_tokens=estimate_tokens(prompt),
+                              completion_tokens=estimate_tokens(text))
+        return Completion(text, finish_reason=finish_reason, prompt_tokens=_token_count(usage, "prompt_tokens"),
+                          completion_tokens=_token_count(usage, "completion_tokens"))
+
+    def prompt_of(self, line: dict) -> str:
+        """The prompt of a request line (as request_line wrote it)."""
+        body = line.get("body") or {}
+        return body["messages"][-1]["content"] if self.api == "chat" else body.get("prompt", "")
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -83,3 +83,13 @@ def test_a_server_without_the_batch_api_is_a_refusal_naming_the_fix(fake_server)
             await client.aclose()
     with pytest.raises(TeacherError, match=r"refused to list batches \(404.*run without --batch"):
         asyncio.run(go())
+
+
+def test_a_reply_without_usage_is_counted_by_estimates():
+    client = BatchClient("m", base_url="http://127.0.0.1:1/v1", api="chat")
+    line = {"custom_id": "r1", "response": {"status_code": 200, "body": {
+        "choices": [{"message": {"content": "A reply of some length."}, "finish_reason": "stop"}]}}}
+    completion = client.read_result(line, prompt="Name a river in one short sentence.")
+    assert (completion.prompt_tokens, completion.completion_tokens) == (12, 8)  # a third of the characters, plus one
+    request = client.request_line("r1", "Name a river in one short sentence.", Decoding(max_tokens=9))
+    assert client.prompt_of(request) == "Name a river in one short sentence."
