@@ -11,7 +11,9 @@ How each batch ends is scripted in `batch_plan`, one word a batch, then "complet
 - "expired": the first half answered, the rest in the error file as "batch_expired";
 - "failed": the batch fails validation: no file at all, the reason in `errors`.
 `create_faults` scripts the create calls: "lost" makes the batch and answers 500 (a reply lost
-on its way back). `creations` counts the batches made; `batch_requests` holds every request
+on its way back). `offers_batches = False` answers 404 to every files and batches call, as a
+server without the Batch API does; `lists_batches = False` only to the list of batches.
+`poll_faults` scripts the polls: "404" answers one with a 404 (the batch's status refused). `creations` counts the batches made; `batch_requests` holds every request
 line a batch answered.
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ class FakeBatches(FakeOpenAI):
         self.create_faults: list[str] = []
         self.polls_to_finish = 1
         self.hold = False
+        self.offers_batches = self.lists_batches = True
+        self.poll_faults: list[str] = []
         self.creations = 0
         self.uploads = 0
         self.batch_requests: list[dict] = []
@@ -126,6 +130,8 @@ class _BatchHandler(_Handler):
         if not self._authorized():
             return
         server = self.server
+        if not server.offers_batches or (path.endswith("/batches") and not server.lists_batches):
+            return self._json(404, {"error": {"message": f"Invalid URL (GET {path})"}})
         if m := re.search(r"/files/([^/]+)/content$", path):
             data = server.files.get(m.group(1))
             if data is None:
@@ -136,6 +142,10 @@ class _BatchHandler(_Handler):
             self.end_headers()
             return self.wfile.write(data)
         if m := re.search(r"/batches/([^/]+)$", path):
+            with server.batch_lock:
+                fault = server.poll_faults.pop(0) if server.poll_faults else "ok"
+            if fault == "404":
+                return self._json(404, {"error": {"message": f"No batch found with id '{m.group(1)}'."}})
             batch = server.poll(m.group(1))
             return self._json(200, public(batch)) if batch else self._json(404, {"error": {"message": "No such batch"}})
         if path.endswith("/batches"):
@@ -158,6 +168,8 @@ class _BatchHandler(_Handler):
         if not self._authorized():
             return
         server = self.server
+        if not server.offers_batches:
+            return self._json(404, {"error": {"message": f"Invalid URL (POST {path})"}})
         if path.endswith("/files"):
             form = BytesParser(policy=HTTP).parsebytes(
                 b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + data)

@@ -45,7 +45,7 @@ from typing import Awaitable, Callable
 
 from ..errors import DataError, TeacherError
 from ..io.jsonl import append_jsonl, iter_jsonl, repair_torn_tail
-from ..teachers.batch import BatchClient, CreateUnknown, failed_in_batch, is_failed_in_batch
+from ..teachers.batch import BatchClient, BatchRefused, CreateUnknown, failed_in_batch, is_failed_in_batch
 from ..types import Completion, Decoding
 from .ledger import Budget, Ledger
 from .prices import Price, prompt_bound
@@ -142,7 +142,7 @@ class Batches:
                 self.out[key] = items[-1].reply
             what = f"batch {created['batch_id']}" if created else f"batch {intent['tag']} (its creation unconfirmed)"
             self.say(f"following {what} of an earlier run: {len(items)} request(s) still open")
-            self._spawn(self._follow(intent, created, items))
+            self._spawn(self._follow(intent, created, items, resumed=True))
         self._resumed.clear()
 
     # -- the queue ---------------------------------------------------------------------------
@@ -207,25 +207,32 @@ class Batches:
             await asyncio.to_thread(append_jsonl, self.path, [intent])  # 2.
         except BaseException as exc:
             self._give_up(items, exc)
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return  # the asks raise it
         await self._follow(intent, None, items)
 
-    async def _follow(self, intent: dict, created: dict | None, items: list[Parked]) -> None:
+    async def _follow(self, intent: dict, created: dict | None, items: list[Parked], resumed: bool = False) -> None:
         seq = intent["seq"]
         try:
             if created is None:
-                created = await self._create(intent)  # 3.
+                try:
+                    created = await self._create(intent, fresh=not resumed)  # 3.
+                except BatchRefused as exc:
+                    self._refused(seq, items, exc)  # no batch was made: nothing is paid
+                    return
                 await asyncio.to_thread(append_jsonl, self.path, [created])  # 4.
                 self.say(f"batch {created['batch_id']}: {len(items)} request(s) sent; polled every {self.poll:g} s "
                          f"and up to every {self.poll_max:g} s until it ends (a killed run follows it again)")
             status = await self._wait(created["batch_id"])  # 5.
             replies = await self._read_replies(status, {p.custom_id: p.prompt for p in items})
-        except TeacherError as exc:
-            self._refused(seq, items, exc)
-            return
         except BaseException as exc:
+            # The batch may exist and be paid for: it stays recorded, and the next run follows it.
             self._give_up(items, exc)
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.failure = exc
+            return  # the asks raise it: the run stops (a TeacherError with its one line)
         # 6. every request settled and cached, durably, before the batch is marked ended
         answered = [(p, replies.get(p.custom_id) or failed_in_batch(f"the batch {status.status} without answering it",
                                                                     expired=status.status == "expired"))
@@ -245,11 +252,13 @@ class Batches:
             if not p.reply.done():
                 p.reply.set_result(completion)
 
-    async def _create(self, intent: dict) -> dict:
-        """Upload and create, or adopt the batch an earlier try made: never two batches for one intent."""
+    async def _create(self, intent: dict, fresh: bool) -> dict:
+        """Upload and create, or adopt the batch an earlier try made: never two batches for one
+        intent. `fresh`: no try was made before (its tag is new), so there is nothing to look for."""
         tag, since = intent["tag"], float(intent["t"]) - 60
         for attempt in range(1, CREATE_TRIES + 1):
-            found = await self.client.find(tag, since)
+            found = None if fresh else await self._find(tag, since)
+            fresh = False  # a try follows: the next one looks first
             if found is None:
                 file_id = await self.client.upload(intent["lines"])
                 try:
@@ -266,6 +275,14 @@ class Batches:
             self.created += found is None
             return {"event": "created", "seq": intent["seq"], "batch_id": batch_id, "file_id": file_id}
         raise AssertionError("unreachable")
+
+    async def _find(self, tag: str, since: float) -> str | None:
+        try:
+            return await self.client.find(tag, since)
+        except BatchRefused as exc:
+            # No way to look: creating it is the one way on (the window in the module's docstring).
+            self.say(f"cannot look for batch {tag} made by an earlier try ({exc}); creating it")
+            return None
 
     async def _wait(self, batch_id: str):
         wait = self.poll
@@ -285,7 +302,7 @@ class Batches:
                         replies[line["custom_id"]] = self.client.read_result(line, prompts[line["custom_id"]])
         return replies
 
-    def _refused(self, seq: int, items: list[Parked], exc: TeacherError) -> None:
+    def _refused(self, seq: int, items: list[Parked], exc: BatchRefused) -> None:
         """The server refused the batch for good (no Batch API, a refused key): nothing was
         answered, so nothing is paid; the requests are settled as failed and the run stops."""
         self.failure = exc

@@ -55,6 +55,10 @@ class BatchStatus:
         return self.status in TERMINAL
 
 
+class BatchRefused(TeacherError):
+    """The server refused a call for good (no Batch API, a refused key, a bad request)."""
+
+
 class CreateUnknown(Exception):
     """The create call failed in a way that leaves open whether the server made the batch."""
 
@@ -110,7 +114,7 @@ class BatchClient:
         except openai.OpenAIError as exc:
             if is_transient(exc):
                 raise CreateUnknown(fault_name(exc)) from None
-            raise TeacherError(self._refusal("create a batch", exc)) from None
+            raise BatchRefused(self._refusal("create a batch", exc)) from None
         return made.id
 
     async def find(self, tag: str, since: float) -> str | None:
@@ -188,7 +192,7 @@ class BatchClient:
                 return await call()
             except openai.OpenAIError as exc:
                 if not is_transient(exc):
-                    raise TeacherError(self._refusal(what, exc)) from None
+                    raise BatchRefused(self._refusal(what, exc)) from None
                 if attempt == CALL_TRIES:
                     raise TeacherError(f"could not {what} at {self.where} after {CALL_TRIES} tries "
                                        f"({fault_name(exc)}); rerun the same command to go on") from None

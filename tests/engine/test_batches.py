@@ -137,17 +137,19 @@ def test_max_cost_holds_at_the_batch_price(server, tmp_path):
     assert direct.stopped_by == "max_cost" and len(server.requests) == 1
 
 
-def test_a_server_without_the_batch_api_stops_the_run_with_one_line(fake_server, tmp_path, capsys):
+def test_a_server_without_the_batch_api_stops_the_run_with_one_line(server, tmp_path, capsys):
+    server.offers_batches = False
     with pytest.raises(SystemExit) as stopped:
-        cli([str(write_input(tmp_path)), "--output", str(tmp_path / "scored.jsonl"), "--base_url", fake_server.base_url,
+        cli([str(write_input(tmp_path)), "--output", str(tmp_path / "scored.jsonl"), "--base_url", server.base_url,
              "--batch", "--batch_poll", "0.01", "--quiet"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Batch API" in err[0] and "run without --batch" in err[0]
+    assert len(err) == 1 and "refused to upload the batch input file (404" in err[0] and "run without --batch" in err[0]
     assert not (tmp_path / "scored.jsonl").exists()
     lines = read_jsonl(tmp_path / "scored.jsonl.run" / "ledger.jsonl")
     assert sum(line["event"] == "done" for line in lines) == sum(line["event"] == "send" for line in lines)
     assert all(line["cost"] == 0 for line in lines if line["event"] == "done")
+    assert server.requests == [] and server.creations == 0
 
 
 def test_evolve_asks_in_turn_one_batch_per_step(server, tmp_path):
@@ -236,3 +238,25 @@ def test_generate_reaches_its_target_through_batches(tmp_path):
     assert len(judged["requests"]) == 6  # 30 records, 5 a request
     assert server.creations == len(intents) + 1
     assert sum(len(i["requests"]) for i in intents) + 6 == len(server.batch_requests)
+
+
+def test_a_refusal_after_the_batch_was_made_leaves_it_for_the_rerun(server, tmp_path, capsys):
+    server.poll_faults = ["404"]
+    args = [str(write_input(tmp_path)), "--output", str(tmp_path / "scored.jsonl"), "--base_url", server.base_url,
+            "--model_name", "gpt-4o-mini", "--batch", "--batch_poll", "0.01", "--quiet"]
+    with pytest.raises(SystemExit) as stopped:
+        cli(args)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "refused to poll batch" in err[-1]  # the batch's line, then the refusal's
+    record = tmp_path / "scored.jsonl.run" / "batches.jsonl"
+    assert [b["event"] for b in read_jsonl(record)] == ["intent", "created"]  # paid for: kept for the rerun
+    cli(args)
+    assert server.creations == 1 and server.requests == [] and len(read_jsonl(tmp_path / "scored.jsonl")) == 7
+    assert [b["event"] for b in read_jsonl(record)] == ["intent", "created", "ended"]
+
+
+def test_a_server_that_cannot_list_batches_still_takes_them(server, tmp_path):
+    server.lists_batches = False  # a fresh batch needs no look: its tag is new
+    result = score(server, tmp_path)
+    assert result.stopped_by == "done" and len(result.kept) == 7 and server.creations == 1

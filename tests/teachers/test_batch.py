@@ -74,14 +74,16 @@ def test_a_batch_round_trip_over_http(server):
     assert batch["metadata"] == {TAG_KEY: "tag-1"} and batch["endpoint"] == "/v1/completions"
 
 
-def test_a_server_without_the_batch_api_is_a_refusal_naming_the_fix(fake_server):
+def test_a_server_without_the_batch_api_is_a_refusal_naming_the_fix(server):
+    server.offers_batches = False
+
     async def go():
-        client = BatchClient("m", base_url=fake_server.base_url)
+        client = BatchClient("m", base_url=server.base_url)
         try:
-            await client.find("tag-1", 0)  # the first call a batch makes
+            await client.upload([{"custom_id": "r0"}])  # the first call a batch makes
         finally:
             await client.aclose()
-    with pytest.raises(TeacherError, match=r"refused to list batches \(404.*run without --batch"):
+    with pytest.raises(TeacherError, match=r"refused to upload the batch input file \(404.*run without --batch"):
         asyncio.run(go())
 
 
