@@ -260,3 +260,16 @@ def test_a_server_that_cannot_list_batches_still_takes_them(server, tmp_path):
     server.lists_batches = False  # a fresh batch needs no look: its tag is new
     result = score(server, tmp_path)
     assert result.stopped_by == "done" and len(result.kept) == 7 and server.creations == 1
+
+
+def test_generate_dry_run_shows_what_batch_saves():
+    from self_instruct.generate import GenerateConfig, dry_run
+
+    _, bound = dry_run(GenerateConfig(output_dir="unused", base_url="http://127.0.0.1:9/v1", model_name="gpt-4o",
+                                      num_instructions_to_generate=100))
+    full = float(re.search(r"^cost: at most \$([\d.]+)", bound, re.M).group(1))
+    batched, saved = map(float, re.search(r"^through --batch: at most \$([\d.]+), \$([\d.]+) less", bound, re.M).groups())
+    assert batched == pytest.approx(full / 2, abs=1e-4) and saved == pytest.approx(full / 2, abs=1e-4)
+    own = dry_run(GenerateConfig(output_dir="unused", base_url="http://127.0.0.1:9/v1", model_name="mine",
+                                 price_prompt=1.0, price_completion=2.0))[1]
+    assert "--batch" not in own  # no discount is assumed for a price the table does not list
