@@ -97,7 +97,6 @@ class Batches:
         self.notify: Callable[[], None] = lambda: None  # the engine's: a request was parked
         self.tasks: set[asyncio.Task] = set()
         self.failure: BaseException | None = None  # a batch that could not be made: the run stops
-        self.created = self.settled = 0  # batches made and batches ended in this run
         self._seq = 0
         self._resumed: list[tuple[dict, dict | None]] = []
         self._read()
@@ -134,12 +133,14 @@ class Batches:
         for intent, created in self._resumed:
             items = []
             for request, line in zip(intent["requests"], intent["lines"]):
-                key = request["key"]
-                if not self.ledger.adopt(request["rid"]) and key in self.ledger.cache:
-                    continue  # settled before the kill: its reply is cached
-                items.append(Parked(request["custom_id"], request["rid"], request["unit"], key,
+                if not self.ledger.adopt(request["rid"]):
+                    continue  # settled before the kill: its reply is in the ledger and the cache
+                items.append(Parked(request["custom_id"], request["rid"], request["unit"], request["key"],
                                     self.client.prompt_of(line), Decoding(), loop.create_future()))
-                self.out[key] = items[-1].reply
+                self.out[request["key"]] = items[-1].reply
+            if not items:  # killed after its replies were settled, before its end was written
+                append_jsonl(self.path, [{"event": "ended", "seq": intent["seq"], "status": "settled"}])
+                continue
             what = f"batch {created['batch_id']}" if created else f"batch {intent['tag']} (its creation unconfirmed)"
             self.say(f"following {what} of an earlier run: {len(items)} request(s) still open")
             self._spawn(self._follow(intent, created, items, resumed=True))
@@ -241,7 +242,6 @@ class Batches:
         failed = sum(not c.ok for _, c in answered)
         await asyncio.to_thread(append_jsonl, self.path, [{"event": "ended", "seq": seq, "status": status.status,
                                                             "answered": len(items) - failed, "failed": failed}])
-        self.settled += 1
         if failed or status.errors:
             why = f": {'; '.join(status.errors[:3])}" if status.errors else ""
             self.say(f"batch {created['batch_id']} {status.status}, {failed} of {len(items)} request(s) not answered"
@@ -272,7 +272,6 @@ class Batches:
             else:
                 batch_id, file_id = found, None
                 self.say(f"batch {batch_id} was made by an earlier try: following it, not creating another")
-            self.created += found is None
             return {"event": "created", "seq": intent["seq"], "batch_id": batch_id, "file_id": file_id}
         raise AssertionError("unreachable")
 

@@ -273,3 +273,17 @@ def test_generate_dry_run_shows_what_batch_saves():
     own = dry_run(GenerateConfig(output_dir="unused", base_url="http://127.0.0.1:9/v1", model_name="mine",
                                  price_prompt=1.0, price_completion=2.0))[1]
     assert "--batch" not in own  # no discount is assumed for a price the table does not list
+
+
+def test_a_kill_after_the_replies_were_settled_counts_nothing_twice(server, tmp_path):
+    result = score(server, tmp_path)
+    record = result.output_dir / "batches.jsonl"
+    # what a kill after the replies reached the ledger, before the ended line, leaves on disk
+    lines = [b for b in read_jsonl(record) if b["event"] != "ended"]
+    record.write_text("".join(json.dumps(b) + "\n" for b in lines), encoding="utf-8")
+    spent = read_spend(result.output_dir / "ledger.jsonl")[0]
+    again = score(server, tmp_path)
+    assert again.stopped_by == "done" and server.creations == 1 and server.requests == []
+    assert [b["event"] for b in read_jsonl(record)] == ["intent", "created", "ended"]
+    assert [line["event"] for line in ledger_of(again)].count("done") == 4
+    assert read_spend(result.output_dir / "ledger.jsonl")[0] == spent
