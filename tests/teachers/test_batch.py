@@ -1,7 +1,6 @@
 """The Batch API client against a real HTTP server: request lines as a plain request's body, each
 kind of output and error line read as the Completion a direct reply would be."""
 import asyncio
-import json
 
 import pytest
 
