@@ -41,11 +41,11 @@ def server():
     server.stop()
 
 
-def score(tmp_path, server) -> subprocess.Popen:
+def score(tmp_path, server, batch=True) -> subprocess.Popen:
     (tmp_path / "data.json").write_text(json.dumps(RECORDS), encoding="utf-8")
     cmd = [sys.executable, "-m", "self_instruct.score", "data.json", "--output", "scored.jsonl",
            "--records_per_request", "2", "--base_url", server.base_url, "--model_name", "gpt-4o-mini",
-           "--batch", "--batch_poll", "0.01", "--batch_poll_max", "0.05", "--quiet"]
+           "--batch_poll", "0.01", "--batch_poll_max", "0.05", "--quiet"] + (["--batch"] if batch else [])
     return subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             stderr=subprocess.PIPE, text=True)
 
@@ -72,9 +72,9 @@ def kill_while_polled(tmp_path, server, how=signal.SIGKILL) -> Path:
     return record
 
 
-def resume(tmp_path, server) -> str:
+def resume(tmp_path, server, batch=True) -> str:
     server.hold = False
-    run = score(tmp_path, server)
+    run = score(tmp_path, server, batch)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     return err
@@ -110,4 +110,11 @@ def test_a_kill_between_create_and_its_record_finds_the_batch_by_its_tag(tmp_pat
     record.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     err = resume(tmp_path, server)
     assert "made by an earlier try" in err
+    check_done_once(tmp_path, server)
+
+
+def test_a_rerun_without_batch_still_follows_the_batch_it_paid_for(tmp_path, server):
+    kill_while_polled(tmp_path, server)
+    err = resume(tmp_path, server, batch=False)
+    assert "following batch" in err
     check_done_once(tmp_path, server)

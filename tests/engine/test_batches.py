@@ -287,3 +287,17 @@ def test_a_kill_after_the_replies_were_settled_counts_nothing_twice(server, tmp_
     assert [b["event"] for b in read_jsonl(record)] == ["intent", "created", "ended"]
     assert [line["event"] for line in ledger_of(again)].count("done") == 4
     assert read_spend(result.output_dir / "ledger.jsonl")[0] == spent
+
+
+def test_the_key_reaches_no_file_of_a_batch_run(tmp_path):
+    key = "sk-batch-secret-0123456789"
+    server = FakeBatches(api_key=key).start()  # every call, the batch ones too, must carry it
+    server.reply_fn = verdicts
+    try:
+        result = score_file(write_input(tmp_path), str(tmp_path / "scored.jsonl"), base_url=server.base_url,
+                            api_key=key, **FAST)
+    finally:
+        server.stop()
+    assert result.stopped_by == "done" and server.creations == 1
+    for path in [tmp_path / "scored.jsonl", *result.output_dir.iterdir()]:
+        assert key.encode() not in path.read_bytes(), path
