@@ -284,11 +284,16 @@ class Batches:
             return None
 
     async def _wait(self, batch_id: str):
-        wait = self.poll
+        wait, said = self.poll, None
         while True:
             status = await self.client.poll(batch_id)
             if status.ended:
                 return status
+            if status.status != said:  # a line a change of state: a batch can take hours
+                said = status.status
+                counts = status.counts
+                done = f" ({counts.get('completed', 0)} of {counts['total']} answered)" if counts.get("total") else ""
+                self.say(f"batch {batch_id}: {said}{done}")
             await asyncio.sleep(wait)
             wait = min(2 * wait, self.poll_max)
 
