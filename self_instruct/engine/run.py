@@ -64,6 +64,10 @@ class NoTeacher(Teacher):
         raise AssertionError("this run asks no teacher")
 
 
+BATCH_NEEDS_A_SERVER = ("--batch needs an OpenAI-compatible server that offers the Batch API (--base_url, or "
+                        "OpenAI's with a key); run without --batch")
+
+
 class Run:
     """One command's run: its options resolved, its teacher open, its stages sharing one budget."""
 
@@ -86,12 +90,16 @@ class Run:
         if self.given is not None:
             self.teacher = self.given
         elif self.asks_teacher:
+            if getattr(self.options, "batch", False) and planned_teacher(self.options)[0] == "local":
+                raise ConfigError(BATCH_NEEDS_A_SERVER)  # before the model loads
             if planned_teacher(self.options)[0] == "local" and not getattr(self.options, "quiet", False):
                 say("loading the embedded model; on a CPU a unit can take minutes, and the bar counts "
                     "the requests out and the tokens back meanwhile")
             self.teacher = self.open_teacher()
         try:
             self.price = self.price_of(self.teacher) if self.asks_teacher else None
+            if getattr(self.options, "batch", False) and self.asks_teacher:
+                self.batchable()  # before anything is written
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -225,9 +233,7 @@ class Run:
         wanted = bool(getattr(o, "batch", False))
         if not (wanted or open_batches(pool.dir)) or not self.asks_teacher:
             return None
-        if is_local(self.teacher) or self.teacher.describe().get("backend") != "openai":
-            raise ConfigError("--batch needs an OpenAI-compatible server that offers the Batch API (--base_url, "
-                              "or OpenAI's with a key); run without --batch")
+        self.batchable()
         client = self.adopt(BatchClient(self.teacher.model_id, base_url=self.base_url, api_key=self.api_key,
                                         api=getattr(o, "api", "completions"),
                                         timeout=getattr(o, "request_timeout", 120.0)))
@@ -235,6 +241,11 @@ class Run:
                        size=getattr(o, "batch_size", 50000), poll=getattr(o, "batch_poll", 30.0),
                        poll_max=getattr(o, "batch_poll_max", 600.0), retry=getattr(o, "batch_retry", "requests"),
                        say=say)
+
+    def batchable(self) -> None:
+        """Refuse --batch for a teacher that is no OpenAI-compatible server."""
+        if self.teacher.describe().get("backend") != "openai":
+            raise ConfigError(BATCH_NEEDS_A_SERVER)
 
     def batch_price(self) -> Price | None:
         """What a request in a batch costs this run (--batch_discount, else the table's batch rate)."""

@@ -301,3 +301,12 @@ def test_the_key_reaches_no_file_of_a_batch_run(tmp_path):
     assert result.stopped_by == "done" and server.creations == 1
     for path in [tmp_path / "scored.jsonl", *result.output_dir.iterdir()]:
         assert key.encode() not in path.read_bytes(), path
+
+
+def test_batch_with_the_embedded_teacher_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli([str(write_input(tmp_path)), "--output", str(tmp_path / "scored.jsonl"), "--teacher", "local", "--batch"])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--batch needs an OpenAI-compatible server" in line
+    assert not (tmp_path / "scored.jsonl.run").exists()
