@@ -22,12 +22,13 @@ from typing import Any, Callable, Sequence, TypeVar
 from . import cli as cli_edge
 from .core.filters import load_filters
 from .core.templates import load_template
-from .engine.prices import format_cost, price_of, prompt_bound
+from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
 from .executors import EXECUTORS, open_executor
 from .io.jsonl import sha256_of
 from .options import (
+    BatchOptions,
     BudgetOptions,
     CostOptions,
     JudgeOptions,
@@ -72,7 +73,7 @@ T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
-class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a documents run: its flags, and the library's keywords."""
 
     paths: tuple[str, ...] = option((), "files (.txt .md .pdf .html .epub .docx .srt .vtt) or directories of them",
@@ -319,8 +320,11 @@ class Bound:
         self.prompt_tokens += prompt_bound(prompt) + extra_prompt_tokens
         self.completion_tokens += max_tokens
 
+    def cost(self, price) -> float:
+        return price.cost(self.prompt_tokens, self.completion_tokens)
+
     def describe(self, price) -> str:
-        cost = f", {format_cost(price.cost(self.prompt_tokens, self.completion_tokens))}" if price is not None else ""
+        cost = f", {format_cost(self.cost(price))}" if price is not None else ""
         return f"{self.requests} requests, {self.prompt_tokens} prompt + {self.completion_tokens} completion tokens{cost}"
 
 
@@ -376,6 +380,11 @@ def dry_run(cfg: DocumentsConfig) -> tuple[str, str]:
                   writing.completion_tokens + checks.completion_tokens * settings.verifies)
     lines.append(f"at most: {total.describe(price)}" + ("" if price else " (cost unknown for this model: pass "
                                                         "--price_prompt and --price_completion)"))
+    batch_price = find_batch_price(model, price, cfg)
+    if price is not None and batch_price != price:
+        full, batched = total.cost(price), total.cost(batch_price)
+        lines.append(f"{'with' if cfg.batch else 'through'} --batch: at most {format_cost(batched)}, "
+                     f"{format_cost(full - batched)} less (answers within 24 hours)")
     if cfg.max_requests or cfg.max_total_tokens or cfg.max_cost:
         lines.append("the budget flags stop the run earlier where they are lower")
     return pipeline.prompt(pipeline.unit(0)), "\n".join(lines)

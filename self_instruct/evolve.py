@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .io.datasets import check_outputs, read_examples, write_dataset
 from .io.jsonl import sha256_of
 from .options import (
+    BatchOptions,
     BudgetOptions,
     CostOptions,
     RateOptions,
@@ -44,7 +45,7 @@ SHAPING = ("input_sha256", "round", "seed", "model_name", "api", "temperature", 
 
 
 @dataclass(kw_only=True)
-class EvolveConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class EvolveConfig(RunOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of an evolve run: its flags, and the library's keywords."""
 
     input: str = option("", "the dataset to evolve: a JSON list or JSONL of records with an instruction",

@@ -28,13 +28,14 @@ from .core.conditioning import Conditions
 from .core.filters import DEFAULT_FILTERS, load_filters
 from .core.prompts import load_list_template, stop_sequences
 from .core.seeds import load_seed_tasks
-from .engine.prices import format_cost, price_of, prompt_bound
+from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .errors import ConfigError
 from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
+    BatchOptions,
     BudgetOptions,
     ConditionOptions,
     CostOptions,
@@ -78,7 +79,7 @@ SHAPING = (
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a generate run: its flags, and the library's keywords."""
 
     output_dir: str = option("out", "where generated.jsonl, rejected.jsonl, run.json, state.json and regen.json go")
@@ -312,10 +313,10 @@ def dry_run(cfg: GenerateConfig) -> tuple[str, str]:
     unit = pipeline.unit(0, types.SimpleNamespace(records_before=lambda unit: []))
     prompt = (pipeline.prompts(unit) if hasattr(pipeline, "prompts") else unit.prompts)[0]
     price = price_of(model, cfg, local=kind == "local")
-    return prompt, estimate(cfg, prompt, price)
+    return prompt, estimate(cfg, prompt, price, find_batch_price(model, price, cfg))
 
 
-def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
+def estimate(cfg: GenerateConfig, prompt: str, price, batch_price=None) -> str:
     """What a run to the target may take, for --dry_run. The keep rate is unknown before the run:
     the estimate assumes half of each reply's new tasks are kept (strong teachers keep more, a
     135M model far less), and the hard bounds are the budget flags."""
@@ -349,6 +350,10 @@ def estimate(cfg: GenerateConfig, prompt: str, price) -> str:
             bound = min(bound, cfg.max_cost)
         lines.append(f"cost: at most {format_cost(bound)} for those requests "
                      f"(${price.prompt:g} / ${price.completion:g} per million prompt / completion tokens)")
+        if batch_price is not None and batch_price != price:
+            batched = requests * batch_price.cost(per_request - cfg.max_tokens, cfg.max_tokens)
+            lines.append(f"{'with' if cfg.batch else 'through'} --batch: at most {format_cost(min(batched, bound))}, "
+                         f"{format_cost(bound - min(batched, bound))} less (answers within 24 hours)")
     else:
         lines.append("cost: unknown price for this model (pass --price_prompt and --price_completion)")
     return "\n".join(lines)

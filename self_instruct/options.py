@@ -176,6 +176,26 @@ class CostOptions:
 
 
 @dataclass(kw_only=True)
+class BatchOptions:
+    """Requests sent through the provider's Batch API: about half the price, answers within a day."""
+
+    batch: bool = option(False, "send the requests through the server's Batch API (/v1/files, /v1/batches): "
+                                "about half the price, answers within 24 hours; a killed run polls the same batch")
+    batch_size: int = option(50000, "requests in one batch at most (OpenAI takes 50,000)", check=positive_int)
+    batch_poll: float = option(30.0, "seconds between the first polls of a batch, doubling up to --batch_poll_max",
+                               check=positive_number, record=False)
+    batch_poll_max: float = option(600.0, "the longest wait between polls of a batch, in seconds",
+                                   check=positive_number, record=False)
+    batch_retry: str = option("requests", "what becomes of a request that failed or expired in a batch: sent again "
+                                          "as an ordinary request (requests) or in the next batch (batch)",
+                              check=one_of("requests", "batch"))
+    batch_discount: float | None = option(
+        None, "the fraction of the price a batch request costs (default: the price table's batch rate, 0.5 of "
+              "OpenAI's list prices; a model priced by flags pays its full price unless this is given)",
+        check=optional_fraction)
+
+
+@dataclass(kw_only=True)
 class ConditionOptions:
     """Who asks and about what: each prompt conditioned on a persona and a topic, drawn in turn."""
 
@@ -209,8 +229,8 @@ class JudgeOptions(RaterOptions):
     min_score: float | None = option(None, "with --judge: scored.json keeps records rated at least this")
 
 
-GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, ConditionOptions, RaterOptions,
-          JudgeOptions)
+GROUPS = (RunOptions, KeyOptions, TeacherOptions, RateOptions, BudgetOptions, CostOptions, BatchOptions, ConditionOptions,
+          RaterOptions, JudgeOptions)
 
 
 # --- reading a config ---

@@ -24,6 +24,7 @@ from .engine.pool import LOCK, OUTPUTS
 from .io.datasets import check_outputs, read_examples, write_dataset
 from .io.jsonl import sha256_of
 from .options import (
+    BatchOptions,
     BudgetOptions,
     CostOptions,
     RateOptions,
@@ -47,7 +48,7 @@ def score_range(name: str, value) -> None:
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(RunOptions, CostOptions, BudgetOptions, RateOptions, TeacherOptions):
+class ScoreConfig(RunOptions, CostOptions, BatchOptions, BudgetOptions, RateOptions, TeacherOptions):
     """Every setting of a score run: its flags, and the library's keywords."""
 
     input: str = option("", "the dataset to rate: a JSON list or JSONL of records with an instruction", positional=True)

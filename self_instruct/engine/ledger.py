@@ -63,6 +63,12 @@ def read_spend(path: Path) -> tuple[Spend, int]:
     A line that cannot be read is never skipped (it may be a request paid for): the error names
     it and what to do, and state.json's counters still hold the budget if the file goes.
     """
+    spend, next_id, _ = read_ledger(path)
+    return spend, next_id
+
+
+def read_ledger(path: Path) -> tuple[Spend, int, dict[int, dict]]:
+    """read_spend, and the "send" lines of the requests with no reply on file (by id)."""
     spend, next_id, sent = Spend(), 0, {}
     if path.exists():
         lineno = 0
@@ -84,7 +90,7 @@ def read_spend(path: Path) -> tuple[Spend, int]:
             raise DataError(f"{exc}; {LEDGER_FIX}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}:{lineno}: not a ledger line ({type(exc).__name__}: {exc}); {LEDGER_FIX}") from None
-    return spend, next_id
+    return spend, next_id, sent
 
 
 # What to do about a ledger line that cannot be read.
@@ -134,6 +140,7 @@ class Ledger:
         self.cache: dict[str, dict] = {}
         self.notes: list[str] = []  # what reading back repaired, for the run to say
         self.in_flight: dict[int, tuple[int, float]] = {}  # id -> (reserved tokens, reserved cost)
+        self.unsettled: dict[int, dict] = {}  # "send" lines read back with no reply on file, by id
         self._next_id = 0
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
         self._queued = self._durable = 0  # lines counted, and how many of them are on disk
@@ -145,7 +152,7 @@ class Ledger:
 
     def _read(self, next_unit: int) -> None:
         repair_torn_tail(self.path)
-        self.spend, self._next_id = read_spend(self.path)
+        self.spend, self._next_id, self.unsettled = read_ledger(self.path)
         if self.cache_path.exists():
             kept, dropped = read_cache(self.cache_path)
             self.cache = {e["key"]: e for e in kept if e["unit"] >= next_unit}
@@ -220,6 +227,16 @@ class Ledger:
 
     def done(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None = None) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""
+        line, entry = self._settle(rid, unit, key, completion, price)
+        # A lost "done" line only makes a rerun count the reservation: no fsync needed.
+        append_jsonl(self.path, [line], fsync=False)
+        if entry is not None:
+            append_jsonl(self.cache_path, [entry], fsync=False)
+        return line["cost"]
+
+    def _settle(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None) -> tuple[dict, dict | None]:
+        """Count what request `rid` used in place of its reservation; its "done" line and, for a
+        good reply, its cache entry (cached in memory already), for the caller to write."""
         tokens, _ = self.in_flight.pop(rid)
         self.spend.reserved_tokens -= tokens
         price = price or self.price
@@ -230,13 +247,39 @@ class Ledger:
         if not completion.ok:
             line["error"] = redact(completion.error or "")
         self._count(line)
-        # A lost "done" line only makes a rerun count the reservation: no fsync needed.
-        append_jsonl(self.path, [line], fsync=False)
+        entry = None
         if completion.ok and completion.finish_reason != "cancelled":
             entry = {"key": key, "unit": unit, "text": completion.text, "finish_reason": completion.finish_reason}
             self.cache[key] = entry
-            append_jsonl(self.cache_path, [entry], fsync=False)
-        return cost
+        return line, entry
+
+    # -- requests sent in a provider's batch (engine/batches.py) -----------------------------
+
+    def adopt(self, rid: int) -> bool:
+        """Take back request `rid`, sent in a batch by an earlier run and not settled yet, as a
+        request in flight: its reservation moves from the spend read back to `in_flight`, where
+        `done_many` settles it. False when it is settled already (its reply is on file)."""
+        sent = self.unsettled.pop(rid, None)
+        if sent is None or rid in self.in_flight:
+            return False
+        tokens, cost = int(sent.get("tokens", 0)), float(sent.get("cost", 0.0))
+        self.spend.reserved_tokens -= tokens
+        self.spend.cost -= cost
+        self.in_flight[rid] = (tokens, cost)
+        return True
+
+    def done_many(self, replies: list[tuple[int, int, str, Completion]], price: Price | None) -> None:
+        """Settle the requests of a batch at once, `(rid, unit, key, completion)` each: their
+        "done" lines and cached replies are made durable before the batch is marked ended, so a
+        kill in between never has a batch's replies paid for again nor counted twice."""
+        lines, entries = [], []
+        for rid, unit, key, completion in replies:
+            line, entry = self._settle(rid, unit, key, completion, price)
+            lines.append(line)
+            if entry is not None:
+                entries.append(entry)
+        append_jsonl(self.cache_path, entries)
+        append_jsonl(self.path, lines)
 
     def forget_before(self, next_unit: int) -> None:
         """Drop cached replies of units now in the pool (called at the end of a run)."""

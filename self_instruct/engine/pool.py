@@ -41,7 +41,8 @@ from ..io.jsonl import (
 
 GENERATED, REJECTED, RUN, STATE, REGEN = "generated.jsonl", "rejected.jsonl", "run.json", "state.json", "regen.json"
 COMMITS, LEDGER, RESPONSES, LOCK = "commits.jsonl", "ledger.jsonl", "responses.jsonl", ".lock"
-OUTPUTS = (GENERATED, REJECTED, COMMITS, RUN, STATE, REGEN, LEDGER, RESPONSES, "report.html")
+# batches.jsonl: the provider batches of a --batch run (engine/batches.py)
+OUTPUTS = (GENERATED, REJECTED, COMMITS, RUN, STATE, REGEN, LEDGER, RESPONSES, "batches.jsonl", "report.html")
 # The key of a record under which the engine writes where it came from (run, unit, model).
 PROVENANCE = "provenance"
 # The fields of Alpaca's regen.json, in its order.

@@ -19,6 +19,19 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
 }
+# What a request through the provider's Batch API costs, dollars per million prompt and completion
+# tokens: OpenAI lists half of each price above for work that may take up to 24 hours.
+# --batch_discount overrides; a model priced only by flags pays its full price in a batch unless
+# --batch_discount says otherwise (an unknown discount must not let --max_cost be passed).
+BATCH_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-3.5-turbo-instruct": (0.75, 1.00),
+    "gpt-3.5-turbo": (0.25, 0.75),
+    "gpt-4o": (1.25, 5.00),
+    "gpt-4o-mini": (0.075, 0.30),
+    "gpt-4.1": (1.00, 4.00),
+    "gpt-4.1-mini": (0.20, 0.80),
+    "gpt-4.1-nano": (0.05, 0.20),
+}
 # Tokens a chat template may wrap around a prompt, on top of the prompt's own.
 TEMPLATE_TOKENS = 32
 
@@ -43,11 +56,35 @@ def find_price(model: str, prompt: float | None, completion: float | None, local
         return Price(prompt, completion)
     if local:
         return Price(0.0, 0.0)
+    known = _table_name(model, PRICES)
+    return None if known is None else Price(*PRICES[known])
+
+
+def _table_name(model: str, table: dict) -> str | None:
+    """The table's name for `model` (a dated snapshot of a listed model is the model)."""
     name = model.rsplit("/", 1)[-1]
-    for known in sorted(PRICES, key=len, reverse=True):
+    for known in sorted(table, key=len, reverse=True):
         if name == known or name.startswith(known + "-"):
-            return Price(*PRICES[known])
+            return known
     return None
+
+
+def find_batch_price(model: str, price: Price | None, options: Any) -> Price | None:
+    """What the run pays for a request sent in a batch: the ordinary `price` times --batch_discount
+    when given, else the table's batch rate when the ordinary price is the table's, else the
+    ordinary price (no discount is assumed that nobody stated).
+
+    Example: find_batch_price("gpt-4o-mini", Price(0.15, 0.6), options_without_flags) -> Price(0.075, 0.3)"""
+    if price is None:
+        return None
+    discount = getattr(options, "batch_discount", None)
+    if discount is not None:
+        return Price(price.prompt * discount, price.completion * discount)
+    known = _table_name(model, BATCH_PRICES)
+    by_flags = getattr(options, "price_prompt", None) is not None or getattr(options, "price_completion", None) is not None
+    if known is not None and not by_flags:
+        return Price(*BATCH_PRICES[known])
+    return price
 
 
 def prompt_bound(prompt: str) -> int:

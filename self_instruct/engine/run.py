@@ -30,15 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
+from ..errors import ConfigError
 from ..io.secrets import redact, redact_record, register_secret
 from ..options import recorded
 from ..teachers.base import Teacher
+from ..teachers.batch import BatchClient
 from ..teachers.choose import make_teacher, planned_teacher
 from ..types import Completion, Decoding
+from .batches import BATCHES, Batches, open_batches
 from .judge import Judge
 from .ledger import Budget, Ledger, Spend, read_spend
 from .pool import LEDGER, OUTPUTS, InstructionPool
-from .prices import Price, price_of
+from .prices import Price, find_batch_price, price_of
 from .progress import Stats
 
 
@@ -59,6 +62,10 @@ class NoTeacher(Teacher):
 
     async def complete(self, prompts: Sequence[str], decoding: Decoding) -> list[Completion]:
         raise AssertionError("this run asks no teacher")
+
+
+BATCH_NEEDS_A_SERVER = ("--batch needs an OpenAI-compatible server that offers the Batch API (--base_url, or "
+                        "OpenAI's with a key); run without --batch")
 
 
 class Run:
@@ -83,12 +90,16 @@ class Run:
         if self.given is not None:
             self.teacher = self.given
         elif self.asks_teacher:
+            if getattr(self.options, "batch", False) and planned_teacher(self.options)[0] == "local":
+                raise ConfigError(BATCH_NEEDS_A_SERVER)  # before the model loads
             if planned_teacher(self.options)[0] == "local" and not getattr(self.options, "quiet", False):
                 say("loading the embedded model; on a CPU a unit can take minutes, and the bar counts "
                     "the requests out and the tokens back meanwhile")
             self.teacher = self.open_teacher()
         try:
             self.price = self.price_of(self.teacher) if self.asks_teacher else None
+            if getattr(self.options, "batch", False) and self.asks_teacher:
+                self.batchable()  # before anything is written
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -154,7 +165,7 @@ class Run:
         overwrite = getattr(self.options, "overwrite", False) and not self._overwritten and not restart
         if restart:
             for name in OUTPUTS:
-                if name != LEDGER:
+                if name not in (LEDGER, BATCHES):  # what was spent, and batches still to come, stay
                     (directory / name).unlink(missing_ok=True)
         pool = InstructionPool.open(directory, config=config, shaping=shaping, overwrite=overwrite)
         if overwrite:
@@ -199,9 +210,10 @@ class Run:
         for note in ledger.notes:
             say(note)
         o = self.options
+        budget = budget or self.budget(pool.dir)
         engine = Engine(teacher, pool, judge, ledger, decoding=decoding,
                         others={name: (t, self.price_of(t)) for name, t in (others or {}).items()},
-                        budget=budget or self.budget(pool.dir),
+                        budget=budget, batches=self.batches(pool, ledger, budget) if teacher is self.teacher else None,
                         max_concurrency=getattr(o, "max_concurrency", 8), target=target, total_units=total_units,
                         max_stall_units=max_stall_units, quiet=getattr(o, "quiet", False),
                         api=getattr(o, "api", ""))
@@ -212,6 +224,32 @@ class Run:
             pool.save_state(engine.stats.to_state())
             ledger.forget_before(pool.next_unit)
         return Outcome(pool.dir, stopped_by, engine.stats, len(pool))
+
+
+    def batches(self, pool: InstructionPool, ledger: Ledger, budget: Budget) -> Batches | None:
+        """--batch: the provider batches of the stage in `pool`, at the batch price. A stage whose
+        earlier run left a batch open follows it even without --batch (it is paid for)."""
+        o = self.options
+        wanted = bool(getattr(o, "batch", False))
+        if not (wanted or open_batches(pool.dir)) or not self.asks_teacher:
+            return None
+        self.batchable()
+        client = self.adopt(BatchClient(self.teacher.model_id, base_url=self.base_url, api_key=self.api_key,
+                                        api=getattr(o, "api", "completions"),
+                                        timeout=getattr(o, "request_timeout", 120.0)))
+        return Batches(client, ledger, pool.dir, price=self.batch_price(), budget=budget, enabled=wanted,
+                       size=getattr(o, "batch_size", 50000), poll=getattr(o, "batch_poll", 30.0),
+                       poll_max=getattr(o, "batch_poll_max", 600.0), retry=getattr(o, "batch_retry", "requests"),
+                       say=say)
+
+    def batchable(self) -> None:
+        """Refuse --batch for a teacher that is no OpenAI-compatible server."""
+        if self.teacher.describe().get("backend") != "openai":
+            raise ConfigError(BATCH_NEEDS_A_SERVER)
+
+    def batch_price(self) -> Price | None:
+        """What a request in a batch costs this run (--batch_discount, else the table's batch rate)."""
+        return find_batch_price(self.teacher.model_id, self.price, self.options)
 
 
 def is_local(teacher: Teacher) -> bool:

@@ -34,6 +34,7 @@ from ..io.secrets import redact
 from ..pipelines.base import Pipeline, UnitResult
 from ..teachers.base import Teacher
 from ..types import Completion, Decoding, Rejection
+from .batches import Batches
 from .judge import Judge, reject_record
 from .ledger import Budget, BudgetExhausted, Ledger, cache_key
 from .pool import PROVENANCE, InstructionPool
@@ -62,8 +63,9 @@ class Engine:
                  others: Mapping[str, tuple[Teacher, Price | None]] | None = None,
                  decoding: Decoding, budget: Budget = Budget(), max_concurrency: int = 8,
                  target: int | None = None, max_stall_units: int | None = 10, quiet: bool = False,
-                 total_units: int | None = None, api: str = ""):
+                 total_units: int | None = None, api: str = "", batches: Batches | None = None):
         self.teacher, self.pool, self.judge, self.ledger = teacher, pool, judge, ledger
+        self.batches = batches  # --batch: the main teacher's requests go in provider batches
         # teachers a pipeline may ask by name besides the main one (a rival, a rater), with their prices
         self.others = dict(others or {})
         self.decoding, self.budget, self.target = decoding, budget, target
@@ -78,6 +80,8 @@ class Engine:
         self.committing = 0  # candidates of the unit being judged and written now
         self.yield_seen = [0, 0]  # candidates and asks of the units back in this run: candidates per ask
         self.wake = asyncio.Event()
+        if batches is not None:
+            batches.notify = self.wake.set
         self.asking: dict[str, asyncio.Future] = {}  # cache key -> the reply of the request out for it
         self.pipeline: Pipeline | None = None  # set by run()
         self.exhausted: str | None = None
@@ -110,10 +114,13 @@ class Engine:
             twin = self.asking.get(key)
             if twin is not None:  # the same prompt is out already (two units drew it): wait for its reply
                 self.stats.cached += 1
-                return await asyncio.shield(twin)
+                return await self._await_twin(unit, twin)
             self.asking[key] = reply = asyncio.get_running_loop().create_future()
             try:
-                completion = await self._send(unit, key, prompt, decoding, who, price)
+                if self.batches is not None and teacher is None:
+                    completion = await self._ask_in_batch(unit, key, prompt, decoding)
+                else:
+                    completion = await self._send(unit, key, prompt, decoding, who, price)
                 reply.set_result(completion)
                 return completion
             except BaseException as exc:
@@ -152,6 +159,56 @@ class Engine:
             self._show()
             return completion
 
+    # -- --batch: requests parked for a provider batch (engine/batches.py) ----------------------
+
+    async def _ask_in_batch(self, unit: int, key: str, prompt: str, decoding: Decoding) -> Completion:
+        """The reply through a batch; `_send` sends it directly when --batch_retry requests says so."""
+        ordinary = partial(self._send, unit, key, prompt, decoding, self.teacher, None)
+        try:
+            return await self.batches.ask(unit, key, prompt, decoding, ordinary)
+        finally:
+            self._show()
+
+    async def _await_twin(self, unit: int, twin: asyncio.Future) -> Completion:
+        """Wait for the reply of the same prompt asked by another unit; in batch mode the unit is
+        parked as long as the other's request is."""
+        if self.batches is None:
+            return await asyncio.shield(twin)
+        self.batches.parked[unit] += 1
+        self.wake.set()
+        try:
+            return await asyncio.shield(twin)
+        finally:
+            self.batches.parked[unit] -= 1
+
+    def _flush_if_idle(self) -> None:
+        """Send the parked requests as a batch once no running unit can go on without a reply
+        (each waits on parked requests only) and no other unit may start: a batch holds the
+        requests of as many units as the budget and --batch_size allow."""
+        b = self.batches
+        if b is None or not b.queue:
+            return
+        for unit, task in self.running.items():
+            if not task.done() and (self.active.get(unit, 0) == 0 or self.active[unit] != b.parked[unit]):
+                return
+        b.flush()
+
+    async def _units_back(self) -> None:
+        """Wait for the running units to end; in batch mode the requests they parked go as a batch."""
+        if self.batches is None:
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
+            return
+        while not all(task.done() for task in self.running.values()):
+            self.wake.clear()
+            self._flush_if_idle()
+            await self.wake.wait()
+
+    def _concurrency(self) -> int:
+        """Requests out at most: --max_concurrency and the teacher's own limit; in batch mode, a batch's worth."""
+        if self.batches is not None and self.batches.enabled:
+            return self.batches.size
+        return min(self.max_concurrency, self.teacher.concurrency or self.max_concurrency)
+
     def _show(self) -> None:
         """Keep the bar alive between commits (a unit of a local model can take minutes): the
         first request out shows at once, then requests out and tokens used twice a second."""
@@ -180,6 +237,8 @@ class Engine:
         self.running: dict[int, asyncio.Task] = {}
         self.finished: dict[int, UnitResult | BaseException] = {}
         self.no_more_units, self.stopping = False, False
+        if self.batches is not None:
+            self.batches.start()
         try:
             self._launch()
             while True:
@@ -199,13 +258,14 @@ class Engine:
                         return self._why_stopped(self.no_more_units)
                     self.wake.clear()
                     if not any(task.done() for task in self.running.values()):
+                        self._flush_if_idle()
                         await self.wake.wait()
                     continue
                 result = self.finished.pop(self.next_commit)
                 if isinstance(result, BudgetExhausted):
                     # Requests already out are paid for: let them come back (no new one can go), so
                     # their replies reach the cache and the resumed run does not buy them twice.
-                    await asyncio.gather(*self.running.values(), return_exceptions=True)
+                    await self._units_back()
                     return self.exhausted or result.reason
                 if isinstance(result, BaseException):
                     raise result
@@ -226,6 +286,8 @@ class Engine:
             for task in self.running.values():
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+            if self.batches is not None:
+                await self.batches.stop()
             self.bar.close()
 
     def _launch(self) -> None:
@@ -257,7 +319,7 @@ class Engine:
             return False  # unit `index` samples from units < index - lag: they must be in the pool
         if not running:  # nothing out: only replies already back may hold a unit back
             return not self._enough_coming(0, finished)
-        concurrency = min(self.max_concurrency, self.teacher.concurrency or self.max_concurrency)
+        concurrency = self._concurrency()
         in_flight = self._in_flight()
         if in_flight >= concurrency:
             return False
