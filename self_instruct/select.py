@@ -242,7 +242,7 @@ def write_outputs(cfg: SelectConfig, kept: list[dict], dropped: list[dict], step
 
         ranked = sorted(kept, key=lambda r: r[KEY]["rank"])
         page = render_selection(Funnel(
-            cfg.input, cfg.by, steps, [r[KEY]["score"] for r in kept],
+            cfg.input, cfg.by, steps, [r[KEY]["score"] for r in kept if r[KEY]["score"] is not None],
             [r[KEY]["score"] for r in dropped if r[KEY]["score"] is not None], ranked, dropped,
             settings={k: v for k, v in vars(cfg).items() if v is not None and k not in ("quiet",)}))
     except (ConfigError, ImportError) as exc:
