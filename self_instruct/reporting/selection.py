@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..io.secrets import redact
 from .charts import REASON_COLOURS, data_uri, figure
 from .page import PAGE, clip, esc
 
@@ -81,7 +82,8 @@ def dropped_examples(f: Funnel) -> list[dict]:
 
 def render_selection(f: Funnel) -> str:
     """The page as HTML text."""
-    settings = {**f.settings, "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    # an --embedder URL may carry a credential: the page never shows one
+    settings = {**{k: redact(str(v)) for k, v in f.settings.items()}, "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     steps = "".join(f"<tr><th>{esc(name)}</th><td>{n:,}</td></tr>" for name, n in f.steps)
     body = [f"<h1>Selection: {esc(f.input)}</h1>",
             "<table class=overview>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in settings.items())

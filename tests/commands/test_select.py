@@ -8,9 +8,13 @@ the embedded GGUF) are in test_select_models.py, marked slow.
 """
 import json
 import math
+import re
+import zlib
 
 import numpy as np
 import pytest
+
+from fake_openai import FakeOpenAI, _Handler
 
 from self_instruct.select import cli, select_file
 from self_instruct.selection.ifd import IFD, IFDCache, Scorer, fit, ifd_scores
@@ -115,6 +119,48 @@ def test_the_diversity_walk_is_deitas_rule_across_chunks(threshold, monkeypatch)
         assert (v.rank is None) == (v.reason is not None)
         if v.reason == "too_similar":
             assert v.extra["similarity"] > threshold and verdicts[v.extra["similar_to"]].rank is not None
+
+
+def bag_of_words(text, dimensions=64):
+    vector = np.zeros(dimensions)
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vector[zlib.crc32(word.encode()) % dimensions] += 1.0
+    return vector
+
+
+class _Embeddings(_Handler):
+    """OpenAI's /v1/embeddings, each text a bag of its words."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        data = [{"object": "embedding", "index": i, "embedding": bag_of_words(t).tolist()} for i, t in enumerate(body["input"])]
+        self._json(200, {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+
+def test_diversity_through_an_embeddings_endpoint_never_shows_its_password(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    server = FakeOpenAI()
+    server.RequestHandlerClass = _Embeddings
+    server.start()
+    try:
+        topics = ["apples and pears", "rivers in spring", "old stone bridges", "jazz records"]
+        records = [rated(i, 5 - i % 3, instruction=f"Write about {topics[i % 4]} please, version {i}.")
+                   for i in range(24)]
+        data = write_jsonl(tmp_path / "scored.jsonl", records)
+        url = server.base_url.replace("http://", "http://ann:s3cret@")
+        cli([str(data), str(tmp_path / "best.jsonl"), "--by", "judge", "--keep", "10", "--diversity", "0.6",
+             "--embedder", f"openai:bow@{url}", "--quiet"])
+    finally:
+        server.stop()
+    kept = read_jsonl(tmp_path / "best.jsonl")
+    vectors = np.array([bag_of_words(f"{r['instruction']}\n{r['output']}") for r in kept])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    assert (sims[~np.eye(len(kept), dtype=bool)] <= 0.6 + 1e-6).all()
+    dropped = read_jsonl(tmp_path / "best.dropped.jsonl")
+    assert 0 < len(kept) < 10 and {r["selection"]["dropped"] for r in dropped} == {"too_similar"}
+    written = "".join(p.read_text(encoding="utf-8") for p in tmp_path.iterdir()) + capsys.readouterr().err
+    assert "s3cret" not in written and "ann:***@" in (tmp_path / "best.report.html").read_text(encoding="utf-8")
 
 
 # --- IFD: the cache and its batches ------------------------------------------------------------
