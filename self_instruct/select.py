@@ -85,6 +85,11 @@ class SelectConfig:
         validate(self)
         if (self.keep is None) == (self.keep_fraction is None):
             raise ConfigError("give one budget: --keep N or --keep_fraction F")
+        for flag in ("model", "cache", "threads"):
+            if self.by != "ifd" and getattr(self, flag) is not None:
+                raise ConfigError(f"--{flag} is for --by ifd; drop it or pass --by ifd")
+        if self.embedder is not None and self.diversity is None:
+            raise ConfigError("--embedder is for --diversity; pass --diversity T too")
         files = [("OUTPUT", self.output), ("--dropped", self.path(self.dropped, ".dropped.jsonl")),
                  ("--report", self.path(self.report, ".report.html"))]
         if self.by == "ifd":

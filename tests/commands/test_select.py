@@ -258,6 +258,8 @@ def test_bad_records_are_one_line_exit_2_and_no_output(case, tmp_path, capsys):
     (["--keep", "3", "--by", "random"], "--by must be one of ifd, judge (got 'random')"),
     (["--keep", "3", "--diversity", "2"], "--diversity must be a cosine similarity from -1 to 1 (got 2)"),
     (["--keep", "3", "--dropped", "{data}"], "would overwrite the input"),
+    (["--keep", "3", "--model", "m.gguf"], "--model is for --by ifd"),
+    (["--keep", "3", "--embedder", "packaged"], "--embedder is for --diversity"),
     (["--keep", "3", "--report", "{out}"], "is the same file as OUTPUT"),
 ])
 def test_bad_flags_name_the_flag(flags, message, tmp_path, capsys):
