@@ -45,6 +45,21 @@ from fake_openai import make_task  # noqa: E402
 
 import openai  # noqa: E402  (imported before any clock starts)
 from self_instruct.generate import GenerateConfig, generate  # noqa: E402
+from self_instruct.engine.scheduler import Engine  # noqa: E402
+
+THREAD_CPU = [0.0]  # CPU spent judging and writing units in the commit thread, off the event loop
+_judge_and_write = Engine._judge_and_write
+
+
+def _timed_judge_and_write(self, *args):
+    started = time.thread_time()
+    try:
+        return _judge_and_write(self, *args)
+    finally:
+        THREAD_CPU[0] += time.thread_time() - started
+
+
+Engine._judge_and_write = _timed_judge_and_write
 
 CONNECTIONS_PER_CLIENT = 16
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -155,10 +170,12 @@ async def bare(base_url: str, concurrency: int, requests: int) -> tuple[float, l
     return wall, done
 
 
-def run_generate(base_url: str, concurrency: int, target: int, profile: str | None) -> tuple[float, list[float], int, float]:
-    """generate to `target` kept instructions; wall time, reply times, requests, client CPU."""
+def run_generate(base_url: str, concurrency: int, target: int, profile: str | None) -> tuple[float, list[float], int, float, float]:
+    """generate to `target` kept instructions; wall time, reply times, requests, client CPU, and
+    the part of it spent judging and writing in the commit thread."""
     with tempfile.TemporaryDirectory() as out:
         profiler = cProfile.Profile() if profile else None
+        THREAD_CPU[0] = 0.0
         started, cpu = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
@@ -170,7 +187,7 @@ def run_generate(base_url: str, concurrency: int, target: int, profile: str | No
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         done = [json.loads(line)["t"] for line in (Path(out) / "ledger.jsonl").read_text().splitlines()
                 if '"event": "done"' in line]
-    return wall, done, result.stats.requests, cpu
+    return wall, done, result.stats.requests, cpu, THREAD_CPU[0]
 
 
 def steady(times: list[float]) -> float:
@@ -190,13 +207,14 @@ def measure(server_pid: int, base_url: str, concurrency: int, delay: float, task
         before, t0, cpu0 = cpu_seconds(server_pid), time.perf_counter(), time.process_time()
         if name == "generate":
             # 90% of what the replies hold: the loop's filters drop a few made-up tasks
-            wall, done, sent, cpu = run_generate(base_url, concurrency, int(requests * tasks * 0.9), profile)
+            wall, done, sent, cpu, judging = run_generate(base_url, concurrency, int(requests * tasks * 0.9), profile)
         else:
             wall, done = asyncio.run(bare(base_url, concurrency, requests))
-            sent, cpu = requests, time.process_time() - cpu0
+            sent, cpu, judging = requests, time.process_time() - cpu0, 0.0
         server_cpu += cpu_seconds(server_pid) - before
         server_wall += time.perf_counter() - t0
-        row[name] = {"whole": len(done) / wall, "steady": steady(done), "requests": sent, "cpu_ms": cpu / sent * 1000}
+        row[name] = {"whole": len(done) / wall, "steady": steady(done), "requests": sent, "cpu_ms": cpu / sent * 1000,
+                     "thread_ms": judging / sent * 1000}
     row["server_cpu_ms"] = server_cpu / (row["bare"]["requests"] * 2 + row["generate"]["requests"]) * 1000
     row["server_busy"] = server_cpu / server_wall
     return row
@@ -227,7 +245,7 @@ def main() -> None:
         server.wait()
     print(f"server answers after {args.delay} s, {args.tasks} tasks a reply streamed one word a chunk, "
           f"{args.rounds} requests a slot; replies/s (steady state | whole run)")
-    print("| concurrency | bound | bare | generate | bare again | generate / bare | client CPU a request (bare, generate) | server CPU a request, busy |")
+    print("| concurrency | bound | bare | generate | bare again | generate / bare | client CPU a request: bare, generate (of which judging and writing in a thread) | server CPU a request, busy |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         b1, g, b2 = r["bare"], r["generate"], r["bare again"]
@@ -235,7 +253,7 @@ def main() -> None:
         ratio_whole = g["whole"] / ((b1["whole"] + b2["whole"]) / 2)
         print(f"| {r['c']} | {r['bound']:.0f} | {b1['steady']:.0f} / {b1['whole']:.0f} | {g['steady']:.0f} / {g['whole']:.0f} "
               f"| {b2['steady']:.0f} / {b2['whole']:.0f} | **{ratio_steady:.0%}** / {ratio_whole:.0%} "
-              f"| {b1['cpu_ms']:.1f} ms, {g['cpu_ms']:.1f} ms | {r['server_cpu_ms']:.2f} ms "
+              f"| {b1['cpu_ms']:.1f} ms, {g['cpu_ms']:.1f} ms ({g['thread_ms']:.1f} ms) | {r['server_cpu_ms']:.2f} ms "
               f"(ceiling {1000 / r['server_cpu_ms']:.0f}/s), {r['server_busy']:.0%} |")
     if args.profile:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
