@@ -11,6 +11,10 @@ A request whose reply never made it to disk (the process was killed) counts at i
 (`tokens`: an upper bound of what it can cost), so no kill lets a rerun pass a budget. Every
 retry of a request is a request the server received, and counts as one.
 
+A "done" line and its cached reply are written when the event loop's turn ends, with the others
+of that turn, in one write each (a reply is on disk as soon as it would be had it come a moment
+later; a kill before then loses what a kill just before it came would).
+
 `responses.jsonl` keeps each good reply of a unit not yet in the pool, keyed by a hash of the
 model, the prompt and the decoding: a resumed run asks for exactly the prompts it had asked
 before (rounds are seeded), and the ones already answered cost nothing the second time.
@@ -138,6 +142,10 @@ class Ledger:
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
         self._queued = self._durable = 0  # lines counted, and how many of them are on disk
         self._flush: asyncio.Future | None = None
+        self._answered: list[dict] = []  # done lines and cached replies of this turn of the event loop
+        self._caching: list[dict] = []
+        self._written_soon = False
+        self._write_failed: BaseException | None = None  # what the end-of-turn write raised, raised again here
         self._read(next_unit)
         self._floor(evidence or {})
 
@@ -207,6 +215,7 @@ class Ledger:
         """Make every request counted so far durable: one fsync for all that queued meanwhile.
         A caller waits for the flush that holds its own lines, not merely for the one in progress
         when it came (its lines may be in the next)."""
+        self._raise_write_failure()
         mine = self._queued
         while self._durable < mine:
             if self._flush is None or self._flush.done():
@@ -231,15 +240,51 @@ class Ledger:
             line["error"] = redact(completion.error or "")
         self._count(line)
         # A lost "done" line only makes a rerun count the reservation: no fsync needed.
-        append_jsonl(self.path, [line], fsync=False)
+        self._answered.append(line)
         if completion.ok and completion.finish_reason != "cancelled":
             entry = {"key": key, "unit": unit, "text": completion.text, "finish_reason": completion.finish_reason}
             self.cache[key] = entry
-            append_jsonl(self.cache_path, [entry], fsync=False)
+            self._caching.append(entry)
+        self._write_soon()
         return cost
+
+    def _write_soon(self) -> None:
+        """Write what came back at the end of this turn of the event loop (now, outside one)."""
+        self._raise_write_failure()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write_answered()
+            return
+        if not self._written_soon:
+            self._written_soon = True
+            loop.call_soon(self._write_at_turn_end)
+
+    def _write_at_turn_end(self) -> None:
+        try:
+            self.write_answered()
+        except Exception as exc:  # a full disk: the next request or sync raises it, not the event loop's log
+            self._write_failed = exc
+
+    def _raise_write_failure(self) -> None:
+        if self._write_failed is not None:
+            failed, self._write_failed = self._write_failed, None
+            raise failed
+
+    def write_answered(self) -> None:
+        """Write the done lines and cached replies not yet written, one write to each file."""
+        self._written_soon = False
+        lines, entries = self._answered, self._caching
+        self._answered, self._caching = [], []
+        if lines:
+            append_jsonl(self.path, lines, fsync=False)
+        if entries:
+            append_jsonl(self.cache_path, entries, fsync=False)
 
     def forget_before(self, next_unit: int) -> None:
         """Drop cached replies of units now in the pool (called at the end of a run)."""
+        self.write_answered()
+        self._raise_write_failure()
         kept = [e for e in self.cache.values() if e["unit"] >= next_unit]
         if len(kept) != len(self.cache):
             self.cache = {e["key"]: e for e in kept}

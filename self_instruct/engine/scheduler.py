@@ -226,6 +226,7 @@ class Engine:
             for task in self.running.values():
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+            self.ledger.write_answered()  # the replies of this last turn, before the run's last state is written
             self.bar.close()
 
     def _launch(self) -> None:
