@@ -46,6 +46,7 @@ from fake_openai import make_task  # noqa: E402
 import openai  # noqa: E402  (imported before any clock starts)
 from self_instruct.generate import GenerateConfig, generate  # noqa: E402
 from self_instruct.engine.scheduler import Engine  # noqa: E402
+from self_instruct.teachers.fleet import CONNECTIONS_PER_CLIENT  # noqa: E402
 
 THREAD_CPU = [0.0]  # CPU spent judging and writing units in the commit thread, off the event loop
 _judge_and_write = Engine._judge_and_write
@@ -61,7 +62,6 @@ def _timed_judge_and_write(self, *args):
 
 Engine._judge_and_write = _timed_judge_and_write
 
-CONNECTIONS_PER_CLIENT = 16
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -22,6 +22,7 @@ before (rounds are seeded), and the ones already answered cost nothing the secon
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -317,5 +318,11 @@ def _is_reply(entry) -> bool:
 
 
 def cache_key(model: str, api: str, prompt: str, decoding: Decoding) -> str:
-    payload = json.dumps([model, api, prompt, asdict(decoding)], ensure_ascii=False, sort_keys=True)
+    payload = json.dumps([model, api, prompt, _fields(decoding)], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=256)
+def _fields(decoding: Decoding) -> dict:
+    """asdict() of a decoding (frozen; a run has a few): it deep-copies every field on each call."""
+    return asdict(decoding)

@@ -538,8 +538,12 @@ class OpenAITeacher(Teacher):
                                        stream_cls=openai.AsyncStream[object])
         reading = asyncio.ensure_future(self._read(endpoint, opening, reply, job))
         try:
+            # No request counts as queued before QUEUE_FLOOR: no need to look before then (a reply
+            # within it, the usual case, costs no wake-up at all).
+            first_look = QUEUE_FLOOR
             while not reading.done():
-                await asyncio.wait({reading}, timeout=None if reply.started else QUEUE_POLL)
+                await asyncio.wait({reading}, timeout=None if reply.started else first_look or QUEUE_POLL)
+                first_look = 0.0
                 if not reply.started and not reading.done():
                     self._watch_queue(endpoint, time.monotonic() - reply.sent)
         finally:
