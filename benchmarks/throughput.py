@@ -1,24 +1,27 @@
 """The client's own ceiling: `generate` against a bare HTTP client, same server, same run.
 
 A fake OpenAI server runs in its own process (asyncio, pre-encoded event templates, so it costs
-little CPU a request; its CPU is read from /proc and printed, with the ceiling it implies) and
-answers every completion after a fixed delay, streaming the reply one word a chunk as vLLM
-streams one token a chunk, with a usage chunk at the end. Each reply continues the prompt's
+little CPU a request; its CPU is read from /proc and printed, with the one-core ceiling it
+implies, and how busy it was) and answers every completion after a fixed delay with an event
+stream of one word a chunk, as vLLM streams one token a chunk, and a usage chunk at the end (the
+events are written together when the delay ends, not paced). Each reply continues the prompt's
 list with `--tasks` new tasks made of made-up words, so none is lost to similarity. No client
 can get more than  concurrency / delay  replies a second out of it.
 
 For each concurrency, in one run:
 - the bare client: the HTTP library the teacher uses (the one under the `openai` SDK), one
-  client per 16 connections as the teacher has, the same request body, every event's JSON
+  client per CONNECTIONS_PER_CLIENT connections as the teacher has, the same request body, every event's JSON
   decoded and the text joined, `concurrency` requests always in flight, nothing else;
 - `generate` through the library API with its defaults (streamed, quiet), to as many kept
   instructions as the bare client's requests can bring;
 - the bare client again, so that a change in the machine's load during the run shows.
 Rates are replies a second, over the whole run and in the steady state (the 10th to the 90th
 percentile of reply times: no first wave, no last stragglers), and the ratio generate/bare on
-each (against the mean of the two bare runs).
+each (against the mean of the two bare runs). Client CPU a request is the process's, threads
+included, over the whole call (generate's start and end too); the part its commit thread spent
+judging and writing units is shown apart.
 
-    python benchmarks/throughput.py [--runs 8,32,128] [--delay 0.5] [--tasks 8] [--rounds 12]
+    python benchmarks/throughput.py [--runs 8,32,128,128@2] [--delay 0.5] [--tasks 8] [--rounds 12]
     python benchmarks/throughput.py --runs 128 --profile generate.prof   # cProfile of generate's loop
 """
 from __future__ import annotations
@@ -222,7 +225,7 @@ def measure(server_pid: int, base_url: str, concurrency: int, delay: float, task
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="8,32,128", help="concurrencies, comma-separated")
+    parser.add_argument("--runs", default="8,32,128", help="CONCURRENCY[@DELAY],... (DELAY: --delay's, by default)")
     parser.add_argument("--delay", type=float, default=0.5, help="seconds the server takes to answer")
     parser.add_argument("--tasks", type=int, default=8, help="new tasks a reply")
     parser.add_argument("--rounds", type=int, default=12, help="requests a slot")
@@ -232,26 +235,29 @@ def main() -> None:
     if args.serve:
         asyncio.run(serve(args.delay, args.tasks))
         return
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(args.delay), "--tasks", str(args.tasks)],
-                              stdout=subprocess.PIPE, text=True)
     rows = []
-    try:
-        base_url = server.stdout.readline().strip()
-        for c in args.runs.split(","):
-            rows.append(row := measure(server.pid, base_url, int(c), args.delay, args.tasks, args.rounds, args.profile))
+    for run in args.runs.split(","):
+        concurrency, _, delay = run.partition("@")
+        delay = float(delay or args.delay)
+        server = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(delay), "--tasks", str(args.tasks)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            base_url = server.stdout.readline().strip()
+            rows.append(row := measure(server.pid, base_url, int(concurrency), delay, args.tasks, args.rounds, args.profile))
+            row["delay"] = delay
             print(json.dumps(row), file=sys.stderr, flush=True)
-    finally:
-        server.terminate()
-        server.wait()
-    print(f"server answers after {args.delay} s, {args.tasks} tasks a reply streamed one word a chunk, "
-          f"{args.rounds} requests a slot; replies/s (steady state | whole run)")
-    print("| concurrency | bound | bare | generate | bare again | generate / bare | client CPU a request: bare, generate (of which judging and writing in a thread) | server CPU a request, busy |")
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"{args.tasks} tasks a reply streamed one word a chunk, {args.rounds} requests a slot; "
+          f"replies/s (steady state / whole run)")
+    print("| concurrency @ delay | bound | bare | generate | bare again | generate / bare | client CPU a request: bare, generate (of which judging and writing in a thread) | server CPU a request, busy |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         b1, g, b2 = r["bare"], r["generate"], r["bare again"]
         ratio_steady = g["steady"] / ((b1["steady"] + b2["steady"]) / 2)
         ratio_whole = g["whole"] / ((b1["whole"] + b2["whole"]) / 2)
-        print(f"| {r['c']} | {r['bound']:.0f} | {b1['steady']:.0f} / {b1['whole']:.0f} | {g['steady']:.0f} / {g['whole']:.0f} "
+        print(f"| {r['c']} @ {r['delay']:g} s | {r['bound']:.0f} | {b1['steady']:.0f} / {b1['whole']:.0f} | {g['steady']:.0f} / {g['whole']:.0f} "
               f"| {b2['steady']:.0f} / {b2['whole']:.0f} | **{ratio_steady:.0%}** / {ratio_whole:.0%} "
               f"| {b1['cpu_ms']:.1f} ms, {g['cpu_ms']:.1f} ms ({g['thread_ms']:.1f} ms) | {r['server_cpu_ms']:.2f} ms "
               f"(ceiling {1000 / r['server_cpu_ms']:.0f}/s), {r['server_busy']:.0%} |")
