@@ -65,6 +65,36 @@ def _timed_judge_and_write(self, *args):
 
 Engine._judge_and_write = _timed_judge_and_write
 
+COMMITS: dict[str, list[float]] = {"commit": [], "judge and write": [], "pool write": [], "state.json": []}
+
+
+def _clocked(owner, name: str, key: str) -> None:
+    """Keep the wall time of each call of owner.name under COMMITS[key] (a coroutine's too)."""
+    real = getattr(owner, name)
+    if asyncio.iscoroutinefunction(real):
+        async def clocked(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                COMMITS[key].append(time.perf_counter() - started)
+    else:
+        def clocked(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                COMMITS[key].append(time.perf_counter() - started)
+    setattr(owner, name, clocked)
+
+
+from self_instruct.engine.pool import InstructionPool  # noqa: E402
+
+_clocked(Engine, "_commit", "commit")
+_clocked(Engine, "_judge_and_write", "judge and write")
+_clocked(InstructionPool, "write", "pool write")
+_clocked(InstructionPool, "save_state", "state.json")
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -179,6 +209,8 @@ def run_generate(base_url: str, concurrency: int, target: int, profile: str | No
     with tempfile.TemporaryDirectory() as out:
         profiler = cProfile.Profile() if profile else None
         THREAD_CPU[0] = 0.0
+        for times in COMMITS.values():
+            times.clear()
         started, cpu = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
@@ -218,6 +250,9 @@ def measure(server_pid: int, base_url: str, concurrency: int, delay: float, task
         server_wall += time.perf_counter() - t0
         row[name] = {"whole": len(done) / wall, "steady": steady(done), "requests": sent, "cpu_ms": cpu / sent * 1000,
                      "thread_ms": judging / sent * 1000}
+        if name == "generate":
+            row["commit_ms"] = {key: sum(times) / max(1, len(COMMITS["commit"])) * 1000 for key, times in COMMITS.items()}
+            row["units"] = len(COMMITS["commit"])
     row["server_cpu_ms"] = server_cpu / (row["bare"]["requests"] * 2 + row["generate"]["requests"]) * 1000
     row["server_busy"] = server_cpu / server_wall
     return row
@@ -261,8 +296,100 @@ def main() -> None:
               f"| {b2['steady']:.0f} / {b2['whole']:.0f} | **{ratio_steady:.0%}** / {ratio_whole:.0%} "
               f"| {b1['cpu_ms']:.1f} ms, {g['cpu_ms']:.1f} ms ({g['thread_ms']:.1f} ms) | {r['server_cpu_ms']:.2f} ms "
               f"(ceiling {1000 / r['server_cpu_ms']:.0f}/s), {r['server_busy']:.0%} |")
+    print()
+    print("generate's commits (one unit at a time, in order, in its commit thread): wall time a unit")
+    print("| concurrency @ delay | units | a unit's commit | judging and writing | of it, the pool's write | state.json |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["commit_ms"]
+        print(f"| {r['c']} @ {r['delay']:g} s | {r['units']} | {t['commit']:.1f} ms | {t['judge and write']:.1f} ms "
+              f"| {t['pool write']:.1f} ms | {t['state.json']:.1f} ms |")
+    print()
+    parse_cost(args.tasks)
+    kernel_cost()
     if args.profile:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
+
+
+def parse_cost(tasks: int, replies: int = 300) -> None:
+    """CPU to read one streamed reply that came in one read: the teacher's reader against the
+    SDK's event decoder (what its stream iterator is built on) with the same JSON decoding."""
+    from openai._streaming import SSEDecoder
+    from self_instruct.teachers.openai_compat import _Reply
+
+    body = events_of(tasks)
+    count = body.count(b"\n\n") - 1
+
+    class Response:
+        request = None
+
+        async def aiter_bytes(self):
+            yield body
+
+    class Endpoint:
+        streaming, first_token = 0, None
+
+    async def teacher() -> None:
+        for _ in range(replies):
+            await _Reply(0.0).take_stream(Response(), Endpoint(), chat=False)
+
+    async def sdk_decoder() -> None:
+        for _ in range(replies):
+            reply = _Reply(0.0)
+            async for event in SSEDecoder().aiter_bytes(Response().aiter_bytes()):
+                if event.data.startswith("[DONE]"):
+                    break
+                reply.add(json.loads(event.data), chat=False)
+
+    for name, read in (("the SDK's event decoder", sdk_decoder), ("the teacher's reader", teacher)):
+        started = time.process_time()
+        asyncio.run(read())
+        cpu = time.process_time() - started
+        print(f"reading a streamed reply of {count} events in one read, {name}: "
+              f"{cpu / replies * 1000:.2f} ms, {cpu / replies / count * 1e6:.1f} us an event")
+
+
+def events_of(tasks: int) -> bytes:
+    """The event stream the server sends for one reply (its events, without the delay)."""
+    rng = random.Random(1)
+    text = "###\n".join(_task_block(i, i == 4, rng) for i in range(4, 4 + tasks))
+    pieces = re.findall(r"\S+\s*|\s+", text)
+    chunk = {"id": "cmpl", "object": "text_completion", "created": 0, "model": "fake",
+             "choices": [{"index": 0, "text": "", "finish_reason": None, "logprobs": None}]}
+    events = []
+    for piece in pieces:
+        chunk["choices"][0]["text"] = piece
+        events.append(f"data: {json.dumps(chunk)}\n\n")
+    return ("".join(events) + "data: [DONE]\n\n").encode()
+
+
+def kernel_cost(rows: int = 8, pool: int = 11_000, repeat: int = 200) -> None:
+    """ROUGE-L F of `rows` kept candidates against a pool (the commit thread's largest cost):
+    the kernel as it is, and the version it replaced, which gathered the cells with a common
+    token first (kept here as the reference; both give the same bits)."""
+    import numpy as np
+    from self_instruct.core.similarity import _fmeasures
+
+    def gathered(lcs, m, lengths):
+        lcs, m, lengths = np.broadcast_arrays(lcs, m, lengths)
+        scores = np.zeros(lcs.shape)
+        hits = lcs > 0
+        precision = lcs[hits] / lengths[hits]
+        recall = lcs[hits] / m[hits]
+        scores[hits] = 2 * precision * recall / (precision + recall)
+        return scores
+
+    rng = np.random.default_rng(0)
+    lengths, m = rng.integers(1, 40, pool), rng.integers(1, 40, rows)
+    lcs = np.minimum(rng.integers(0, 6, (rows, pool)), np.minimum(lengths[None, :], m[:, None]))
+    assert np.array_equal(_fmeasures(lcs, m[:, None], lengths[None, :]).view(np.int64),
+                          gathered(lcs, m[:, None], lengths[None, :]).view(np.int64))
+    for name, kernel in (("gathering first (before)", gathered), ("as it is", _fmeasures)):
+        started = time.process_time()
+        for _ in range(repeat):
+            kernel(lcs, m[:, None], lengths[None, :])
+        print(f"ROUGE-L F of {rows} candidates against {pool:,} texts, {name}: "
+              f"{(time.process_time() - started) / repeat * 1000:.2f} ms")
 
 
 if __name__ == "__main__":
