@@ -604,9 +604,9 @@ def _fmeasures(lcs: np.ndarray, m, lengths: np.ndarray) -> np.ndarray:
     lcs = np.asarray(lcs)
     shape = np.broadcast_shapes(lcs.shape, np.shape(m), np.shape(lengths))
     # Every cell computed, then those without a common token set to 0 (they divide 0 by 0): the
-    # same operations on the cells that count, without gathering them first, which took twice
-    # as long (8 texts against 11K indexed: 2.3 against 1.1 ms of CPU). Every candidate the
-    # loop keeps is scored here against the whole pool, for its top 10 and mean.
+    # same operations on the cells that count, without gathering them first, which took two to
+    # three times as long (8 texts against 11K indexed, benchmarks/throughput.py). Every
+    # candidate the loop keeps is scored here against the whole pool, for its top 10 and mean.
     top = np.broadcast_to(lcs, shape).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = top / lengths

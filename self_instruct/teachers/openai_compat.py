@@ -152,8 +152,8 @@ class _Reply:
     async def take_stream(self, response, endpoint: Endpoint, chat: bool) -> None:
         """Read an event stream as its bytes arrive, the events of each read decoded at once. The
         SDK's event iterator was the largest part of a request's CPU at many requests a second
-        (benchmarks/throughput.py): its event decoder alone takes 6 us an event, this 2.2 (159
-        one-word events read at once, JSON decoding included). The HTTP library's errors are
+        (benchmarks/throughput.py): its event decoder alone takes 6-7 us an event, this 2.2 (a
+        reply of one-word events read at once, JSON decoding included). The HTTP library's errors are
         raised as the SDK raises them for a stream."""
         timeouts, transport = http_errors()
         chunks = response.aiter_bytes()
