@@ -318,7 +318,11 @@ def _is_reply(entry) -> bool:
 
 
 def cache_key(model: str, api: str, prompt: str, decoding: Decoding) -> str:
-    payload = json.dumps([model, api, prompt, _fields(decoding)], ensure_ascii=False, sort_keys=True)
+    try:
+        fields = _fields(decoding)
+    except TypeError:  # a decoding built with a list where a tuple belongs: not hashable, not cached
+        fields = asdict(decoding)
+    payload = json.dumps([model, api, prompt, fields], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
