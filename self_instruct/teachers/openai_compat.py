@@ -177,9 +177,13 @@ class _Reply:
                 if not self.take_events(payloads, chat):
                     open_ = False
                     break
-            if open_ and rest.strip():  # the last event, without the blank line after it
+            if open_ and rest.strip():  # a last event without the blank line after it: taken if whole
                 for payload in filter(None, [_event_payload(rest)]):
-                    self.take_event(payload, chat)
+                    try:
+                        chunk = json.loads(payload)
+                    except ValueError:
+                        continue  # cut short: dropped, as the SDK drops it
+                    self.take_chunk(chunk, chat)
             if not open_:  # after "[DONE]": what is left of the body, briefly, so the connection can be reused
                 try:
                     await _drain(chunks)
