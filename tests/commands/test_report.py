@@ -468,7 +468,7 @@ def test_every_image_loads_in_headless_chromium(request, tmp_path, which):
     assert all(title in seen["headings"] for title in sections)
     if which == "documents":  # the coverage table as a browser lays it out: a header and a row per source
         assert seen["coverage"][0][:5] == ["source", "chunks", "with kept records", "kept", "rejected"]
-        assert sorted(Path(row[0]).name for row in seen["coverage"][1:]) == ["(no source recorded)", "herbs.md", "orchard.md"]
+        assert sorted(Path(row[0]).name for row in seen["coverage"][1:]) == ["herbs.md", "orchard.md"]
         assert "Grounding check" in seen["headings"]
     else:
         assert seen["coverage"] is None
