@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .errors import ConfigError
+from .executors import EXECUTORS, open_executor
 from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
@@ -61,7 +63,7 @@ from .pipelines.self_instruct import (
     Templates,
 )
 from .teachers.base import Teacher
-from .teachers.choose import planned_teacher
+from .teachers.choose import openai_settings, planned_teacher
 from .types import Decoding
 
 __all__ = ["GenerateConfig", "Outcome", "StallError", "agenerate", "generate", "dry_run", "cli"]
@@ -109,6 +111,11 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Ba
     no_report: bool = option(False, "no report.html at the end", record=False)
     dry_run: bool = option(False, "print the first prompt (stdout) and what the run may take (stderr); call nothing",
                            record=False)
+    executor: str = option("local", "where the teacher requests are sent from: local (this process) or ray (Ray "
+                                    "workers; pip install 'self_instruct[ray]'); the judge, budget and pool stay here, "
+                                    "and the output is the same", check=one_of(*EXECUTORS), record=False)
+    ray_address: str | None = option(None, "the Ray cluster to join with --executor ray (default: RAY_ADDRESS, else "
+                                           "a local instance for the run)", record=False)
 
     def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
         """The run's one configuration: options left unset take the teacher's preference, then
@@ -147,6 +154,14 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Ba
                                   f"written from its chat template alone")
         elif self.chat_template is not None:
             raise ConfigError("--chat_template is for --pipeline magpie")
+        if self.ray_address and self.executor != "ray":
+            raise ConfigError("--ray_address goes with --executor ray")
+        if self.executor == "ray":
+            if planned_teacher(self)[0] != "openai":
+                raise ConfigError("--executor ray sends requests to an OpenAI-compatible server from Ray workers: "
+                                  "give --base_url (the embedded model runs in this process)")
+            if self.batch:
+                raise ConfigError("--executor ray and --batch do not go together: a batch is one upload from here")
         self.decoding()  # temperature, top_p
         load_filters(self.filter)  # every --filter resolves, before anything is written
 
@@ -256,8 +271,35 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
     cfg.validate()
     seeds_path, seeds = load_seeds_for(cfg)
     conditions = Conditions.load(cfg.personas, cfg.topics)
+    if cfg.executor == "ray" and teacher is None:
+        share_key(cfg)  # before Ray starts: a local instance's workers inherit this environment
+        with open_executor("ray", cfg.ray_address):  # joined here, on the main thread
+            return await _agenerate(cfg, seeds_path, seeds, conditions, None, on_ray=True)
+    return await _agenerate(cfg, seeds_path, seeds, conditions, teacher)
+
+
+def share_key(cfg: GenerateConfig) -> None:
+    """A key given with --api_key goes into this process's environment, where the Ray workers of a
+    local instance read it: never into Ray's arguments, which its control store keeps."""
+    if cfg.api_key and os.environ.get("OPENAI_API_KEY") != cfg.api_key:
+        os.environ["OPENAI_API_KEY"] = cfg.api_key
+
+
+def ray_teacher(cfg: GenerateConfig) -> Teacher:
+    """The run's OpenAI-compatible teacher, its requests sent from one Ray worker per CPU of the cluster."""
+    import ray
+
+    from .teachers.openai_compat import OpenAITeacher
+    from .teachers.ray_teacher import RayTeacher
+    settings = openai_settings(cfg, cfg.base_url or os.environ.get("OPENAI_BASE_URL"))
+    local = OpenAITeacher(**settings, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"))
+    return RayTeacher(local, settings, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
+async def _agenerate(cfg: GenerateConfig, seeds_path: Path, seeds: list, conditions: Conditions,
+                     teacher: Teacher | None, on_ray: bool = False) -> Outcome:
     out = Path(cfg.output_dir)
-    own = None if teacher is not None else magpie_teacher(cfg)
+    own = None if teacher is not None else ray_teacher(cfg) if on_ray else magpie_teacher(cfg)
     async with Run(cfg, teacher=teacher or own, stages=[out, out / "score"]) as run:
         if own is not None:
             run.adopt(own)
