@@ -132,6 +132,7 @@ class RayTeacher(Teacher):
         self.stats: list[dict] = [{} for _ in range(workers)]
         self.calls = itertools.count()
         self.deaths = 0  # requests whose worker died under them
+        self.down: set[int] = set()  # workers being restarted
 
     async def check(self) -> None:
         await self.local.check()
@@ -159,8 +160,7 @@ class RayTeacher(Teacher):
         deaths: list[str] = []
         avoid = None
         while True:
-            k = min((i for i in range(len(self.actors)) if i != avoid or len(self.actors) == 1),
-                    key=lambda i: self.load[i])
+            k = min(range(len(self.actors)), key=lambda i: (i in self.down or i == avoid, self.load[i]))
             self.load[k] += 1
             try:
                 return await self._on(k, prompt, decoding, tuple(deaths))
@@ -168,6 +168,9 @@ class RayTeacher(Teacher):
                 self.deaths += 1
                 deaths.append(WORKER_DIED)
                 avoid = k
+                if k not in self.down:  # the others take its requests until Ray has started it again
+                    self.down.add(k)
+                    asyncio.ensure_future(self._until_back(k))
                 if len(deaths) >= self.max_attempts:
                     error = f"{WORKER_DIED}: {len(deaths)} workers died under this request ({type(exc).__name__})"
                     return Completion("", finish_reason="error", error=error, faults=tuple(deaths))
@@ -177,6 +180,15 @@ class RayTeacher(Teacher):
                                       error=f"budget: no request left to retry this prompt (after {', '.join(deaths)})")
             finally:
                 self.load[k] -= 1
+
+    async def _until_back(self, k: int) -> None:
+        while True:
+            try:
+                await self.actors[k].pid.remote()
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                await asyncio.sleep(0.2)
+        self.down.discard(k)
 
     async def _on(self, k: int, prompt: str, decoding: Decoding, deaths: tuple) -> Completion:
         actor, call = self.actors[k], next(self.calls)

@@ -80,6 +80,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, tmp_p
         teacher = ray_teacher(cfg)
         victim = teacher.actors[0]
         pid = ray_cluster.get(victim.pid.remote())
+        restarted = []
         killed = threading.Event()
 
         def kill_mid_run():
@@ -88,12 +89,24 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, tmp_p
                 time.sleep(0.02)
             os.kill(pid, signal.SIGKILL)  # with requests of its own in flight: it takes the least busy
             killed.set()
+            while not restarted and time.monotonic() < deadline:  # Ray starts it again
+                try:
+                    restarted.append(ray_cluster.get(victim.pid.remote(), timeout=120))
+                except ray_cluster.exceptions.ActorUnavailableError:
+                    time.sleep(0.2)
 
-        threading.Thread(target=kill_mid_run, daemon=True).start()
-        outcome = asyncio.run(agenerate(cfg, teacher=teacher))
+        killer = threading.Thread(target=kill_mid_run, daemon=True)
+        killer.start()
+        async def run():
+            try:
+                return await agenerate(cfg, teacher=teacher)
+            finally:
+                await asyncio.to_thread(killer.join, 150)  # its restart seen before the workers go
+                await teacher.aclose()
+
+        outcome = asyncio.run(run())
         assert killed.is_set() and teacher.deaths >= 1  # the kill came mid-run, under requests
-        assert ray_cluster.get(victim.pid.remote()) != pid  # Ray started the worker again
-        asyncio.run(teacher.aclose())
+        assert restarted and restarted[0] != pid
     finally:
         server.stop()
     assert outcome.kept == 40
