@@ -30,6 +30,7 @@ import asyncio
 import contextvars
 import itertools
 import os
+from dataclasses import replace
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -135,7 +136,14 @@ class RayTeacher(Teacher):
         self.down: set[int] = set()  # workers being restarted
 
     async def check(self) -> None:
+        """The fleet checked from here, and every worker started (a cluster whose workers cannot
+        import this package fails here, before anything is written)."""
         await self.local.check()
+        try:
+            await asyncio.gather(*(actor.pid.remote() for actor in self.actors))
+        except ray.exceptions.RayError as exc:
+            raise ConfigError(f"--executor ray: the Ray workers did not start ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None
 
     def describe(self) -> dict:
         return self.local.describe()
@@ -203,10 +211,7 @@ class RayTeacher(Teacher):
                     raise TeacherError(message[1])
                 else:
                     _, completion, self.stats[k] = message
-                    if deaths:
-                        completion = Completion(completion.text, completion.finish_reason, completion.prompt_tokens,
-                                                completion.completion_tokens, completion.error, deaths + completion.faults)
-                    return completion
+                    return replace(completion, faults=deaths + completion.faults) if deaths else completion
         except asyncio.CancelledError:
             try:
                 ray.cancel(replies)

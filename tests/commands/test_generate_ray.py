@@ -19,6 +19,7 @@ import pytest
 from fake_openai import FakeOpenAI, self_instruct_reply
 
 from self_instruct.engine.ledger import read_spend
+from self_instruct.errors import TeacherError
 from self_instruct.generate import GenerateConfig, agenerate, generate, ray_teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -139,6 +140,22 @@ def test_the_key_reaches_the_workers_and_no_file_of_the_run_or_of_ray(tmp_path):
     finally:
         server.stop()
         subprocess.run(["rm", "-rf", ray_tmp])
+
+
+def test_workers_without_the_key_stop_the_run_with_the_line_about_it(ray_cluster, tmp_path, monkeypatch):
+    """A cluster started without the key in its environment (as this session's was): the check from
+    here passes with --api_key, the workers' requests are refused, and the run stops in one line."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # restored after, whatever the run sets
+    server = FakeOpenAI(api_key=KEY).start()
+    try:
+        server.reply_fn = by_prompt
+        with pytest.raises(TeacherError) as stopped:
+            generate(str(tmp_path / "out"), **flags(server, executor="ray", api_key=KEY))
+    finally:
+        server.stop()
+    assert "refused the request (401" in str(stopped.value) and "OPENAI_API_KEY" in str(stopped.value)
+    assert KEY not in str(stopped.value)
+    assert not (tmp_path / "out" / "generated.jsonl").exists() or lines(tmp_path / "out" / "generated.jsonl") == []
 
 
 def test_executor_ray_without_a_server_is_one_line(tmp_path, capsys):
