@@ -19,7 +19,7 @@ import pytest
 from fake_openai import FakeOpenAI, self_instruct_reply
 
 from self_instruct.engine.ledger import read_spend
-from self_instruct.errors import TeacherError
+from self_instruct.errors import ConfigError, TeacherError
 from self_instruct.generate import GenerateConfig, agenerate, generate, ray_teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -156,6 +156,14 @@ def test_workers_without_the_key_stop_the_run_with_the_line_about_it(ray_cluster
     assert "refused the request (401" in str(stopped.value) and "OPENAI_API_KEY" in str(stopped.value)
     assert KEY not in str(stopped.value)
     assert not (tmp_path / "out" / "generated.jsonl").exists() or lines(tmp_path / "out" / "generated.jsonl") == []
+
+
+def test_a_base_url_with_a_password_is_refused_before_it_reaches_ray(ray_cluster, tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        generate(str(tmp_path / "out"), base_url="http://user:hunter2pw@127.0.0.1:9/v1", model_name="m",
+                 executor="ray", quiet=True, no_report=True)
+    assert "password" in str(refused.value) and "hunter2pw" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_executor_ray_without_a_server_is_one_line(tmp_path, capsys):
