@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     server = FakeOpenAI(latency=args.latency, synthetic=True, tasks_per_reply=8).start()
     with tempfile.TemporaryDirectory() as tmp, open_executor("ray"):
-        print(f"| c | bound | local | --executor ray |\n|---|---|---|---|")
+        print("| c | bound | local | --executor ray |\n|---|---|---|---|")
         for c in args.concurrency:
             rates = {e: one(server, Path(tmp) / f"{e}{c}", e, c, args.waves) for e in ("local", "ray")}
             bound = c / args.latency

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
 import sys
 import types
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .errors import ConfigError
-from .executors import EXECUTORS, open_executor
+from .executors import EXECUTORS, open_executor, share_env
 from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
@@ -63,7 +62,7 @@ from .pipelines.self_instruct import (
     Templates,
 )
 from .teachers.base import Teacher
-from .teachers.choose import openai_settings, planned_teacher
+from .teachers.choose import planned_teacher
 from .types import Decoding
 
 __all__ = ["GenerateConfig", "Outcome", "StallError", "agenerate", "generate", "dry_run", "cli"]
@@ -272,28 +271,16 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
     seeds_path, seeds = load_seeds_for(cfg)
     conditions = Conditions.load(cfg.personas, cfg.topics)
     if cfg.executor == "ray" and teacher is None:
-        share_key(cfg)  # before Ray starts: a local instance's workers inherit this environment
+        share_env("OPENAI_API_KEY", cfg.api_key)  # before Ray starts: a local instance's workers inherit it
         with open_executor("ray", cfg.ray_address):  # joined here, on the main thread
             return await _agenerate(cfg, seeds_path, seeds, conditions, None, on_ray=True)
     return await _agenerate(cfg, seeds_path, seeds, conditions, teacher)
 
 
-def share_key(cfg: GenerateConfig) -> None:
-    """A key given with --api_key goes into this process's environment, where the Ray workers of a
-    local instance read it: never into Ray's arguments, which its control store keeps."""
-    if cfg.api_key and os.environ.get("OPENAI_API_KEY") != cfg.api_key:
-        os.environ["OPENAI_API_KEY"] = cfg.api_key
-
-
 def ray_teacher(cfg: GenerateConfig) -> Teacher:
-    """The run's OpenAI-compatible teacher, its requests sent from one Ray worker per CPU of the cluster."""
-    import ray
-
-    from .teachers.openai_compat import OpenAITeacher
-    from .teachers.ray_teacher import RayTeacher
-    settings = openai_settings(cfg, cfg.base_url or os.environ.get("OPENAI_BASE_URL"))
-    local = OpenAITeacher(**settings, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"))
-    return RayTeacher(local, settings, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
+    """The run's teacher with its requests sent from Ray workers (Ray joined already)."""
+    from .teachers.ray_teacher import on_ray
+    return on_ray(cfg)
 
 
 async def _agenerate(cfg: GenerateConfig, seeds_path: Path, seeds: list, conditions: Conditions,

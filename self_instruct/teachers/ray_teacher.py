@@ -39,6 +39,7 @@ import ray
 from ..errors import ConfigError, TeacherError
 from ..types import Completion, Decoding
 from .base import Teacher
+from .choose import openai_settings
 from .fleet import parse_base_urls
 from .openai_compat import OpenAITeacher
 
@@ -225,3 +226,12 @@ class RayTeacher(Teacher):
         for actor in self.actors:
             ray.kill(actor)
         await self.local.aclose()
+
+
+def on_ray(options) -> RayTeacher:
+    """The OpenAI-compatible teacher of a command's options (TeacherOptions and RateOptions), its
+    requests sent from one Ray worker per CPU of the cluster; the key (``--api_key``, else
+    ``OPENAI_API_KEY``) serves the check from this process only."""
+    settings = openai_settings(options, options.base_url or os.environ.get("OPENAI_BASE_URL"))
+    local = OpenAITeacher(**settings, api_key=options.api_key or os.environ.get("OPENAI_API_KEY"))
+    return RayTeacher(local, settings, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
