@@ -135,6 +135,7 @@ class RayTeacher(Teacher):
         self.calls = itertools.count()
         self.deaths = 0  # requests whose worker died under them
         self.down: set[int] = set()  # workers being restarted
+        self.watching: set[asyncio.Future] = set()  # each waiting for one to answer again
 
     async def check(self) -> None:
         """The fleet checked from here, and every worker started (a cluster whose workers cannot
@@ -179,7 +180,8 @@ class RayTeacher(Teacher):
                 avoid = k
                 if k not in self.down:  # the others take its requests until Ray has started it again
                     self.down.add(k)
-                    asyncio.ensure_future(self._until_back(k))
+                    self.watching.add(watch := asyncio.ensure_future(self._until_back(k)))
+                    watch.add_done_callback(self.watching.discard)
                 if len(deaths) >= self.max_attempts:
                     error = f"{WORKER_DIED}: {len(deaths)} workers died under this request ({type(exc).__name__})"
                     return Completion("", finish_reason="error", error=error, faults=tuple(deaths))
@@ -222,6 +224,8 @@ class RayTeacher(Teacher):
         raise ray.exceptions.RayActorError()  # the stream ended with no reply: the worker went
 
     async def aclose(self) -> None:
+        for watch in list(self.watching):
+            watch.cancel()
         await asyncio.gather(*(actor.close.remote() for actor in self.actors), return_exceptions=True)
         for actor in self.actors:
             ray.kill(actor)
