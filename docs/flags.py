@@ -30,6 +30,7 @@ COMMANDS = {
     "evolve": "score-and-evolve.md", "dedup": "dedup.md", "export": "export-and-report.md",
     "report": "export-and-report.md#the-run-report", "train": "train.md", "evaluate": "evaluate.md",
     "serve": "embedded-teacher.md#serving-it-self_instructserve", "preferences": "preferences.md",
+    "select": "select.md",
 }
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERSIONS = re.compile(r"<!-- made with fire (\S+) on Python (\S+) -->")

@@ -36,6 +36,7 @@ from .cli import run, words_as_flag
 from .errors import SelfInstructError
 from .io.jsonl import read_json, write_text_atomic
 from .io.secrets import redact
+from .reporting.charts import INSTALL_HINT
 from .reporting.page import render, render_evaluation
 from .reporting.summary import REPORT, summarize
 

@@ -320,12 +320,7 @@ def dpo_step(model, micro_batches: list[list[dict]], optimizer, scheduler, scale
         loss = dpo_loss(chosen, rejected, refs[:, 0], refs[:, 1], beta).sum() / count
         scaler.scale(loss).backward()
         step_loss += loss.item()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_step(model, optimizer, scheduler, scaler, max_grad_norm)
     return step_loss
 
 
@@ -455,14 +450,23 @@ def loss_sum(model, batch: dict):
         ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def apply_step(model, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+    """The optimizer step after a step's gradients are summed: unscale, clip, step, schedule, clear."""
+    import torch
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def count_targets(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, autocast, max_grad_norm: float) -> float:
     """One optimizer step over the micro-batches of gradient accumulation; returns the loss."""
-    import torch
-
     # Every response token weighs the same, however the tokens fall across micro-batches.
     targets = max(sum(count_targets(batch) for batch in micro_batches), 1)
     step_loss = 0.0
@@ -471,12 +475,7 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, scaler, a
             loss = loss_sum(model, batch) / targets
         scaler.scale(loss).backward()
         step_loss += loss.item()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_step(model, optimizer, scheduler, scaler, max_grad_norm)
     return step_loss
 
 

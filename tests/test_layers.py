@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "self_instruct"
 COMMANDS = {"generate", "documents", "score", "evolve", "preferences", "evaluate", "dedup", "export", "report", "serve",
-            "train"}
+            "train", "select"}
 
 
 def imports() -> dict[str, set[str]]:

@@ -601,10 +601,19 @@ def _fmeasures(lcs: np.ndarray, m, lengths: np.ndarray) -> np.ndarray:
     >>> _fmeasures(np.array([7, 0]), 7, np.array([13, 5])).tolist()
     [0.7000000000000001, 0.0]
     """
-    lcs, m, lengths = np.broadcast_arrays(lcs, m, lengths)
-    scores = np.zeros(lcs.shape)
-    hits = lcs > 0
-    precision = lcs[hits] / lengths[hits]
-    recall = lcs[hits] / m[hits]
-    scores[hits] = 2 * precision * recall / (precision + recall)
-    return scores
+    lcs = np.asarray(lcs)
+    shape = np.broadcast_shapes(lcs.shape, np.shape(m), np.shape(lengths))
+    # Every cell computed, then those without a common token set to 0 (they divide 0 by 0): the
+    # same operations on the cells that count, without gathering them first, which took two to
+    # three times as long (8 texts against 11K indexed, benchmarks/throughput.py). Every
+    # candidate the loop keeps is scored here against the whole pool, for its top 10 and mean.
+    top = np.broadcast_to(lcs, shape).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = top / lengths
+        recall = np.divide(top, m, out=top)
+        denominator = precision + recall
+        precision *= 2
+        precision *= recall
+        precision /= denominator
+    np.copyto(precision, 0.0, where=lcs == 0)
+    return precision

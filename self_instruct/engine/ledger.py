@@ -11,6 +11,10 @@ A request whose reply never made it to disk (the process was killed) counts at i
 (`tokens`: an upper bound of what it can cost), so no kill lets a rerun pass a budget. Every
 retry of a request is a request the server received, and counts as one.
 
+A "done" line and its cached reply are written when the event loop's turn ends, with the others
+of that turn, in one write each (a reply is on disk as soon as it would be had it come a moment
+later; a kill before then loses what a kill just before it came would).
+
 `responses.jsonl` keeps each good reply of a unit not yet in the pool, keyed by a hash of the
 model, the prompt and the decoding: a resumed run asks for exactly the prompts it had asked
 before (rounds are seeded), and the ones already answered cost nothing the second time.
@@ -18,6 +22,7 @@ before (rounds are seeded), and the ones already answered cost nothing the secon
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -145,6 +150,10 @@ class Ledger:
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
         self._queued = self._durable = 0  # lines counted, and how many of them are on disk
         self._flush: asyncio.Future | None = None
+        self._answered: list[dict] = []  # done lines and cached replies of this turn of the event loop
+        self._caching: list[dict] = []
+        self._written_soon = False
+        self._write_failed: BaseException | None = None  # what the end-of-turn write raised, raised again here
         self._read(next_unit)
         self._floor(evidence or {})
 
@@ -214,6 +223,7 @@ class Ledger:
         """Make every request counted so far durable: one fsync for all that queued meanwhile.
         A caller waits for the flush that holds its own lines, not merely for the one in progress
         when it came (its lines may be in the next)."""
+        self._raise_write_failure()
         mine = self._queued
         while self._durable < mine:
             if self._flush is None or self._flush.done():
@@ -228,10 +238,12 @@ class Ledger:
     def done(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None = None) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""
         line, entry = self._settle(rid, unit, key, completion, price)
-        # A lost "done" line only makes a rerun count the reservation: no fsync needed.
-        append_jsonl(self.path, [line], fsync=False)
+        # A lost "done" line only makes a rerun count the reservation: no fsync needed, and the
+        # lines of one turn of the event loop are written together at its end.
+        self._answered.append(line)
         if entry is not None:
-            append_jsonl(self.cache_path, [entry], fsync=False)
+            self._caching.append(entry)
+        self._write_soon()
         return line["cost"]
 
     def _settle(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None) -> tuple[dict, dict | None]:
@@ -281,8 +293,43 @@ class Ledger:
         append_jsonl(self.cache_path, entries)
         append_jsonl(self.path, lines)
 
+    def _write_soon(self) -> None:
+        """Write what came back at the end of this turn of the event loop (now, outside one)."""
+        self._raise_write_failure()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write_answered()
+            return
+        if not self._written_soon:
+            self._written_soon = True
+            loop.call_soon(self._write_at_turn_end)
+
+    def _write_at_turn_end(self) -> None:
+        try:
+            self.write_answered()
+        except Exception as exc:  # a full disk: the next request or sync raises it, not the event loop's log
+            self._write_failed = exc
+
+    def _raise_write_failure(self) -> None:
+        if self._write_failed is not None:
+            failed, self._write_failed = self._write_failed, None
+            raise failed
+
+    def write_answered(self) -> None:
+        """Write the done lines and cached replies not yet written, one write to each file."""
+        self._written_soon = False
+        lines, entries = self._answered, self._caching
+        self._answered, self._caching = [], []
+        if lines:
+            append_jsonl(self.path, lines, fsync=False)
+        if entries:
+            append_jsonl(self.cache_path, entries, fsync=False)
+
     def forget_before(self, next_unit: int) -> None:
         """Drop cached replies of units now in the pool (called at the end of a run)."""
+        self.write_answered()
+        self._raise_write_failure()
         kept = [e for e in self.cache.values() if e["unit"] >= next_unit]
         if len(kept) != len(self.cache):
             self.cache = {e["key"]: e for e in kept}
@@ -315,5 +362,15 @@ def _is_reply(entry) -> bool:
 
 
 def cache_key(model: str, api: str, prompt: str, decoding: Decoding) -> str:
-    payload = json.dumps([model, api, prompt, asdict(decoding)], ensure_ascii=False, sort_keys=True)
+    try:
+        fields = _fields(decoding)
+    except TypeError:  # a decoding built with a list where a tuple belongs: not hashable, not cached
+        fields = asdict(decoding)
+    payload = json.dumps([model, api, prompt, fields], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=256)
+def _fields(decoding: Decoding) -> dict:
+    """asdict() of a decoding (frozen; a run has a few): it deep-copies every field on each call."""
+    return asdict(decoding)

@@ -271,7 +271,9 @@ def judge_of(known: Sequence[Any], options: Any, *, filters: Any = None, filter_
 # -- the command's process -------------------------------------------------------------------
 
 def say(message: str) -> None:
-    print(f"self_instruct: {redact(message)}", file=sys.stderr)
+    """A line on stderr, above a progress bar that is running rather than through it."""
+    from tqdm import tqdm
+    tqdm.write(f"self_instruct: {redact(message)}", file=sys.stderr)
 
 
 def execute(work: Coroutine) -> Any:

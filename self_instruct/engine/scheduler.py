@@ -133,7 +133,8 @@ class Engine:
             self.exhausted = self.exhausted or exc.reason
             raise
         finally:
-            self.active[unit] -= 1
+            if unit in self.active:  # not when its unit ended before this ask (see run)
+                self.active[unit] -= 1
             self.asks[unit] += 1
             self.wake.set()
             if self.pipeline is not None:  # asked inside run(): room may have opened for a unit
@@ -266,6 +267,9 @@ class Engine:
                     # Requests already out are paid for: let them come back (no new one can go), so
                     # their replies reach the cache and the resumed run does not buy them twice.
                     await self._units_back()
+                    # A unit whose asks ran side by side may have ended on the refusal while its
+                    # other requests are still out, in tasks of its own: their replies too.
+                    await asyncio.gather(*self.asking.values(), return_exceptions=True)
                     return self.exhausted or result.reason
                 if isinstance(result, BaseException):
                     raise result
@@ -288,6 +292,7 @@ class Engine:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
             if self.batches is not None:
                 await self.batches.stop()
+            self.ledger.write_answered()  # the replies of this last turn, before the run's last state is written
             self.bar.close()
 
     def _launch(self) -> None:

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from scripted_talk import CHATML, PREFIX, aligned_model
 
-from self_instruct.core.seeds import load_seed_tasks
-from self_instruct.core.templates import REQUIRED, load_template
-from self_instruct.generate import cli, generate
+pytest.importorskip("jinja2", reason="Magpie reads chat templates with jinja2 (the [local] extra)")
+from scripted_talk import CHATML, PREFIX, aligned_model  # noqa: E402
+
+from self_instruct.core.seeds import load_seed_tasks  # noqa: E402
+from self_instruct.core.templates import REQUIRED, load_template  # noqa: E402
+from self_instruct.generate import cli, generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -478,3 +478,14 @@ def test_every_image_loads_in_headless_chromium(request, tmp_path, which):
                    capture_output=True, timeout=300, check=True)
     assert png_size(shot.read_bytes()) == (1100, 5200)
     print(f"screenshot: {shot}")
+
+
+def test_a_missing_library_after_a_run_is_a_note_with_the_install_line(tmp_path, capsys, monkeypatch):
+    from self_instruct import report as command
+
+    def missing(output_dir, seed=0):
+        raise ImportError("No module named 'PIL'")
+    monkeypatch.setattr(command, "write_report", missing)
+    command.write_report_after_run(tmp_path)
+    assert capsys.readouterr().err == ("self_instruct: no report (No module named 'PIL'; "
+                                       "pip install 'self_instruct[export]')\n")

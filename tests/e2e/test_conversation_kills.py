@@ -1,6 +1,7 @@
 """SIGKILL a conversation run (generate --turns) and a Magpie run (generate --pipeline magpie)
 while requests are out, then run the same command again: nothing is lost or written twice, the
 budget holds across the kill, and the pool ends as an unbroken run's does."""
+import importlib.util
 import json
 import os
 import signal
@@ -88,6 +89,7 @@ def test_a_killed_conversation_run_resumes_with_nothing_lost_or_twice(tmp_path):
         assert_conversation(record, 3)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("jinja2") is None, reason="Magpie needs jinja2 (the [local] extra)")
 def test_a_killed_magpie_run_resumes_with_nothing_lost_or_twice(tmp_path):
     (tmp_path / "chatml.jinja").write_text(CHATML)
     server = FakeOpenAI(latency=0.05, jitter=0.5, seed=4).start()

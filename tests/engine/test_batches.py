@@ -185,6 +185,7 @@ Pick apples when they come away with a gentle twist, and store only sound fruit 
 def test_documents_asks_of_every_chunk_go_in_one_batch(server, tmp_path):
     """Paragraph backtranslation asks for every paragraph of a chunk at once: each of those asks
     waits in the same batch, whatever chunk it comes from."""
+    pytest.importorskip("markdown_it", reason="reading Markdown needs the [docs] extra")
     server.reply_fn = lambda prompt, body: json.dumps(
         {"instruction": f"Explain the gardening passage coded {hashlib.sha256(prompt.encode()).hexdigest()[:6]} in plain words."})
     (tmp_path / "orchard.md").write_text(ORCHARD, encoding="utf-8")
@@ -211,6 +212,7 @@ def test_batch_prices_come_from_the_table_or_the_discount_flag():
 
 
 def test_documents_dry_run_shows_what_batch_saves(tmp_path, capsys):
+    pytest.importorskip("markdown_it", reason="reading Markdown needs the [docs] extra")
     from self_instruct.documents import DocumentsConfig, dry_run
 
     (tmp_path / "orchard.md").write_text(ORCHARD, encoding="utf-8")

@@ -155,3 +155,50 @@ def test_a_lost_ledger_does_not_reset_the_budget(tmp_path):
     (tmp_path / "out" / "ledger.jsonl").unlink()  # state.json still says 6 requests were sent
     asyncio.run(agenerate(cfg, teacher=teacher))
     assert len(teacher.history) == 6
+
+
+def test_replies_are_on_disk_when_the_event_loops_turn_ends(tmp_path):
+    """Replies that come back in one turn of the event loop are written together when it ends:
+    a reply is cached, and its request settled, before any other task runs."""
+    ledger = Ledger(tmp_path, None, next_unit=0)
+
+    def on_disk(name, event=None):
+        path = tmp_path / name
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [line for line in lines if event is None or line["event"] == event]
+
+    async def main():
+        rids = [ledger.reserve(0, 10, 10, Budget()) for _ in range(3)]
+        await ledger.sync()
+        for i, rid in enumerate(rids):
+            ledger.done(rid, 0, f"k{i}", Completion(f"reply {i}"))
+        await asyncio.sleep(0)  # the next turn
+        assert [line["id"] for line in on_disk("ledger.jsonl", "done")] == rids
+        assert [entry["key"] for entry in on_disk("responses.jsonl")] == ["k0", "k1", "k2"]
+    asyncio.run(main())
+    assert Ledger(tmp_path, None, next_unit=0).cached("k2") == Completion("reply 2")
+
+
+def test_a_reply_that_cannot_be_written_stops_the_next_request(tmp_path, monkeypatch):
+    """A full disk when the replies of a turn are written is not lost in the event loop's log:
+    the next request's sync raises it, before that request goes out."""
+    from self_instruct.engine import ledger as ledger_module
+
+    ledger = Ledger(tmp_path, None, next_unit=0)
+    real_append = ledger_module.append_jsonl
+
+    def full_for_replies(path, lines, **kwargs):
+        if any(line.get("event") == "done" for line in lines):
+            raise OSError(28, "No space left on device")
+        return real_append(path, lines, **kwargs)
+    monkeypatch.setattr(ledger_module, "append_jsonl", full_for_replies)
+
+    async def main():
+        rid = ledger.reserve(0, 10, 10, Budget())
+        await ledger.sync()
+        ledger.done(rid, 0, "k", Completion("reply"))
+        await asyncio.sleep(0)
+        ledger.reserve(0, 10, 10, Budget())
+        with pytest.raises(OSError, match="No space"):
+            await ledger.sync()
+    asyncio.run(main())

@@ -2,8 +2,10 @@
 are in tests/commands/test_magpie.py."""
 import pytest
 
-from self_instruct.errors import ConfigError
-from self_instruct.pipelines.magpie import ChatFormat
+pytest.importorskip("jinja2", reason="Magpie reads chat templates with jinja2 (the [local] extra)")
+
+from self_instruct.errors import ConfigError  # noqa: E402
+from self_instruct.pipelines.magpie import ChatFormat  # noqa: E402
 
 CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nBe helpful.<|im_end|>\n"
           "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

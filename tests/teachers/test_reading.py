@@ -6,6 +6,9 @@ are asked. The loopback server plays both (`whole_replies`, `always_stream`).
 """
 import asyncio
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -123,3 +126,47 @@ def test_json_that_is_no_completion_says_what_the_server_said():
     with pytest.raises(BadReply, match="not a completion: .*model is loading") as info:
         take(json.dumps({"error": {"message": "model is loading"}}))
     assert not isinstance(info.value, NotAnAPI)  # an API that failed: retried like any bad reply
+
+
+# --- streams as they arrive: any line ends, events cut anywhere by the network ---
+
+class _DribblingStream(BaseHTTPRequestHandler):
+    """Answers every completion with a stream in CR LF line ends (the standard allows CR LF, CR
+    or LF), a comment, and the bytes sent a few at a time, so events are cut between reads."""
+    EVENTS = ('data: {"choices": [{"text": "Name", "finish_reason": null}]}\r\n\r\n: keep-alive\r\n\r\n'
+              'data: {"choices": [{"text": " a\\u00e9 river.", "finish_reason": "stop"}]}\r\r'
+              'data: {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}\n\ndata: [DONE]\r\n\r\n').encode()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(self.EVENTS)))
+        self.end_headers()
+        for i in range(0, len(self.EVENTS), 7):
+            self.wfile.write(self.EVENTS[i:i + 7])
+            self.wfile.flush()
+            time.sleep(0.001)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stream_cut_anywhere_with_any_line_ends_is_read_whole():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DribblingStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def ask():
+        teacher = OpenAITeacher("fake-model", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1")
+        try:
+            return await teacher.complete([PROMPT] * 3, DECODING)
+        finally:
+            await teacher.aclose()
+    try:
+        replies = asyncio.run(ask())
+    finally:
+        server.shutdown()
+    for reply in replies:
+        assert reply.ok and not reply.faults
+        assert reply.text == "Name a\u00e9 river." and reply.finish_reason == "stop"
+        assert (reply.prompt_tokens, reply.completion_tokens) == (7, 3)
