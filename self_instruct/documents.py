@@ -25,7 +25,7 @@ from .core.templates import load_template
 from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.run import Outcome, Run, execute, finish, judge_of, say
 from .errors import ConfigError
-from .executors import EXECUTORS, open_executor
+from .executors import EXECUTORS, open_executor, share_env
 from .io.jsonl import sha256_of
 from .options import (
     BatchOptions,
@@ -111,9 +111,10 @@ class DocumentsConfig(RunOptions, JudgeOptions, CostOptions, BatchOptions, Budge
     similarity_threshold: float | None = option(
         None, "reject a record whose instruction's ROUGE-L F-measure against any kept one is above this "
               "(default: no similarity check; exact duplicates are always dropped)", check=optional_fraction)
-    executor: str = option("local", "where the files are read, cleaned and chunked: local (this process) or ray "
-                                    "(a Ray task a file; pip install 'self_instruct[ray]'); the teacher and the "
-                                    "pool stay here, and the output is the same", check=one_of(*EXECUTORS), record=False)
+    executor: str = option("local", "where the files are read, cleaned and chunked, and a server's requests sent "
+                                    "from: local (this process) or ray (a Ray task a file, Ray workers for the "
+                                    "requests; pip install 'self_instruct[ray]'); the judge, budget and pool stay "
+                                    "here, and the output is the same", check=one_of(*EXECUTORS), record=False)
     ray_address: str | None = option(None, "the Ray cluster to join with --executor ray (default: RAY_ADDRESS, else "
                                            "a local instance for the reading)", record=False)
 
@@ -267,12 +268,28 @@ class DocumentsResult(Outcome):
 async def adocuments(cfg: DocumentsConfig, *, teacher: Teacher | None = None) -> DocumentsResult:
     """Run (or resume) a documents run into cfg.output_dir."""
     cfg.validate()
+    # a server's requests go from Ray workers; the embedded model's, and a --batch upload, from here
+    requests_on_ray = (cfg.executor == "ray" and teacher is None and not cfg.batch
+                       and planned_teacher(cfg)[0] == "openai")
+    if requests_on_ray:
+        share_env("OPENAI_API_KEY", cfg.api_key)  # before Ray starts: a local instance's workers inherit it
     with open_executor(cfg.executor, cfg.ray_address) as executor:  # joined here, on the main thread
         chunks, sources, pipeline = await in_worker(lambda stop: prepare(cfg, stop, executor))
+        if requests_on_ray and pipeline.settings.uses_teacher:  # the requests go from Ray workers too
+            from .teachers.ray_teacher import on_ray
+            return await _adocuments(cfg, chunks, sources, pipeline, on_ray(cfg), own=True)
+    return await _adocuments(cfg, chunks, sources, pipeline, teacher)
+
+
+async def _adocuments(cfg: DocumentsConfig, chunks: list[Chunk], sources: list[dict], pipeline,
+                      teacher: Teacher | None, own: bool = False) -> DocumentsResult:
+    """The run once the chunks are read; `own`: the teacher was made here, and closes with the run."""
     settings = pipeline.settings
     out = Path(cfg.output_dir)
     async with Run(cfg, teacher=teacher, asks_teacher=settings.uses_teacher, follows_instructions=True,
                    stages=[out, out / "score"]) as run:
+        if own:
+            run.adopt(teacher)
         config = run.config(paths=list(cfg.paths), sources=sources, max_tokens=cfg.decoding().max_tokens,
                             verify=pipeline.settings.verifies, template_sha256=sha256_of(pipeline.template),
                             verify_template_sha256=sha256_of(pipeline.verify_template),

@@ -32,6 +32,7 @@ from .engine.prices import find_batch_price, format_cost, price_of, prompt_bound
 from .engine.progress import StallError
 from .engine.run import Outcome, Run, execute, finish, judge_of
 from .errors import ConfigError
+from .executors import EXECUTORS, open_executor, share_env
 from .io.jsonl import sha256_of
 from .io.resources import default_seed_tasks_path
 from .options import (
@@ -109,6 +110,11 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Ba
     no_report: bool = option(False, "no report.html at the end", record=False)
     dry_run: bool = option(False, "print the first prompt (stdout) and what the run may take (stderr); call nothing",
                            record=False)
+    executor: str = option("local", "where the teacher requests are sent from: local (this process) or ray (Ray "
+                                    "workers; pip install 'self_instruct[ray]'); the judge, budget and pool stay here, "
+                                    "and the output is the same", check=one_of(*EXECUTORS), record=False)
+    ray_address: str | None = option(None, "the Ray cluster to join with --executor ray (default: RAY_ADDRESS, else "
+                                           "a local instance for the run)", record=False)
 
     def resolved(self, teacher_options: Mapping[str, Any]) -> "GenerateConfig":
         """The run's one configuration: options left unset take the teacher's preference, then
@@ -147,6 +153,14 @@ class GenerateConfig(RunOptions, JudgeOptions, ConditionOptions, CostOptions, Ba
                                   f"written from its chat template alone")
         elif self.chat_template is not None:
             raise ConfigError("--chat_template is for --pipeline magpie")
+        if self.ray_address and self.executor != "ray":
+            raise ConfigError("--ray_address goes with --executor ray")
+        if self.executor == "ray":
+            if planned_teacher(self)[0] != "openai":
+                raise ConfigError("--executor ray sends requests to an OpenAI-compatible server from Ray workers: "
+                                  "give --base_url (the embedded model runs in this process)")
+            if self.batch:
+                raise ConfigError("--executor ray and --batch do not go together: a batch is one upload from here")
         self.decoding()  # temperature, top_p
         load_filters(self.filter)  # every --filter resolves, before anything is written
 
@@ -256,8 +270,23 @@ async def agenerate(cfg: GenerateConfig, *, teacher: Teacher | None = None) -> O
     cfg.validate()
     seeds_path, seeds = load_seeds_for(cfg)
     conditions = Conditions.load(cfg.personas, cfg.topics)
+    if cfg.executor == "ray" and teacher is None:
+        share_env("OPENAI_API_KEY", cfg.api_key)  # before Ray starts: a local instance's workers inherit it
+        with open_executor("ray", cfg.ray_address):  # joined here, on the main thread
+            return await _agenerate(cfg, seeds_path, seeds, conditions, None, on_ray=True)
+    return await _agenerate(cfg, seeds_path, seeds, conditions, teacher)
+
+
+def ray_teacher(cfg: GenerateConfig) -> Teacher:
+    """The run's teacher with its requests sent from Ray workers (Ray joined already)."""
+    from .teachers.ray_teacher import on_ray
+    return on_ray(cfg)
+
+
+async def _agenerate(cfg: GenerateConfig, seeds_path: Path, seeds: list, conditions: Conditions,
+                     teacher: Teacher | None, on_ray: bool = False) -> Outcome:
     out = Path(cfg.output_dir)
-    own = None if teacher is not None else magpie_teacher(cfg)
+    own = None if teacher is not None else ray_teacher(cfg) if on_ray else magpie_teacher(cfg)
     async with Run(cfg, teacher=teacher or own, stages=[out, out / "score"]) as run:
         if own is not None:
             run.adopt(own)

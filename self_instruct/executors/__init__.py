@@ -16,6 +16,7 @@ as Ray actors and tasks. :func:`open_executor` picks one from the flags.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -44,6 +45,14 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def share_env(name: str, value: str | None) -> None:
+    """Put a value (a key) in this process's environment, where the workers of a Ray instance this
+    process starts inherit it: never in Ray's arguments, which Ray keeps in its control store. Call
+    it before the executor opens; on an existing cluster the workers' own environment holds it."""
+    if value and os.environ.get(name) != value:
+        os.environ[name] = value
 
 
 @contextmanager

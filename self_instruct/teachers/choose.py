@@ -51,8 +51,13 @@ def make_teacher(options: Any, *, base_url: str | None, api_key: str | None, fol
         from .local import LocalChatTeacher, LocalTeacher
         return LocalChatTeacher(options.local_model_path) if follows_instructions else LocalTeacher(model_path=options.local_model_path)
     from .openai_compat import OpenAITeacher
-    return OpenAITeacher(
-        options.model_name or DEFAULT_OPENAI_MODEL, base_url=base_url, api_key=api_key, api=options.api,
+    return OpenAITeacher(**openai_settings(options, base_url), api_key=api_key)
+
+
+def openai_settings(options: Any, base_url: str | None) -> dict:
+    """OpenAITeacher's keywords for these options, the key left out (a Ray worker reads its own)."""
+    return dict(
+        model=options.model_name or DEFAULT_OPENAI_MODEL, base_url=base_url, api=options.api,
         max_concurrency=options.max_concurrency, max_attempts=options.max_attempts,
         request_timeout=options.request_timeout, backoff_initial=options.retry_backoff,
         requests_per_minute=getattr(options, "requests_per_minute", None),

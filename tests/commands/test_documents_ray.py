@@ -108,3 +108,22 @@ def test_a_ray_run_stopped_by_its_budget_holds_it_and_resumes_to_the_local_files
     assert resumed.stopped_by == "done"
     for name in ("generated.jsonl", "rejected.jsonl"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_a_servers_requests_go_from_the_ray_workers(ray_cluster, tmp_path, monkeypatch):
+    """This session's Ray workers were started without the key: a server that wants it refuses
+    every request they send, though the check from this process (with --api_key) passes."""
+    from fake_openai import FakeOpenAI
+
+    from self_instruct.errors import TeacherError
+    key = "sk-test-documents-on-ray-0123456789"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # restored after, whatever the run sets
+    server = FakeOpenAI(api_key=key).start()
+    server.reply_fn = qa_teacher
+    try:
+        with pytest.raises(TeacherError, match="refused the request \\(401"):
+            documents([str(library(tmp_path))], str(tmp_path / "out"), mode="qa", chunk_size=30, chunk_overlap=5,
+                      base_url=server.base_url, model_name="fake-model", api_key=key, quiet=True, no_report=True,
+                      executor="ray")
+    finally:
+        server.stop()
