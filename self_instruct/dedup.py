@@ -103,16 +103,21 @@ def _decode(path: str | Path, data: bytes) -> str:
                         "re-save the file as UTF-8") from None
 
 
+def _checked_line(path: str | Path, lineno: int, line: bytes) -> dict:
+    """The record on one JSONL line, or DataError naming the file, line and what is wrong."""
+    obj = loads_line(path, lineno, line)
+    problem = _problem(obj)
+    if problem:
+        raise DataError(f"{path}:{lineno}: {problem}")
+    return obj
+
+
 def _read_jsonl(path: str | Path, data: bytes) -> list[Record]:
     records = []
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
-        obj = loads_line(path, lineno, line)
-        problem = _problem(obj)
-        if problem:
-            raise DataError(f"{path}:{lineno}: {problem}")
-        records.append(_record(lineno, obj, line.decode("utf-8")))
+        records.append(_record(lineno, _checked_line(path, lineno, line), line.decode("utf-8")))
     return records
 
 
@@ -513,11 +518,7 @@ def _scan_jsonl(path: Path) -> Iterator[tuple[int, str]]:
             line = line[:-1] if line.endswith(b"\n") else line
             if not line.strip():
                 continue
-            obj = loads_line(path, lineno, line)
-            problem = _problem(obj)
-            if problem:
-                raise DataError(f"{path}:{lineno}: {problem}")
-            yield lineno, obj["instruction"]
+            yield lineno, _checked_line(path, lineno, line)["instruction"]
 
 
 def _dedup_streamed(input: Path, output: Path, threshold: float, against: Sequence[str | Path],
