@@ -191,3 +191,9 @@ class _BatchHandler(_Handler):
         if fault == "lost":
             return self._json(500, {"error": {"message": "upstream timed out"}})
         self._json(200, public(batch))
+
+
+def verdicts(prompt: str, body: dict) -> str:
+    """A rater for the batch tests: each record of a score prompt gets 4, its reason naming its task word."""
+    words = re.findall(r'"instruction": "Task number (\w+)\."', prompt)
+    return json.dumps([{"index": i, "score": 4, "reason": f"{w} judged"} for i, w in enumerate(words, 1)])

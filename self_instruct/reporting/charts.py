@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import ConfigError, DataError
 from .summary import NO_SOURCE, RunSummary, SourceStats
@@ -152,6 +152,19 @@ def coverage_counts(s: RunSummary) -> tuple[int, int, int | None]:
     return len(with_kept), len(seen - with_kept), (None if total is None else max(0, total - len(seen)))
 
 
+def stacked_outcomes(ax, names: list[str], s: RunSummary, rows: list[tuple[int, Mapping[str, int]]]) -> None:
+    """One horizontal bar per name: its kept records, then its rejections by reason in the run's
+    order of reasons (each reason one colour across the chart). `rows`: (kept, counts by reason)."""
+    left = [0] * len(names)
+    layers = [("kept", "#2ca02c", lambda row: row[0])]
+    layers += [(reason, REASON_COLOURS[i % len(REASON_COLOURS)], lambda row, r=reason: row[1].get(r, 0))
+               for i, (reason, _) in enumerate(s.reasons.most_common())]
+    for label, colour, count in layers:
+        widths = [count(row) for row in rows]
+        ax.barh(names, widths, left=left, color=colour, label=label)
+        left = [x + w for x, w in zip(left, widths)]
+
+
 def coverage_chart(s: RunSummary) -> str:
     """Chunks by outcome, and per source (the 15 read first) kept records and rejections by reason."""
     with_kept, only_rejected, none = coverage_counts(s)
@@ -164,14 +177,7 @@ def coverage_chart(s: RunSummary) -> str:
     left.xaxis.set_major_locator(whole_ticks())
     shown = ordered_sources(s)[:15][::-1]
     names = [Path(name).name if name != NO_SOURCE else name for name, _ in shown]
-    left_edge = [0] * len(shown)
-    layers = [("kept", "#2ca02c", lambda st: st.kept)]
-    layers += [(reason, REASON_COLOURS[i % len(REASON_COLOURS)], lambda st, r=reason: st.reasons.get(r, 0))
-               for i, (reason, _) in enumerate(s.reasons.most_common())]
-    for label, colour, count in layers:
-        widths = [count(stats) for _, stats in shown]
-        right.barh(names, widths, left=left_edge, color=colour, label=label)
-        left_edge = [x + w for x, w in zip(left_edge, widths)]
+    stacked_outcomes(right, names, s, [(stats.kept, stats.reasons) for _, stats in shown])
     right.set(xlabel="records", title="Per source: kept and rejected")
     right.xaxis.set_major_locator(whole_ticks())
     if shown:
@@ -196,12 +202,7 @@ def asked_chart(s: RunSummary) -> tuple[str, str, str] | None:
     if s.mode == "instruct":
         names = sorted(s.categories, key=lambda c: -sum(s.categories[c].values()))[::-1]
         fig, ax = figure(9.0, max(2.6, 0.6 + 0.35 * len(names)))
-        left = [0] * len(names)
-        layers = [("kept", "#2ca02c")] + [(r, REASON_COLOURS[i % len(REASON_COLOURS)]) for i, (r, _) in enumerate(s.reasons.most_common())]
-        for label, colour in layers:
-            widths = [s.categories[c].get(label, 0) for c in names]
-            ax.barh(names, widths, left=left, color=colour, label=label)
-            left = [x + w for x, w in zip(left, widths)]
+        stacked_outcomes(ax, names, s, [(s.categories[c].get("kept", 0), s.categories[c]) for c in names])
         ax.set(xlabel="records", title="Dolly categories: kept, and rejected by reason")
         ax.xaxis.set_major_locator(whole_ticks())
         if names:

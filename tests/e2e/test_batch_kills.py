@@ -7,7 +7,6 @@ creating a second one.
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_batches import FakeBatches
+from fake_batches import FakeBatches, verdicts
 from self_instruct.engine.ledger import read_spend
 from self_instruct.io.jsonl import read_jsonl
 
@@ -25,11 +24,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ("one", "two", "three", "four", "five", "six", "seven")
 RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."} for w in WORDS]
-
-
-def verdicts(prompt, body):
-    words = re.findall(r'"instruction": "Task number (\w+)\."', prompt)
-    return json.dumps([{"index": i, "score": 4, "reason": f"{w} judged"} for i, w in enumerate(words, 1)])
 
 
 @pytest.fixture

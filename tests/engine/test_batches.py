@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fake_batches import FakeBatches
+from fake_batches import FakeBatches, verdicts
 from self_instruct.engine.ledger import read_spend
 from self_instruct.engine.prices import BATCH_PRICES
 from self_instruct.documents import cli as documents_cli
@@ -17,12 +17,6 @@ from self_instruct.score import cli, score_file
 WORDS = ("one", "two", "three", "four", "five", "six", "seven")
 RECORDS = [{"instruction": f"Task number {w}.", "input": "", "output": f"Answer {w}."} for w in WORDS]
 FAST = dict(batch=True, batch_poll=0.01, batch_poll_max=0.02, quiet=True, model_name="gpt-4o-mini")
-
-
-def verdicts(prompt, body):
-    """Rates each record of a score prompt 4, naming its task word."""
-    words = re.findall(r'"instruction": "Task number (\w+)\."', prompt)
-    return json.dumps([{"index": i, "score": 4, "reason": f"{w} judged"} for i, w in enumerate(words, 1)])
 
 
 @pytest.fixture
