@@ -90,9 +90,9 @@ def _clocked(owner, name: str, key: str) -> None:
 
 from self_instruct.engine.pool import InstructionPool  # noqa: E402
 
-_clocked(Engine, "_commit", "commit")
+_clocked(Engine, "_commit_ready", "commit")
 _clocked(Engine, "_judge_and_write", "judge and write")
-_clocked(InstructionPool, "write", "pool write")
+_clocked(InstructionPool, "write_units", "pool write")
 _clocked(InstructionPool, "save_state", "state.json")
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -203,9 +203,9 @@ async def bare(base_url: str, concurrency: int, requests: int) -> tuple[float, l
     return wall, done
 
 
-def run_generate(base_url: str, concurrency: int, target: int, profile: str | None) -> tuple[float, list[float], int, float, float]:
-    """generate to `target` kept instructions; wall time, reply times, requests, client CPU, and
-    the part of it spent judging and writing in the commit thread."""
+def run_generate(base_url: str, concurrency: int, target: int, profile: str | None) -> tuple[float, list[float], int, float, float, int]:
+    """generate to `target` kept instructions; wall time, reply times, requests, client CPU, the
+    part of it spent judging and writing in the commit thread, and the units committed."""
     with tempfile.TemporaryDirectory() as out:
         profiler = cProfile.Profile() if profile else None
         THREAD_CPU[0] = 0.0
@@ -222,7 +222,8 @@ def run_generate(base_url: str, concurrency: int, target: int, profile: str | No
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         done = [json.loads(line)["t"] for line in (Path(out) / "ledger.jsonl").read_text().splitlines()
                 if '"event": "done"' in line]
-    return wall, done, result.stats.requests, cpu, THREAD_CPU[0]
+        units = len((Path(out) / "commits.jsonl").read_text().splitlines())
+    return wall, done, result.stats.requests, cpu, THREAD_CPU[0], units
 
 
 def steady(times: list[float]) -> float:
@@ -242,7 +243,7 @@ def measure(server_pid: int, base_url: str, concurrency: int, delay: float, task
         before, t0, cpu0 = cpu_seconds(server_pid), time.perf_counter(), time.process_time()
         if name == "generate":
             # 90% of what the replies hold: the loop's filters drop a few made-up tasks
-            wall, done, sent, cpu, judging = run_generate(base_url, concurrency, int(requests * tasks * 0.9), profile)
+            wall, done, sent, cpu, judging, units = run_generate(base_url, concurrency, int(requests * tasks * 0.9), profile)
         else:
             wall, done = asyncio.run(bare(base_url, concurrency, requests))
             sent, cpu, judging = requests, time.process_time() - cpu0, 0.0
@@ -251,8 +252,8 @@ def measure(server_pid: int, base_url: str, concurrency: int, delay: float, task
         row[name] = {"whole": len(done) / wall, "steady": steady(done), "requests": sent, "cpu_ms": cpu / sent * 1000,
                      "thread_ms": judging / sent * 1000}
         if name == "generate":
-            row["commit_ms"] = {key: sum(times) / max(1, len(COMMITS["commit"])) * 1000 for key, times in COMMITS.items()}
-            row["units"] = len(COMMITS["commit"])
+            row["commit_ms"] = {key: sum(times) / max(1, units) * 1000 for key, times in COMMITS.items()}
+            row["units"], row["groups"] = units, len(COMMITS["commit"])
     row["server_cpu_ms"] = server_cpu / (row["bare"]["requests"] * 2 + row["generate"]["requests"]) * 1000
     row["server_busy"] = server_cpu / server_wall
     return row
@@ -297,12 +298,12 @@ def main() -> None:
               f"| {b1['cpu_ms']:.1f} ms, {g['cpu_ms']:.1f} ms ({g['thread_ms']:.1f} ms) | {r['server_cpu_ms']:.2f} ms "
               f"(ceiling {1000 / r['server_cpu_ms']:.0f}/s), {r['server_busy']:.0%} |")
     print()
-    print("generate's commits (one unit at a time, in order, in its commit thread): wall time a unit")
-    print("| concurrency @ delay | units | a unit's commit | judging and writing | of it, the pool's write | state.json |")
-    print("|---|---|---|---|---|---|")
+    print("generate's commits (the units back in order, written together, in its commit thread): wall time a unit")
+    print("| concurrency @ delay | units | commits (units together) | a unit's commit | judging and writing | of it, the pool's write | state.json |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["commit_ms"]
-        print(f"| {r['c']} @ {r['delay']:g} s | {r['units']} | {t['commit']:.1f} ms | {t['judge and write']:.1f} ms "
+        print(f"| {r['c']} @ {r['delay']:g} s | {r['units']} | {r['groups']} | {t['commit']:.1f} ms | {t['judge and write']:.1f} ms "
               f"| {t['pool write']:.1f} ms | {t['state.json']:.1f} ms |")
     print()
     parse_cost(args.tasks)

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
 from ..io.jsonl import (
+    append_bytes,
     append_jsonl,
     dumps,
     iter_jsonl,
@@ -231,12 +232,33 @@ class InstructionPool:
     def write(self, unit: int, kept: Sequence[dict], rejected: Sequence[dict]) -> None:
         """Append one unit's records and commit them: the unit is done once its commit line is
         durable. Only the files change; `apply` counts the unit in memory."""
-        if unit != self.next_unit:
-            raise ValueError(f"unit {unit} committed out of order (next is {self.next_unit})")
-        self._sizes[GENERATED] = append_jsonl(self.dir / GENERATED, kept)
-        self._sizes[REJECTED] = append_jsonl(self.dir / REJECTED, rejected)
-        append_jsonl(self.dir / COMMITS, [{"unit": unit, GENERATED: self._sizes[GENERATED],
-                                           REJECTED: self._sizes[REJECTED], "kept_total": len(self.records) + len(kept)}])
+        self.write_units([(unit, kept, rejected)])
+
+    def write_units(self, units: Sequence[tuple[int, Sequence[dict], Sequence[dict]]]) -> None:
+        """`write` for several consecutive units at once: one write and one fsync a file for all
+        of them, the commit lines last, one a unit, each naming where its unit's records end. A
+        stop anywhere in between leaves whole units committed (a commit line is only written once
+        the records it counts are on disk) and the rest cut off on the next open."""
+        for offset, (unit, _, _) in enumerate(units):
+            if unit != self.next_unit + offset:
+                raise ValueError(f"unit {unit} committed out of order (next is {self.next_unit + offset})")
+        payloads: dict[str, list[bytes]] = {GENERATED: [], REJECTED: []}
+        ends: list[dict[str, int]] = []  # each unit's end in each file, counted from where the appends begin
+        for _, kept, rejected in units:
+            for name, rows in ((GENERATED, kept), (REJECTED, rejected)):
+                payloads[name].append("".join(dumps(r) + "\n" for r in rows).encode("utf-8"))
+            ends.append({name: sum(map(len, payloads[name])) for name in payloads})
+        starts = {}
+        for name, parts in payloads.items():
+            payload = b"".join(parts)
+            self._sizes[name] = append_bytes(self.dir / name, payload)
+            starts[name] = self._sizes[name] - len(payload)
+        total = len(self.records)
+        commits = []
+        for (unit, kept, _), end in zip(units, ends):
+            total += len(kept)
+            commits.append({"unit": unit, **{name: starts[name] + end[name] for name in payloads}, "kept_total": total})
+        append_jsonl(self.dir / COMMITS, commits)
 
     def apply(self, unit: int, kept: Sequence[dict], rejected: Sequence[dict]) -> None:
         """Count a unit `write` committed: its kept records join the pool in memory."""

@@ -41,6 +41,9 @@ from .pool import PROVENANCE, InstructionPool
 from .prices import Price, prompt_bound
 from .progress import StallError, Stats, stall_message
 
+# The most units judged and written in one go (one write and one state.json for all of them).
+COMMIT_GROUP = 64
+
 # The request (ledger id, unit) the current task is making, for the teacher's retry hook.
 _REQUEST: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("request", default=None)
 
@@ -273,17 +276,16 @@ class Engine:
                     return self.exhausted or result.reason
                 if isinstance(result, BaseException):
                     raise result
-                await self._commit(self.next_commit, result)
-                self.next_commit += 1
+                self.finished[self.next_commit] = result
+                await self._commit_ready()
                 if self.target is not None and len(self.pool) >= self.target:
                     return "target"
                 self._launch()  # the pool grew: units waiting on it (lag, the target) may go
         except asyncio.CancelledError:
             # Ctrl-C or SIGTERM: what came back in order is judged and written before we go.
             self.stopping = True
-            while self.next_commit in self.finished and isinstance(self.finished[self.next_commit], UnitResult):
-                await self._commit(self.next_commit, self.finished.pop(self.next_commit))
-                self.next_commit += 1
+            while isinstance(self.finished.get(self.next_commit), UnitResult):
+                await self._commit_ready()
             raise
         finally:
             self.stopping = True
@@ -368,22 +370,54 @@ class Engine:
             return "done"
         return self.budget.refusal(self.ledger.spend, 0.0, self.decoding.max_tokens, 0.0) or "stopped"
 
-    async def _commit(self, index: int, result: UnitResult) -> None:
-        """Judge one unit's candidates, in order, and make the outcome durable, in a worker thread
-        (the event loop keeps sending and reading requests meanwhile); then apply it here. Units
-        are committed one at a time, in order."""
-        self.committing = len(result.examples)  # neither waiting nor counted kept while in the thread
+    async def _commit_ready(self) -> None:
+        """Judge the units back in order from `next_commit` (at most COMMIT_GROUP, stopping at the
+        first not back or not whole), make their outcome durable in a worker thread (the event
+        loop keeps sending and reading requests meanwhile), then apply it here, a unit at a time.
+        Units back together are written together, one write and one state.json for all: at many
+        replies a second, a commit a unit would cost more fsyncs and thread hand-overs than the
+        teacher leaves time for. A unit reaching the target or the stall limit ends the group,
+        so the units recorded are those a commit a unit would have recorded."""
+        group = []
+        while len(group) < COMMIT_GROUP and isinstance(self.finished.get(self.next_commit + len(group)), UnitResult):
+            index = self.next_commit + len(group)
+            group.append((index, self.finished.pop(index)))
+        self.committing = sum(len(result.examples) for _, result in group)  # neither waiting nor kept while in the thread
         try:
-            commit, cancelled = await to_the_end(asyncio.to_thread(self._judge_and_write, index, result))
+            commits, cancelled = await to_the_end(asyncio.to_thread(self._judge_and_write, group))
         finally:
             self.committing = 0
-        self._apply(commit)  # on disk: it counts, even in the state written on the way out
-        _, cancelled_again = await to_the_end(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
+        for index, result in group[len(commits):]:
+            self.finished[index] = result  # after the target or the stall: not recorded
+        try:
+            for commit in commits:
+                self._apply(commit)  # on disk: it counts, even in the state written on the way out
+                self.next_commit += 1
+        finally:
+            _, cancelled_again = await to_the_end(asyncio.to_thread(self.pool.save_state, self.stats.to_state()))
         if cancelled or cancelled_again:
             raise asyncio.CancelledError
 
-    def _judge_and_write(self, index: int, result: UnitResult) -> Commit:
-        """The commit thread's work: verdicts for the unit's candidates, written and committed."""
+    def _judge_and_write(self, group: list[tuple[int, UnitResult]]) -> list[Commit]:
+        """The commit thread's work: verdicts for each unit's candidates, in order, written and
+        committed together; ends the group after a unit that reaches the target or the stall limit."""
+        commits: list[Commit] = []
+        kept_before = len(self.pool)
+        stalled = self.stalled
+        for index, result in group:
+            commit = self._judge(index, result, kept_before)
+            commits.append(commit)
+            kept_before += len(commit.kept)
+            stalled = 0 if commit.kept else stalled + 1
+            if self.target is not None and kept_before >= self.target:
+                break
+            if self.max_stall_units and stalled >= self.max_stall_units:
+                break
+        self.pool.write_units([(c.unit, c.kept, c.rejected) for c in commits])
+        return commits
+
+    def _judge(self, index: int, result: UnitResult, kept_before: int) -> Commit:
+        """Verdicts for one unit's candidates, with `kept_before` records in the pool before it."""
         # the engine's bookkeeping goes under its own key, written last: the input's metadata passes untouched
         provenance = {PROVENANCE: {"run": self.pool.run_id, "unit": index, "model": self.teacher.model_id}}
         kept: list[dict] = []
@@ -391,7 +425,7 @@ class Engine:
         # a pipeline's own verdicts on a candidate (low_score, ungrounded) count as judged, as on resume
         judged = sum(r.example is not None for r in result.rejections)
         unjudged = 0
-        limit = None if self.target is None else max(0, self.target - len(self.pool))
+        limit = None if self.target is None else max(0, self.target - kept_before)
         for verdict in self.judge.judge_many(result.examples, limit):
             if verdict is None:
                 unjudged += 1  # exactly the target: the rest is left unjudged
@@ -401,7 +435,6 @@ class Engine:
             else:
                 judged += 1
                 kept.append(verdict | provenance)
-        self.pool.write(index, kept, rejected)
         return Commit(index, kept, rejected, judged, unjudged)
 
     def _apply(self, commit: Commit) -> None:

@@ -223,7 +223,11 @@ def _is_object(line: bytes) -> bool:
 def append_jsonl(path: str | Path, records: Iterable[Any], *, fsync: bool = True) -> int:
     """Append records as whole lines in one write; returns the file's size after it. If the write
     fails (a full disk), the file is cut back to its old length, so no half line is left behind."""
-    payload = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+    return append_bytes(path, "".join(dumps(r) + "\n" for r in records).encode("utf-8"), fsync=fsync)
+
+
+def append_bytes(path: str | Path, payload: bytes, *, fsync: bool = True) -> int:
+    """Append whole lines already encoded, as :func:`append_jsonl` does; returns the file's size after."""
     if not payload:
         return os.stat(path).st_size if os.path.exists(path) else 0
     # Unbuffered: a buffered file would try again to write what is left when it is closed, after

@@ -104,13 +104,13 @@ def test_cancel_while_a_round_is_being_written_waits_for_the_write(tmp_path, mon
     """The round's append runs in a worker thread; a cancel arriving meanwhile must not let the
     closing regen.json and state.json be written before that round is on disk."""
     entered, release = threading.Event(), threading.Event()
-    write = InstructionPool.write
+    write = InstructionPool.write_units
 
-    def slow_write(self, unit, kept, rejected):
+    def slow_write(self, units):
         entered.set()
         release.wait(5)
-        write(self, unit, kept, rejected)
-    monkeypatch.setattr(InstructionPool, "write", slow_write)
+        write(self, units)
+    monkeypatch.setattr(InstructionPool, "write_units", slow_write)
     rng = random.Random(0)
     teacher = FakeTeacher(respond=lambda prompt: self_instruct_reply(prompt, 20, rng))
     cfg = GenerateConfig(output_dir=str(tmp_path / "out"), num_instructions_to_generate=500, quiet=True)

@@ -105,6 +105,33 @@ def test_records_before_a_unit_are_those_of_the_units_before_it(tmp_path):
         assert [[r["instruction"] for r in again.records_before(u)] for u in range(5)] == written
 
 
+def test_units_written_together_commit_one_by_one_and_a_stop_between_commit_lines_keeps_the_whole_ones(tmp_path):
+    """Three units in one write a file: each gets its own commit line, at the byte its records
+    end, so a stop after the first two commit lines (the third torn) keeps exactly units 0 and 1."""
+    out = tmp_path / "out"
+    with InstructionPool.open(out) as pool:
+        pool.append(0, kept("a"), [])
+        def by_run(unit, *names):  # as the engine writes them: a cut only ever removes a run's lines
+            return [r | {"provenance": {"unit": unit}} for r in kept(*names)]
+        units = [(1, by_run(1, "b", "c"), [{"reason": "similar"}]), (2, [], [{"reason": "similar"}]),
+                 (3, by_run(3, "d"), [])]
+        pool.write_units(units)
+        for unit in units:
+            pool.apply(*unit)
+        commits = [json.loads(line) for line in (out / "commits.jsonl").read_text().splitlines()]
+        assert [c["unit"] for c in commits] == [0, 1, 2, 3] and [c["kept_total"] for c in commits] == [1, 3, 3, 4]
+        assert [r["instruction"] for r in pool.records_before(3)] == ["a", "b", "c"]
+    with InstructionPool.open(out) as again:
+        assert instructions(again) == ["a", "b", "c", "d"] and sum(again.reject_counts.values()) == 2
+    lines = (out / "commits.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "commits.jsonl").write_bytes(b"".join(lines[:3]) + lines[3][:10])  # unit 3's commit line torn
+    with InstructionPool.open(out) as again:
+        assert instructions(again) == ["a", "b", "c"] and again.next_unit == 3
+        assert sum(again.reject_counts.values()) == 2
+        with pytest.raises(ValueError, match="unit 5 committed out of order"):
+            again.write_units([(3, kept("e"), []), (5, kept("f"), [])])
+
+
 def test_a_unit_out_of_order_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
     with InstructionPool.open(out) as pool:
