@@ -308,6 +308,7 @@ def main() -> None:
     print()
     parse_cost(args.tasks)
     kernel_cost()
+    judge_cost(args.tasks)
     if args.profile:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
 
@@ -391,6 +392,32 @@ def kernel_cost(rows: int = 8, pool: int = 11_000, repeat: int = 200) -> None:
             kernel(lcs, m[:, None], lengths[None, :])
         print(f"ROUGE-L F of {rows} candidates against {pool:,} texts, {name}: "
               f"{(time.process_time() - started) / repeat * 1000:.2f} ms")
+
+
+def judge_cost(tasks: int, requests_a_unit: int = 5, pool: int = 11_000, units: int = 40) -> None:
+    """The judge alone, in this thread, on units as generate's are (5 replies of `tasks` made-up
+    tasks) once the pool holds `pool` instructions: CPU a unit, and where it goes (cProfile)."""
+    from self_instruct.engine.judge import Judge
+    from self_instruct.types import Example
+
+    rng = random.Random(0)
+    judge = Judge()
+    size = requests_a_unit * tasks
+    while judge.index is not None and len(judge.index) < pool:
+        judge.judge_many([Example(*make_task(rng, synthetic=True)) for _ in range(size)])
+    batches = [[Example(*make_task(rng, synthetic=True)) for _ in range(size)] for _ in range(units)]
+    profiler = cProfile.Profile()
+    started = time.process_time()
+    profiler.enable()
+    for batch in batches:
+        judge.judge_many(batch)
+    profiler.disable()
+    spent = time.process_time() - started
+    print(f"judging a unit of {size} candidates at a pool of {pool:,} and more, alone in one thread: "
+          f"{spent / units * 1000:.1f} ms of CPU; the largest parts a unit:")
+    stats = pstats.Stats(profiler).stats
+    for (_, _, name), (_, _, own, _, _) in sorted(stats.items(), key=lambda item: -item[1][2])[:4]:
+        print(f"  {name}: {own / units * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ MARGIN = 1e-9
 # Below this many texts one C-kernel pass over all of them (needed anyway for a kept text's top-k
 # and mean) is cheaper than the filtered search first: check() then decides from the full scores.
 FULL_SCAN_BELOW = 5000
+# Below this many scores a kept text's top k is found by sorting them all (see RougeIndex._top).
+SORT_BELOW = 32_768
 
 _SURROGATES = range(0xD800, 0xE000)
 _MAX_TOKENS = 0x110000 - len(_SURROGATES)
@@ -345,7 +347,10 @@ class RougeIndex:
         if k <= 0:
             return []
         if k < len(scores):
-            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            # The k-th highest score. numpy's selection slows down a score array of few distinct values
+            # (short instructions give many ties: 160 against 7 us at 11K scores of two values), which a
+            # sort does not; past SORT_BELOW scores the sort's n log n costs more than the ties do.
+            kth = (np.sort(scores) if len(scores) < SORT_BELOW else np.partition(scores, len(scores) - k))[len(scores) - k]
             order = np.flatnonzero(scores >= kth)
         else:
             order = np.arange(len(scores))

@@ -56,9 +56,12 @@ def test_docstring_examples():
     assert doctest.testmod(similarity).failed == 0
 
 
+@pytest.mark.parametrize("sort_below", [similarity.SORT_BELOW, 0], ids=["top_k_by_sort", "top_k_by_selection"])
 @pytest.mark.parametrize("threshold", [0.7, 0.5, 0.0, 1.0])
-def test_check_equals_brute_force_rouge_score_while_the_index_grows(threshold):
-    # A small vocabulary gives repeated tokens, duplicates, empty texts and many near-threshold pairs.
+def test_check_equals_brute_force_rouge_score_while_the_index_grows(threshold, sort_below, monkeypatch):
+    # A small vocabulary gives repeated tokens, duplicates, empty texts and many near-threshold pairs
+    # (and many tied scores, where the k-th highest is found by a sort or by numpy's selection).
+    monkeypatch.setattr(similarity, "SORT_BELOW", sort_below)
     rng = random.Random(int(threshold * 10))
     words = ["a", "b", "c", "d", "e", "f", "g", "h", "İ", "é", "!"]
     seeds = [random_text(rng, words) for _ in range(20)] + ["", "a b", "a b"]
