@@ -243,11 +243,13 @@ class InstructionPool:
             if unit != self.next_unit + offset:
                 raise ValueError(f"unit {unit} committed out of order (next is {self.next_unit + offset})")
         payloads: dict[str, list[bytes]] = {GENERATED: [], REJECTED: []}
+        written = dict.fromkeys(payloads, 0)
         ends: list[dict[str, int]] = []  # each unit's end in each file, counted from where the appends begin
         for _, kept, rejected in units:
             for name, rows in ((GENERATED, kept), (REJECTED, rejected)):
                 payloads[name].append("".join(dumps(r) + "\n" for r in rows).encode("utf-8"))
-            ends.append({name: sum(map(len, payloads[name])) for name in payloads})
+                written[name] += len(payloads[name][-1])
+            ends.append(dict(written))
         starts = {}
         for name, parts in payloads.items():
             payload = b"".join(parts)
