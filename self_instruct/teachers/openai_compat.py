@@ -1,5 +1,6 @@
 """Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server, TGI), or a fleet of
-them, through the `openai` SDK, with the completions or the chat API.
+them, with the completions or the chat API: the `openai` SDK's clients, settings and exceptions,
+each completion sent through the SDK's HTTP client (fleet.Client says why).
 
 How a request goes out:
 - to the least-loaded endpoint of the fleet that is not benched (fleet.py);
@@ -65,7 +66,7 @@ from .faults import (
     server_message,
     shrink_max_tokens,
 )
-from .fleet import Endpoint, Fleet, http_errors, make_client, parse_base_urls
+from .fleet import Client, Endpoint, Fleet, http_errors, parse_base_urls
 from .rate_limits import RateLimits, Ticket, estimate_tokens
 
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
@@ -283,7 +284,7 @@ class OpenAITeacher(Teacher):
         urls = parse_base_urls(base_url)
         # Local servers (vLLM, Ollama, llama.cpp) take any key; the SDK insists on one. The
         # timeout bounds each wait for bytes, so on a stream it is a limit on silence.
-        endpoints = [Endpoint(url, partial(make_client, url, api_key or "not-needed", request_timeout), max_concurrency)
+        endpoints = [Endpoint(url, partial(Client, url, api_key or "not-needed", request_timeout), max_concurrency)
                      for url in urls]
         for endpoint in endpoints:
             endpoint.stream = stream
@@ -329,7 +330,7 @@ class OpenAITeacher(Teacher):
         """("refused", why), ("down", the connection error's name) or (None, "")."""
         try:
             # A plain GET: the SDK's typed model list breaks on a body that is not JSON (a web page).
-            await endpoint.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0).get("/models", cast_to=object)
+            await endpoint.client.sdk.with_options(timeout=CHECK_TIMEOUT, max_retries=0).get("/models", cast_to=object)
         except openai.AuthenticationError:
             return "refused", f"the server at {endpoint.name} refused the API key (401); set OPENAI_API_KEY or pass --api_key"
         except openai.APIConnectionError as exc:
@@ -535,11 +536,10 @@ class OpenAITeacher(Teacher):
         endpoint and withdraws when the endpoint is over its limit."""
         reply = _Reply(time.monotonic())
         # The body is opened as a stream whatever was asked, so that its content type decides how
-        # it is read. Chunks and bodies come back as plain dicts: the SDK's typed objects cost
+        # it is read. Chunks and bodies are read as plain dicts: the SDK's typed objects cost
         # about 100 times more CPU each (0.15-0.7 ms against 7 us measured), which a fast server
         # at many tokens a second in many streams would turn into the client's bottleneck.
-        opening = endpoint.client.post(self._path, cast_to=object, body=options, stream=True,
-                                       stream_cls=openai.AsyncStream[object])
+        opening = endpoint.client.open(self._path, options)
         reading = asyncio.ensure_future(self._read(endpoint, opening, reply, job))
         try:
             # No request counts as queued before QUEUE_FLOOR: no need to look before then (a reply
@@ -569,20 +569,20 @@ class OpenAITeacher(Teacher):
             faults=tuple(job.faults),
         )
 
-    async def _read(self, endpoint: Endpoint, create, reply: _Reply, job: _Job) -> None:
-        stream = await create
+    async def _read(self, endpoint: Endpoint, opening, reply: _Reply, job: _Job) -> None:
+        response = await opening
         if self._rates:
             self._rates.answered(job.ticket)
         try:
-            kind = stream.response.headers.get("content-type", "")
+            kind = response.headers.get("content-type", "")
             if "text/event-stream" not in kind:
-                reply.take_body(await _body(stream.response), kind, chat=self.api == "chat")
+                reply.take_body(await _body(response), kind, chat=self.api == "chat")
                 return
-            await reply.take_stream(stream.response, endpoint, chat=self.api == "chat")
+            await reply.take_stream(response, endpoint, chat=self.api == "chat")
         finally:
             if reply.started is not None:
                 endpoint.streaming -= 1
-            await stream.close()
+            await response.aclose()
 
     @staticmethod
     def _watch_queue(endpoint: Endpoint, waited: float) -> None:
@@ -673,7 +673,7 @@ async def _drain_all(chunks) -> None:
 
 
 async def _body(response) -> bytes:
-    """A reply's whole body, read from the stream the SDK opened, with the HTTP library's
+    """A reply's whole body, read from the stream opened for it, with the HTTP library's
     errors raised as the SDK raises them for a stream (a dropped connection or a timeout is
     a transient fault, not a bug)."""
     timeouts, transport = http_errors()
