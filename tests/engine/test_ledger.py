@@ -95,6 +95,63 @@ def test_no_request_goes_out_before_its_send_line_is_on_disk(tmp_path, monkeypat
     assert early == [] and sorted(written) == list(range(9))
 
 
+def test_the_send_lines_of_one_turn_share_one_write_and_fail_together(tmp_path, monkeypatch):
+    """Requests leaving in one turn of the event loop are made durable by one write at its end;
+    when that write fails (a full disk), every one of them raises and none goes out, and the
+    next turn's requests get a write of their own."""
+    from self_instruct.engine import ledger as ledger_module
+
+    writes: list[list[int]] = []
+    real_append = ledger_module.append_jsonl
+    full = [True]
+
+    def append(path, lines, **kwargs):
+        sends = [line["id"] for line in lines if line.get("event") == "send"]
+        if sends and full[0]:
+            raise OSError(28, "No space left on device")
+        real_append(path, lines, **kwargs)
+        writes.append(sends)
+    monkeypatch.setattr(ledger_module, "append_jsonl", append)
+    ledger = Ledger(tmp_path, None, next_unit=0)
+
+    async def request():
+        ledger.reserve(0, 10, 10, Budget())
+        await ledger.sync()
+
+    async def main():
+        outcomes = await asyncio.gather(*(request() for _ in range(3)), return_exceptions=True)
+        assert [type(o) for o in outcomes] == [OSError] * 3
+        full[0] = False
+        await asyncio.gather(*(request() for _ in range(4)))
+    asyncio.run(main())
+    assert writes == [[3, 4, 5, 6]]
+    sent = [line["id"] for line in map(json.loads, (tmp_path / "ledger.jsonl").read_text().splitlines())]
+    assert sent == [3, 4, 5, 6]
+
+
+def test_a_request_cancelled_while_waiting_for_the_write_leaves_the_others_theirs(tmp_path):
+    """Ctrl-C reaches one request waiting for its turn's write: the write still happens, and
+    the other requests of that turn go out with their lines on disk."""
+    ledger = Ledger(tmp_path, None, next_unit=0)
+    gone: list[int] = []
+
+    async def request():
+        rid = ledger.reserve(0, 10, 10, Budget())
+        await ledger.sync()
+        gone.append(rid)
+
+    async def main():
+        tasks = [asyncio.ensure_future(request()) for _ in range(3)]
+        await asyncio.sleep(0)  # all three wait for the write now
+        tasks[1].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[1], asyncio.CancelledError)
+    asyncio.run(main())
+    assert gone == [0, 2]
+    on_disk = [line["id"] for line in map(json.loads, (tmp_path / "ledger.jsonl").read_text().splitlines())]
+    assert on_disk == [0, 1, 2]  # the cancelled one counts: it may have been about to go
+
+
 def test_concurrent_requests_cannot_pass_a_cap_together(tmp_path):
     """A request reserves the most it can use (its prompt's bound and max_tokens, at the price):
     requests out at once count at their reservations, so together they stay within the caps."""
