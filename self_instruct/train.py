@@ -610,7 +610,10 @@ def main(model_name_or_path: str, data_path: str, output_dir: str, mode: str = "
 
     # ---- model
     if gradient_checkpointing and mode != "qlora":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode != "full":
         model = add_lora(model, mode, lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
