@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -43,11 +44,52 @@ def loads_line(path: str | Path, lineno: int, line: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise DataError(f"{where}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8") from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: {not_json(exc)}") from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply to be a record") from None
+    if "\\u" in text and _ESCAPED_SURROGATE.search(text):
+        _refuse_lone_surrogates(where, value)
+    return value
+
+
+# A \u escape of half a surrogate pair. JSON lets one stand alone, and Python decodes it to a string
+# that no UTF-8 file, prompt or request can hold: found on reading, it is named with its line and field.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _refuse_lone_surrogates(where: str, value: Any) -> None:
+    found = _lone_surrogate(value, "")
+    if found is not None:
+        what, char = found
+        raise DataError(f"{where}: {what} holds a lone surrogate (\\u{ord(char):04x}), half of a character's "
+                        "escape and not text; fix or remove it")
+
+
+def _lone_surrogate(value: Any, name: str) -> tuple[str, str] | None:
+    """Where the first lone surrogate in ``value`` is (field "instances[0].output", a key of
+    field "x") and the character, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f'field "{name}"' if name else "the value"), value[exc.start]
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            bad_key = _lone_surrogate(key, "")
+            if bad_key is not None:
+                return (f'a key of field "{name}"' if name else "a key"), bad_key[1]
+            found = _lone_surrogate(item, f"{name}.{key}" if name else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{name}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def not_json(exc: json.JSONDecodeError) -> str:
@@ -121,6 +163,8 @@ def _iter_json_list(path: str | Path) -> Iterator[tuple[int, dict]]:
             raise DataError(f"{path}:{exc.lineno}: {not_json(exc)}") from None
         except RecursionError:
             raise DataError(f"{path}:{line_at(position)}: JSON nested too deeply to be a record") from None
+        if "\\u" in text[position:end] and _ESCAPED_SURROGATE.search(text, position, end):
+            _refuse_lone_surrogates(f"{path}:{line_at(position)}", obj)
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line_at(position)}: expected a JSON object, got {type_name(obj)}")
         yield line_at(position), obj

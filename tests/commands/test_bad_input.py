@@ -59,6 +59,8 @@ CORPUS = {
     "null_line": (GOOD + b"null\n", "{path}:5: expected a JSON object, got null"),
     "deep_nesting": (b"[" * 200_000 + b"]" * 200_000 + b"\n", "{path}:1: JSON nested too deeply"),
     "two_objects_on_a_line": (json.dumps(task(0)).encode() * 2 + b"\n", "{path}:1: not valid JSON (Extra data"),
+    "lone_surrogate": (GOOD + lines(task(4, instances=[{"input": "", "output": "Half an emoji: \ud83d."}])),
+                       '{path}:5: field "instances[0].output" holds a lone surrogate (\\ud83d)'),
 }
 
 

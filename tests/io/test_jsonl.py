@@ -27,6 +27,9 @@ def test_records_end_at_newline_only_and_keep_their_line_numbers(tmp_path):
     ("after.json", b'[\n{"a": 1}\n]\n\n{"b": 2}\n', "after.json:3: text after the end of the JSON list"),
     ("number.json", b'  \n[{"a": 1},\n 7]', "number.json:3: expected a JSON object, got number"),
     ("cut.json", b'[{"a": 1},\n{"a": 2}', "cut.json:2: not valid JSON (expected ',' or ']' between records)"),
+    ("surrogate.jsonl", b'{"a": "\\ud83d\\ude00"}\n{"a": {"b": ["ok", "\\uDE00 alone"]}}\n',
+     'surrogate.jsonl:2: field "a.b[1]" holds a lone surrogate (\\ude00)'),
+    ("surrogate.json", b'[{"a": "\\ud83d\\ude00"},\n {"\\ud800": 1}]', "surrogate.json:2: a key holds a lone surrogate (\\ud800)"),
 ])
 def test_read_errors_name_the_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
