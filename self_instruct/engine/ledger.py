@@ -37,6 +37,10 @@ from ..types import Completion, Decoding
 from .pool import LEDGER, RESPONSES
 from .prices import Price
 
+#: Seconds a turn's write of send lines may take in the event loop (0.3 ms on a local disk): past
+#: it, the writes after go through a worker thread.
+SLOW_WRITE = 0.01
+
 
 @dataclass
 class Spend:
@@ -150,6 +154,8 @@ class Ledger:
         self._pending: list[dict] = []  # send/retry lines waiting for one fsync
         self._queued = self._durable = 0  # lines counted, and how many of them are on disk
         self._turn: asyncio.Future | None = None  # the end-of-turn write the send lines wait for
+        self._slow_disk = False  # a write took over SLOW_WRITE: the next ones go through a thread
+        self._flush: asyncio.Future | None = None  # that thread's write in flight
         self._answered: list[dict] = []  # done lines and cached replies of this turn of the event loop
         self._caching: list[dict] = []
         self._written_soon = False
@@ -226,10 +232,13 @@ class Ledger:
         The write runs in the event loop itself. Through a worker thread it cost each request 10-13 ms
         of waiting at 128 in flight (the thread waits for the interpreter lock that the busy loop
         holds, once to write and once to hand back), for an fsync of 0.3 ms, and that wait cost a
-        tenth of the client's throughput (benchmarks/throughput.py). On a disk whose fsync is slow
-        (a network file system), the loop waits out each one: the replies it reads meanwhile wait
-        in the socket buffers, and the requests it sends go in larger groups."""
+        tenth of the client's throughput (benchmarks/throughput.py). A disk whose write takes
+        longer than SLOW_WRITE (a network file system) would hold the loop, and every reply being
+        read, for each one: after the first such write the rest go through the thread, one at a time."""
         self._raise_write_failure()
+        if self._slow_disk:
+            await self._sync_off_loop()
+            return
         if self._durable >= self._queued:
             return
         if self._turn is None:
@@ -242,13 +251,29 @@ class Ledger:
     def _flush_turn(self) -> None:
         turn, self._turn = self._turn, None
         lines, self._pending, upto = self._pending, [], self._queued
+        started = time.perf_counter()
         try:
             append_jsonl(self.path, lines)
         except Exception as exc:  # a full disk: every request of the turn fails to go, with it
             turn.set_exception(exc)
             return
+        self._slow_disk = time.perf_counter() - started > SLOW_WRITE
         self._durable = upto
         turn.set_result(None)
+
+    async def _sync_off_loop(self) -> None:
+        """sync through a worker thread, one write in flight: a caller whose line came after the
+        write in flight began waits for the next one."""
+        mine = self._queued
+        while self._durable < mine:
+            if self._flush is None or self._flush.done():
+                lines, self._pending, upto = self._pending, [], self._queued
+                self._flush = asyncio.ensure_future(self._write(lines, upto))
+            await asyncio.shield(self._flush)
+
+    async def _write(self, lines: list[dict], upto: int) -> None:
+        await asyncio.to_thread(append_jsonl, self.path, lines)
+        self._durable = upto
 
     def done(self, rid: int, unit: int, key: str, completion: Completion, price: Price | None = None) -> float:
         """Replace the reservation of `rid` by what it used; cache a good reply. Returns its cost."""

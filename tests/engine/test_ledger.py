@@ -4,6 +4,7 @@ ledger asks nothing twice that is still needed and keeps no reply that is not.""
 import asyncio
 import json
 import random
+import time
 
 import pytest
 
@@ -150,6 +151,39 @@ def test_a_request_cancelled_while_waiting_for_the_write_leaves_the_others_their
     assert gone == [0, 2]
     on_disk = [line["id"] for line in map(json.loads, (tmp_path / "ledger.jsonl").read_text().splitlines())]
     assert on_disk == [0, 1, 2]  # the cancelled one counts: it may have been about to go
+
+
+def test_a_slow_disk_moves_the_writes_off_the_event_loop(tmp_path, monkeypatch):
+    """A turn's write that takes longer than SLOW_WRITE (a network file system's fsync) is the
+    last one made in the event loop: the writes after it go through a worker thread, where the
+    wait holds up no reply being read, and each request still waits for its own line."""
+    import threading
+
+    from self_instruct.engine import ledger as ledger_module
+
+    real_append = ledger_module.append_jsonl
+    writes: list[tuple[int, list[int]]] = []  # (thread, send ids) for each write
+
+    def slow_append(path, lines, **kwargs):
+        time.sleep(ledger_module.SLOW_WRITE * 3)
+        real_append(path, lines, **kwargs)
+        writes.append((threading.get_ident(), [line["id"] for line in lines]))
+    monkeypatch.setattr(ledger_module, "append_jsonl", slow_append)
+    ledger = Ledger(tmp_path, None, next_unit=0)
+
+    async def request() -> int:
+        rid = ledger.reserve(0, 10, 10, Budget())
+        await ledger.sync()
+        assert any(rid in ids for _, ids in writes)  # on disk before it goes
+        return rid
+
+    async def main() -> int:
+        for _ in range(3):
+            await request()
+        return threading.get_ident()
+    loop_thread = asyncio.run(main())
+    assert [ids for _, ids in writes] == [[0], [1], [2]]
+    assert writes[0][0] == loop_thread and loop_thread not in {thread for thread, _ in writes[1:]}
 
 
 def test_concurrent_requests_cannot_pass_a_cap_together(tmp_path):
