@@ -114,7 +114,7 @@ class Client:
         self.timeout = timeout
         headers = {name: value for name, value in self.sdk.default_headers.items() if isinstance(value, str)}
         self.headers = headers | {"Authorization": f"Bearer {api_key}"}
-        self._timeouts, self._transport = http_errors()
+        self._timeouts = http_errors()[0]
 
     async def open(self, path: str, body: dict):
         """POST `body` as JSON to base_url + path, the reply opened as a stream for the caller to
@@ -130,11 +130,7 @@ class Client:
         if response.status_code < 400:
             return response
         try:
-            await response.aread()
-        except self._timeouts as exc:
-            raise openai.APITimeoutError(request=request) from exc
-        except self._transport as exc:
-            raise openai.APIConnectionError(request=request) from exc
+            await read_body(response)
         finally:
             await response.aclose()
         raise status_error(response)
@@ -154,19 +150,28 @@ def status_error(response) -> openai.APIStatusError:
     5xx an InternalServerError); the message "Error code: N", with " - " and the server's message
     when its JSON has one; as `body`, the JSON's "error" object when it has one, else the JSON or
     the text."""
-    status, text = response.status_code, response.text.strip()
-    message = f"Error code: {status}"
+    status = response.status_code
     try:
-        body = json.loads(text)
+        body = json.loads(response.text)
     except ValueError:
-        body = text
-    else:
-        error = body.get("error", body) if isinstance(body, dict) else None
-        said = error.get("message") if isinstance(error, dict) else None
-        if isinstance(said, str) and said:
-            message += f" - {said}"
+        body = response.text.strip()
+    detail = body.get("error", body) if isinstance(body, dict) else body
+    said = detail.get("message") if isinstance(detail, dict) else None
+    message = f"Error code: {status}" + (f" - {said}" if isinstance(said, str) and said else "")
     kind = openai.InternalServerError if status >= 500 else _STATUS_ERRORS.get(status, openai.APIStatusError)
-    return kind(message, response=response, body=body.get("error", body) if isinstance(body, dict) else body)
+    return kind(message, response=response, body=detail)
+
+
+async def read_body(response) -> bytes:
+    """A reply's whole body, read from the stream opened for it, with the HTTP library's errors
+    raised as the SDK raises them (a dropped connection or a timeout is a transient fault, not a bug)."""
+    timeouts, transport = http_errors()
+    try:
+        return await response.aread()
+    except timeouts as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except transport as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
 
 
 def _http_library():

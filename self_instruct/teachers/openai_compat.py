@@ -66,7 +66,7 @@ from .faults import (
     server_message,
     shrink_max_tokens,
 )
-from .fleet import Client, Endpoint, Fleet, http_errors, parse_base_urls
+from .fleet import Client, Endpoint, Fleet, http_errors, parse_base_urls, read_body
 from .rate_limits import RateLimits, Ticket, estimate_tokens
 
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
@@ -578,7 +578,7 @@ class OpenAITeacher(Teacher):
         try:
             kind = response.headers.get("content-type", "")
             if "text/event-stream" not in kind:
-                reply.take_body(await _body(response), kind, chat=self.api == "chat")
+                reply.take_body(await read_body(response), kind, chat=self.api == "chat")
                 return
             await reply.take_stream(response, endpoint, chat=self.api == "chat")
         finally:
@@ -677,19 +677,6 @@ async def _within(seconds: float, work):
         return await asyncio.wait_for(work, seconds)
     async with asyncio.timeout(seconds):
         return await work
-
-
-async def _body(response) -> bytes:
-    """A reply's whole body, read from the stream opened for it, with the HTTP library's
-    errors raised as the SDK raises them for a stream (a dropped connection or a timeout is
-    a transient fault, not a bug)."""
-    timeouts, transport = http_errors()
-    try:
-        return await response.aread()
-    except timeouts as exc:
-        raise openai.APITimeoutError(request=response.request) from exc
-    except transport as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
 
 
 def _field(obj, name: str):
