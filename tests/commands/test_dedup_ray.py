@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from self_instruct import dedup
 from self_instruct.dedup import greedy_keep, parallel_keep
 from self_instruct.executors import open_executor
 

@@ -1,5 +1,4 @@
 """Where work runs: the local executor, the checks on --executor, and the one line without Ray."""
-import json
 import subprocess
 import sys
 from pathlib import Path
