@@ -28,7 +28,8 @@ from ..errors import TeacherError
 from ..io.secrets import redact
 from ..types import Completion, Decoding
 from .faults import fault_name, is_transient
-from .fleet import make_client, parse_base_urls
+from .client import make_client
+from .fleet import parse_base_urls
 from .openai_compat import _read_reply, _token_count
 from .rate_limits import estimate_tokens
 

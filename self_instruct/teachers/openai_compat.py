@@ -1,6 +1,6 @@
 """Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server, TGI), or a fleet of
 them, with the completions or the chat API: the `openai` SDK's clients, settings and exceptions,
-each completion sent through the SDK's HTTP client (fleet.Client says why).
+each completion sent through the SDK's HTTP client (client.py says why).
 
 How a request goes out:
 - to the least-loaded endpoint of the fleet that is not benched (fleet.py);
@@ -66,7 +66,8 @@ from .faults import (
     server_message,
     shrink_max_tokens,
 )
-from .fleet import Client, Endpoint, Fleet, http_errors, parse_base_urls, read_body
+from .client import Client, http_errors, read_body
+from .fleet import Endpoint, Fleet, parse_base_urls
 from .rate_limits import RateLimits, Ticket, estimate_tokens
 
 # A request still waiting for its first token after QUEUE_FACTOR times the quickest first token
